@@ -1,0 +1,39 @@
+# Two commands for a newcomer: `make run` and `make test`. Only Python 3.11+ and make needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: receiver + worker; embedded Postgres/Redis under .data/ unless DATABASE_URL/REDIS_URL are set
+run: $(STAMP)
+	$(BIN)/webhook-worker dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## make test: install, lint, type-check and run the whole fast suite
+test: lint
+	$(BIN)/pytest -m "not slow"
+
+## make test-slow: the long fault-injection load test
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

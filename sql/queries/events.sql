@@ -1,0 +1,69 @@
+-- Statements on stripe_events used by the receiver, the worker and ops.
+
+-- name: insert_events
+INSERT INTO stripe_events
+    (event_id, type, livemode, api_version, account, stripe_created_at, raw_data)
+SELECT event_id, type, livemode, api_version, account, stripe_created_at, raw_json::jsonb
+FROM unnest($1::text[], $2::text[], $3::boolean[], $4::text[], $5::text[],
+            $6::timestamptz[], $7::text[])
+    AS incoming (event_id, type, livemode, api_version, account, stripe_created_at, raw_json)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id;
+
+-- name: event_statuses
+SELECT event_id, processing_status FROM stripe_events WHERE event_id = ANY($1::text[]);
+
+-- name: get_event
+SELECT event_id, type, livemode, api_version, account, stripe_created_at, received_at,
+       raw_data, processing_status, attempts, error_message, processed_at, updated_at
+FROM stripe_events
+WHERE event_id = $1;
+
+-- name: claim_event
+UPDATE stripe_events
+SET processing_status = 'processing', attempts = attempts + 1, updated_at = now()
+WHERE event_id = $1 AND processing_status IN ('received', 'processing')
+RETURNING event_id, type, livemode, account, raw_data, attempts, received_at;
+
+-- name: finish_event
+UPDATE stripe_events
+SET processing_status = $2, error_message = $3, processed_at = now(), updated_at = now()
+WHERE event_id = $1 AND processing_status NOT IN ('completed', 'ignored');
+
+-- name: release_event
+UPDATE stripe_events
+SET processing_status = 'received', error_message = $2, updated_at = now()
+WHERE event_id = $1 AND processing_status = 'processing';
+
+-- name: events_to_sweep
+SELECT event_id
+FROM stripe_events
+WHERE processing_status IN ('received', 'processing')
+  AND updated_at < now() - make_interval(secs => $1)
+ORDER BY processing_status, received_at
+LIMIT $2;
+
+-- name: prune_events
+WITH pruned AS (
+    UPDATE stripe_events
+    SET raw_data = NULL, updated_at = now()
+    WHERE processing_status IN ('completed', 'ignored')
+      AND raw_data IS NOT NULL
+      AND received_at < now() - make_interval(days => $1)
+    RETURNING 1
+)
+SELECT count(*) FROM pruned;
+
+-- name: count_prunable_events
+SELECT count(*)
+FROM stripe_events
+WHERE processing_status IN ('completed', 'ignored')
+  AND raw_data IS NOT NULL
+  AND received_at < now() - make_interval(days => $1);
+
+-- name: event_backlog_counts
+-- Only the small, unfinished statuses: cheap through the (status, received_at) index even
+-- when millions of completed events sit in the table.
+SELECT s.status, (SELECT count(*) FROM stripe_events e WHERE e.processing_status = s.status)
+    AS events
+FROM unnest(ARRAY['received', 'processing', 'failed']) AS s (status);

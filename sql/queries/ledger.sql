@@ -1,0 +1,61 @@
+-- The ledger (webhook_worker/ledger.py). Every statement here runs inside one explicit
+-- transaction that holds pg_advisory_xact_lock(namespace, user) for the user concerned,
+-- except ledger_credit, which is that whole transaction in one autocommit statement.
+
+-- name: ledger_credit
+-- Lock, ledger row, balance and the event's `completed` mark in one server-side call
+-- (function ledger_credit, sql/migrations/0005_ledger_functions.sql): one round trip, and
+-- the user's lock is held only inside the server. Returns (applied, balance).
+SELECT applied, balance FROM ledger_credit($1, $2, $3, $4, $5, $6, $7);
+
+-- name: ledger_lock_user
+SELECT pg_advisory_xact_lock($1::int, $2::int);
+
+-- name: ledger_apply
+-- One round trip under the lock: the ledger row and the balance move together.
+-- ON CONFLICT DO NOTHING covers both the unique event_id and the one-PURCHASE-per-session
+-- index: a repeat inserts nothing, the UPDATE then touches no row, and no row comes back.
+-- balance_after is computed from the balance read under the lock; the UPDATE's own result
+-- is returned beside it so the caller can prove nobody moved the balance without the lock.
+WITH inserted AS (
+    INSERT INTO credit_transactions
+        (user_id, amount, balance_after, transaction_type, event_id, checkout_session_id,
+         payment_intent_id, description)
+    SELECT u.id, $2::bigint, u.credits_balance + $2::bigint, $3, $4, $5, $6, $7
+    FROM users u
+    WHERE u.id = $1
+    ON CONFLICT DO NOTHING
+    RETURNING balance_after
+), moved AS (
+    UPDATE users
+    SET credits_balance = credits_balance + $2::bigint, updated_at = now()
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM inserted)
+    RETURNING credits_balance
+)
+SELECT inserted.balance_after, moved.credits_balance FROM inserted, moved;
+
+-- name: ledger_user_balance
+SELECT credits_balance FROM users WHERE id = $1;
+
+-- name: ledger_purchase_for_payment_intent
+SELECT user_id, checkout_session_id
+FROM credit_transactions
+WHERE payment_intent_id = $1 AND transaction_type = 'PURCHASE'
+ORDER BY id
+LIMIT 1;
+
+-- name: ledger_refund_totals
+SELECT
+    (SELECT COALESCE(sum(amount), 0) FROM credit_transactions
+     WHERE payment_intent_id = $1 AND transaction_type = 'PURCHASE')::bigint AS purchased,
+    (SELECT COALESCE(-sum(amount), 0) FROM credit_transactions
+     WHERE payment_intent_id = $1 AND transaction_type = 'REFUND')::bigint AS debited,
+    (SELECT COALESCE(sum(credits), 0) FROM refund_shortfalls
+     WHERE payment_intent_id = $1)::bigint AS shortfall,
+    (EXISTS (SELECT 1 FROM credit_transactions WHERE event_id = $2)
+     OR EXISTS (SELECT 1 FROM refund_shortfalls WHERE event_id = $2)) AS event_applied;
+
+-- name: ledger_insert_shortfall
+INSERT INTO refund_shortfalls (event_id, user_id, payment_intent_id, credits)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (event_id) DO NOTHING;

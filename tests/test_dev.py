@@ -1,0 +1,80 @@
+"""`webhook-worker dev` (what `make run` runs): embedded services, migrations, receiver and
+worker in one command; a signed test event is credited; SIGTERM stops everything."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from tests.conftest import wait_for
+from webhook_worker.embedded import free_port
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_dev_runs_the_whole_service_and_stops_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "APP_ENV"}
+    }
+    log = tmp_path / "dev.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "webhook_worker.cli", "dev", "--port", str(port), "--data-dir",
+         str(data)],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await wait_for(lambda: "Ctrl-C stops everything" in log.read_text(), timeout=60)
+        output = log.read_text()
+        assert f"http://127.0.0.1:{port}/webhooks/stripe" in output
+        secret = re.search(r"secret:\s+(whsec_\w+)", output)
+        assert secret is not None
+        pg_url = re.search(r"embedded Postgres: (\S+)", output)
+        redis_url = re.search(r"embedded Redis:\s+(\S+)", output)
+        assert pg_url and redis_url
+        pg_port = int(pg_url.group(1).rsplit(":", 1)[1].split("/")[0])
+        redis_port = int(redis_url.group(1).rsplit(":", 1)[1].split("/")[0])
+        await wait_for(lambda: _listening(port), timeout=30)
+
+        sent = subprocess.run(
+            [sys.executable, "-m", "webhook_worker.cli", "send-test-event", "--url",
+             f"http://127.0.0.1:{port}/webhooks/stripe", "--email", "newcomer@example.com",
+             "--credits", "7"],
+            env={**env, "STRIPE_WEBHOOK_SECRET": secret.group(1), "APP_ENV": "development"},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+
+        async def credited() -> bool:
+            conn = await asyncpg.connect(pg_url.group(1))
+            try:
+                balance = await conn.fetchval(
+                    "SELECT credits_balance FROM users WHERE lower(email) = 'newcomer@example.com'"
+                )
+                return balance == 7
+            finally:
+                await conn.close()
+
+        await wait_for(credited, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 60)
+    assert code == 0, log.read_text()[-3000:]
+    assert not _listening(port)
+    assert not _listening(pg_port)
+    assert not _listening(redis_port)

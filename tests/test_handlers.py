@@ -1,0 +1,312 @@
+"""Handlers through real in-process arq workers: what each event type does to the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+import pytest
+
+from tests.conftest import wait_for
+from tests.worker_support import (
+    balance,
+    deliver,
+    drain,
+    in_process_worker,
+    ledger_sum,
+    new_user,
+    status_of,
+)
+from webhook_worker.config import Settings
+from webhook_worker.errors import PermanentError
+from webhook_worker.handlers import credits_for
+from webhook_worker.sample_events import (
+    charge_refunded_event,
+    checkout_session_event,
+    event_envelope,
+    new_id,
+)
+
+
+def _settings(cents_per_credit: int | None = None) -> Settings:
+    return Settings(cents_per_credit=cents_per_credit)
+
+
+# --- credit amount -------------------------------------------------------------------------
+
+
+def test_credits_come_from_metadata_first() -> None:
+    session = {"metadata": {"credits": " 25 "}, "amount_total": 9900}
+    assert credits_for(session, _settings(cents_per_credit=100)) == 25
+
+
+def test_credits_fall_back_to_amount_total_when_cents_per_credit_is_set() -> None:
+    assert credits_for({"metadata": {}, "amount_total": 1999}, _settings(100)) == 19
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "abc", "1.5", "\uff11\uff12", "99999999999999999999"])
+def test_invalid_metadata_credits_fail_with_a_clear_message(raw: str) -> None:
+    with pytest.raises(PermanentError, match=r"metadata\.credits"):
+        credits_for({"metadata": {"credits": raw}, "amount_total": 1000}, _settings(100))
+
+
+def test_no_credits_amount_fails_with_a_clear_message() -> None:
+    with pytest.raises(PermanentError, match="CENTS_PER_CREDIT is not set"):
+        credits_for({"metadata": {}, "amount_total": 1000}, _settings())
+    with pytest.raises(PermanentError, match="below CENTS_PER_CREDIT"):
+        credits_for({"metadata": {}, "amount_total": 50}, _settings(100))
+
+
+# --- checkout sessions ---------------------------------------------------------------------
+
+
+async def test_paid_checkout_credits_the_user(db: asyncpg.Connection, settings: Settings) -> None:
+    user = await new_user(db, "buyer@example.com")
+    event = checkout_session_event(credits=40, client_reference_id=str(user))
+    [event_id] = await deliver(db, settings, event)
+    await drain(settings)
+    assert (await status_of(db, event_id))["processing_status"] == "completed"
+    assert await balance(db, user) == 40
+    row = await db.fetchrow("SELECT * FROM credit_transactions WHERE event_id = $1", event_id)
+    assert row["transaction_type"] == "PURCHASE"
+    assert (row["amount"], row["balance_after"]) == (40, 40)
+    assert row["checkout_session_id"] == event["data"]["object"]["id"]
+    assert row["payment_intent_id"] == event["data"]["object"]["payment_intent"]
+
+
+async def test_no_payment_required_checkout_credits(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    user = await new_user(db, "free@example.com")
+    event = checkout_session_event(
+        credits=5, payment_status="no_payment_required", client_reference_id=str(user)
+    )
+    await deliver(db, settings, event)
+    await drain(settings)
+    assert await balance(db, user) == 5
+
+
+async def test_unpaid_checkout_waits_for_async_payment_succeeded(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    user = await new_user(db, "sepa@example.com")
+    unpaid = checkout_session_event(
+        credits=30, payment_status="unpaid", client_reference_id=str(user)
+    )
+    [unpaid_id] = await deliver(db, settings, unpaid)
+    await drain(settings)
+    assert (await status_of(db, unpaid_id))["processing_status"] == "ignored"
+    assert await balance(db, user) == 0
+
+    session = unpaid["data"]["object"]
+    succeeded = event_envelope(
+        "checkout.session.async_payment_succeeded", {**session, "payment_status": "paid"}
+    )
+    [succeeded_id] = await deliver(db, settings, succeeded)
+    await drain(settings)
+    assert (await status_of(db, succeeded_id))["processing_status"] == "completed"
+    assert await balance(db, user) == 30
+
+
+async def test_async_payment_failed_is_recorded_without_credit(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    user = await new_user(db, "failed@example.com")
+    event = checkout_session_event(
+        event_type="checkout.session.async_payment_failed",
+        payment_status="unpaid",
+        client_reference_id=str(user),
+    )
+    [event_id] = await deliver(db, settings, event)
+    await drain(settings)
+    assert (await status_of(db, event_id))["processing_status"] == "completed"
+    assert await db.fetchval("SELECT count(*) FROM credit_transactions") == 0
+    assert await balance(db, user) == 0
+
+
+async def test_unknown_types_are_ignored(db: asyncpg.Connection, settings: Settings) -> None:
+    event = event_envelope("customer.created", {"id": "cus_test_123", "object": "customer"})
+    [event_id] = await deliver(db, settings, event)
+    await drain(settings)
+    status = await status_of(db, event_id)
+    assert status["processing_status"] == "ignored"
+    assert status["error_message"] is None
+
+
+async def test_amount_total_and_cents_per_credit_give_the_credits(
+    db: asyncpg.Connection, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(CENTS_PER_CREDIT="25")
+    user = await new_user(db, "cents@example.com")
+    await deliver(
+        db,
+        settings,
+        checkout_session_event(credits=None, amount_total=1010, client_reference_id=str(user)),
+    )
+    await drain(settings)
+    assert await balance(db, user) == 40  # 1010 // 25
+
+
+async def test_missing_credits_amount_fails_at_once(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    user = await new_user(db, "nocredits@example.com")
+    [event_id] = await deliver(
+        db, settings, checkout_session_event(credits=None, client_reference_id=str(user))
+    )
+    await drain(settings)
+    status = await status_of(db, event_id)
+    assert status["processing_status"] == "failed"
+    assert status["attempts"] == 1  # permanent: no retry
+    assert "CENTS_PER_CREDIT is not set" in status["error_message"]
+    assert await balance(db, user) == 0
+
+
+async def test_no_user_fails_with_user_not_found(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    event = checkout_session_event(client_reference_id="{CHECKOUT_SESSION_ID}", email=None)
+    [event_id] = await deliver(db, settings, event)
+    await drain(settings)
+    status = await status_of(db, event_id)
+    assert status["processing_status"] == "failed"
+    assert status["attempts"] == 1
+    assert status["error_message"].startswith("user_not_found")
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+# --- refunds -------------------------------------------------------------------------------
+
+
+async def _purchase(
+    db: asyncpg.Connection, settings: Settings, credits: int, amount: int = 1000
+) -> tuple[int, str]:
+    user = await new_user(db, f"{new_id('u')}@example.com")
+    payment_intent = new_id("pi")
+    await deliver(
+        db,
+        settings,
+        checkout_session_event(
+            credits=credits,
+            amount_total=amount,
+            client_reference_id=str(user),
+            payment_intent=payment_intent,
+        ),
+    )
+    await drain(settings)
+    assert await balance(db, user) == credits
+    return user, payment_intent
+
+
+async def _refund(
+    db: asyncpg.Connection,
+    settings: Settings,
+    payment_intent: str,
+    refunded: int,
+    amount: int = 1000,
+) -> str:
+    event = charge_refunded_event(
+        payment_intent=payment_intent, amount=amount, amount_refunded=refunded
+    )
+    [event_id] = await deliver(db, settings, event)
+    await drain(settings)
+    return event_id
+
+
+async def _refund_rows(db: asyncpg.Connection, payment_intent: str) -> list[int]:
+    rows = await db.fetch(
+        "SELECT amount FROM credit_transactions WHERE payment_intent_id = $1 "
+        "AND transaction_type = 'REFUND' ORDER BY id",
+        payment_intent,
+    )
+    return [row["amount"] for row in rows]
+
+
+async def test_partial_refund_debits_the_refunded_share(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    user, pi = await _purchase(db, settings, credits=100)
+    event_id = await _refund(db, settings, pi, refunded=250)  # a quarter of 1000 cents
+    assert (await status_of(db, event_id))["processing_status"] == "completed"
+    assert await _refund_rows(db, pi) == [-25]
+    assert await balance(db, user) == 75 == await ledger_sum(db, user)
+
+
+async def test_full_refund_debits_everything(db: asyncpg.Connection, settings: Settings) -> None:
+    user, pi = await _purchase(db, settings, credits=100)
+    await _refund(db, settings, pi, refunded=1000)
+    assert await _refund_rows(db, pi) == [-100]
+    assert await balance(db, user) == 0
+
+
+async def test_two_partial_refunds_debit_only_what_is_new(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    user, pi = await _purchase(db, settings, credits=90, amount=900)
+    await _refund(db, settings, pi, refunded=300, amount=900)  # cumulative 1/3
+    await _refund(db, settings, pi, refunded=600, amount=900)  # cumulative 2/3
+    assert await _refund_rows(db, pi) == [-30, -30]
+    assert await balance(db, user) == 30 == await ledger_sum(db, user)
+    # A re-delivered or older cumulative refund changes nothing.
+    await _refund(db, settings, pi, refunded=300, amount=900)
+    assert await balance(db, user) == 30
+
+
+async def test_refund_of_spent_credits_stops_at_zero_and_records_the_shortfall(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    user, pi = await _purchase(db, settings, credits=100)
+    # The user spends 80 credits (a USAGE row, as the host application would write it).
+    await db.execute(
+        "WITH spend AS (UPDATE users SET credits_balance = credits_balance - 80 WHERE id = $1 "
+        "RETURNING credits_balance) INSERT INTO credit_transactions "
+        "(user_id, amount, balance_after, transaction_type) "
+        "SELECT $1, -80, credits_balance, 'USAGE' FROM spend",
+        user,
+    )
+    event_id = await _refund(db, settings, pi, refunded=1000)
+    assert (await status_of(db, event_id))["processing_status"] == "completed"
+    assert await _refund_rows(db, pi) == [-20]
+    assert await balance(db, user) == 0 == await ledger_sum(db, user)
+    shortfall = await db.fetchrow("SELECT * FROM refund_shortfalls WHERE event_id = $1", event_id)
+    assert (shortfall["user_id"], shortfall["credits"]) == (user, 80)
+    assert shortfall["payment_intent_id"] == pi
+
+
+async def test_refund_before_its_purchase_is_retried_then_completes(
+    db: asyncpg.Connection, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(RETRY_BASE_SECONDS="1", MAX_TRIES="10")
+    user = await new_user(db, "early@example.com")
+    pi = new_id("pi")
+    worker = in_process_worker(settings, burst=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        [refund_id] = await deliver(
+            db, settings, charge_refunded_event(payment_intent=pi, amount=1000, amount_refunded=500)
+        )
+
+        async def retried() -> bool:
+            status = await status_of(db, refund_id)
+            return status["attempts"] >= 1 and status["processing_status"] == "received"
+
+        await wait_for(retried)
+        status = await status_of(db, refund_id)
+        assert "refund arrived before its purchase" in status["error_message"]
+
+        await deliver(
+            db,
+            settings,
+            checkout_session_event(credits=60, client_reference_id=str(user), payment_intent=pi),
+        )
+
+        async def refunded() -> bool:
+            return (await status_of(db, refund_id))["processing_status"] == "completed"
+
+        await wait_for(refunded, timeout=20)
+    finally:
+        await worker.close()
+        task.cancel()
+    assert await _refund_rows(db, pi) == [-30]
+    assert await balance(db, user) == 30 == await ledger_sum(db, user)

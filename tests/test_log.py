@@ -1,0 +1,79 @@
+"""Logging: secrets, signatures and emails never reach a rendered log line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import structlog
+
+from webhook_worker.log import configure_logging, get_logger, redact_text
+
+SECRET = "whsec_supersecretvalue123456"
+SIGNATURE = "t=1700000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"
+EMAIL = "Jane.Doe+shop@Example.com"
+
+
+@pytest.fixture
+def captured(log_stream: io.StringIO) -> io.StringIO:
+    return log_stream
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_structlog_line_is_redacted(captured: io.StringIO) -> None:
+    get_logger("test").info(
+        "event_received",
+        email=EMAIL,
+        note=f"customer {EMAIL} paid with secret {SECRET}",
+        stripe_signature=SIGNATURE,
+        header=SIGNATURE,
+        nested={"customer_email": EMAIL, "secrets": [SECRET]},
+        event_id="evt_123",
+    )
+    text = captured.getvalue()
+    for needle in (
+        SECRET,
+        "5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd",
+        EMAIL,
+    ):
+        assert needle not in text
+    assert "jane.doe" not in text.lower()
+    line = _lines(captured)[0]
+    assert line["event"] == "event_received"
+    assert line["event_id"] == "evt_123"
+
+
+def test_stdlib_loggers_are_redacted_too(captured: io.StringIO) -> None:
+    logging.getLogger("uvicorn.error").warning("user %s used %s", EMAIL, SECRET)
+    logging.getLogger("arq.worker").info("header was %s", SIGNATURE)
+    text = captured.getvalue()
+    assert EMAIL not in text
+    assert SECRET not in text
+    assert "5257a869e7ecebeda" not in text
+    assert [line["logger"] for line in _lines(captured)] == ["uvicorn.error", "arq.worker"]
+
+
+def test_dsn_passwords_are_masked() -> None:
+    assert redact_text("postgresql://app:hunter2@db:5432/x") == "postgresql://app:***@db:5432/x"
+
+
+def test_e2e_bypass_is_stamped_on_every_line() -> None:
+    stream = io.StringIO()
+    configure_logging("json", "info", e2e_bypass=True)
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    try:
+        get_logger("test").info("event_received")
+        logging.getLogger("uvicorn.error").info("started")
+        lines = _lines(stream)
+        assert len(lines) == 2
+        assert all("NOT verified" in str(line["signature_bypass"]) for line in lines)
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = []

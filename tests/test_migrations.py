@@ -1,0 +1,220 @@
+"""Migrations against a real Postgres: up/down/up, an existing app `users`, races, edits."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from webhook_worker import migrations, queries
+from webhook_worker.errors import MigrationError
+
+ALL_VERSIONS = [m.version for m in migrations.load_migrations()]
+
+
+async def _tables(conn: asyncpg.Connection) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    )
+    return {row["table_name"] for row in rows}
+
+
+async def _constraints(conn: asyncpg.Connection) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+        "WHERE n.nspname = 'public'"
+    )
+    indexes = await conn.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
+    return {row["conname"] for row in rows} | {row["indexname"] for row in indexes}
+
+
+async def test_up_down_up_on_an_empty_database(empty_database_url: str) -> None:
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        applied = await migrations.migrate_up(conn)
+        assert [m.version for m in applied] == ALL_VERSIONS
+        assert {"users", "stripe_events", "credit_transactions", "schema_migrations"} <= (
+            await _tables(conn)
+        )
+        names = await _constraints(conn)
+        for expected in (
+            "credits_balance_nonneg",
+            "stripe_events_event_id_key",
+            "credit_transactions_event_id_key",
+            "credit_transactions_one_purchase_per_session",
+            "stripe_events_status_received_at_idx",
+            "users_email_lower_key",
+        ):
+            assert expected in names
+
+        assert await migrations.migrate_up(conn) == []  # idempotent
+
+        rolled = await migrations.migrate_down(conn, to=0)
+        assert [m.version for m in rolled] == list(reversed(ALL_VERSIONS))
+        assert {"stripe_events", "credit_transactions"}.isdisjoint(await _tables(conn))
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 0
+
+        again = await migrations.migrate_up(conn)
+        assert [m.version for m in again] == ALL_VERSIONS
+        status = await migrations.migration_status(conn)
+        assert all(row.applied for row in status)
+    finally:
+        await conn.close()
+
+
+async def test_down_without_target_rolls_back_one(empty_database_url: str) -> None:
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await migrations.migrate_up(conn)
+        rolled = await migrations.migrate_down(conn)
+        assert [m.version for m in rolled] == [ALL_VERSIONS[-1]]
+        pending = await migrations.pending_migrations(conn)
+        assert [m.version for m in pending] == [ALL_VERSIONS[-1]]
+    finally:
+        await conn.close()
+
+
+async def test_existing_app_users_table_keeps_its_data(empty_database_url: str) -> None:
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE users (
+                id serial PRIMARY KEY,
+                email varchar(255),
+                display_name text NOT NULL,
+                is_admin boolean DEFAULT false
+            );
+            INSERT INTO users (email, display_name, is_admin)
+            VALUES ('ada@example.com', 'Ada', true), ('bob@example.com', 'Bob', false);
+            """
+        )
+        await migrations.migrate_up(conn)
+        rows = await conn.fetch(
+            "SELECT id, email, display_name, is_admin, credits_balance, uuid FROM users ORDER BY id"
+        )
+        assert [(r["email"], r["display_name"], r["is_admin"]) for r in rows] == [
+            ("ada@example.com", "Ada", True),
+            ("bob@example.com", "Bob", False),
+        ]
+        assert all(r["credits_balance"] == 0 and r["uuid"] is not None for r in rows)
+        assert rows[0]["uuid"] != rows[1]["uuid"]
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE users SET credits_balance = -1 WHERE id = $1", rows[0]["id"])
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "INSERT INTO users (email, display_name) VALUES ('ADA@example.com', 'Impostor')"
+            )
+        # The ledger references the app's integer id.
+        await conn.execute(
+            "INSERT INTO stripe_events (event_id, type) "
+            "VALUES ('evt_1', 'checkout.session.completed')"
+        )
+        await conn.execute(
+            "INSERT INTO credit_transactions (user_id, amount, balance_after, transaction_type,"
+            " event_id) VALUES ($1, 5, 5, 'PURCHASE', 'evt_1')",
+            rows[0]["id"],
+        )
+        # Rolling everything back never drops the app's table or its data.
+        await migrations.migrate_down(conn, to=0)
+        assert await conn.fetchval("SELECT count(*) FROM users") == 2
+        assert await conn.fetchval("SELECT display_name FROM users WHERE id = 1") == "Ada"
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_up_applies_each_migration_once(empty_database_url: str) -> None:
+    async def run() -> list[int]:
+        conn = await asyncpg.connect(empty_database_url)
+        try:
+            return [m.version for m in await migrations.migrate_up(conn)]
+        finally:
+            await conn.close()
+
+    results = await asyncio.gather(*(run() for _ in range(4)))
+    assert sorted(v for result in results for v in result) == ALL_VERSIONS
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(ALL_VERSIONS)
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_up_from_two_processes(empty_database_url: str) -> None:
+    import os
+    import sys
+
+    env = {**os.environ, "DATABASE_URL": empty_database_url, "APP_ENV": "test"}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "webhook_worker.cli",
+            "migrate",
+            "up",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outputs = [await proc.communicate() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    applied_lines = [
+        line
+        for out, _ in outputs
+        for line in out.decode().splitlines()
+        if line.startswith("applied")
+    ]
+    assert len(applied_lines) == len(ALL_VERSIONS)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(ALL_VERSIONS)
+    finally:
+        await conn.close()
+
+
+async def test_edited_applied_migration_is_refused(
+    empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "sql"
+    shutil.copytree(queries.sql_dir(), copy)
+    monkeypatch.setattr(migrations, "sql_dir", lambda: copy)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await migrations.migrate_up(conn)
+        first = sorted((copy / "migrations").glob("0001_*.sql"))[0]
+        first.write_text(first.read_text() + "\n-- an innocent-looking edit\n")
+        with pytest.raises(MigrationError) as info:
+            await migrations.migrate_up(conn)
+        assert first.name in info.value.message
+        assert "checksum" in info.value.message
+        with pytest.raises(MigrationError):
+            await migrations.pending_migrations(conn)
+    finally:
+        await conn.close()
+
+
+def test_every_migration_has_up_and_down() -> None:
+    for migration in migrations.load_migrations():
+        assert migration.up.strip()
+        assert migration.down.strip()
+
+
+def test_cli_migrate_status_lists_versions(database_url: str) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "webhook_worker.cli", "migrate", "status"],
+        env={"DATABASE_URL": database_url, "APP_ENV": "test", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for migration in migrations.load_migrations():
+        assert f"{migration.version:04d}" in out.stdout
+    assert "pending" not in out.stdout

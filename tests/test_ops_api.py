@@ -1,0 +1,221 @@
+"""The /ops HTTP API through the receiver app (`receiver.create_app`), real Postgres and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.ops_support import credit, event_row, insert_event, insert_user, queued_jobs
+from webhook_worker import receiver
+from webhook_worker.config import Settings
+
+TOKEN = "ops-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = receiver.create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ops.test") as client:
+            yield client
+
+
+@pytest.fixture
+async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in _client(make_settings(OPS_TOKEN=TOKEN)):
+        yield c
+
+
+@pytest.fixture
+async def client_without_token(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in _client(make_settings()):
+        yield c
+
+
+# --- access ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/ops/events"),
+        ("GET", "/ops/events/evt_x"),
+        ("POST", "/ops/events/evt_x/replay"),
+        ("POST", "/ops/replay"),
+    ],
+)
+async def test_ops_api_is_404_when_ops_token_is_unset(
+    client_without_token: httpx.AsyncClient, method: str, path: str
+) -> None:
+    response = await client_without_token.request(method, path, headers=AUTH)
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789abcdef"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": "Bearer "},
+    ],
+    ids=["missing", "wrong", "longer", "wrong-scheme", "empty"],
+)
+async def test_ops_api_is_401_without_the_right_token(
+    client: httpx.AsyncClient, db: asyncpg.Connection, headers: dict[str, str]
+) -> None:
+    event_id = await insert_event(db, status="failed")
+    for method, path in (
+        ("GET", "/ops/events"),
+        ("GET", f"/ops/events/{event_id}"),
+        ("POST", f"/ops/events/{event_id}/replay"),
+        ("POST", "/ops/replay"),
+    ):
+        response = await client.request(method, path, headers=headers, json={"status": "failed"})
+        assert response.status_code == 401, (method, path)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert TOKEN not in response.text
+    assert (await event_row(db, event_id))["processing_status"] == "failed"
+
+
+# --- list / show -----------------------------------------------------------------------------
+
+
+async def test_list_events_with_filters(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    failed = await insert_event(db, status="failed", error="user_not_found")
+    await insert_event(db, status="completed")
+    await insert_event(db, status="failed", age_seconds=5 * 86400)
+    response = await client.get(
+        "/ops/events", params={"status": "failed", "since": "1d", "limit": "10"}, headers=AUTH
+    )
+    assert response.status_code == 200
+    events = response.json()["events"]
+    assert [e["event_id"] for e in events] == [failed]
+    assert events[0]["error_message"] == "user_not_found"
+    assert len((await client.get("/ops/events", headers=AUTH)).json()["events"]) == 3
+
+
+@pytest.mark.parametrize(
+    "params", [{"status": "bogus"}, {"since": "yesterday-ish"}, {"limit": "many"}, {"limit": "0"}]
+)
+async def test_list_events_rejects_bad_filters_with_400(
+    client: httpx.AsyncClient, params: dict[str, str]
+) -> None:
+    response = await client.get("/ops/events", params=params, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["error"]
+
+
+async def test_show_event_with_ledger_and_raw(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = await insert_user(db)
+    event_id = await insert_event(db, status="completed")
+    await credit(db, user["id"], event_id, 12, "cs_test_api")
+    response = await client.get(f"/ops/events/{event_id}", headers=AUTH)
+    assert response.status_code == 200
+    data = response.json()
+    assert data["processing_status"] == "completed"
+    assert [(r["amount"], r["user_uuid"]) for r in data["ledger"]] == [(12, user["uuid"])]
+    assert "raw_data" not in data
+    raw = (await client.get(f"/ops/events/{event_id}?raw=true", headers=AUTH)).json()
+    assert raw["raw_data"]["id"] == event_id
+
+
+async def test_show_unknown_event_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/ops/events/evt_nope", headers=AUTH)
+    assert response.status_code == 404
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+async def test_replay_one_event_resets_and_enqueues(
+    client: httpx.AsyncClient, db: asyncpg.Connection, clean_redis_url: str
+) -> None:
+    event_id = await insert_event(db, status="failed", attempts=8, error="user_not_found")
+    response = await client.post(f"/ops/events/{event_id}/replay", headers=AUTH)
+    assert response.status_code == 200
+    assert response.json()["replayed"] == [event_id]
+    assert response.json()["enqueued"] == 1
+    row = await event_row(db, event_id)
+    assert (row["processing_status"], row["attempts"]) == ("received", 8)
+    [job] = await queued_jobs(clean_redis_url)
+    assert job.startswith(f"{event_id}:")
+
+
+async def test_replay_unknown_event_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.post("/ops/events/evt_nope/replay", headers=AUTH)
+    assert response.status_code == 404
+
+
+async def test_replay_completed_event_needs_force(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = await insert_user(db)
+    event_id = await insert_event(db, status="completed")
+    await credit(db, user["id"], event_id, 10, "cs_test_force")
+    refused = await client.post(f"/ops/events/{event_id}/replay", headers=AUTH)
+    assert refused.status_code == 409
+    assert (await event_row(db, event_id))["processing_status"] == "completed"
+    forced = await client.post(f"/ops/events/{event_id}/replay", headers=AUTH, json={"force": True})
+    assert forced.status_code == 200
+    assert (await event_row(db, event_id))["processing_status"] == "received"
+    assert await db.fetchval("SELECT credits_balance FROM users WHERE id = $1", user["id"]) == 10
+
+
+async def test_bulk_replay_dry_run_then_for_real(
+    client: httpx.AsyncClient, db: asyncpg.Connection, clean_redis_url: str
+) -> None:
+    ids = [await insert_event(db, status="failed", error="e") for _ in range(3)]
+    other = await insert_event(db, event_type="charge.refunded", status="failed")
+    body = {"status": "failed", "type": "checkout.session.completed"}
+
+    dry = await client.post("/ops/replay", headers=AUTH, json={**body, "dry_run": True})
+    assert dry.status_code == 200
+    assert dry.json()["dry_run"] is True
+    assert {e["event_id"] for e in dry.json()["selected"]} == set(ids)
+    assert {(await event_row(db, i))["processing_status"] for i in ids} == {"failed"}
+    assert await queued_jobs(clean_redis_url) == []
+
+    done = await client.post("/ops/replay", headers=AUTH, json=body)
+    assert done.status_code == 200
+    assert set(done.json()["replayed"]) == set(ids)
+    assert {(await event_row(db, i))["processing_status"] for i in ids} == {"received"}
+    assert (await event_row(db, other))["processing_status"] == "failed"
+    assert {job.split(":")[0] for job in await queued_jobs(clean_redis_url)} == set(ids)
+
+
+async def test_bulk_replay_by_ids(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    first = await insert_event(db, status="failed")
+    second = await insert_event(db, status="failed")
+    response = await client.post("/ops/replay", headers=AUTH, json={"event_ids": [first]})
+    assert response.json()["replayed"] == [first]
+    assert (await event_row(db, second))["processing_status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        b"{}",
+        b'{"event_ids": "evt_1"}',
+        b'{"status": "bogus"}',
+        b'{"status": "failed", "event_ids": ["evt_1"]}',
+        b'{"status": "failed", "since": "whenever"}',
+    ],
+)
+async def test_bulk_replay_rejects_bad_bodies_with_400(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    response = await client.post("/ops/replay", headers=AUTH, content=body)
+    assert response.status_code == 400
+    assert response.json()["error"]

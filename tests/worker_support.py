@@ -1,0 +1,170 @@
+"""Helpers for the worker tests: store events the way the receiver does, enqueue them, run
+real arq workers (in-process burst workers, or `webhook-worker work` processes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from arq.connections import ArqRedis
+from arq.worker import Worker
+
+from webhook_worker import queue, store
+from webhook_worker.config import Settings
+from webhook_worker.sample_events import encode_event
+from webhook_worker.worker import build_worker
+
+try:
+    from webhook_worker.events import parse_envelope
+except ImportError:  # pragma: no cover - the receiver's module is not there yet
+    parse_envelope = None  # type: ignore[assignment]
+
+
+def envelope(event: dict[str, Any]) -> Any:
+    """The row the receiver stores for `event` (its envelope fields and raw JSON text)."""
+    body = encode_event(event)
+    if parse_envelope is not None:
+        return parse_envelope(body)
+    return store.EnvelopeRow(  # type: ignore[attr-defined]
+        event_id=event["id"],
+        type=event["type"],
+        livemode=bool(event.get("livemode")),
+        api_version=event.get("api_version"),
+        account=event.get("account"),
+        stripe_created_at=None,
+        raw_json=body.decode(),
+    )
+
+
+async def store_events(conn: asyncpg.Connection, events: Iterable[dict[str, Any]]) -> list[str]:
+    """INSERT … ON CONFLICT DO NOTHING, as the receiver does; returns the event ids."""
+    rows = [envelope(event) for event in events]
+    for start in range(0, len(rows), 500):
+        await store.insert_events(conn, rows[start : start + 500])
+    return [row.event_id for row in rows]
+
+
+async def enqueue(settings: Settings, event_ids: Sequence[str], *, fresh: bool = False) -> int:
+    redis = await queue.create_redis(settings)
+    try:
+        return await queue.enqueue_events(redis, event_ids, fresh=fresh)
+    finally:
+        await redis.aclose()
+
+
+async def deliver(
+    conn: asyncpg.Connection, settings: Settings, *events: dict[str, Any]
+) -> list[str]:
+    """Store and enqueue, like one accepted webhook delivery per event."""
+    ids = await store_events(conn, events)
+    await enqueue(settings, ids)
+    return ids
+
+
+def in_process_worker(settings: Settings, **overrides: Any) -> Worker:
+    options: dict[str, Any] = {
+        "burst": True,
+        "poll_delay": 0,
+        "handle_signals": False,
+        "with_cron": False,
+    }
+    options.update(overrides)
+    return build_worker(settings, **options)
+
+
+async def drain(settings: Settings, **overrides: Any) -> Worker:
+    """Run an in-process burst worker until the queue is empty."""
+    worker = in_process_worker(settings, **overrides)
+    try:
+        await worker.async_run()
+    finally:
+        await worker.close()
+    return worker
+
+
+async def status_of(conn: asyncpg.Connection, event_id: str) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        "SELECT processing_status, attempts, error_message, raw_data IS NULL AS pruned "
+        "FROM stripe_events WHERE event_id = $1",
+        event_id,
+    )
+    assert row is not None
+    return row
+
+
+async def balance(conn: asyncpg.Connection, user_id: int) -> int:
+    return int(await conn.fetchval("SELECT credits_balance FROM users WHERE id = $1", user_id))
+
+
+async def ledger_sum(conn: asyncpg.Connection, user_id: int) -> int:
+    value = await conn.fetchval(
+        "SELECT COALESCE(sum(amount), 0) FROM credit_transactions WHERE user_id = $1", user_id
+    )
+    return int(value)
+
+
+async def new_user(conn: asyncpg.Connection, email: str | None = None, **columns: Any) -> int:
+    names = ["email", *columns]
+    values = [email, *columns.values()]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+    user_id = await conn.fetchval(
+        f"INSERT INTO users ({', '.join(names)}) VALUES ({placeholders}) RETURNING id", *values
+    )
+    return int(user_id)
+
+
+async def count_where_status(conn: asyncpg.Connection, status: str) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM stripe_events WHERE processing_status = $1", status
+        )
+    )
+
+
+def worker_env(database_url: str, redis_url: str, **overrides: str) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "APP_ENV": "test",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "warning",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "RETRY_BASE_SECONDS": "0",
+        "DB_POOL_MIN": "1",
+        "DB_POOL_MAX": "10",
+    }
+    env.update(overrides)
+    return env
+
+
+def spawn_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A real `webhook-worker work` process (its own session, so signals stay local)."""
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "webhook_worker.cli", "work"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def redis_client(settings: Settings) -> ArqRedis:
+    return await queue.create_redis(settings)

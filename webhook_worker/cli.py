@@ -1,0 +1,180 @@
+"""`webhook-worker` command line: one argparse tree, `--help` on every command.
+
+Exit codes: 0 success, 1 the command ran and found a problem (failed check, nothing to do
+when something was required), 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import asyncpg
+
+from webhook_worker.config import Settings
+from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
+from webhook_worker.log import configure_logging
+from webhook_worker.ops_cli import OPS_REGISTRARS
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+# --- migrate -----------------------------------------------------------------------------
+
+
+async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook_worker import migrations
+
+    conn = await asyncpg.connect(settings.require_database(), timeout=10)
+    try:
+        if args.action == "status":
+            for row in await migrations.migration_status(conn):
+                state = f"applied {row.applied_at}" if row.applied else "pending"
+                print(f"{row.version:04d}  {row.name:<28} {state}")
+            return EXIT_OK
+        if args.action == "up":
+            applied = await migrations.migrate_up(conn, to=args.to)
+            for m in applied:
+                print(f"applied {m.version:04d}_{m.name}")
+            if not applied:
+                print("nothing to apply: the schema is up to date")
+            return EXIT_OK
+        rolled = await migrations.migrate_down(conn, to=args.to)
+        for m in rolled:
+            print(f"rolled back {m.version:04d}_{m.name}")
+        if not rolled:
+            print("nothing to roll back")
+        return EXIT_OK
+    finally:
+        await conn.close()
+
+
+def _add_migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("migrate", help="apply, roll back or list schema migrations (sql/)")
+    p.add_argument("action", nargs="?", choices=("up", "down", "status"), default="up")
+    p.add_argument("--to", type=int, default=None, help="target version (up: at most; down: keep)")
+    p.set_defaults(handler=lambda a, s: _run_async(_migrate(a, s)))
+
+
+# --- serve / work / dev ------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    settings.require_receiver()
+    uvicorn.run(
+        "webhook_worker.receiver:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    return EXIT_OK
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the webhook receiver under uvicorn")
+    p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    p.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    p.set_defaults(handler=_serve)
+
+
+def _work(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook_worker.worker import run_worker
+
+    settings.require_database()
+    settings.require_redis()
+    run_worker(settings, burst=args.burst)
+    return EXIT_OK
+
+
+def _add_work(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("work", help="run the arq worker that processes stored events")
+    p.add_argument("--burst", action="store_true", help="drain the queue, then exit")
+    p.set_defaults(handler=_work)
+
+
+def _dev(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook_worker.dev import run_dev
+
+    return run_dev(port=args.port, data_dir=args.data_dir)
+
+
+def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "dev", help="receiver + worker on embedded Postgres/Redis (when the URLs are unset)"
+    )
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", ".data"))
+    p.set_defaults(handler=_dev, skip_settings=True)
+
+
+# --- entry point -------------------------------------------------------------------------
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_serve,
+    _add_work,
+    _add_dev,
+    _add_migrate,
+    *OPS_REGISTRARS,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webhook-worker",
+        description="Stripe webhook ingestion: receiver, worker and ops tools.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings() if getattr(args, "skip_settings", False) else Settings.from_env()
+        configure_logging(
+            settings.log_format, settings.log_level, e2e_bypass=settings.e2e_test_mode
+        )
+        handler: Handler = args.handler
+        return handler(args, settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MigrationError as exc:
+        print(f"migration error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except WebhookWorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"error: cannot reach a service: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Settings: read once from the environment, cast, and refused loudly when wrong.
+
+Only entry points (cli, deploy script, app factories called by them) build a `Settings`;
+everything else receives one. Tests build them from plain dicts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from webhook_worker.errors import ConfigError
+
+AppEnv = Literal["production", "development", "test"]
+LogFormat = Literal["json", "console"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_PG_SCHEMES = {
+    "postgres": "postgresql",
+    "postgresql": "postgresql",
+    "postgresql+asyncpg": "postgresql",
+    "postgresql+psycopg": "postgresql",
+    "postgresql+psycopg2": "postgresql",
+    "postgres+asyncpg": "postgresql",
+}
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use {name}=true or {name}=false")
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 0) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not an integer; use a whole number such as {name}={default or 1}"
+        ) from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is below {minimum}; use a value of at least {minimum}")
+    return value
+
+
+def _required_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    value = _int(env, name, default, minimum=minimum)
+    assert value is not None
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        options = " | ".join(choices)
+        raise ConfigError(f"{name}={raw!r} is not one of {options}; for example {name}={default}")
+    return value
+
+
+def parse_webhook_secrets(raw: str, name: str = "STRIPE_WEBHOOK_SECRET") -> tuple[str, ...]:
+    """Split a comma-separated secret list; each must look like Stripe's `whsec_…`."""
+    secrets = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not secrets:
+        raise ConfigError(f"{name} is empty; set it to your endpoint's secret, e.g. whsec_abc123…")
+    for index, secret in enumerate(secrets, start=1):
+        if not secret.startswith("whsec_") or len(secret) < 12:
+            # Never echo the value itself: it is a secret.
+            raise ConfigError(
+                f"{name}: secret #{index} does not look like a Stripe webhook secret; "
+                "each comma-separated entry must start with whsec_ (e.g. whsec_abc123…)"
+            )
+    return secrets
+
+
+def normalise_database_url(raw: str, name: str = "DATABASE_URL") -> str:
+    """Accept SQLAlchemy-style schemes from the old deployment and return a plain asyncpg DSN."""
+    value = raw.strip()
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    scheme = parts.scheme.lower() if parts else ""
+    if parts is None or scheme not in _PG_SCHEMES or not (parts.hostname or parts.path):
+        raise ConfigError(
+            f"{name} is not a Postgres DSN; use {name}=postgresql://user:password@host:5432/dbname "
+            "(postgresql+asyncpg:// and postgresql+psycopg:// are accepted too)"
+        )
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(
+            f"{name} has an invalid port; use {name}=postgresql://user:password@host:5432/dbname"
+        ) from None
+    return urlunsplit(parts._replace(scheme=_PG_SCHEMES[scheme]))
+
+
+def _redis_url(raw: str) -> str:
+    value = raw.strip()
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in _REDIS_SCHEMES:
+        raise ConfigError(
+            "REDIS_URL is not a Redis URL; use REDIS_URL=redis://localhost:6379/0 "
+            "(rediss:// for TLS)"
+        )
+    return value
+
+
+def redact_url(url: str) -> str:
+    """A DSN with its password replaced, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of DESIGN.md, typed. `from_env` is the only parser."""
+
+    webhook_secrets: tuple[str, ...] = ()
+    webhook_tolerance: int = 300
+    database_url: str | None = None
+    redis_url: str | None = None
+    e2e_test_mode: bool = False
+    app_env: AppEnv = "production"
+    db_echo: bool = False
+    ops_token: str | None = field(default=None, repr=False)
+    log_format: LogFormat = "json"
+    log_level: str = "info"
+    max_body_bytes: int = 1024 * 1024
+    cents_per_credit: int | None = None
+    retention_days: int = 90
+    max_tries: int = 8
+    retry_base_seconds: int = 2
+    stale_after_seconds: int = 120
+    sweep_interval_seconds: int = 30
+    job_timeout_seconds: int = 30
+    worker_max_jobs: int = 100
+    worker_poll_delay: float = 0.05
+    metrics_port: int | None = None
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+
+    def __repr__(self) -> str:  # never print secrets or DSN passwords
+        return (
+            f"Settings(app_env={self.app_env!r}, secrets={len(self.webhook_secrets)}, "
+            f"database_url={redact_url(self.database_url or '')!r}, "
+            f"redis_url={redact_url(self.redis_url or '')!r}, e2e_test_mode={self.e2e_test_mode})"
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Parse and validate; raise ConfigError naming the variable and a good value."""
+        env = os.environ if env is None else env
+        app_env = _choice(env, "APP_ENV", "production", ("production", "development", "test"))
+        e2e = _bool(env, "E2E_TEST_MODE", False)
+        if e2e and app_env not in ("development", "test"):
+            raise ConfigError(
+                f"E2E_TEST_MODE=true skips signature verification and is refused with "
+                f"APP_ENV={app_env}; set APP_ENV=development or APP_ENV=test, "
+                "or E2E_TEST_MODE=false"
+            )
+        raw_secret = env.get("STRIPE_WEBHOOK_SECRET", "")
+        secrets = parse_webhook_secrets(raw_secret) if raw_secret.strip() else ()
+
+        db_name, db_raw = next(
+            (
+                (name, env[name])
+                for name in ("DATABASE_URL", "ASYNC_DATABASE_URL", "SYNC_DATABASE_URL")
+                if env.get(name, "").strip()
+            ),
+            ("DATABASE_URL", ""),
+        )
+        database_url = normalise_database_url(db_raw, db_name) if db_raw else None
+        redis_raw = env.get("REDIS_URL", "").strip()
+        default_format = "json" if app_env == "production" else "console"
+        ops_token = env.get("OPS_TOKEN", "").strip() or None
+        if ops_token is not None and len(ops_token) < 16:
+            raise ConfigError(
+                "OPS_TOKEN is too short to guard the ops API; use at least 16 random characters, "
+                "e.g. OPS_TOKEN=$(openssl rand -hex 32)"
+            )
+        return cls(
+            webhook_secrets=secrets,
+            webhook_tolerance=_required_int(env, "STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1),
+            database_url=database_url,
+            redis_url=_redis_url(redis_raw) if redis_raw else None,
+            e2e_test_mode=e2e,
+            app_env=app_env,  # type: ignore[arg-type]
+            db_echo=_bool(env, "DB_ECHO", False),
+            ops_token=ops_token,
+            log_format=_choice(env, "LOG_FORMAT", default_format, ("json", "console")),  # type: ignore[arg-type]
+            log_level=_choice(
+                env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
+            ),
+            max_body_bytes=_required_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            cents_per_credit=_int(env, "CENTS_PER_CREDIT", None, minimum=1),
+            retention_days=_required_int(env, "RETENTION_DAYS", 90, minimum=1),
+            max_tries=_required_int(env, "MAX_TRIES", 8, minimum=1),
+            retry_base_seconds=_required_int(env, "RETRY_BASE_SECONDS", 2, minimum=0),
+            stale_after_seconds=_required_int(env, "STALE_AFTER_SECONDS", 120, minimum=1),
+            sweep_interval_seconds=_required_int(env, "SWEEP_INTERVAL_SECONDS", 30, minimum=1),
+            job_timeout_seconds=_required_int(env, "JOB_TIMEOUT_SECONDS", 30, minimum=1),
+            worker_max_jobs=_required_int(env, "WORKER_MAX_JOBS", 100, minimum=1),
+            worker_poll_delay=_required_int(env, "WORKER_POLL_DELAY_MS", 50, minimum=1) / 1000,
+            metrics_port=_int(env, "METRICS_PORT", None, minimum=1),
+            db_pool_min=_required_int(env, "DB_POOL_MIN", 2, minimum=0),
+            db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def require_database(self) -> str:
+        if not self.database_url:
+            raise ConfigError(
+                "DATABASE_URL is not set; use DATABASE_URL=postgresql://user:password@host:5432/db "
+                "(or run `webhook-worker dev` for embedded services)"
+            )
+        return self.database_url
+
+    def require_redis(self) -> str:
+        if not self.redis_url:
+            raise ConfigError(
+                "REDIS_URL is not set; use REDIS_URL=redis://localhost:6379/0 "
+                "(or run `webhook-worker dev` for embedded services)"
+            )
+        return self.redis_url
+
+    def require_receiver(self) -> None:
+        """What the receiver needs before it may accept a single request."""
+        self.require_database()
+        self.require_redis()
+        if not self.webhook_secrets and not self.e2e_test_mode:
+            raise ConfigError(
+                "STRIPE_WEBHOOK_SECRET is not set; use the endpoint's signing secret, "
+                "e.g. STRIPE_WEBHOOK_SECRET=whsec_abc123… (comma-separate several to rotate)"
+            )

@@ -1,0 +1,117 @@
+"""`webhook-worker dev`: the whole service on one machine with one command.
+
+Starts embedded Postgres and Redis under a data folder when DATABASE_URL / REDIS_URL are
+unset, applies migrations, then runs the receiver and one worker as child processes until
+Ctrl-C. A development secret is created once and printed, so `send-test-event` and the
+Stripe CLI (`stripe listen --forward-to`) can sign against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+
+from webhook_worker import migrations
+from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis
+
+
+def _dev_secret(data_dir: Path) -> str:
+    path = data_dir / "dev_webhook_secret"
+    if not path.exists():
+        path.write_text(f"whsec_dev{secrets.token_hex(16)}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _port_file(data_dir: Path, name: str, default: int) -> int:
+    """Reuse the same embedded ports across runs so printed URLs stay valid."""
+    path = data_dir / f"{name}.port"
+    if path.exists():
+        return int(path.read_text())
+    path.write_text(str(default))
+    return default
+
+
+async def _migrate(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return [f"{m.version:04d}_{m.name}" for m in await migrations.migrate_up(conn)]
+    finally:
+        await conn.close()
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a supervisor, `kill`) stops everything the way Ctrl-C does."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_dev(port: int = 8000, data_dir: str = ".data") -> int:
+    _interrupt_on_sigterm()
+    folder = Path(data_dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("APP_ENV", "development")
+    env.setdefault("LOG_FORMAT", "console")
+    services: list[EmbeddedPostgres | EmbeddedRedis] = []
+    if not env.get("DATABASE_URL"):
+        from webhook_worker.embedded import free_port
+
+        pg = EmbeddedPostgres(folder / "postgres", _port_file(folder, "postgres", free_port()))
+        services.append(pg.start())
+        env["DATABASE_URL"] = pg.url
+        print(f"embedded Postgres: {pg.url} (data in {pg.data_dir})")
+    if not env.get("REDIS_URL"):
+        from webhook_worker.embedded import free_port
+
+        redis = EmbeddedRedis(folder / "redis", _port_file(folder, "redis", free_port()))
+        services.append(redis.start())
+        env["REDIS_URL"] = redis.url
+        print(f"embedded Redis:    {redis.url}")
+    if not env.get("STRIPE_WEBHOOK_SECRET"):
+        env["STRIPE_WEBHOOK_SECRET"] = _dev_secret(folder)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        applied = asyncio.run(_migrate(env["DATABASE_URL"]))
+        print(f"migrations applied: {', '.join(applied) or 'none pending'}")
+        exe = [sys.executable, "-m", "webhook_worker.cli"]
+        children.append(
+            subprocess.Popen([*exe, "serve", "--port", str(port), "--host", "127.0.0.1"], env=env)
+        )
+        children.append(subprocess.Popen([*exe, "work"], env=env))
+        print(
+            f"\nwebhook-worker is running\n"
+            f"  endpoint: http://127.0.0.1:{port}/webhooks/stripe\n"
+            f"  secret:   {env['STRIPE_WEBHOOK_SECRET']}  (development only)\n"
+            f"  try:      webhook-worker send-test-event --url http://127.0.0.1:{port}"
+            "/webhooks/stripe --email you@example.com --credits 10\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for service in services:
+            service.stop()

@@ -1,0 +1,250 @@
+"""What each Stripe event type does, through one registry keyed by event type.
+
+- `checkout.session.completed`: credits when `payment_status` is `paid` or
+  `no_payment_required`; `unpaid` (delayed payment methods) is `ignored` and the credit
+  waits for `checkout.session.async_payment_succeeded`.
+- `checkout.session.async_payment_succeeded`: credits.
+- `checkout.session.async_payment_failed`: recorded as `completed` with no ledger row (the
+  event was handled; there is nothing to credit or take back).
+- `charge.refunded`: debits the refunded share of that payment intent's credits.
+- Every other type: `ignored`.
+
+Credit amount: `metadata.credits` (a positive integer) else `amount_total //
+CENTS_PER_CREDIT` when that is set, else a `PermanentError` naming what is missing.
+Handlers that touch the ledger mark the event `completed` inside the ledger transaction
+(`Outcome.recorded`); the worker writes every other outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+
+from webhook_worker import ledger, resolver
+from webhook_worker.config import Settings
+from webhook_worker.errors import PermanentError
+from webhook_worker.store import Connection
+
+Status = Literal["completed", "ignored"]
+PAID_STATUSES = frozenset({"paid", "no_payment_required"})
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """A claimed `stripe_events` row with its payload parsed."""
+
+    event_id: str
+    type: str
+    attempts: int
+    received_at: datetime | None
+    payload: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> StoredEvent:
+        raw = row.get("raw_data")
+        if raw is None:
+            raise PermanentError("the event's payload was pruned; it cannot be processed again")
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise PermanentError(f"the stored payload is not JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise PermanentError("the stored payload is not a JSON object")
+        return cls(
+            event_id=str(row["event_id"]),
+            type=str(row["type"]),
+            attempts=int(row.get("attempts") or 0),
+            received_at=row.get("received_at"),
+            payload=payload,
+        )
+
+    @property
+    def data_object(self) -> dict[str, Any]:
+        data = self.payload.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+        if not isinstance(obj, dict):
+            raise PermanentError(f"{self.type} event has no data.object")
+        return obj
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A handler's result: final status, the canonical log event name and its fields."""
+
+    status: Status
+    action: str  # event_credited, event_debited, event_recorded, event_ignored
+    recorded: bool = False  # the status was already written in the ledger transaction
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[[Connection, Settings, StoredEvent], Awaitable[Outcome]]
+
+
+def _positive_int(raw: object) -> int | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw if raw > 0 else None
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.isascii() and text.isdigit() and len(text) <= 18:
+            value = int(text)
+            return value if value > 0 else None
+    return None
+
+
+def credits_for(session: Mapping[str, Any], settings: Settings) -> int:
+    """The credits a checkout session buys; PermanentError when it cannot be told."""
+    metadata = session.get("metadata")
+    raw = metadata.get("credits") if isinstance(metadata, Mapping) else None
+    if raw is not None and not (isinstance(raw, str) and not raw.strip()):
+        credits = _positive_int(raw)
+        if credits is None:
+            raise PermanentError(
+                f"metadata.credits={str(raw)[:40]!r} is not a positive integer; "
+                "fix the Checkout Session metadata and replay"
+            )
+        return credits
+    if settings.cents_per_credit:
+        amount_total = session.get("amount_total")
+        if isinstance(amount_total, bool) or not isinstance(amount_total, int):
+            raise PermanentError("no credits amount: amount_total is missing or not an integer")
+        credits = amount_total // settings.cents_per_credit
+        if credits <= 0:
+            raise PermanentError(
+                f"no credits amount: amount_total {amount_total} is below "
+                f"CENTS_PER_CREDIT={settings.cents_per_credit}"
+            )
+        return credits
+    raise PermanentError(
+        "no credits amount: metadata.credits is missing and CENTS_PER_CREDIT is not set"
+    )
+
+
+def _text(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if isinstance(value, Mapping):  # an expanded object
+        value = value.get("id")
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+async def _credit_session(conn: Connection, settings: Settings, event: StoredEvent) -> Outcome:
+    session = event.data_object
+    session_id = _text(session, "id")
+    if session_id is None:
+        raise PermanentError("checkout session has no id")
+    credits = credits_for(session, settings)  # before resolving: a bad event creates no user
+    who = await resolver.resolve_user(conn, session)
+    result = await ledger.credit_purchase(
+        conn,
+        ledger.Purchase(
+            user_id=who.user_id,
+            credits=credits,
+            event_id=event.event_id,
+            checkout_session_id=session_id,
+            payment_intent_id=_text(session, "payment_intent"),
+            description=f"{event.type} {session_id}",
+        ),
+    )
+    fields: dict[str, Any] = {
+        "user_id": who.user_id,
+        "resolved_by": who.source,
+        "user_created": who.created,
+        "credits": credits if result.applied else 0,
+        "balance": result.balance,
+        "checkout_session_id": session_id,
+    }
+    if result.applied:
+        return Outcome("completed", "event_credited", recorded=True, fields=fields)
+    return Outcome(
+        "completed",
+        "event_recorded",
+        recorded=True,
+        fields={**fields, "reason": "already_credited"},
+    )
+
+
+async def handle_checkout_completed(
+    conn: Connection, settings: Settings, event: StoredEvent
+) -> Outcome:
+    payment_status = event.data_object.get("payment_status")
+    if payment_status not in PAID_STATUSES:
+        # Delayed payment methods: the credit comes with async_payment_succeeded.
+        return Outcome(
+            "ignored",
+            "event_ignored",
+            fields={"reason": "awaiting_payment", "payment_status": str(payment_status)[:32]},
+        )
+    return await _credit_session(conn, settings, event)
+
+
+async def handle_async_payment_succeeded(
+    conn: Connection, settings: Settings, event: StoredEvent
+) -> Outcome:
+    return await _credit_session(conn, settings, event)
+
+
+async def handle_async_payment_failed(
+    conn: Connection, settings: Settings, event: StoredEvent
+) -> Outcome:
+    session_id = _text(event.data_object, "id")
+    return Outcome(
+        "completed",
+        "event_recorded",
+        fields={"reason": "async_payment_failed", "checkout_session_id": session_id},
+    )
+
+
+async def handle_charge_refunded(
+    conn: Connection, settings: Settings, event: StoredEvent
+) -> Outcome:
+    charge = event.data_object
+    payment_intent = _text(charge, "payment_intent")
+    if payment_intent is None:
+        return Outcome("ignored", "event_ignored", fields={"reason": "no_payment_intent"})
+    captured = _positive_int(charge.get("amount_captured")) or _positive_int(charge.get("amount"))
+    refunded = charge.get("amount_refunded")
+    if captured is None or isinstance(refunded, bool) or not isinstance(refunded, int):
+        raise PermanentError("charge.refunded without integer amount / amount_refunded")
+    result = await ledger.debit_refund(
+        conn,
+        ledger.Refund(
+            event_id=event.event_id,
+            payment_intent_id=payment_intent,
+            charge_amount=captured,
+            amount_refunded=refunded,
+            description=f"charge.refunded {_text(charge, 'id') or ''}".strip(),
+        ),
+    )
+    return Outcome(
+        "completed",
+        "event_debited",
+        recorded=True,
+        fields={
+            "user_id": result.user_id,
+            "debited": result.debited,
+            "shortfall": result.shortfall,
+            "balance": result.balance,
+            "payment_intent_id": payment_intent,
+        },
+    )
+
+
+HANDLERS: dict[str, Handler] = {
+    "checkout.session.completed": handle_checkout_completed,
+    "checkout.session.async_payment_succeeded": handle_async_payment_succeeded,
+    "checkout.session.async_payment_failed": handle_async_payment_failed,
+    "charge.refunded": handle_charge_refunded,
+}
+
+
+async def handle_event(conn: Connection, settings: Settings, event: StoredEvent) -> Outcome:
+    """Dispatch on the event type; unknown types are `ignored`."""
+    handler = HANDLERS.get(event.type)
+    if handler is None:
+        return Outcome("ignored", "event_ignored", fields={"reason": "unhandled_type"})
+    return await handler(conn, settings, event)

@@ -1,0 +1,211 @@
+"""The credit ledger: every balance change, its ledger row and the event's `completed` mark
+commit together in ONE transaction under the user's advisory lock.
+
+`pg_advisory_xact_lock(LOCK_NAMESPACE, user key)` (the two-int form, a fixed namespace, no
+`hashtext`) serialises all balance changes of one user, so `balance_after` is read and
+written consistently. The ledger row's unique `event_id` and the one-PURCHASE-per-session
+index make any repeat (duplicate delivery, replay, a second worker, a crash and re-run)
+insert nothing, and then nothing else changes either. Money is `int` everywhere.
+
+Purchases run as one server-side call (`ledger_credit`, migration 0005): one round trip and
+one autocommit transaction, the lock held only inside the server. Refunds, rare and with
+more logic, use an explicit transaction and the statements in sql/queries/ledger.sql.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from webhook_worker import store
+from webhook_worker.errors import PermanentError, TransientError
+from webhook_worker.queries import query
+from webhook_worker.store import Connection, translate_errors
+
+# "WWLG" as an int4: the ledger's advisory-lock space. Migrations use the one-bigint form,
+# a different lock space altogether.
+LOCK_NAMESPACE = 0x57574C47
+_INT4 = 2**32
+_INT4_HALF = 2**31
+
+
+# What ledger_credit raises when the balance moved outside the lock (the call rolls back).
+BALANCE_MOVED_SQLSTATE = "WWL01"
+# … and when the user does not exist (nothing is credited, the event is not marked).
+NO_USER_SQLSTATE = "WWL02"
+
+
+def _balance_moved(user_id: int) -> str:
+    return f"balance of user {user_id} moved outside the ledger lock; rolled back"
+
+
+class PurchaseNotFound(TransientError):
+    """refund arrived before its purchase: retried until the purchase is processed"""
+
+
+def lock_key(user_id: int) -> int:
+    """The user's int4 key: the id itself below 2**31, wrapped above (a shared lock only)."""
+    return (user_id + _INT4_HALF) % _INT4 - _INT4_HALF
+
+
+async def lock_user(conn: Connection, user_id: int) -> None:
+    """Take the user's transaction-scoped lock; call inside `conn.transaction()`."""
+    with translate_errors("locking a user's balance"):
+        await conn.execute(query("ledger_lock_user"), LOCK_NAMESPACE, lock_key(user_id))
+
+
+@dataclass(frozen=True)
+class Purchase:
+    user_id: int
+    credits: int
+    event_id: str
+    checkout_session_id: str
+    payment_intent_id: str | None
+    description: str
+
+
+@dataclass(frozen=True)
+class CreditResult:
+    applied: bool  # False: this event or this checkout session was already credited
+    balance: int
+
+
+@dataclass(frozen=True)
+class Refund:
+    event_id: str
+    payment_intent_id: str
+    charge_amount: int  # cents captured
+    amount_refunded: int  # cents refunded so far (Stripe's cumulative value)
+    description: str
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    user_id: int
+    debited: int  # credits taken back by this event
+    shortfall: int  # credits this event could not take back (already spent)
+    balance: int
+
+
+async def _apply(
+    conn: Connection,
+    user_id: int,
+    amount: int,
+    kind: str,
+    event_id: str,
+    checkout_session_id: str | None,
+    payment_intent_id: str | None,
+    description: str,
+) -> int | None:
+    """Insert one ledger row and move the balance; None when the row already existed."""
+    row = await conn.fetchrow(
+        query("ledger_apply"),
+        user_id,
+        amount,
+        kind,
+        event_id,
+        checkout_session_id,
+        payment_intent_id,
+        description,
+    )
+    if row is None:
+        return None
+    balance = row["credits_balance"]
+    if balance != row["balance_after"]:  # someone changed the balance without the lock
+        raise PermanentError(_balance_moved(user_id))
+    return int(balance)
+
+
+async def credit_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
+    """Credit once and mark the event completed, in one transaction.
+
+    One autocommit statement: the server-side `ledger_credit` takes the user's lock, inserts
+    the ledger row, moves the balance and marks the event `completed` (inside a caller's
+    transaction it becomes part of that one).
+    """
+    if purchase.credits <= 0:
+        raise PermanentError(f"credits must be a positive integer, got {purchase.credits}")
+    with translate_errors("crediting a purchase"):
+        try:
+            row = await conn.fetchrow(
+                query("ledger_credit"),
+                purchase.user_id,
+                purchase.credits,
+                "PURCHASE",
+                purchase.event_id,
+                purchase.checkout_session_id,
+                purchase.payment_intent_id,
+                purchase.description,
+            )
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == BALANCE_MOVED_SQLSTATE:
+                raise PermanentError(_balance_moved(purchase.user_id)) from exc
+            if exc.sqlstate == NO_USER_SQLSTATE:
+                raise PermanentError(
+                    f"user {purchase.user_id} does not exist; nothing was credited"
+                ) from exc
+            raise
+    assert row is not None
+    return CreditResult(applied=bool(row["applied"]), balance=int(row["balance"]))
+
+
+def refund_share(purchased: int, charge_amount: int, amount_refunded: int) -> int:
+    """Credits matching the refunded fraction of the charge, rounded down, integers only."""
+    if charge_amount <= 0 or purchased <= 0:
+        return 0
+    refunded = min(max(amount_refunded, 0), charge_amount)
+    return purchased * refunded // charge_amount
+
+
+async def debit_refund(conn: Connection, refund: Refund) -> RefundResult:
+    """Take back what the cumulative refund asks for and is not yet taken; never below zero.
+
+    Raises PurchaseNotFound (transient) when the payment's purchase is not in the ledger yet.
+    """
+    with translate_errors("finding a refund's purchase"):
+        purchase = await conn.fetchrow(
+            query("ledger_purchase_for_payment_intent"), refund.payment_intent_id
+        )
+    if purchase is None:
+        raise PurchaseNotFound()
+    user_id = int(purchase["user_id"])
+    debited = shortfall = 0
+    with translate_errors("debiting a refund"):
+        async with conn.transaction():
+            await lock_user(conn, user_id)
+            totals = await conn.fetchrow(
+                query("ledger_refund_totals"), refund.payment_intent_id, refund.event_id
+            )
+            assert totals is not None
+            balance = int(await conn.fetchval(query("ledger_user_balance"), user_id))
+            target = refund_share(
+                int(totals["purchased"]), refund.charge_amount, refund.amount_refunded
+            )
+            wanted = target - int(totals["debited"]) - int(totals["shortfall"])
+            if wanted > 0 and not totals["event_applied"]:
+                debited = min(wanted, balance)
+                shortfall = wanted - debited
+                if debited:
+                    applied = await _apply(
+                        conn,
+                        user_id,
+                        -debited,
+                        "REFUND",
+                        refund.event_id,
+                        purchase["checkout_session_id"],
+                        refund.payment_intent_id,
+                        refund.description,
+                    )
+                    assert applied is not None  # event_applied was false under the lock
+                    balance = applied
+                if shortfall:
+                    await conn.execute(
+                        query("ledger_insert_shortfall"),
+                        refund.event_id,
+                        user_id,
+                        refund.payment_intent_id,
+                        shortfall,
+                    )
+            await store.finish_event(conn, refund.event_id, "completed")
+    return RefundResult(user_id=user_id, debited=debited, shortfall=shortfall, balance=balance)

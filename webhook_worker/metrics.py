@@ -1,0 +1,72 @@
+"""Prometheus metrics shared by the receiver and the worker.
+
+With `PROMETHEUS_MULTIPROC_DIR` set (several uvicorn workers), every process writes its
+samples there and `/metrics` aggregates them; otherwise each process serves its own
+registry. The worker serves its metrics on `METRICS_PORT`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# receiver
+REQUESTS = Counter(
+    "webhook_requests_total", "Webhook requests by outcome and reason", ["outcome", "reason"]
+)
+DUPLICATES = Counter("webhook_duplicates_total", "Deliveries of an event id already stored")
+SIGNATURE_FAILURES = Counter(
+    "webhook_signature_failures_total", "Rejected signatures by reason", ["reason"]
+)
+INSERT_BATCH_SIZE = Histogram(
+    "webhook_insert_batch_size",
+    "Events per group-commit INSERT",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+ENQUEUE_FAILURES = Counter(
+    "webhook_enqueue_failures_total", "Stored events whose enqueue failed (the sweeper recovers)"
+)
+REQUEST_SECONDS = Histogram(
+    "webhook_request_seconds",
+    "Time from request to response",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+
+# worker
+EVENTS_PROCESSED = Counter(
+    "worker_events_total", "Events processed by outcome and type", ["outcome", "type"]
+)
+RETRIES = Counter("worker_retries_total", "Event retries after a transient fault", ["reason"])
+INGEST_TO_COMPLETED = Histogram(
+    "worker_ingest_to_completed_seconds",
+    "Lag from receipt to a final status",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+SWEPT = Counter("worker_swept_events_total", "Events re-enqueued by the sweeper")
+QUEUE_DEPTH = Gauge("worker_queue_depth", "Jobs waiting in the arq queue", multiprocess_mode="max")
+EVENTS_BY_STATUS = Gauge(
+    "stripe_events_by_status",
+    "Rows in stripe_events by status",
+    ["status"],
+    multiprocess_mode="max",
+)
+
+
+def render_latest() -> bytes:
+    """The exposition text for this process, or all processes in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(DEFAULT_REGISTRY)

@@ -1,0 +1,168 @@
+"""Plain-SQL migrations from `sql/migrations/NNNN_name.sql`, each with an up and a down part.
+
+Every migration runs in its own transaction; a session advisory lock serialises concurrent
+runs (two deploys at once apply each migration once); a changed checksum of an applied file
+is refused, because the database no longer matches what the file says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from webhook_worker.errors import MigrationError
+from webhook_worker.queries import query, sql_dir
+
+# Fixed advisory-lock key for migrations ("wwmigrat" as bytes); the ledger uses another space.
+MIGRATION_LOCK_KEY = 0x77776D6967726174
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_UP = re.compile(r"^--\s*migrate:up\s*$", re.MULTILINE)
+_DOWN = re.compile(r"^--\s*migrate:down\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    up: str
+    down: str
+    checksum: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    version: int
+    name: str
+    applied: bool
+    applied_at: str | None
+
+
+def load_migrations(folder: Path | None = None) -> list[Migration]:
+    folder = folder or sql_dir() / "migrations"
+    migrations = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _FILE.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
+        text = path.read_text()
+        up_match, down_match = _UP.search(text), _DOWN.search(text)
+        if not up_match or not down_match or down_match.start() < up_match.end():
+            raise MigrationError(f"{path.name}: needs '-- migrate:up' then '-- migrate:down'")
+        migrations.append(
+            Migration(
+                version=int(match.group(1)),
+                name=match.group(2),
+                up=text[up_match.end() : down_match.start()].strip(),
+                down=text[down_match.end() :].strip(),
+                checksum=hashlib.sha256(text.encode()).hexdigest(),
+                path=path,
+            )
+        )
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("two migration files share a version number")
+    return migrations
+
+
+async def _ensure_table(conn: asyncpg.Connection) -> None:
+    await conn.execute(query("create_schema_migrations"))
+
+
+async def _applied(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
+    return {row["version"]: row for row in await conn.fetch(query("applied_migrations"))}
+
+
+def _check_checksums(migrations: list[Migration], applied: dict[int, asyncpg.Record]) -> None:
+    by_version = {m.version: m for m in migrations}
+    for version, row in applied.items():
+        migration = by_version.get(version)
+        if migration is None:
+            raise MigrationError(
+                f"migration {version:04d}_{row['name']} is applied but its file is missing; "
+                "restore the file before migrating"
+            )
+        if migration.checksum != row["checksum"]:
+            raise MigrationError(
+                f"{migration.path.name} changed after it was applied (checksum mismatch); "
+                "applied migrations are immutable: revert the edit and add a new migration"
+            )
+
+
+async def migration_status(conn: asyncpg.Connection) -> list[MigrationStatus]:
+    await _ensure_table(conn)
+    applied = await _applied(conn)
+    return [
+        MigrationStatus(
+            version=m.version,
+            name=m.name,
+            applied=m.version in applied,
+            applied_at=str(applied[m.version]["applied_at"]) if m.version in applied else None,
+        )
+        for m in load_migrations()
+    ]
+
+
+async def pending_migrations(conn: asyncpg.Connection) -> list[Migration]:
+    """What `migrate up` would apply; reads only (no table is created)."""
+    exists = await conn.fetchval(query("schema_migrations_exists"))
+    applied = await _applied(conn) if exists else {}
+    migrations = load_migrations()
+    _check_checksums(migrations, applied)
+    return [m for m in migrations if m.version not in applied]
+
+
+async def migrate_up(conn: asyncpg.Connection, to: int | None = None) -> list[Migration]:
+    """Apply pending migrations up to `to` (all by default); return what was applied."""
+    done: list[Migration] = []
+    await conn.execute(query("migration_lock"), MIGRATION_LOCK_KEY)
+    try:
+        await _ensure_table(conn)
+        applied = await _applied(conn)
+        migrations = load_migrations()
+        _check_checksums(migrations, applied)
+        for migration in migrations:
+            if migration.version in applied or (to is not None and migration.version > to):
+                continue
+            try:
+                async with conn.transaction():
+                    await conn.execute(migration.up)
+                    await conn.execute(
+                        query("record_migration"),
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
+                    )
+            except asyncpg.PostgresError as exc:
+                raise MigrationError(
+                    f"{migration.path.name} failed and was rolled back: {exc}"
+                ) from exc
+            done.append(migration)
+    finally:
+        await conn.execute(query("migration_unlock"), MIGRATION_LOCK_KEY)
+    return done
+
+
+async def migrate_down(conn: asyncpg.Connection, to: int | None = None) -> list[Migration]:
+    """Roll back the newest migration, or every migration above version `to`."""
+    done: list[Migration] = []
+    await conn.execute(query("migration_lock"), MIGRATION_LOCK_KEY)
+    try:
+        await _ensure_table(conn)
+        applied = await _applied(conn)
+        migrations = load_migrations()
+        _check_checksums(migrations, applied)
+        targets = [m for m in reversed(migrations) if m.version in applied]
+        targets = targets[:1] if to is None else [m for m in targets if m.version > to]
+        for migration in targets:
+            async with conn.transaction():
+                await conn.execute(migration.down)
+                await conn.execute(query("forget_migration"), migration.version)
+            done.append(migration)
+    finally:
+        await conn.execute(query("migration_unlock"), MIGRATION_LOCK_KEY)
+    return done

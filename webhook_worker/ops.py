@@ -1,0 +1,547 @@
+"""The ops service layer shared by the CLI (`ops_cli`) and the HTTP API (`ops_api`).
+
+Every function takes a connection (and Redis where it enqueues) and returns plain data, so
+both front ends have the same semantics. SQL lives in `sql/queries/ops.sql`.
+
+Replay: an event goes back to `received` with its `attempts` and last `error_message` kept
+(the worker overwrites the error with the new outcome) and is enqueued under a fresh arq
+job id, because arq refuses an id whose job or kept result still exists. `failed`,
+`received` and `processing` events replay freely; `completed` and `ignored` ones only with
+`force` — harmless (the ledger's unique `event_id` and one-PURCHASE-per-session constraints
+mean a completed purchase is never credited twice) but rarely what was meant.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import httpx
+import orjson
+from arq.connections import ArqRedis
+
+from webhook_worker import migrations, queue, sample_events
+from webhook_worker.config import Settings
+from webhook_worker.errors import ConfigError, MigrationError, TransientError
+from webhook_worker.log import redact_text
+from webhook_worker.queries import query
+from webhook_worker.store import EVENT_STATUSES, Connection, prune_events, translate_errors
+
+DEFAULT_LIST_LIMIT = 50
+MAX_LIST_LIMIT = 10_000
+REPLAY_BATCH = 200
+FREE_REPLAY_STATUSES = ("failed", "received", "processing")
+FORCED_REPLAY_STATUSES = ("completed", "ignored")
+SMOKE_EVENT_TYPE = "webhook_worker.smoke_test"
+
+# What the contract (DESIGN.md) names, checked by `verify`; names as in sql/migrations/.
+EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": (
+        "id",
+        "uuid",
+        "email",
+        "stripe_customer_id",
+        "credits_balance",
+        "created_at",
+        "updated_at",
+    ),
+    "stripe_events": (
+        "event_id",
+        "type",
+        "livemode",
+        "api_version",
+        "account",
+        "stripe_created_at",
+        "received_at",
+        "raw_data",
+        "processing_status",
+        "attempts",
+        "error_message",
+        "processed_at",
+        "updated_at",
+    ),
+    "credit_transactions": (
+        "user_id",
+        "amount",
+        "balance_after",
+        "transaction_type",
+        "event_id",
+        "checkout_session_id",
+        "payment_intent_id",
+        "description",
+        "created_at",
+    ),
+    "schema_migrations": ("version", "name", "checksum", "applied_at"),
+}
+EXPECTED_CONSTRAINTS: dict[str, str] = {
+    "credits_balance_nonneg": "users.credits_balance >= 0",
+    "stripe_events_event_id_key": "stripe_events.event_id unique",
+    "stripe_events_status_check": "stripe_events.processing_status values",
+    "credit_transactions_event_id_key": "credit_transactions.event_id unique",
+    "credit_transactions_amount_nonzero": "credit_transactions.amount <> 0",
+    "credit_transactions_type_check": "credit_transactions.transaction_type values",
+    "credit_transactions_user_id_fkey": "credit_transactions.user_id -> users",
+    "credit_transactions_event_id_fkey": "credit_transactions.event_id -> stripe_events",
+}
+EXPECTED_INDEXES: dict[str, str] = {
+    "users_uuid_key": "users.uuid unique",
+    "users_email_lower_key": "users.email unique case-insensitively",
+    "users_stripe_customer_id_key": "users.stripe_customer_id unique",
+    "stripe_events_status_received_at_idx": "stripe_events by status, oldest first",
+    "credit_transactions_one_purchase_per_session": "one PURCHASE per checkout session",
+}
+_SAMPLE = 50
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class OpsInputError(ConfigError):
+    """An ops request is invalid (bad status, date or combination of options)."""
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+def parse_since(text: str | None, *, now: datetime | None = None) -> datetime | None:
+    """`2024-06-01`, an ISO timestamp (UTC when naive), or relative: `30m`, `24h`, `7d`, `2w`."""
+    if text is None or not text.strip():
+        return None
+    relative = _RELATIVE.match(text)
+    if relative:
+        delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+        return (now or datetime.now(UTC)) - delta
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        try:
+            day = date.fromisoformat(text.strip())
+        except ValueError:
+            raise OpsInputError(
+                f"--since {text!r} is not a date; use 2024-06-01, 2024-06-01T12:00:00Z or 24h/7d"
+            ) from None
+        parsed = datetime(day.year, day.month, day.day)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def check_status(status: str | None) -> str | None:
+    if status is not None and status not in EVENT_STATUSES:
+        raise OpsInputError(
+            f"status {status!r} is not one of {' | '.join(EVENT_STATUSES)}; e.g. --status failed"
+        )
+    return status
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types: datetimes as ISO 8601, UUIDs as text, Decimals as numbers."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def _event_row(record: Any) -> dict[str, Any]:
+    row = dict(record)
+    if row.get("error_message"):
+        row["error_message"] = redact_text(row["error_message"])
+    return row
+
+
+# --- list / show -------------------------------------------------------------------------
+
+
+async def list_events(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    event_type: str | None = None,
+    since: datetime | None = None,
+    limit: int = DEFAULT_LIST_LIMIT,
+) -> list[dict[str, Any]]:
+    """Newest first, filtered by status, type and receipt time."""
+    check_status(status)
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise OpsInputError(f"limit {limit} is out of range; use 1 to {MAX_LIST_LIMIT}")
+    with translate_errors("listing events"):
+        rows = await conn.fetch(query("ops_list_events"), status, event_type, since, limit)
+    return [_event_row(row) for row in rows]
+
+
+async def show_event(
+    conn: Connection, event_id: str, *, raw: bool = False
+) -> dict[str, Any] | None:
+    """One event with the ledger rows it produced; the parsed payload when `raw`."""
+    with translate_errors("reading an event"):
+        record = await conn.fetchrow(query("get_event"), event_id)
+        if record is None:
+            return None
+        ledger = await conn.fetch(query("ops_event_ledger"), event_id)
+    event = _event_row(record)
+    payload = event.pop("raw_data")
+    event["payload_pruned"] = payload is None
+    if raw:
+        event["raw_data"] = orjson.loads(payload) if isinstance(payload, str | bytes) else payload
+    event["ledger"] = [dict(row) for row in ledger]
+    return event
+
+
+# --- replay ------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayResult:
+    """What a replay did (or, with `dry_run`, would do)."""
+
+    dry_run: bool
+    selected: list[dict[str, Any]] = field(default_factory=list)
+    replayed: list[str] = field(default_factory=list)
+    enqueued: int = 0
+    not_found: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    enqueue_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.not_found and not self.skipped and self.enqueue_error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+
+async def select_replay(
+    conn: Connection,
+    *,
+    event_ids: Sequence[str] = (),
+    status: str | None = None,
+    event_type: str | None = None,
+    since: datetime | None = None,
+    force: bool = False,
+) -> ReplayResult:
+    """Which events a replay would touch: named ids, or every event matching the filters."""
+    result = ReplayResult(dry_run=True)
+    if event_ids and (status or event_type or since):
+        raise OpsInputError("give event ids or --status/--type/--since filters, not both")
+    if not event_ids and status is None:
+        raise OpsInputError("give event ids to replay, or --status (e.g. --status failed)")
+    allowed = FREE_REPLAY_STATUSES + (FORCED_REPLAY_STATUSES if force else ())
+    if event_ids:
+        unique_ids = list(dict.fromkeys(event_ids))
+        with translate_errors("selecting events to replay"):
+            rows = await conn.fetch(query("ops_events_by_ids"), unique_ids)
+        by_id = {row["event_id"]: _event_row(row) for row in rows}
+        result.not_found = [event_id for event_id in unique_ids if event_id not in by_id]
+        candidates = [by_id[event_id] for event_id in unique_ids if event_id in by_id]
+    else:
+        check_status(status)
+        if status in FORCED_REPLAY_STATUSES and not force:
+            raise OpsInputError(
+                f"replaying {status} events needs --force: it credits nothing twice but "
+                "re-runs their handling"
+            )
+        with translate_errors("selecting events to replay"):
+            rows = await conn.fetch(query("ops_replay_candidates"), status, event_type, since)
+        candidates = [_event_row(row) for row in rows]
+    for event in candidates:
+        if event["processing_status"] in allowed:
+            result.selected.append(event)
+        else:
+            result.skipped.append(
+                {
+                    "event_id": event["event_id"],
+                    "reason": f"already {event['processing_status']}; use --force to replay",
+                }
+            )
+    return result
+
+
+async def replay_events(
+    conn: Connection,
+    redis: ArqRedis | None,
+    selection: ReplayResult,
+    *,
+    dry_run: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """Reset the selected events to `received` and enqueue each under a fresh job id.
+
+    Rows are reset before the enqueue: if Redis fails half way, the events wait as
+    `received` and the worker's stale-event sweeper enqueues them later.
+    """
+    selection.dry_run = dry_run
+    if dry_run:
+        return selection
+    events = selection.selected
+    for start in range(0, len(events), REPLAY_BATCH):
+        batch = events[start : start + REPLAY_BATCH]
+        ids = [event["event_id"] for event in batch]
+        statuses = sorted({event["processing_status"] for event in batch})
+        with translate_errors("resetting events for replay"):
+            rows = await conn.fetch(query("ops_reset_for_replay"), ids, statuses)
+        reset = {row["event_id"] for row in rows}
+        replayed = [event_id for event_id in ids if event_id in reset]
+        for event_id in ids:
+            if event_id not in reset:
+                selection.skipped.append(
+                    {"event_id": event_id, "reason": "its status changed meanwhile; not replayed"}
+                )
+        selection.replayed.extend(replayed)
+        if redis is not None and selection.enqueue_error is None and replayed:
+            try:
+                selection.enqueued += await queue.enqueue_events(redis, replayed, fresh=True)
+            except TransientError as exc:
+                selection.enqueue_error = (
+                    f"{exc}; the events are `received` and the sweeper will enqueue them"
+                )
+        if on_progress is not None:
+            on_progress(len(batch))
+    if redis is None and selection.replayed:
+        selection.enqueue_error = "Redis not available; the sweeper will enqueue the events"
+    return selection
+
+
+# --- stats -------------------------------------------------------------------------------
+
+
+async def collect_stats(conn: Connection) -> dict[str, Any]:
+    """Events by status and type, backlog age, recent failures, credit totals."""
+    with translate_errors("collecting stats"):
+        by_status = await conn.fetch(query("ops_stats_by_status"))
+        by_type = await conn.fetch(query("ops_stats_by_type"))
+        oldest = await conn.fetchrow(query("ops_stats_oldest_unprocessed"))
+        failures = await conn.fetchval(query("ops_stats_recent_failures"))
+        credits = await conn.fetchrow(query("ops_stats_credits"))
+        users = await conn.fetchrow(query("ops_stats_users"))
+    statuses = {status: 0 for status in EVENT_STATUSES}
+    statuses.update({row["status"]: int(row["events"]) for row in by_status})
+    types: dict[str, dict[str, int]] = {}
+    for row in by_type:
+        types.setdefault(row["type"], {})[row["status"]] = int(row["events"])
+    assert oldest is not None and credits is not None and users is not None
+    return {
+        "events_by_status": statuses,
+        "events_total": sum(statuses.values()),
+        "events_by_type": types,
+        "oldest_unprocessed_at": oldest["oldest"],
+        "oldest_unprocessed_age_seconds": oldest["age"],
+        "failures_last_day": int(failures or 0),
+        "credits_granted": int(credits["granted"]),
+        "credits_refunded": int(credits["refunded"]),
+        "credit_transactions": int(credits["transactions"]),
+        "users_with_credits": int(users["users_with_credits"]),
+        "credits_outstanding": int(users["credits_outstanding"]),
+    }
+
+
+# --- verify ------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    @property
+    def problems(self) -> list[Check]:
+        return [check for check in self.checks if not check.ok]
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append(Check(name, ok, detail))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [asdict(check) for check in self.checks]}
+
+
+async def _verify_schema(conn: Connection, report: VerifyReport) -> set[str]:
+    """Tables, columns, constraints and indexes; returns the tables that are complete."""
+    rows = await conn.fetch(query("ops_schema_columns"), list(EXPECTED_COLUMNS))
+    present: dict[str, set[str]] = {}
+    for row in rows:
+        present.setdefault(row["table_name"], set()).add(row["column_name"])
+    complete: set[str] = set()
+    for table, columns in EXPECTED_COLUMNS.items():
+        if table not in present:
+            report.add(f"table {table}", False, f"table {table} is missing")
+            continue
+        missing = [column for column in columns if column not in present[table]]
+        if missing:
+            report.add(f"table {table}", False, f"{table} lacks column(s): {', '.join(missing)}")
+        else:
+            report.add(f"table {table}", True, f"{len(columns)} columns present")
+            complete.add(table)
+    constraints = {row["name"] for row in await conn.fetch(query("ops_schema_constraints"))}
+    for name, meaning in EXPECTED_CONSTRAINTS.items():
+        found = name in constraints
+        report.add(f"constraint {name}", found, meaning if found else f"missing ({meaning})")
+    indexes = {row["name"] for row in await conn.fetch(query("ops_schema_indexes"))}
+    for name, meaning in EXPECTED_INDEXES.items():
+        found = name in indexes
+        report.add(f"index {name}", found, meaning if found else f"missing ({meaning})")
+    return complete
+
+
+async def _verify_migrations(conn: Connection, report: VerifyReport) -> None:
+    try:
+        pending = await migrations.pending_migrations(conn)  # type: ignore[arg-type]
+    except MigrationError as exc:
+        report.add("migrations", False, str(exc))
+        return
+    if pending:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
+        report.add("migrations", False, f"not applied: {names} (run `webhook-worker migrate`)")
+    else:
+        report.add("migrations", True, "every migration is applied")
+
+
+async def _verify_data(
+    conn: Connection, report: VerifyReport, complete: set[str], stale_after_seconds: int
+) -> None:
+    if {"users", "credit_transactions"} <= complete:
+        rows = await conn.fetch(query("ops_balance_mismatches"), _SAMPLE)
+        if rows:
+            shown = "; ".join(
+                f"user {r['user_id']}: balance {r['credits_balance']} != ledger {r['ledger_sum']}"
+                for r in rows
+            )
+            more = f" (first {_SAMPLE})" if len(rows) == _SAMPLE else ""
+            report.add("balances", False, f"{len(rows)} balance(s) differ{more}: {shown}")
+        else:
+            report.add("balances", True, "every balance equals its ledger sum")
+    else:
+        report.add("balances", False, "not checked: users/credit_transactions incomplete")
+    if "stripe_events" in complete:
+        rows = await conn.fetch(query("ops_stuck_events"), stale_after_seconds, _SAMPLE)
+        if rows:
+            shown = ", ".join(
+                f"{r['event_id']} ({r['processing_status']} {int(r['age'])}s)" for r in rows[:10]
+            )
+            report.add(
+                "stuck events",
+                False,
+                f"{len(rows)}{'+' if len(rows) == _SAMPLE else ''} event(s) received/processing "
+                f"for over {stale_after_seconds}s: {shown} — is a worker running?",
+            )
+        else:
+            report.add("stuck events", True, f"none older than {stale_after_seconds}s")
+    else:
+        report.add("stuck events", False, "not checked: stripe_events incomplete")
+
+
+async def verify(conn: Connection, *, stale_after_seconds: int) -> VerifyReport:
+    """The deployment check: contract schema present, balances match ledgers, none stuck."""
+    report = VerifyReport()
+    with translate_errors("verifying the database"):
+        complete = await _verify_schema(conn, report)
+        await _verify_migrations(conn, report)
+        await _verify_data(conn, report, complete, stale_after_seconds)
+    return report
+
+
+# --- prune -------------------------------------------------------------------------------
+
+
+async def prune(conn: Connection, older_than_days: int, *, dry_run: bool = False) -> int:
+    if older_than_days < 1:
+        raise OpsInputError("--older-than must be at least 1 day")
+    return await prune_events(conn, older_than_days, dry_run=dry_run)
+
+
+# --- send-test-event ---------------------------------------------------------------------
+
+
+def build_test_event(
+    event_type: str = "checkout.session.completed",
+    *,
+    email: str | None = None,
+    user_id: str | None = None,
+    user_uuid: str | None = None,
+    credits: int | None = 10,
+    payment_intent: str | None = None,
+) -> dict[str, Any]:
+    """A realistic test-mode event: a checkout session, a refunded charge, or any other type."""
+    if event_type.startswith("checkout.session."):
+        metadata = {"user_uuid": user_uuid} if user_uuid else {}
+        return sample_events.checkout_session_event(
+            event_type=event_type,
+            credits=credits,
+            amount_total=100 * (credits or 10),
+            email=email,
+            client_reference_id=user_id,
+            metadata=metadata,
+            payment_intent=payment_intent,
+        )
+    if event_type == "charge.refunded":
+        if not payment_intent:
+            raise OpsInputError(
+                "charge.refunded needs --payment-intent pi_… of a credited purchase"
+            )
+        return sample_events.charge_refunded_event(payment_intent=payment_intent)
+    kind = event_type.split(".", 1)[0]
+    known = {"charge", "customer", "refund", "checkout.session"}
+    data = sample_events.stripe_object(kind) if kind in known else {"object": kind}
+    data["id"] = sample_events.new_id(kind[:3] or "obj")
+    return sample_events.event_envelope(event_type, data)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    event_id: str
+    event_type: str
+    status_code: int
+    body: str
+
+
+async def send_event(
+    url: str, event: dict[str, Any], secret: str, *, within: float = 10.0
+) -> DeliveryResult:
+    """POST one event signed like Stripe does; any HTTP answer is returned, not raised."""
+    payload = sample_events.encode_event(event)
+    headers = {
+        "Content-Type": "application/json",
+        "Stripe-Signature": sample_events.sign_payload(payload, secret),
+        "User-Agent": "webhook-worker send-test-event",
+    }
+    try:
+        async with httpx.AsyncClient(timeout=within) as client:
+            response = await client.post(url, content=payload, headers=headers)
+    except httpx.HTTPError as exc:
+        raise TransientError(f"cannot POST to {url}: {type(exc).__name__}: {exc}") from exc
+    return DeliveryResult(event["id"], event["type"], response.status_code, response.text)
+
+
+async def event_status(conn: Connection, event_id: str) -> str | None:
+    with translate_errors("reading an event status"):
+        status = await conn.fetchval(query("ops_event_stored"), event_id)
+    return str(status) if status is not None else None
+
+
+def pick_secret(settings: Settings, secret: str | None) -> str:
+    if secret:
+        return secret
+    if settings.webhook_secrets:
+        return settings.webhook_secrets[0]
+    raise ConfigError(
+        "no signing secret: set STRIPE_WEBHOOK_SECRET=whsec_… or pass --secret whsec_…"
+    )

@@ -1,0 +1,496 @@
+"""Ops subcommands of `webhook-worker`: events, replay, stats, verify, send-test-event, prune.
+
+Thin argparse front ends over `webhook_worker.ops`; `cli.py` registers `OPS_REGISTRARS`.
+Exit codes as in `cli.py`: 0 ok, 1 the command ran and found a problem (event not found,
+failed check, non-200 answer), 2 bad usage or configuration. `--json` prints one JSON
+document on stdout for scripts; otherwise `rich` tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import orjson
+from arq.connections import ArqRedis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from webhook_worker import ops, queue, store
+from webhook_worker.config import Settings
+from webhook_worker.errors import TransientError
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+_PROGRESS_FROM = 50
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+AsyncHandler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+
+def _sync(handler: AsyncHandler) -> Callable[[argparse.Namespace, Settings], int]:
+    return lambda args, settings: asyncio.run(handler(args, settings))
+
+
+def _console() -> Console:
+    """stdout at call time (so capture works); wide when not a terminal, so ids never wrap."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _print_json(value: Any) -> None:
+    print(orjson.dumps(ops.jsonable(value), option=orjson.OPT_INDENT_2).decode())
+
+
+@contextlib.asynccontextmanager
+async def _connection(settings: Settings) -> AsyncIterator[store.Connection]:
+    pool = await store.create_pool(settings, min_size=1, max_size=2)
+    try:
+        async with store.acquire(pool, "running an ops command") as conn:
+            yield conn
+    finally:
+        await pool.close()
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --- events list / show ------------------------------------------------------------------
+
+
+def _events_table(events: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("event id", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("attempts", justify="right")
+    table.add_column("received (UTC)", no_wrap=True)
+    table.add_column("error")
+    for event in events:
+        table.add_row(
+            event["event_id"],
+            event["type"],
+            event["processing_status"],
+            str(event["attempts"]),
+            _when(event["received_at"]),
+            _short(event.get("error_message")),
+        )
+    return table
+
+
+async def _events_list(args: argparse.Namespace, settings: Settings) -> int:
+    since = ops.parse_since(args.since)
+    ops.check_status(args.status)
+    async with _connection(settings) as conn:
+        events = await ops.list_events(
+            conn, status=args.status, event_type=args.type, since=since, limit=args.limit
+        )
+    if args.json:
+        _print_json(events)
+        return EXIT_OK
+    if not events:
+        print("no events match")
+        return EXIT_OK
+    _console().print(_events_table(events, f"{len(events)} event(s), newest first"))
+    return EXIT_OK
+
+
+async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
+    async with _connection(settings) as conn:
+        event = await ops.show_event(conn, args.event_id, raw=args.raw)
+    if event is None:
+        print(f"event {args.event_id} not found", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.json:
+        _print_json(event)
+        return EXIT_OK
+    console = _console()
+    fields = (
+        "event_id",
+        "type",
+        "processing_status",
+        "attempts",
+        "error_message",
+        "livemode",
+        "account",
+        "api_version",
+        "stripe_created_at",
+        "received_at",
+        "processed_at",
+        "updated_at",
+        "payload_pruned",
+    )
+    for name in fields:
+        value = event.get(name)
+        console.print(f"[bold]{name:<18}[/bold] {'-' if value is None else value}")
+    ledger = event["ledger"]
+    if ledger:
+        table = Table(title="ledger rows", title_justify="left")
+        for column in ("id", "user", "type", "amount", "balance after", "session"):
+            table.add_column(column, no_wrap=True)
+        for row in ledger:
+            table.add_row(
+                str(row["id"]),
+                f"{row['user_id']} ({row['user_uuid']})",
+                row["transaction_type"],
+                str(row["amount"]),
+                str(row["balance_after"]),
+                row["checkout_session_id"] or "-",
+            )
+        console.print(table)
+    else:
+        console.print("[bold]ledger            [/bold] no ledger rows")
+    if args.raw:
+        payload = event.get("raw_data")
+        if payload is None:
+            print("raw payload: pruned")
+        else:
+            print(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
+    return EXIT_OK
+
+
+def _add_events(sub: Subparsers) -> None:
+    p = sub.add_parser("events", help="list and inspect stored Stripe events")
+    events = p.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    lst = events.add_parser("list", help="list events, newest first")
+    lst.add_argument("--status", choices=store.EVENT_STATUSES, help="only this status")
+    lst.add_argument("--type", help="only this event type, e.g. checkout.session.completed")
+    lst.add_argument("--since", help="received since: 2024-06-01, an ISO time, or 24h / 7d")
+    lst.add_argument("--limit", type=int, default=ops.DEFAULT_LIST_LIMIT, help="at most N rows")
+    lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    lst.set_defaults(handler=_sync(_events_list))
+    show = events.add_parser(
+        "show", help="one event: status, attempts, error and the ledger rows it produced"
+    )
+    show.add_argument("event_id", metavar="EVENT_ID")
+    show.add_argument("--raw", action="store_true", help="include the raw Stripe payload")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_sync(_events_show))
+
+
+# --- replay ------------------------------------------------------------------------------
+
+
+async def _connect_redis(settings: Settings) -> ArqRedis | None:
+    try:
+        return await queue.create_redis(settings)
+    except TransientError:
+        return None
+
+
+async def _replay_with_progress(
+    conn: store.Connection, redis: ArqRedis | None, selection: ops.ReplayResult, show: bool
+) -> ops.ReplayResult:
+    if not show:
+        return await ops.replay_events(conn, redis, selection)
+    with Progress(
+        TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), console=_console()
+    ) as progress:
+        task = progress.add_task("replay", total=len(selection.selected))
+        return await ops.replay_events(
+            conn, redis, selection, on_progress=lambda n: progress.advance(task, n)
+        )
+
+
+def _print_replay(result: ops.ReplayResult) -> None:
+    console = _console()
+    if result.dry_run:
+        if result.selected:
+            title = f"dry run: would replay {len(result.selected)} event(s); nothing changed"
+            console.print(_events_table(result.selected, title))
+        else:
+            print("dry run: nothing to replay")
+    elif result.replayed:
+        print(
+            f"replayed {len(result.replayed)} event(s): back to received, "
+            f"{result.enqueued} job(s) enqueued"
+        )
+        for event_id in result.replayed[:20]:
+            print(f"  {event_id}")
+        if len(result.replayed) > 20:
+            print(f"  … and {len(result.replayed) - 20} more")
+    else:
+        print("nothing to replay")
+    for event_id in result.not_found:
+        print(f"not found: {event_id}", file=sys.stderr)
+    for skipped in result.skipped:
+        print(f"skipped: {skipped['event_id']}: {skipped['reason']}", file=sys.stderr)
+    if result.enqueue_error:
+        print(f"warning: {result.enqueue_error}", file=sys.stderr)
+
+
+async def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    since = ops.parse_since(args.since)
+    async with _connection(settings) as conn:
+        selection = await ops.select_replay(
+            conn,
+            event_ids=args.event_ids,
+            status=args.status,
+            event_type=args.type,
+            since=since,
+            force=args.force,
+        )
+        if args.dry_run or not selection.selected:
+            result = await ops.replay_events(conn, None, selection, dry_run=args.dry_run)
+        else:
+            redis = await _connect_redis(settings)
+            try:
+                show = not args.json and len(selection.selected) >= _PROGRESS_FROM
+                result = await _replay_with_progress(conn, redis, selection, show)
+            finally:
+                if redis is not None:
+                    await redis.aclose()
+    if args.json:
+        _print_json(result.as_dict())
+    else:
+        _print_replay(result)
+    return EXIT_OK if result.ok else EXIT_PROBLEM
+
+
+def _add_replay(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="put events back to received and enqueue them again (fresh job id)",
+        description=(
+            "Replay named events, or every event with --status (and optional --type/--since). "
+            "Attempts and the last error are kept until the worker records the new outcome. "
+            "completed/ignored events need --force; a replayed completed purchase credits "
+            "nothing twice. Exit 1 when an id is unknown or skipped, or Redis was unreachable "
+            "(the events then wait as received for the sweeper)."
+        ),
+    )
+    p.add_argument("event_ids", nargs="*", metavar="EVENT_ID", help="events to replay")
+    p.add_argument("--status", choices=store.EVENT_STATUSES, help="replay every event in it")
+    p.add_argument("--type", help="with --status: only this event type")
+    p.add_argument("--since", help="with --status: received since (2024-06-01, 24h, 7d)")
+    p.add_argument("--force", action="store_true", help="also replay completed/ignored events")
+    p.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_sync(_replay))
+
+
+# --- stats -------------------------------------------------------------------------------
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "none waiting"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+
+
+def _print_stats(stats: dict[str, Any]) -> None:
+    console = _console()
+    status_table = Table(title="events by status", title_justify="left")
+    status_table.add_column("status")
+    status_table.add_column("events", justify="right")
+    for status, count in stats["events_by_status"].items():
+        status_table.add_row(status, str(count))
+    status_table.add_row("[bold]total[/bold]", str(stats["events_total"]))
+    console.print(status_table)
+    type_table = Table(title="events by type", title_justify="left")
+    type_table.add_column("type", no_wrap=True)
+    for status in store.EVENT_STATUSES:
+        type_table.add_column(status, justify="right")
+    for event_type, counts in stats["events_by_type"].items():
+        type_table.add_row(event_type, *(str(counts.get(s, 0)) for s in store.EVENT_STATUSES))
+    console.print(type_table)
+    summary = Table(title="health and credits", title_justify="left", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    summary.add_row("oldest unprocessed event", _age(stats["oldest_unprocessed_age_seconds"]))
+    summary.add_row("failures in the last day", str(stats["failures_last_day"]))
+    summary.add_row("credits granted", str(stats["credits_granted"]))
+    summary.add_row("credits refunded", str(stats["credits_refunded"]))
+    summary.add_row("credits outstanding", str(stats["credits_outstanding"]))
+    summary.add_row("users with credits", str(stats["users_with_credits"]))
+    console.print(summary)
+
+
+async def _stats(args: argparse.Namespace, settings: Settings) -> int:
+    async with _connection(settings) as conn:
+        stats = await ops.collect_stats(conn)
+    if args.json:
+        _print_json(stats)
+    else:
+        _print_stats(stats)
+    return EXIT_OK
+
+
+def _add_stats(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "stats", help="events by status and type, backlog age, failures, credit totals"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_sync(_stats))
+
+
+# --- verify ------------------------------------------------------------------------------
+
+
+def print_verify_report(report: ops.VerifyReport) -> None:
+    """A checklist, then the problems again as a list (also used by deploy_hotfix.py)."""
+    console = _console()
+    for check in report.checks:
+        mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {check.name}: {check.detail}", markup=True)
+    if report.ok:
+        console.print(f"verify passed: {len(report.checks)} checks")
+    else:
+        console.print(f"verify FAILED: {len(report.problems)} problem(s)")
+        for check in report.problems:
+            console.print(f"  - {check.name}: {check.detail}", markup=False)
+
+
+async def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    async with _connection(settings) as conn:
+        report = await ops.verify(conn, stale_after_seconds=settings.stale_after_seconds)
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        print_verify_report(report)
+    return EXIT_OK if report.ok else EXIT_PROBLEM
+
+
+def _add_verify(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="deployment check: schema per contract, balances match ledgers, no stuck events",
+        description="Exit 0 when every check passes, 1 with the list of problems otherwise.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_sync(_verify))
+
+
+# --- send-test-event ---------------------------------------------------------------------
+
+
+def _default_url() -> str:
+    return f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/webhooks/stripe"
+
+
+def quiet_http_logs() -> None:
+    """httpx logs each request at info on stdout; the command prints its own result."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _dev_secret() -> str | None:
+    """The secret `webhook-worker dev` created and printed, when run from the same folder."""
+    path = Path(os.environ.get("DATA_DIR", ".data")) / "dev_webhook_secret"
+    if not path.is_file():
+        return None
+    return path.read_text().strip() or None
+
+
+async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
+    secret = ops.pick_secret(
+        settings, args.secret or (None if settings.webhook_secrets else _dev_secret())
+    )
+    quiet_http_logs()
+    if args.credits is not None and args.credits < 1:
+        raise ops.OpsInputError("--credits must be a positive integer")
+    event = ops.build_test_event(
+        args.type,
+        email=args.email,
+        user_id=args.user_id,
+        user_uuid=args.user_uuid,
+        credits=args.credits,
+        payment_intent=args.payment_intent,
+    )
+    result = await ops.send_event(args.url, event, secret)
+    if args.json:
+        _print_json(
+            {
+                "event_id": result.event_id,
+                "type": result.event_type,
+                "status_code": result.status_code,
+                "body": result.body,
+            }
+        )
+    else:
+        print(f"sent {result.event_type} {result.event_id} to {args.url}")
+        print(f"HTTP {result.status_code} {result.body}")
+    return EXIT_OK if result.status_code == 200 else EXIT_PROBLEM
+
+
+def _add_send_test_event(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "send-test-event",
+        help="POST a signed test-mode Stripe event to a receiver (like `stripe trigger`)",
+        description="Exit 0 on HTTP 200, 1 otherwise. The email and secret are never printed.",
+    )
+    p.add_argument("--url", default=_default_url(), help="receiver endpoint (default: %(default)s)")
+    p.add_argument(
+        "--type",
+        default="checkout.session.completed",
+        help="event type (default: %(default)s); charge.refunded needs --payment-intent",
+    )
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--email", help="buyer email (customer_email / customer_details.email)")
+    who.add_argument("--user-id", help="users.id, sent as client_reference_id")
+    who.add_argument("--user-uuid", help="users.uuid, sent as metadata.user_uuid")
+    p.add_argument("--credits", type=int, default=10, help="metadata.credits (default: 10)")
+    p.add_argument("--payment-intent", help="pi_… to use (refunds point at the purchase's)")
+    p.add_argument(
+        "--secret",
+        help="sign with this whsec_… (default: the first STRIPE_WEBHOOK_SECRET, "
+        "else the secret `webhook-worker dev` keeps in .data/)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_sync(_send_test_event))
+
+
+# --- prune -------------------------------------------------------------------------------
+
+
+async def _prune(args: argparse.Namespace, settings: Settings) -> int:
+    days = args.older_than if args.older_than is not None else settings.retention_days
+    async with _connection(settings) as conn:
+        count = await ops.prune(conn, days, dry_run=args.dry_run)
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "older_than_days": days, "events": count})
+    elif args.dry_run:
+        print(f"dry run: would prune the raw payload of {count} event(s) older than {days} days")
+    else:
+        print(f"pruned the raw payload of {count} event(s) older than {days} days")
+    return EXIT_OK
+
+
+def _add_prune(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="drop raw payloads of old completed/ignored events (ids, status, ledger stay)",
+    )
+    p.add_argument("--older-than", type=int, metavar="DAYS", help="default: RETENTION_DAYS (90)")
+    p.add_argument("--dry-run", action="store_true", help="count only, change nothing")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_sync(_prune))
+
+
+OPS_REGISTRARS: list[Callable[[Subparsers], None]] = [
+    _add_events,
+    _add_replay,
+    _add_stats,
+    _add_verify,
+    _add_send_test_event,
+    _add_prune,
+]

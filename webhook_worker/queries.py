@@ -1,0 +1,56 @@
+"""Named SQL statements loaded from `sql/queries/*.sql`.
+
+Each statement starts with a `-- name: some_name` line; everything up to the next such line
+is its text. Statements are parameterised with asyncpg's `$1`, `$2`, … and never formatted
+with Python strings. Names are unique across all files.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+def sql_dir() -> Path:
+    """`sql/` beside the package in a checkout, or inside it in an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "sql", here.parent / "sql"):
+        if (candidate / "migrations").is_dir():
+            return candidate
+    raise FileNotFoundError(f"no sql/ folder found beside {here}")
+
+
+def parse_queries(text: str, source: str = "<string>") -> dict[str, str]:
+    """Split one file into {name: statement}."""
+    matches = list(_NAME.finditer(text))
+    queries: dict[str, str] = {}
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        body = text[match.end() : end].strip().rstrip(";").strip()
+        name = match.group(1)
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice in {source}")
+        queries[name] = body
+    return queries
+
+
+@cache
+def all_queries() -> dict[str, str]:
+    queries: dict[str, str] = {}
+    for path in sorted((sql_dir() / "queries").glob("*.sql")):
+        for name, body in parse_queries(path.read_text(), str(path)).items():
+            if name in queries:
+                raise ValueError(f"query {name!r} is defined in more than one file ({path})")
+            queries[name] = body
+    return queries
+
+
+def query(name: str) -> str:
+    """The text of one named statement; a KeyError names the missing query."""
+    try:
+        return all_queries()[name]
+    except KeyError:
+        raise KeyError(f"no SQL statement named {name!r} in sql/queries/") from None

@@ -1,0 +1,484 @@
+"""The webhook receiver: read, verify, store, enqueue, answer — and never lose or double an event.
+
+Per request: read the body under a size cap → verify `Stripe-Signature` → parse the envelope →
+store the row (group commit) → enqueue the arq job by name → `200 {"received": true,
+"duplicate": …}`. A 200 always means the row is committed; Redis only carries wake-ups, so a
+failed enqueue is counted and logged while the worker's sweeper recovers the event.
+
+Group commit: requests that reach the store in the same event-loop tick (or while earlier
+batches are still in flight) share one multi-row `INSERT … ON CONFLICT DO NOTHING`, one commit
+and one Redis round trip. Each request waits for its own batch and gets its own duplicate
+flag; a failed batch answers every request in it with 503.
+
+The receiver enqueues by job name and never imports the worker or the handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from arq.connections import ArqRedis
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from webhook_worker import metrics, ops_api, queue, store
+from webhook_worker.config import Settings
+from webhook_worker.errors import (
+    ConfigError,
+    PayloadError,
+    PermanentError,
+    SignatureError,
+    TransientError,
+)
+from webhook_worker.events import EnvelopeRow, parse_envelope
+from webhook_worker.log import configure_logging, get_logger
+from webhook_worker.signature import verify_signature
+
+WEBHOOK_PATHS = (
+    "/webhooks/stripe",
+    "/webhooks/stripe/hotfix",
+    "/api/stripe/webhook",
+    "/api/stripe/webhook/hotfix",
+)
+AfterCommitHook = Callable[[Sequence[str]], Awaitable[None]]
+
+_MAX_BATCH = 512
+_DB_TIMEOUT_SECONDS = 10.0
+_ENQUEUE_TIMEOUT_SECONDS = 2.0
+_PING_TIMEOUT_SECONDS = 2.0
+_SAFE_ENVS = ("development", "test")
+_JSON = "application/json"
+_RECEIVED_NEW = orjson.dumps({"received": True, "duplicate": False})
+_RECEIVED_DUPLICATE = orjson.dumps({"received": True, "duplicate": True})
+
+log = get_logger("webhook_worker.receiver")
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than MAX_BODY_BYTES."""
+
+
+# --- group commit --------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    row: EnvelopeRow
+    future: asyncio.Future[bool]
+
+
+@dataclass
+class _BatchResult:
+    """Per event id: the duplicate flag, or the error that kept the row out."""
+
+    duplicate: dict[str, bool] = field(default_factory=dict)
+    failed: dict[str, Exception] = field(default_factory=dict)
+    to_enqueue: list[str] = field(default_factory=list)
+
+
+class GroupCommitter:
+    """Batches concurrent inserts into one statement and one commit, then one enqueue.
+
+    A flush is scheduled with `call_soon`, so every request that submits during the current
+    loop iteration joins it. At most `max_inflight` flushes run at once (each holds one pooled
+    connection); while they are busy, new rows queue up and form a larger next batch.
+    """
+
+    def __init__(
+        self,
+        pool: store.Pool,
+        redis: ArqRedis,
+        *,
+        max_inflight: int,
+        after_commit_hook: AfterCommitHook | None = None,
+    ) -> None:
+        self._pool = pool
+        self._redis = redis
+        self._max_inflight = max(1, max_inflight)
+        self._hook = after_commit_hook
+        self._pending: list[_Pending] = []
+        self._scheduled = False
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def submit(self, row: EnvelopeRow) -> bool:
+        """Store `row` durably and return whether its id was already stored.
+
+        Raises TransientError/PermanentError when its batch could not be committed.
+        """
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(row, future))
+        self._schedule()
+        return await future
+
+    async def drain(self) -> None:
+        """Wait for every queued and in-flight batch (on shutdown, before the pool closes)."""
+        while self._pending or self._inflight or self._scheduled:
+            if self._inflight:
+                await asyncio.wait(set(self._inflight))
+            else:
+                await asyncio.sleep(0)
+
+    def _schedule(self) -> None:
+        if not self._scheduled and len(self._inflight) < self._max_inflight:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._scheduled = False
+        if not self._pending or len(self._inflight) >= self._max_inflight:
+            return
+        batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
+        # A fresh context: the batch's logs must not carry the first request's event id.
+        task = asyncio.get_running_loop().create_task(
+            self._flush(batch), context=contextvars.Context()
+        )
+        self._inflight.add(task)
+        task.add_done_callback(self._flush_done)
+
+    def _flush_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if self._pending:
+            self._schedule()
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        rows = _unique_rows(batch)
+        metrics.INSERT_BATCH_SIZE.observe(len(rows))
+        try:
+            result = await self._store(rows)
+            if self._hook is not None:
+                await self._hook([r.event_id for r in rows if r.event_id not in result.failed])
+            await self._enqueue(result.to_enqueue)
+            _answer(batch, result)
+        except Exception as exc:  # every waiting request must get an answer, whatever failed
+            _fail_all(batch, _as_store_error(exc))
+        finally:  # cancelled (shutdown): no request may wait forever
+            _fail_all(batch, TransientError("storing events: interrupted"))
+
+    async def _store(self, rows: list[EnvelopeRow]) -> _BatchResult:
+        try:
+            return await self._insert(rows)
+        except PermanentError:
+            if len(rows) == 1:
+                raise
+        # One unstorable row must not fail its neighbours: retry each alone.
+        result = _BatchResult()
+        for row in rows:
+            try:
+                single = await self._insert([row])
+            except PermanentError as exc:
+                result.failed[row.event_id] = exc
+                continue
+            result.duplicate.update(single.duplicate)
+            result.to_enqueue += single.to_enqueue
+        return result
+
+    async def _insert(self, rows: list[EnvelopeRow]) -> _BatchResult:
+        """One autocommitted INSERT: when it returns, the rows are durable."""
+        result = _BatchResult()
+        async with (
+            asyncio.timeout(_DB_TIMEOUT_SECONDS),
+            store.acquire(self._pool, "storing events") as conn,
+        ):
+            new_ids = await store.insert_events(conn, rows)
+            duplicates = [r.event_id for r in rows if r.event_id not in new_ids]
+            statuses = await store.event_statuses(conn, duplicates) if duplicates else {}
+        for row in rows:
+            result.duplicate[row.event_id] = row.event_id not in new_ids
+        # A duplicate never processed yet is enqueued again; arq's job-id dedup absorbs it.
+        result.to_enqueue = [r.event_id for r in rows if r.event_id in new_ids] + [
+            event_id for event_id in duplicates if statuses.get(event_id) == "received"
+        ]
+        return result
+
+    async def _enqueue(self, event_ids: list[str]) -> None:
+        if not event_ids:
+            return
+        try:
+            async with asyncio.timeout(_ENQUEUE_TIMEOUT_SECONDS):
+                await queue.enqueue_event_jobs(self._redis, event_ids)
+        except (TransientError, TimeoutError) as exc:
+            metrics.ENQUEUE_FAILURES.inc(len(event_ids))
+            log.warning(
+                "enqueue_failed",
+                events=len(event_ids),
+                error=type(exc).__name__,
+                recovery="the sweeper enqueues stored events later",
+            )
+
+
+def _unique_rows(batch: list[_Pending]) -> list[EnvelopeRow]:
+    """One row per event id, sorted so concurrent batches take index locks in one order."""
+    unique: dict[str, EnvelopeRow] = {}
+    for pending in batch:
+        unique.setdefault(pending.row.event_id, pending.row)
+    return [unique[event_id] for event_id in sorted(unique)]
+
+
+def _answer(batch: list[_Pending], result: _BatchResult) -> None:
+    """Resolve each request; within a batch only the first copy of a new id is not a duplicate."""
+    seen: set[str] = set()
+    for pending in batch:
+        event_id = pending.row.event_id
+        if pending.future.done():  # the client went away and its request was cancelled
+            continue
+        if event_id in result.failed:
+            pending.future.set_exception(result.failed[event_id])
+        else:
+            pending.future.set_result(result.duplicate[event_id] or event_id in seen)
+        seen.add(event_id)
+
+
+def _as_store_error(exc: Exception) -> Exception:
+    """Project errors pass through; anything else (a bug, a failing hook) becomes a logged 503."""
+    if isinstance(exc, TransientError | PermanentError):
+        return exc
+    log.error("batch_failed", error=type(exc).__name__, exc_info=exc)
+    wrapped = TransientError(f"storing events: {type(exc).__name__}")
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def _fail_all(batch: list[_Pending], exc: Exception) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+
+
+# --- request handling ----------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    """How one webhook request ended: the status, its labels for metrics and its log event."""
+
+    status: int
+    outcome: str
+    log_event: str
+    reason: str = ""
+    body: bytes = b""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused as soon as it (or its declared length) passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class WebhookEndpoint:
+    """`POST /webhooks/stripe` and its aliases; also logs one canonical line per request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    async def handle(self, request: Request) -> Response:
+        """The Starlette endpoint (a bound method: an instance would be taken for an ASGI app)."""
+        started = time.perf_counter()
+        structlog.contextvars.clear_contextvars()
+        outcome = await self._handle(request)
+        duration = time.perf_counter() - started
+        _record(outcome, duration, request.url.path)
+        return Response(outcome.body, status_code=outcome.status, media_type=_JSON)
+
+    async def _handle(self, request: Request) -> _Outcome:
+        try:
+            body = await read_body(request, self._settings.max_body_bytes)
+            row = self._accept(body, request.headers.get("stripe-signature"))
+        except BodyTooLarge:
+            return _rejected(413, "too_large", "body_rejected", "body_too_large")
+        except SignatureError as exc:
+            return _rejected(400, "bad_signature", "signature_rejected", exc.reason)
+        except PayloadError as exc:
+            return _rejected(400, "bad_payload", "payload_rejected", exc.reason)
+        structlog.contextvars.bind_contextvars(stripe_event_id=row.event_id)
+        committer: GroupCommitter = request.app.state.committer
+        try:
+            duplicate = await committer.submit(row)
+        except (TransientError, PermanentError, TimeoutError) as exc:
+            failed = _rejected(503, "store_failed", "event_store_failed", type(exc).__name__)
+            failed.fields["event_type"] = row.type
+            return failed
+        return _Outcome(
+            status=200,
+            outcome="duplicate" if duplicate else "accepted",
+            log_event="event_received",
+            body=_RECEIVED_DUPLICATE if duplicate else _RECEIVED_NEW,
+            fields={"event_type": row.type, "duplicate": duplicate, "livemode": row.livemode},
+        )
+
+    def _accept(self, body: bytes, header: str | None) -> EnvelopeRow:
+        """Verify (unless E2E_TEST_MODE bypasses it), then parse the envelope."""
+        settings = self._settings
+        if not settings.e2e_test_mode:
+            verify_signature(body, header, settings.webhook_secrets, settings.webhook_tolerance)
+        row = parse_envelope(body)
+        if settings.e2e_test_mode and row.livemode:
+            raise PayloadError("livemode_in_test_mode")
+        return row
+
+
+def _rejected(status: int, outcome: str, log_event: str, reason: str) -> _Outcome:
+    body = orjson.dumps({"received": False, "error": outcome, "reason": reason})
+    return _Outcome(status, outcome, log_event, reason=reason, body=body)
+
+
+def _record(outcome: _Outcome, duration: float, path: str) -> None:
+    """Metrics and the one canonical log line for a webhook request."""
+    metrics.REQUESTS.labels(outcome.outcome, outcome.reason).inc()
+    metrics.REQUEST_SECONDS.observe(duration)
+    if outcome.outcome == "duplicate":
+        metrics.DUPLICATES.inc()
+    if outcome.outcome == "bad_signature":
+        metrics.SIGNATURE_FAILURES.labels(outcome.reason).inc()
+    fields: dict[str, Any] = {
+        "outcome": outcome.outcome,
+        "status": outcome.status,
+        "path": path,
+        "duration_ms": round(duration * 1000, 3),
+        **outcome.fields,
+    }
+    if outcome.reason:
+        fields["reason"] = outcome.reason
+    if outcome.status >= 500:
+        log.error(outcome.log_event, **fields)
+    elif outcome.status >= 400:
+        log.warning(outcome.log_event, **fields)
+    else:
+        log.info(outcome.log_event, **fields)
+
+
+# --- health, readiness, metrics ------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    """The process is alive; says nothing about Postgres or Redis."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when Postgres and Redis both answer; a load balancer stops sending otherwise."""
+    postgres_ok, redis_ok = await asyncio.gather(
+        store.ping(request.app.state.pool, within=_PING_TIMEOUT_SECONDS),
+        _ping_redis(request.app.state.redis),
+    )
+    checks = {"postgres": _word(postgres_ok), "redis": _word(redis_ok)}
+    ready = postgres_ok and redis_ok
+    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+
+async def _ping_redis(redis: ArqRedis) -> bool:
+    try:
+        async with asyncio.timeout(_PING_TIMEOUT_SECONDS):
+            await redis.ping()
+        return True
+    except (RedisError, OSError, TimeoutError):
+        return False
+
+
+def _word(ok: bool) -> str:
+    return "ok" if ok else "unavailable"
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(metrics.render_latest(), media_type=metrics.CONTENT_TYPE)
+
+
+# --- the application -----------------------------------------------------------------------
+
+
+def refuse_unsafe(settings: Settings) -> None:
+    """Refuse to build a receiver that would accept forged events in production."""
+    if settings.e2e_test_mode and settings.app_env not in _SAFE_ENVS:
+        raise ConfigError(
+            f"E2E_TEST_MODE=true skips signature verification and is refused with "
+            f"APP_ENV={settings.app_env}; set APP_ENV=development or APP_ENV=test, "
+            "or E2E_TEST_MODE=false"
+        )
+    settings.require_receiver()
+
+
+def _lifespan(
+    settings: Settings, after_commit_hook: AfterCommitHook | None
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await store.create_pool(settings)
+        # Lazy: the receiver starts (and stores events) while Redis is down.
+        redis = queue.connect_redis_lazily(settings)
+        committer = GroupCommitter(
+            pool,
+            redis,
+            max_inflight=max(1, settings.db_pool_max // 2),
+            after_commit_hook=after_commit_hook,
+        )
+        app.state.pool, app.state.redis, app.state.committer = pool, redis, committer
+        log.info("receiver_started", e2e_test_mode=settings.e2e_test_mode, env=settings.app_env)
+        try:
+            yield
+        finally:
+            await committer.drain()
+            await redis.aclose()
+            await _close_pool(pool)
+            log.info("receiver_stopped")
+
+    return lifespan
+
+
+async def _close_pool(pool: store.Pool) -> None:
+    try:
+        async with asyncio.timeout(10):
+            await pool.close()
+    except TimeoutError:
+        pool.terminate()
+
+
+def _routes(settings: Settings) -> list[BaseRoute]:
+    endpoint = WebhookEndpoint(settings)
+    routes: list[BaseRoute] = [
+        Route(path, endpoint.handle, methods=["POST"]) for path in WEBHOOK_PATHS
+    ]
+    routes += [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    return routes + ops_api.ops_routes(settings)
+
+
+def create_app(
+    settings: Settings, *, after_commit_hook: AfterCommitHook | None = None
+) -> Starlette:
+    """The receiver app. `after_commit_hook(event_ids)` runs after each batch commits and
+    before its enqueue (a test seam for "killed between insert and enqueue"); if it raises,
+    the batch is answered 503 although its rows are stored, as after a crash.
+    """
+    refuse_unsafe(settings)
+    return Starlette(routes=_routes(settings), lifespan=_lifespan(settings, after_commit_hook))
+
+
+def create_app_from_env() -> Starlette:
+    """The uvicorn factory behind `webhook-worker serve`: settings from the environment."""
+    settings = Settings.from_env()
+    refuse_unsafe(settings)
+    configure_logging(settings.log_format, settings.log_level, e2e_bypass=settings.e2e_test_mode)
+    return create_app(settings)

@@ -1,0 +1,143 @@
+"""Realistic test-mode Stripe events built from Stripe's own sample objects, and signing.
+
+`data/stripe_objects.json` is a copy of Stripe's OpenAPI fixtures (see ../shared); the
+builders wrap a `checkout.session` or `charge` in the `event` envelope and set the fields a
+scenario needs. `sign_payload` signs exact bytes the way Stripe does, for
+`send-test-event`, the smoke test, benchmarks and the test suite.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+API_VERSION = "2024-06-20"
+
+
+@cache
+def _objects() -> dict[str, Any]:
+    path = Path(__file__).parent / "data" / "stripe_objects.json"
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+def stripe_object(kind: str) -> dict[str, Any]:
+    """A fresh deep copy of one of Stripe's sample objects (`checkout.session`, `charge`, …)."""
+    return copy.deepcopy(_objects()[kind])
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_test_{secrets.token_hex(12)}"
+
+
+def event_envelope(
+    event_type: str,
+    data_object: dict[str, Any],
+    *,
+    event_id: str | None = None,
+    created: int | None = None,
+    livemode: bool = False,
+    account: str | None = None,
+) -> dict[str, Any]:
+    event = stripe_object("event")
+    event.update(
+        id=event_id or new_id("evt"),
+        type=event_type,
+        created=created if created is not None else int(time.time()),
+        livemode=livemode,
+        api_version=API_VERSION,
+        data={"object": data_object},
+        pending_webhooks=1,
+    )
+    if account is not None:
+        event["account"] = account
+    return event
+
+
+def checkout_session_event(
+    *,
+    event_type: str = "checkout.session.completed",
+    credits: int | None = 10,
+    amount_total: int = 1000,
+    payment_status: str = "paid",
+    email: str | None = None,
+    client_reference_id: str | None = None,
+    metadata: dict[str, str] | None = None,
+    customer: str | None = None,
+    session_id: str | None = None,
+    payment_intent: str | None = None,
+    event_id: str | None = None,
+    account: str | None = None,
+    livemode: bool = False,
+) -> dict[str, Any]:
+    """A `checkout.session.*` event; `credits` goes to `metadata.credits` when given."""
+    session = stripe_object("checkout.session")
+    meta = dict(metadata or {})
+    if credits is not None:
+        meta.setdefault("credits", str(credits))
+    session.update(
+        id=session_id or new_id("cs"),
+        payment_status=payment_status,
+        status="complete",
+        amount_total=amount_total,
+        amount_subtotal=amount_total,
+        currency="usd",
+        client_reference_id=client_reference_id,
+        metadata=meta,
+        customer=customer,
+        customer_email=email,
+        payment_intent=payment_intent or new_id("pi"),
+        livemode=livemode,
+    )
+    session["customer_details"]["email"] = email
+    return event_envelope(
+        event_type, session, event_id=event_id, account=account, livemode=livemode
+    )
+
+
+def charge_refunded_event(
+    *,
+    payment_intent: str,
+    amount: int = 1000,
+    amount_refunded: int = 1000,
+    event_id: str | None = None,
+    customer: str | None = None,
+) -> dict[str, Any]:
+    """A `charge.refunded` event; `amount_refunded` is cumulative, as Stripe sends it."""
+    charge = stripe_object("charge")
+    charge.update(
+        id=new_id("ch"),
+        amount=amount,
+        amount_captured=amount,
+        amount_refunded=amount_refunded,
+        refunded=amount_refunded >= amount,
+        payment_intent=payment_intent,
+        customer=customer,
+        currency="usd",
+        livemode=False,
+    )
+    return event_envelope("charge.refunded", charge, event_id=event_id)
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def compute_signature(payload: bytes, secret: str, timestamp: int) -> str:
+    signed = f"{timestamp}.".encode() + payload
+    return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def sign_payload(
+    payload: bytes, secret: str, *, timestamp: int | None = None, scheme: str = "v1"
+) -> str:
+    """The `Stripe-Signature` header value for `payload`: `t=<unix>,v1=<hex hmac>`."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    return f"t={ts},{scheme}={compute_signature(payload, secret, ts)}"

@@ -1,0 +1,199 @@
+"""Postgres access for events: the pool, driver-error translation and the event statements.
+
+Callers never see asyncpg exceptions: `translate_errors` turns connection loss, restarts,
+serialization failures and deadlocks into `TransientError` and the rest into
+`PermanentError`. Statements come from `sql/queries/` by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from webhook_worker.config import Settings
+from webhook_worker.errors import PermanentError, TransientError
+from webhook_worker.events import EnvelopeRow as EnvelopeRow
+from webhook_worker.queries import query
+
+Pool = asyncpg.Pool
+# A plain connection or one lent by the pool: both run statements the same way.
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+EVENT_STATUSES = ("received", "processing", "completed", "failed", "ignored")
+FINAL_STATUSES = ("completed", "failed", "ignored")
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.QueryCanceledError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT | TransientError)
+
+
+@contextlib.contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """Re-raise driver errors as the project's own; the message names the action only."""
+    try:
+        yield
+    except (TransientError, PermanentError):
+        raise
+    except _TRANSIENT as exc:
+        raise TransientError(f"{action}: {type(exc).__name__}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        raise PermanentError(f"{action}: {type(exc).__name__}: {exc}") from exc
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb arrives and leaves as text; the callers decide when to parse (orjson).
+    await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset query (unlock-all, CLOSE ALL, UNLISTEN, RESET).
+
+    asyncpg still rolls back any open transaction first. Nothing else needs resetting: we take
+    only transaction-scoped advisory locks, set no session settings, keep no cursors and never
+    LISTEN. Skipping it saves one round trip on every release, on the hot paths of both the
+    receiver and the worker.
+    """
+
+
+async def create_pool(
+    settings: Settings, *, min_size: int | None = None, max_size: int | None = None
+) -> Pool:
+    """A connection pool, retried briefly so a Postgres restart at boot is not fatal."""
+    dsn = settings.require_database()
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(_TRANSIENT),
+        stop=stop_after_attempt(5),
+        wait=wait_exponential(multiplier=0.2, max=2),
+        reraise=True,
+    ):
+        with attempt, translate_errors("connecting to Postgres"):
+            pool: Pool = await asyncpg.create_pool(
+                dsn,
+                min_size=settings.db_pool_min if min_size is None else min_size,
+                max_size=settings.db_pool_max if max_size is None else max_size,
+                init=_init_connection,
+                reset=_keep_session,
+                command_timeout=30,
+                timeout=5,
+            )
+            return pool
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.asynccontextmanager
+async def acquire(pool: Pool, action: str) -> AsyncIterator[Connection]:
+    """A pooled connection whose driver errors come out translated."""
+    with translate_errors(action):
+        async with pool.acquire() as conn:
+            yield conn
+
+
+async def ping(pool: Pool, within: float = 2.0) -> bool:
+    try:
+        async with asyncio.timeout(within), acquire(pool, "ping") as conn:
+            await conn.fetchval("SELECT 1")
+        return True
+    except (TransientError, PermanentError, TimeoutError):
+        return False
+
+
+async def insert_events(conn: Connection, rows: Sequence[EnvelopeRow]) -> set[str]:
+    """Insert many events in one statement; return the ids that were new (not duplicates)."""
+    with translate_errors("storing events"):
+        inserted = await conn.fetch(
+            query("insert_events"),
+            [r.event_id for r in rows],
+            [r.type for r in rows],
+            [r.livemode for r in rows],
+            [r.api_version for r in rows],
+            [r.account for r in rows],
+            [r.stripe_created_at for r in rows],
+            [r.raw_json for r in rows],
+        )
+    return {record["event_id"] for record in inserted}
+
+
+async def event_statuses(conn: Connection, event_ids: Sequence[str]) -> dict[str, str]:
+    with translate_errors("reading event statuses"):
+        rows = await conn.fetch(query("event_statuses"), list(event_ids))
+    return {row["event_id"]: row["processing_status"] for row in rows}
+
+
+async def get_event(conn: Connection, event_id: str) -> dict[str, Any] | None:
+    with translate_errors("reading an event"):
+        row = await conn.fetchrow(query("get_event"), event_id)
+    return dict(row) if row else None
+
+
+async def claim_event(conn: Connection, event_id: str) -> dict[str, Any] | None:
+    """Mark a `received`/`failed`/stale event `processing` and count the attempt.
+
+    Returns None when the event is already final (completed/ignored) or unknown, so a
+    duplicate job is a no-op.
+    """
+    with translate_errors("claiming an event"):
+        row = await conn.fetchrow(query("claim_event"), event_id)
+    return dict(row) if row else None
+
+
+async def finish_event(
+    conn: Connection, event_id: str, status: str, error_message: str | None = None
+) -> None:
+    assert status in EVENT_STATUSES
+    with translate_errors("recording an event outcome"):
+        await conn.execute(query("finish_event"), event_id, status, error_message)
+
+
+async def release_event(conn: Connection, event_id: str, error_message: str) -> None:
+    """Back to `received` after a transient fault, so the next try (or the sweeper) runs it."""
+    with translate_errors("releasing an event"):
+        await conn.execute(query("release_event"), event_id, error_message)
+
+
+async def events_to_sweep(conn: Connection, stale_after_seconds: int, limit: int) -> list[str]:
+    """Ids of events left `received` or stuck `processing` for longer than the deadline."""
+    with translate_errors("finding stale events"):
+        rows = await conn.fetch(query("events_to_sweep"), stale_after_seconds, limit)
+    return [row["event_id"] for row in rows]
+
+
+async def prune_events(conn: Connection, older_than_days: int, *, dry_run: bool = False) -> int:
+    """Drop the raw payload of old completed/ignored events; ids, status and ledger stay."""
+    name = "count_prunable_events" if dry_run else "prune_events"
+    with translate_errors("pruning events"):
+        count = await conn.fetchval(query(name), older_than_days)
+    return int(count or 0)
+
+
+async def event_backlog_counts(conn: Connection) -> dict[str, int]:
+    """Events `received`, `processing` and `failed`, for the worker's gauges."""
+    with translate_errors("counting the backlog"):
+        rows = await conn.fetch(query("event_backlog_counts"))
+    return {row["status"]: int(row["events"]) for row in rows}
