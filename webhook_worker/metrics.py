@@ -53,6 +53,9 @@ INGEST_TO_COMPLETED = Histogram(
     "Lag from receipt to a final status",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
+REDIS_OUTAGE_RETRIES = Counter(
+    "worker_redis_outage_retries_total", "Worker poll iterations lost to a Redis outage"
+)
 SWEPT = Counter("worker_swept_events_total", "Events re-enqueued by the sweeper")
 QUEUE_DEPTH = Gauge("worker_queue_depth", "Jobs waiting in the arq queue", multiprocess_mode="max")
 EVENTS_BY_STATUS = Gauge(

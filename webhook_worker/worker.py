@@ -23,6 +23,8 @@ from typing import Any
 import structlog
 from arq import Retry, Worker, cron, func
 from arq.cron import CronJob
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webhook_worker import handlers, metrics, queue, store
 from webhook_worker.config import Settings
@@ -310,6 +312,41 @@ def worker_options(settings: Settings, *, with_cron: bool = True) -> dict[str, A
     }
 
 
+REDIS_OUTAGE_MAX_BACKOFF = 5.0
+
+
+class OutageTolerantWorker(Worker):
+    """An arq Worker that waits out a Redis outage instead of exiting.
+
+    arq's poll loop lets a Redis connection error escape `main()`, so a Redis restart would
+    stop every worker until a supervisor starts them again. Here a failed poll iteration
+    (polling, heartbeat, cron, or a job whose finish could not be written) is logged and
+    retried with a capped backoff; Postgres keeps each event's state, so a job cut off that
+    way is re-run by arq or the sweeper and its repeat is a no-op.
+    """
+
+    _redis_failures = 0
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._redis_failures += 1
+            backoff = min(0.25 * 2 ** min(self._redis_failures, 5), REDIS_OUTAGE_MAX_BACKOFF)
+            metrics.REDIS_OUTAGE_RETRIES.inc()
+            log.warning(
+                "redis_unavailable",
+                error=_error_text(exc),
+                consecutive_failures=self._redis_failures,
+                retry_in_s=backoff,
+            )
+            await asyncio.sleep(backoff)
+        else:
+            if self._redis_failures:
+                log.info("redis_recovered", after_failures=self._redis_failures)
+                self._redis_failures = 0
+
+
 def build_worker(settings: Settings, *, with_cron: bool = True, **overrides: Any) -> Worker:
     """An arq Worker for these settings; overrides go to `arq.Worker` (burst, poll_delay…).
 
@@ -318,7 +355,7 @@ def build_worker(settings: Settings, *, with_cron: bool = True, **overrides: Any
     """
     options = worker_options(settings, with_cron=with_cron)
     options.update(overrides)
-    return Worker(**options)
+    return OutageTolerantWorker(**options)
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:

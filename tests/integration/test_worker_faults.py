@@ -1,15 +1,24 @@
-"""Fault injection under a running worker: Postgres restarted mid-way."""
+"""Fault injection under a running worker: Postgres restarted mid-way, Redis down for a while."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
 
 from tests.conftest import base_env, wait_for
-from tests.worker_support import enqueue, in_process_worker, status_of, store_events
+from tests.worker_support import (
+    enqueue,
+    in_process_worker,
+    spawn_worker,
+    status_of,
+    stop_worker,
+    store_events,
+    worker_env,
+)
 from webhook_worker.config import Settings
-from webhook_worker.embedded import EmbeddedPostgres
+from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis
 from webhook_worker.sample_events import checkout_session_event
 
 
@@ -57,3 +66,40 @@ async def test_postgres_restart_under_the_worker_retries_then_completes(
         assert await conn.fetchval("SELECT count(*) FROM credit_transactions") == 1
     finally:
         await conn.close()
+
+
+async def test_worker_process_outlives_a_redis_outage_and_resumes(
+    db: asyncpg.Connection, database_url: str, own_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """arq's poll loop exits on a Redis connection error; ours waits it out. Before the fix,
+    a Redis restart stopped every worker process and nothing was credited again."""
+    env = worker_env(database_url, own_redis.url, LOG_LEVEL="info", SWEEP_INTERVAL_SECONDS="1")
+    settings = Settings.from_env(env)
+    user = await db.fetchval("INSERT INTO users (email) VALUES ('redis@example.com') RETURNING id")
+    log_path = tmp_path / "worker.log"
+    proc = spawn_worker(env, log_path)
+    try:
+        await wait_for(lambda: "worker_started" in log_path.read_text(errors="replace"))
+        await asyncio.to_thread(own_redis.stop)
+
+        def outage_seen_or_exited() -> bool:
+            return proc.poll() is not None or "redis_unavailable" in log_path.read_text("utf-8")
+
+        await wait_for(outage_seen_or_exited)
+        assert proc.poll() is None, log_path.read_text(errors="replace")
+
+        await asyncio.to_thread(own_redis.start)
+        [event_id] = await store_events(
+            db, [checkout_session_event(credits=9, client_reference_id=str(user))]
+        )
+        await enqueue(settings, [event_id])
+
+        async def completed() -> bool:
+            return (await status_of(db, event_id))["processing_status"] == "completed"
+
+        await wait_for(completed, timeout=30, interval=0.1)
+        assert proc.poll() is None, log_path.read_text(errors="replace")
+        assert "redis_recovered" in log_path.read_text(errors="replace")
+    finally:
+        stop_worker(proc)
+    assert await db.fetchval("SELECT credits_balance FROM users WHERE id = $1", user) == 9
