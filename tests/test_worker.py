@@ -25,8 +25,7 @@ from tests.worker_support import (
     status_of,
     store_events,
 )
-from webhook_worker import ledger, queue, store
-from webhook_worker import worker as worker_module
+from webhook_worker import ledger, queue, store, worker_batches
 from webhook_worker.config import Settings
 from webhook_worker.errors import TransientError
 from webhook_worker.sample_events import charge_refunded_event, checkout_session_event, new_id
@@ -314,11 +313,11 @@ async def test_claim_rides_out_two_connection_blips(
         sleeps.append(delay)
 
     monkeypatch.setattr(store, "claim_event", claim)
-    monkeypatch.setattr(worker_module.asyncio, "sleep", no_sleep)
+    monkeypatch.setattr(worker_batches.asyncio, "sleep", no_sleep)
     if claimed:
-        assert await worker_module._claim(None, "evt_blip") == {"event_id": "evt_blip"}  # type: ignore[arg-type]
+        assert await worker_batches.claim_one(None, "evt_blip") == {"event_id": "evt_blip"}  # type: ignore[arg-type]
     else:
         with pytest.raises(TransientError):
-            await worker_module._claim(None, "evt_blip")  # type: ignore[arg-type]
+            await worker_batches.claim_one(None, "evt_blip")  # type: ignore[arg-type]
     assert len(calls) == min(blips + 1, 3)
     assert sleeps == [0.05, 0.1][: min(blips, 2)]

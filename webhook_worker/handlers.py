@@ -12,7 +12,9 @@
 Credit amount: `metadata.credits` (a positive integer) else `amount_total //
 CENTS_PER_CREDIT` when that is set, else a `PermanentError` naming what is missing.
 Handlers that touch the ledger mark the event `completed` inside the ledger transaction
-(`Outcome.recorded`); the worker writes every other outcome.
+(`Outcome.recorded`); the worker writes every other outcome. A handler borrows a pooled
+connection only for its own statements and credits through `HandlerContext.credit`, which
+the worker coalesces with the credits of concurrent jobs.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ from typing import Any, Literal
 
 import orjson
 
-from webhook_worker import ledger, resolver
+from webhook_worker import ledger, resolver, store
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
-from webhook_worker.store import Connection
 
 Status = Literal["completed", "ignored"]
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
@@ -81,7 +82,16 @@ class Outcome:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Handler = Callable[[Connection, Settings, StoredEvent], Awaitable[Outcome]]
+@dataclass(frozen=True)
+class HandlerContext:
+    """What a handler works with: settings, the pool, and the ledger's credit call."""
+
+    settings: Settings
+    pool: store.Pool
+    credit: Callable[[ledger.Purchase], Awaitable[ledger.CreditResult]]
+
+
+Handler = Callable[[HandlerContext, StoredEvent], Awaitable[Outcome]]
 
 
 def _positive_int(raw: object) -> int | None:
@@ -132,15 +142,15 @@ def _text(obj: Mapping[str, Any], key: str) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-async def _credit_session(conn: Connection, settings: Settings, event: StoredEvent) -> Outcome:
+async def _credit_session(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     session = event.data_object
     session_id = _text(session, "id")
     if session_id is None:
         raise PermanentError("checkout session has no id")
-    credits = credits_for(session, settings)  # before resolving: a bad event creates no user
-    who = await resolver.resolve_user(conn, session)
-    result = await ledger.credit_purchase(
-        conn,
+    credits = credits_for(session, ctx.settings)  # before resolving: a bad event makes no user
+    async with store.acquire(ctx.pool, "resolving a user") as conn:
+        who = await resolver.resolve_user(conn, session)
+    result = await ctx.credit(
         ledger.Purchase(
             user_id=who.user_id,
             credits=credits,
@@ -168,9 +178,7 @@ async def _credit_session(conn: Connection, settings: Settings, event: StoredEve
     )
 
 
-async def handle_checkout_completed(
-    conn: Connection, settings: Settings, event: StoredEvent
-) -> Outcome:
+async def handle_checkout_completed(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     payment_status = event.data_object.get("payment_status")
     if payment_status not in PAID_STATUSES:
         # Delayed payment methods: the credit comes with async_payment_succeeded.
@@ -179,18 +187,14 @@ async def handle_checkout_completed(
             "event_ignored",
             fields={"reason": "awaiting_payment", "payment_status": str(payment_status)[:32]},
         )
-    return await _credit_session(conn, settings, event)
+    return await _credit_session(ctx, event)
 
 
-async def handle_async_payment_succeeded(
-    conn: Connection, settings: Settings, event: StoredEvent
-) -> Outcome:
-    return await _credit_session(conn, settings, event)
+async def handle_async_payment_succeeded(ctx: HandlerContext, event: StoredEvent) -> Outcome:
+    return await _credit_session(ctx, event)
 
 
-async def handle_async_payment_failed(
-    conn: Connection, settings: Settings, event: StoredEvent
-) -> Outcome:
+async def handle_async_payment_failed(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     session_id = _text(event.data_object, "id")
     return Outcome(
         "completed",
@@ -199,9 +203,7 @@ async def handle_async_payment_failed(
     )
 
 
-async def handle_charge_refunded(
-    conn: Connection, settings: Settings, event: StoredEvent
-) -> Outcome:
+async def handle_charge_refunded(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     charge = event.data_object
     payment_intent = _text(charge, "payment_intent")
     if payment_intent is None:
@@ -210,16 +212,15 @@ async def handle_charge_refunded(
     refunded = charge.get("amount_refunded")
     if captured is None or isinstance(refunded, bool) or not isinstance(refunded, int):
         raise PermanentError("charge.refunded without integer amount / amount_refunded")
-    result = await ledger.debit_refund(
-        conn,
-        ledger.Refund(
-            event_id=event.event_id,
-            payment_intent_id=payment_intent,
-            charge_amount=captured,
-            amount_refunded=refunded,
-            description=f"charge.refunded {_text(charge, 'id') or ''}".strip(),
-        ),
+    refund = ledger.Refund(
+        event_id=event.event_id,
+        payment_intent_id=payment_intent,
+        charge_amount=captured,
+        amount_refunded=refunded,
+        description=f"charge.refunded {_text(charge, 'id') or ''}".strip(),
     )
+    async with store.acquire(ctx.pool, "debiting a refund") as conn:
+        result = await ledger.debit_refund(conn, refund)
     return Outcome(
         "completed",
         "event_debited",
@@ -242,9 +243,9 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-async def handle_event(conn: Connection, settings: Settings, event: StoredEvent) -> Outcome:
+async def handle_event(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     """Dispatch on the event type; unknown types are `ignored`."""
     handler = HANDLERS.get(event.type)
     if handler is None:
         return Outcome("ignored", "event_ignored", fields={"reason": "unhandled_type"})
-    return await handler(conn, settings, event)
+    return await handler(ctx, event)

@@ -14,6 +14,7 @@ more logic, use an explicit transaction and the statements in sql/queries/ledger
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -34,6 +35,11 @@ _INT4_HALF = 2**31
 BALANCE_MOVED_SQLSTATE = "WWL01"
 # … and when the user does not exist (nothing is credited, the event is not marked).
 NO_USER_SQLSTATE = "WWL02"
+
+
+# How long a batch of credits waits for one user's lock before it gives up (and the worker
+# credits that batch one purchase at a time): far above a batch's own commit time.
+BATCH_LOCK_TIMEOUT_MS = 500
 
 
 def _balance_moved(user_id: int) -> str:
@@ -117,6 +123,40 @@ async def _apply(
     return int(balance)
 
 
+def _check_credits(purchase: Purchase) -> None:
+    if purchase.credits <= 0:
+        raise PermanentError(f"credits must be a positive integer, got {purchase.credits}")
+
+
+async def credit_purchases(conn: Connection, purchases: Sequence[Purchase]) -> list[CreditResult]:
+    """`credit_purchase` for many purchases in one server-side call and one commit.
+
+    The same semantics one by one (`ledger_credit_many`, migration 0006), results in the
+    order given. Any error rolls back the whole call: callers that must isolate a bad
+    purchase from its neighbours retry each one alone with `credit_purchase`.
+    """
+    for purchase in purchases:
+        _check_credits(purchase)
+    with translate_errors("crediting purchases"):
+        rows = await conn.fetch(
+            query("ledger_credit_many"),
+            [p.user_id for p in purchases],
+            [p.credits for p in purchases],
+            ["PURCHASE"] * len(purchases),
+            [p.event_id for p in purchases],
+            [p.checkout_session_id for p in purchases],
+            [p.payment_intent_id for p in purchases],
+            [p.description for p in purchases],
+            BATCH_LOCK_TIMEOUT_MS,
+        )
+    # One row per purchase; the same event twice in a batch gets applied=false the second time.
+    by_event: dict[str, list[CreditResult]] = {}
+    for row in rows:
+        result = CreditResult(applied=bool(row["applied"]), balance=int(row["balance"]))
+        by_event.setdefault(row["credited_event_id"], []).append(result)
+    return [by_event[p.event_id].pop(0) for p in purchases]
+
+
 async def credit_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
     """Credit once and mark the event completed, in one transaction.
 
@@ -124,8 +164,7 @@ async def credit_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
     the ledger row, moves the balance and marks the event `completed` (inside a caller's
     transaction it becomes part of that one).
     """
-    if purchase.credits <= 0:
-        raise PermanentError(f"credits must be a positive integer, got {purchase.credits}")
+    _check_credits(purchase)
     with translate_errors("crediting a purchase"):
         try:
             row = await conn.fetchrow(

@@ -163,6 +163,16 @@ async def claim_event(conn: Connection, event_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+async def claim_events(conn: Connection, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`claim_event` for many events in one statement: the claimed rows by event id.
+
+    An id missing from the result is final or unknown, as when `claim_event` returns None.
+    """
+    with translate_errors("claiming events"):
+        rows = await conn.fetch(query("claim_events"), sorted(set(event_ids)))
+    return {row["event_id"]: dict(row) for row in rows}
+
+
 async def finish_event(
     conn: Connection, event_id: str, status: str, error_message: str | None = None
 ) -> None:

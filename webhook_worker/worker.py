@@ -23,14 +23,14 @@ from typing import Any
 import structlog
 from arq import Retry, Worker, cron, func
 from arq.cron import CronJob
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webhook_worker import handlers, metrics, queue, store
+from webhook_worker.arq_worker import ArqWorker
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.ledger import PurchaseNotFound
 from webhook_worker.log import get_logger, redact_text
+from webhook_worker.worker_batches import WorkerBatches
 
 log = get_logger("webhook_worker.worker")
 
@@ -66,24 +66,6 @@ def _retry_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timeout"
     return "database"
-
-
-_CLAIM_TRIES = 3
-
-
-async def _claim(conn: store.Connection, event_id: str) -> dict[str, Any] | None:
-    """Claim with a few quick tries: a connection blip should not cost a whole job retry.
-
-    Backoff 50 ms, then 100 ms; a plain loop, so the happy path costs one awaited statement.
-    """
-    for attempt in range(1, _CLAIM_TRIES + 1):
-        try:
-            return await store.claim_event(conn, event_id)
-        except TransientError:
-            if attempt == _CLAIM_TRIES:
-                raise
-            await asyncio.sleep(min(0.05 * 2 ** (attempt - 1), 0.5))
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _observe_final(event: handlers.StoredEvent | None, status: str, event_type: str) -> None:
@@ -122,6 +104,7 @@ class _Job:
     def __init__(self, ctx: dict[str, Any], event_id: str) -> None:
         self.settings: Settings = ctx["settings"]
         self.pool: store.Pool = ctx["pool"]
+        self.batches: WorkerBatches = ctx["batches"]
         self.event_id = event_id
         self.job_try = int(ctx.get("job_try") or 1)
         self.started = time.perf_counter()
@@ -141,15 +124,16 @@ class _Job:
 
     async def run(self) -> str:
         async with asyncio.timeout(_deadline(self.settings)):
-            async with store.acquire(self.pool, "processing an event") as conn:
-                row = await _claim(conn, self.event_id)
-                if row is None:
-                    self._line("event_skipped", reason="already_final_or_unknown")
-                    return "skipped"
-                self.event_type = str(row.get("type") or "unknown")
-                self.event = handlers.StoredEvent.from_row(row)
-                outcome = await handlers.handle_event(conn, self.settings, self.event)
-                if not outcome.recorded:
+            row = await self.batches.claim(self.event_id)
+            if row is None:
+                self._line("event_skipped", reason="already_final_or_unknown")
+                return "skipped"
+            self.event_type = str(row.get("type") or "unknown")
+            self.event = handlers.StoredEvent.from_row(row)
+            context = handlers.HandlerContext(self.settings, self.pool, self.batches.credit)
+            outcome = await handlers.handle_event(context, self.event)
+            if not outcome.recorded:
+                async with store.acquire(self.pool, "recording an event outcome") as conn:
                     await store.finish_event(conn, self.event_id, outcome.status)
         _observe_final(self.event, outcome.status, _type_label(self.event_type))
         self._line(outcome.action, outcome=outcome.status, **outcome.fields)
@@ -269,6 +253,7 @@ def _start_metrics(port: int) -> None:
 async def _on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     ctx["pool"] = await store.create_pool(settings)
+    ctx["batches"] = WorkerBatches(ctx["pool"])
     if settings.metrics_port:
         _start_metrics(settings.metrics_port)
     log.info(
@@ -280,6 +265,9 @@ async def _on_startup(ctx: dict[str, Any]) -> None:
 
 
 async def _on_shutdown(ctx: dict[str, Any]) -> None:
+    batches: WorkerBatches | None = ctx.pop("batches", None)
+    if batches is not None:
+        await batches.drain()
     pool: store.Pool | None = ctx.pop("pool", None)
     if pool is not None:
         await pool.close()
@@ -312,41 +300,6 @@ def worker_options(settings: Settings, *, with_cron: bool = True) -> dict[str, A
     }
 
 
-REDIS_OUTAGE_MAX_BACKOFF = 5.0
-
-
-class OutageTolerantWorker(Worker):
-    """An arq Worker that waits out a Redis outage instead of exiting.
-
-    arq's poll loop lets a Redis connection error escape `main()`, so a Redis restart would
-    stop every worker until a supervisor starts them again. Here a failed poll iteration
-    (polling, heartbeat, cron, or a job whose finish could not be written) is logged and
-    retried with a capped backoff; Postgres keeps each event's state, so a job cut off that
-    way is re-run by arq or the sweeper and its repeat is a no-op.
-    """
-
-    _redis_failures = 0
-
-    async def _poll_iteration(self) -> None:
-        try:
-            await super()._poll_iteration()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            self._redis_failures += 1
-            backoff = min(0.25 * 2 ** min(self._redis_failures, 5), REDIS_OUTAGE_MAX_BACKOFF)
-            metrics.REDIS_OUTAGE_RETRIES.inc()
-            log.warning(
-                "redis_unavailable",
-                error=_error_text(exc),
-                consecutive_failures=self._redis_failures,
-                retry_in_s=backoff,
-            )
-            await asyncio.sleep(backoff)
-        else:
-            if self._redis_failures:
-                log.info("redis_recovered", after_failures=self._redis_failures)
-                self._redis_failures = 0
-
-
 def build_worker(settings: Settings, *, with_cron: bool = True, **overrides: Any) -> Worker:
     """An arq Worker for these settings; overrides go to `arq.Worker` (burst, poll_delay…).
 
@@ -355,7 +308,7 @@ def build_worker(settings: Settings, *, with_cron: bool = True, **overrides: Any
     """
     options = worker_options(settings, with_cron=with_cron)
     options.update(overrides)
-    return OutageTolerantWorker(**options)
+    return ArqWorker(**options)
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:

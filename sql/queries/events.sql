@@ -25,6 +25,22 @@ SET processing_status = 'processing', attempts = attempts + 1, updated_at = now(
 WHERE event_id = $1 AND processing_status IN ('received', 'processing')
 RETURNING event_id, type, livemode, account, raw_data, attempts, received_at;
 
+-- name: claim_events
+-- claim_event for many events in one statement (the worker coalesces concurrent claims);
+-- rows are locked in event id order so two concurrent batches cannot deadlock.
+WITH claimable AS (
+    SELECT event_id
+    FROM stripe_events
+    WHERE event_id = ANY($1::text[]) AND processing_status IN ('received', 'processing')
+    ORDER BY event_id
+    FOR UPDATE
+)
+UPDATE stripe_events AS e
+SET processing_status = 'processing', attempts = e.attempts + 1, updated_at = now()
+FROM claimable
+WHERE e.event_id = claimable.event_id
+RETURNING e.event_id, e.type, e.livemode, e.account, e.raw_data, e.attempts, e.received_at;
+
 -- name: finish_event
 UPDATE stripe_events
 SET processing_status = $2, error_message = $3, processed_at = now(), updated_at = now()

@@ -8,6 +8,13 @@
 -- the user's lock is held only inside the server. Returns (applied, balance).
 SELECT applied, balance FROM ledger_credit($1, $2, $3, $4, $5, $6, $7);
 
+-- name: ledger_credit_many
+-- Many purchases, one call, one commit (function ledger_credit_many, migration 0006), each
+-- with ledger_credit's semantics. One row per purchase: (credited_event_id, applied, balance).
+SELECT credited_event_id, applied, balance
+FROM ledger_credit_many($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                        $6::text[], $7::text[], $8::int);
+
 -- name: ledger_lock_user
 SELECT pg_advisory_xact_lock($1::int, $2::int);
 

@@ -1,0 +1,81 @@
+"""Our arq Worker's batched job start against a real Redis: the same rules as arq's own
+(due jobs only, never one that another worker holds), one job per worker, max_jobs kept."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix
+from arq.worker import func
+
+from webhook_worker.arq_worker import ArqWorker
+
+QUEUE = "test:arq-worker"
+
+
+def _worker(redis_url: str, runs: Counter[str], **overrides: Any) -> ArqWorker:
+    async def record(ctx: dict[str, Any], name: str) -> None:
+        runs[name] += 1
+        await asyncio.sleep(0)
+
+    options: dict[str, Any] = {
+        "functions": [func(record, name="record")],
+        "redis_settings": RedisSettings.from_dsn(redis_url),
+        "queue_name": QUEUE,
+        "burst": True,
+        "poll_delay": 0,
+        "handle_signals": False,
+        "keep_result": 0,
+        "max_jobs": 20,
+    }
+    options.update(overrides)
+    return ArqWorker(**options)
+
+
+async def _pool(redis_url: str) -> ArqRedis:
+    return await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=QUEUE)
+
+
+async def test_two_workers_start_every_job_exactly_once(clean_redis_url: str) -> None:
+    redis = await _pool(clean_redis_url)
+    try:
+        for i in range(300):
+            await redis.enqueue_job("record", f"job{i}", _job_id=f"job{i}")
+    finally:
+        await redis.aclose()
+    runs: Counter[str] = Counter()
+    workers = [_worker(clean_redis_url, runs) for _ in range(2)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(w.async_run() for w in workers)), timeout=60)
+    finally:
+        for w in workers:
+            await w.close()
+    assert runs == Counter({f"job{i}": 1 for i in range(300)})
+    assert sum(w.jobs_complete for w in workers) == 300
+
+
+async def test_only_due_jobs_not_held_elsewhere_start_and_max_jobs_is_kept(
+    clean_redis_url: str,
+) -> None:
+    redis = await _pool(clean_redis_url)
+    runs: Counter[str] = Counter()
+    worker = _worker(clean_redis_url, runs, max_jobs=3)
+    try:
+        await redis.enqueue_job("record", "later", _job_id="later", _defer_by=3600)
+        await redis.enqueue_job("record", "held", _job_id="held")
+        await redis.set(in_progress_key_prefix + "held", b"1", px=60_000)
+        for name in ("a", "b", "c", "d"):
+            await redis.enqueue_job("record", name, _job_id=name)
+        worker._pool = redis
+        await worker.start_jobs([b"later", b"held", b"a", b"b", b"c", b"d", b"gone"])
+        assert sorted(worker.tasks) == ["a", "b", "c"]  # due, free, and three at most
+        await asyncio.gather(*worker.tasks.values())
+        assert runs == Counter({"a": 1, "b": 1, "c": 1})
+        assert worker.job_counter == 0
+        assert await redis.exists(in_progress_key_prefix + "held")  # untouched
+    finally:
+        await redis.aclose()

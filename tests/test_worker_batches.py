@@ -1,0 +1,142 @@
+"""Coalesced claims and credits against a real Postgres: concurrent jobs share one statement
+and one commit, and still each purchase is credited once, a bad purchase fails alone, and
+a user whose lock is held elsewhere holds up only its own credit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from tests.worker_support import balance, ledger_sum, new_user, status_of, store_events
+from webhook_worker import ledger, store
+from webhook_worker.config import Settings
+from webhook_worker.errors import PermanentError
+from webhook_worker.sample_events import checkout_session_event, new_id
+from webhook_worker.worker_batches import WorkerBatches
+
+
+def _purchase(user_id: int, event_id: str, credits: int) -> ledger.Purchase:
+    return ledger.Purchase(
+        user_id=user_id,
+        credits=credits,
+        event_id=event_id,
+        checkout_session_id=new_id("cs"),
+        payment_intent_id=None,
+        description="batched purchase",
+    )
+
+
+@pytest.fixture
+async def batches(settings: Settings) -> AsyncIterator[WorkerBatches]:
+    pool = await store.create_pool(settings)
+    yield WorkerBatches(pool)
+    await pool.close()
+
+
+async def _events(db: asyncpg.Connection, count: int) -> list[str]:
+    return await store_events(db, [checkout_session_event() for _ in range(count)])
+
+
+async def test_concurrent_credits_commit_together_each_once(
+    db: asyncpg.Connection, batches: WorkerBatches
+) -> None:
+    hot = await new_user(db, "hot@example.com")
+    others = [await new_user(db, f"u{i}@example.com") for i in range(10)]
+    event_ids = await _events(db, 40)
+    purchases = [
+        _purchase(hot if i % 2 else others[i % 10], event_id, i + 1)
+        for i, event_id in enumerate(event_ids)
+    ]
+    results = await asyncio.gather(*(batches.credit(p) for p in purchases))
+    assert all(r.applied for r in results)
+    # One transaction wrote every ledger row: the coalescing really happened.
+    assert await db.fetchval("SELECT count(DISTINCT xmin::text) FROM credit_transactions") == 1
+    for user in [hot, *others]:
+        assert await balance(db, user) == await ledger_sum(db, user)
+    assert await balance(db, hot) == sum(i + 1 for i in range(40) if i % 2)
+    # The hot user's balance_after is a running sum: the lock order inside the batch held.
+    afters = await db.fetch(
+        "SELECT amount, balance_after FROM credit_transactions WHERE user_id = $1 ORDER BY id",
+        hot,
+    )
+    running = 0
+    for row in afters:
+        running += row["amount"]
+        assert row["balance_after"] == running
+    statuses = {(await status_of(db, e))["processing_status"] for e in event_ids}
+    assert statuses == {"completed"}
+
+    # The same purchases again, concurrently, and twice within one batch: nothing changes.
+    again = await asyncio.gather(*(batches.credit(p) for p in purchases + purchases))
+    assert not any(r.applied for r in again)
+    assert await db.fetchval("SELECT count(*) FROM credit_transactions") == 40
+
+
+async def test_a_bad_purchase_fails_alone_and_its_neighbours_are_credited(
+    db: asyncpg.Connection, batches: WorkerBatches
+) -> None:
+    user = await new_user(db, "good@example.com")
+    event_ids = await _events(db, 6)
+    purchases = [_purchase(user, e, 5) for e in event_ids[:5]]
+    nobody = _purchase(987_654_321, event_ids[5], 5)
+    results = await asyncio.gather(
+        *(batches.credit(p) for p in [*purchases[:2], nobody, *purchases[2:]]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[2], PermanentError)
+    assert "does not exist" in str(results[2])
+    assert all(
+        isinstance(r, ledger.CreditResult) and r.applied for i, r in enumerate(results) if i != 2
+    )
+    assert await balance(db, user) == 25 == await ledger_sum(db, user)
+    assert (await status_of(db, event_ids[5]))["processing_status"] == "received"
+
+
+async def test_a_user_locked_elsewhere_holds_up_only_its_own_credit(
+    db: asyncpg.Connection, database_url: str, batches: WorkerBatches
+) -> None:
+    locked = await new_user(db, "locked@example.com")
+    free = [await new_user(db, f"free{i}@example.com") for i in range(5)]
+    event_ids = await _events(db, 6)
+    holder = await asyncpg.connect(database_url)
+    held = holder.transaction()
+    await held.start()
+    await ledger.lock_user(holder, locked)
+    try:
+        blocked = asyncio.create_task(batches.credit(_purchase(locked, event_ids[0], 9)))
+        others = [
+            asyncio.create_task(batches.credit(_purchase(user, e, 3)))
+            for user, e in zip(free, event_ids[1:], strict=True)
+        ]
+        done = await asyncio.wait_for(asyncio.gather(*others), timeout=20)
+        assert all(r.applied for r in done)
+        assert not blocked.done()
+    finally:
+        await held.rollback()
+        await holder.close()
+    assert (await blocked).applied
+    assert await balance(db, locked) == 9
+
+
+async def test_concurrent_claims_share_one_statement(
+    db: asyncpg.Connection, batches: WorkerBatches
+) -> None:
+    event_ids = await _events(db, 30)
+    await db.execute(
+        "UPDATE stripe_events SET processing_status = 'completed' WHERE event_id = $1",
+        event_ids[0],
+    )
+    rows = await asyncio.gather(*(batches.claim(e) for e in [*event_ids, "evt_unknown"]))
+    assert rows[0] is None and rows[-1] is None
+    assert [row["event_id"] for row in rows[1:-1] if row] == event_ids[1:]
+    assert {row["attempts"] for row in rows[1:-1] if row} == {1}
+    assert (
+        await db.fetchval(
+            "SELECT count(DISTINCT xmin::text) FROM stripe_events "
+            "WHERE processing_status = 'processing'"
+        )
+        == 1
+    )

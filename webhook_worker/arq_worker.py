@@ -1,0 +1,106 @@
+"""Our `arq.Worker`: arq's semantics, with two changes that matter under load and faults.
+
+1. **One round trip to start a batch of jobs.** arq starts each job with its own
+   WATCH / EXISTS / ZSCORE / MULTI-EXEC exchange (four round trips, one job after another);
+   here one Lua script checks and claims every job the poll found, atomically, with the same
+   rules: a job is started only when it is due (score <= now) and no worker holds its
+   in-progress key, which is then set with arq's in-progress timeout.
+2. **A Redis outage is waited out.** arq's poll loop lets a Redis connection error escape
+   `main()`, so a Redis restart would stop every worker until a supervisor restarted it.
+   Here a failed poll iteration (polling, heartbeat, cron, or a job whose finish could not
+   be written) is logged and retried with a capped backoff. Postgres keeps each event's
+   state, so a job cut off that way is re-run by arq or the sweeper and its repeat is a no-op.
+
+Written against arq 0.26 to 0.28 (`start_jobs` and `_poll_iteration` are its internals; the
+version is pinned in pyproject.toml and `tests/test_arq_worker.py` covers both changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from arq import Worker
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from webhook_worker import metrics
+from webhook_worker.log import get_logger, redact_text
+
+log = get_logger("webhook_worker.worker")
+
+REDIS_OUTAGE_MAX_BACKOFF = 5.0
+
+# KEYS: the queue. ARGV: now (ms), in-progress expiry (ms), how many to start at most,
+# in-progress key prefix, then the candidate job ids in queue order.
+# Returns (job id, score) pairs of the jobs this worker now owns.
+_START_JOBS_SCRIPT = """
+local started = {}
+local room = tonumber(ARGV[3])
+for i = 5, #ARGV do
+  if room <= 0 then break end
+  local job_id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], job_id)
+  if score and tonumber(score) <= tonumber(ARGV[1]) then
+    local in_progress = ARGV[4] .. job_id
+    if redis.call('SET', in_progress, '1', 'NX', 'PX', ARGV[2]) then
+      started[#started + 1] = job_id
+      started[#started + 1] = score
+      room = room - 1
+    end
+  end
+end
+return started
+"""
+
+
+class ArqWorker(Worker):
+    """arq's Worker with batched job starts and Redis-outage tolerance (see the module doc)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._redis_failures = 0
+        self._start_script: Any = None
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        room = self.max_jobs - self.job_counter
+        if room <= 0 or not job_ids:
+            return
+        if self._start_script is None:
+            self._start_script = self.pool.register_script(_START_JOBS_SCRIPT)
+        args: list[Any] = [
+            timestamp_ms(),
+            int(self.in_progress_timeout_s * 1000),
+            room,
+            in_progress_key_prefix,
+        ]
+        started = await self._start_script(keys=[self.queue_name], args=[*args, *job_ids])
+        for index in range(0, len(started), 2):
+            job_id = started[index].decode()
+            score = int(float(started[index + 1]))
+            await self.sem.acquire()
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._redis_failures += 1
+            backoff = min(0.25 * 2 ** min(self._redis_failures, 5), REDIS_OUTAGE_MAX_BACKOFF)
+            metrics.REDIS_OUTAGE_RETRIES.inc()
+            log.warning(
+                "redis_unavailable",
+                error=redact_text(str(exc) or type(exc).__name__),
+                consecutive_failures=self._redis_failures,
+                retry_in_s=backoff,
+            )
+            await asyncio.sleep(backoff)
+        else:
+            if self._redis_failures:
+                log.info("redis_recovered", after_failures=self._redis_failures)
+                self._redis_failures = 0
