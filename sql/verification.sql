@@ -35,6 +35,14 @@ FROM (VALUES
 ) AS expected (name)
 ORDER BY present, expected.name;
 
+\echo '== ledger functions the worker calls (present = t for every row) =='
+SELECT expected.name,
+       EXISTS (SELECT 1 FROM pg_proc p
+               JOIN pg_namespace n ON n.oid = p.pronamespace
+               WHERE n.nspname = current_schema() AND p.proname = expected.name) AS present
+FROM (VALUES ('ledger_lock_key'), ('ledger_credit'), ('ledger_credit_many')) AS expected (name)
+ORDER BY present, expected.name;
+
 \echo '== applied migrations =='
 SELECT version, name, applied_at FROM schema_migrations ORDER BY version;
 

@@ -126,7 +126,17 @@ async def test_verify_reports_every_check_by_name(db: asyncpg.Connection) -> Non
     assert {f"table {t}" for t in ops.EXPECTED_COLUMNS} <= names
     assert {f"constraint {c}" for c in ops.EXPECTED_CONSTRAINTS} <= names
     assert {f"index {i}" for i in ops.EXPECTED_INDEXES} <= names
+    assert {f"function {f}" for f in ops.EXPECTED_FUNCTIONS} <= names
     assert {"migrations", "balances", "stuck events"} <= names
+
+
+async def test_verify_names_a_missing_ledger_function(db: asyncpg.Connection) -> None:
+    await db.execute("DROP FUNCTION ledger_credit_many")
+    report = await ops.verify(db, stale_after_seconds=120)
+    assert not report.ok
+    assert [c.name for c in report.problems if c.name.startswith("function")] == [
+        "function ledger_credit_many"
+    ]
 
 
 async def test_verify_names_a_missing_column(db: asyncpg.Connection) -> None:

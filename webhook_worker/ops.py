@@ -95,6 +95,11 @@ EXPECTED_INDEXES: dict[str, str] = {
     "stripe_events_status_received_at_idx": "stripe_events by status, oldest first",
     "credit_transactions_one_purchase_per_session": "one PURCHASE per checkout session",
 }
+EXPECTED_FUNCTIONS: dict[str, str] = {
+    "ledger_lock_key": "the user's int4 advisory-lock key",
+    "ledger_credit": "one purchase credited under the user's lock",
+    "ledger_credit_many": "a batch of purchases credited in one commit",
+}
 _SAMPLE = 50
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -399,6 +404,10 @@ async def _verify_schema(conn: Connection, report: VerifyReport) -> set[str]:
     for name, meaning in EXPECTED_INDEXES.items():
         found = name in indexes
         report.add(f"index {name}", found, meaning if found else f"missing ({meaning})")
+    functions = {row["name"] for row in await conn.fetch(query("ops_schema_functions"))}
+    for name, meaning in EXPECTED_FUNCTIONS.items():
+        found = name in functions
+        report.add(f"function {name}", found, meaning if found else f"missing ({meaning})")
     return complete
 
 

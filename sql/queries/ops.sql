@@ -89,6 +89,12 @@ WHERE n.nspname = current_schema();
 -- name: ops_schema_indexes
 SELECT indexname::text AS name FROM pg_indexes WHERE schemaname = current_schema();
 
+-- name: ops_schema_functions
+SELECT p.proname::text AS name
+FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = current_schema();
+
 -- name: ops_balance_mismatches
 SELECT u.id AS user_id, u.credits_balance, coalesce(l.total, 0)::bigint AS ledger_sum
 FROM users u
