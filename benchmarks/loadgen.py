@@ -71,10 +71,11 @@ async def _connection(
     cursor: list[int],
     deadline: float,
     interval: float,
+    first_send: float,
     result: LoadResult,
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    next_send = time.perf_counter()
+    next_send = first_send
     try:
         while time.perf_counter() < deadline:
             index = cursor[0]
@@ -105,28 +106,51 @@ async def _connection(
 
 
 async def _drive(
-    host: str, port: int, requests: list[bytes], connections: int, seconds: float, rate: float
+    host: str,
+    port: int,
+    requests: list[bytes],
+    connections: int,
+    seconds: float,
+    rate: float,
+    process: tuple[int, int] = (0, 1),
 ) -> LoadResult:
+    """`process` is (index, count) of the generator processes sharing an open-loop rate."""
     result = LoadResult(0, 0, 0, 0.0, [])
     cursor = [0]
     interval = connections / rate if rate else 0.0
     start = time.perf_counter()
     deadline = start + seconds
+    index, count = process
+    # Open loop: arrivals evenly spaced over all connections of all processes, not every
+    # connection firing at once each interval (that would be bursts of `connections`).
+    step = 1 / (rate * count) if rate else 0.0
     await asyncio.gather(
         *(
-            _connection(host, port, requests, cursor, deadline, interval, result)
-            for _ in range(connections)
+            _connection(
+                host,
+                port,
+                requests,
+                cursor,
+                deadline,
+                interval,
+                start + (conn * count + index) * step,
+                result,
+            )
+            for conn in range(connections)
         )
     )
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _worker(args: tuple[str, int, list[bytes], int, float, float], queue: mp.Queue) -> None:  # type: ignore[type-arg]
-    host, port, requests, connections, seconds, rate = args
+def _worker(
+    args: tuple[str, int, list[bytes], int, float, float, tuple[int, int]],
+    queue: mp.Queue,  # type: ignore[type-arg]
+) -> None:
+    host, port, requests, connections, seconds, rate, process = args
     if uvloop is not None:
         uvloop.install()
-    queue.put(asyncio.run(_drive(host, port, requests, connections, seconds, rate)))
+    queue.put(asyncio.run(_drive(host, port, requests, connections, seconds, rate, process)))
 
 
 def run_load(
@@ -147,7 +171,15 @@ def run_load(
     for index in range(processes):
         conns = connections // processes + (index < connections % processes)
         chunk = requests[index * share : (index + 1) * share]
-        args = (host, port, chunk, conns, seconds, rate / processes if rate else 0.0)
+        args = (
+            host,
+            port,
+            chunk,
+            conns,
+            seconds,
+            rate / processes if rate else 0.0,
+            (index, processes),
+        )
         proc = mp.Process(target=_worker, args=(args, queue))
         proc.start()
         workers.append(proc)

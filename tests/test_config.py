@@ -116,6 +116,7 @@ def test_bad_redis_url_is_refused() -> None:
         ("DB_ECHO", "maybe"),
         ("LOG_FORMAT", "xml"),
         ("WORKER_POLL_DELAY_MS", "0"),
+        ("WORKER_BATCH_MAX", "0"),
     ],
 )
 def test_bad_numbers_and_choices_name_the_variable(name: str, value: str) -> None:

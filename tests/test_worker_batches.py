@@ -75,6 +75,22 @@ async def test_concurrent_credits_commit_together_each_once(
     assert await db.fetchval("SELECT count(*) FROM credit_transactions") == 40
 
 
+async def test_batch_max_one_gives_every_event_its_own_transaction(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    user = await new_user(db, "single@example.com")
+    event_ids = await _events(db, 12)
+    pool = await store.create_pool(settings)
+    try:
+        singles = WorkerBatches(pool, max_batch=1, max_jobs=12)
+        results = await asyncio.gather(*(singles.credit(_purchase(user, e, 2)) for e in event_ids))
+    finally:
+        await pool.close()
+    assert all(r.applied for r in results)
+    assert await db.fetchval("SELECT count(DISTINCT xmin::text) FROM credit_transactions") == 12
+    assert await balance(db, user) == 24 == await ledger_sum(db, user)
+
+
 async def test_a_bad_purchase_fails_alone_and_its_neighbours_are_credited(
     db: asyncpg.Connection, batches: WorkerBatches
 ) -> None:

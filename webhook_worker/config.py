@@ -158,6 +158,7 @@ class Settings:
     sweep_interval_seconds: int = 30
     job_timeout_seconds: int = 30
     worker_max_jobs: int = 100
+    worker_batch_max: int = 256
     worker_poll_delay: float = 0.05
     metrics_port: int | None = None
     db_pool_min: int = 2
@@ -225,6 +226,7 @@ class Settings:
             job_timeout_seconds=_required_int(env, "JOB_TIMEOUT_SECONDS", 30, minimum=1),
             worker_max_jobs=_required_int(env, "WORKER_MAX_JOBS", 100, minimum=1),
             worker_poll_delay=_required_int(env, "WORKER_POLL_DELAY_MS", 50, minimum=1) / 1000,
+            worker_batch_max=_required_int(env, "WORKER_BATCH_MAX", 256, minimum=1),
             metrics_port=_int(env, "METRICS_PORT", None, minimum=1),
             db_pool_min=_required_int(env, "DB_POOL_MIN", 2, minimum=0),
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),

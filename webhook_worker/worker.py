@@ -253,7 +253,9 @@ def _start_metrics(port: int) -> None:
 async def _on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     ctx["pool"] = await store.create_pool(settings)
-    ctx["batches"] = WorkerBatches(ctx["pool"])
+    ctx["batches"] = WorkerBatches(
+        ctx["pool"], max_batch=settings.worker_batch_max, max_jobs=settings.worker_max_jobs
+    )
     if settings.metrics_port:
         _start_metrics(settings.metrics_port)
     log.info(

@@ -29,7 +29,6 @@ Result = TypeVar("Result")
 _CLAIM_TRIES = 3
 # Two batches in flight per statement: one runs while the next one fills up.
 _INFLIGHT = 2
-_MAX_BATCH = 256
 
 
 def _interrupted() -> Exception:
@@ -58,18 +57,21 @@ class _RetryAlone(Exception):
 class WorkerBatches:
     """The claim and credit coalescers of one worker process, on its pool."""
 
-    def __init__(self, pool: store.Pool) -> None:
+    def __init__(self, pool: store.Pool, *, max_batch: int = 256, max_jobs: int = 100) -> None:
+        """`max_batch` = 1 gives every event its own statements and transaction (no batching);
+        then as many run at once as the worker runs jobs."""
         self._pool = pool
+        inflight = max(_INFLIGHT, -(-max_jobs // max(1, max_batch)))
         self._claims: Coalescer[str, Row] = Coalescer(
             self._claim_batch,
-            max_batch=_MAX_BATCH,
-            max_inflight=_INFLIGHT,
+            max_batch=max_batch,
+            max_inflight=inflight,
             interrupted=_interrupted,
         )
         self._credits: Coalescer[ledger.Purchase, ledger.CreditResult] = Coalescer(
             self._credit_batch,
-            max_batch=_MAX_BATCH,
-            max_inflight=_INFLIGHT,
+            max_batch=max_batch,
+            max_inflight=inflight,
             interrupted=_interrupted,
         )
 
