@@ -388,7 +388,13 @@ def _chart(points: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each load step")
-    parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument(
+        "--web-workers",
+        type=int,
+        default=1,
+        help="uvicorn processes; on 2 cores shared with Postgres, Redis and the load generator "
+        "one gives the same peak as two and a much shorter tail",
+    )
     parser.add_argument("--worker-processes", type=int, default=2)
     parser.add_argument("--credit-events", type=int, default=10_000)
     parser.add_argument("--concurrency", default="1,8,32,64")

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from tests.worker_support import balance, ledger_sum, new_user, status_of, store_events
-from webhook_worker import ledger, store
+from webhook_worker import ledger, resolver, store
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
 from webhook_worker.sample_events import checkout_session_event, new_id
@@ -156,3 +156,37 @@ async def test_concurrent_claims_share_one_statement(
         )
         == 1
     )
+
+
+async def test_concurrent_lookups_match_what_the_resolver_would(
+    db: asyncpg.Connection, batches: WorkerBatches
+) -> None:
+    by_id = await new_user(db, "id@example.com")
+    by_email = await new_user(db, "Mixed.Case@Example.com")
+    user_uuid = str(await db.fetchval("SELECT uuid FROM users WHERE id = $1", by_email))
+    wanted = [
+        resolver.classify(str(by_id)),
+        resolver.classify("mixed.case@example.COM"),
+        resolver.classify(user_uuid.upper()),
+        resolver.classify("nobody@example.com"),
+        resolver.classify("999999999"),
+        resolver.classify(str(by_id)),
+    ]
+    found = await asyncio.gather(*(batches.lookup(c) for c in wanted))
+    assert found == [by_id, by_email, by_email, None, None, by_id]
+    async with batches._pool.acquire() as conn:
+        alone = [await resolver.lookup_user(conn, c) for c in wanted]
+    assert alone == found
+
+
+def test_first_candidate_is_what_the_resolver_looks_up_first() -> None:
+    session = {
+        "client_reference_id": "{CHECKOUT_SESSION_ID}",
+        "metadata": {"user_id": "null", "email": "buyer@example.com"},
+        "customer_email": "other@example.com",
+    }
+    assert resolver.first_candidate(session) == (
+        "metadata.email",
+        resolver.Candidate("email", "buyer@example.com"),
+    )
+    assert resolver.first_candidate({"client_reference_id": "<email>"}) is None

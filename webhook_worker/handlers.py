@@ -84,11 +84,13 @@ class Outcome:
 
 @dataclass(frozen=True)
 class HandlerContext:
-    """What a handler works with: settings, the pool, and the ledger's credit call."""
+    """What a handler works with: settings, the pool, the ledger's credit call and a user
+    lookup (both coalesced by the worker with those of concurrent jobs)."""
 
     settings: Settings
     pool: store.Pool
     credit: Callable[[ledger.Purchase], Awaitable[ledger.CreditResult]]
+    lookup: Callable[[resolver.Candidate], Awaitable[int | None]]
 
 
 Handler = Callable[[HandlerContext, StoredEvent], Awaitable[Outcome]]
@@ -142,14 +144,26 @@ def _text(obj: Mapping[str, Any], key: str) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
+async def _resolve(ctx: HandlerContext, session: Mapping[str, Any]) -> resolver.Resolution:
+    """The common case, the first candidate matches and there is no customer id to remember,
+    takes one coalesced lookup; everything else goes through the full resolver."""
+    first = resolver.first_candidate(session)
+    if first is not None and resolver.customer_id(session) is None:
+        source, candidate = first
+        user_id = await ctx.lookup(candidate)
+        if user_id is not None:
+            return resolver.Resolution(user_id, source)
+    async with store.acquire(ctx.pool, "resolving a user") as conn:
+        return await resolver.resolve_user(conn, session)
+
+
 async def _credit_session(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     session = event.data_object
     session_id = _text(session, "id")
     if session_id is None:
         raise PermanentError("checkout session has no id")
     credits = credits_for(session, ctx.settings)  # before resolving: a bad event makes no user
-    async with store.acquire(ctx.pool, "resolving a user") as conn:
-        who = await resolver.resolve_user(conn, session)
+    who = await _resolve(ctx, session)
     result = await ctx.credit(
         ledger.Purchase(
             user_id=who.user_id,

@@ -130,7 +130,9 @@ class _Job:
                 return "skipped"
             self.event_type = str(row.get("type") or "unknown")
             self.event = handlers.StoredEvent.from_row(row)
-            context = handlers.HandlerContext(self.settings, self.pool, self.batches.credit)
+            context = handlers.HandlerContext(
+                self.settings, self.pool, self.batches.credit, self.batches.lookup
+            )
             outcome = await handlers.handle_event(context, self.event)
             if not outcome.recorded:
                 async with store.acquire(self.pool, "recording an event outcome") as conn:

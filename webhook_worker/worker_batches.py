@@ -1,9 +1,10 @@
 """The worker's coalesced statements: concurrent jobs share one claim and one credit call.
 
-Under load a worker runs up to `WORKER_MAX_JOBS` jobs at once. Claiming their events and
-crediting their purchases one statement per job costs a round trip and a commit each, and
-on a hot user every credit waits for the previous one's commit under the user's lock. Here
-the claims of one event-loop iteration become one `claim_events` statement and the credits
+Under load a worker runs up to `WORKER_MAX_JOBS` jobs at once. Claiming their events,
+looking up their users and crediting their purchases one statement per job costs a round
+trip (and a commit) each, and on a hot user every credit waits for the previous one's
+commit under the user's lock. Here the claims of one event-loop iteration become one
+`claim_events` statement, the users' first lookups one `users_lookup_many`, and the credits
 one `ledger_credit_many` call: one commit for the batch, the hot user's lock taken once.
 
 Nothing about the semantics changes: each purchase is still its own ledger row, applied at
@@ -18,7 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from webhook_worker import ledger, store
+from webhook_worker import ledger, resolver, store
 from webhook_worker.coalesce import Coalescer
 from webhook_worker.errors import PermanentError, TransientError
 
@@ -68,6 +69,12 @@ class WorkerBatches:
             max_inflight=inflight,
             interrupted=_interrupted,
         )
+        self._lookups: Coalescer[resolver.Candidate, int | None] = Coalescer(
+            self._lookup_batch,
+            max_batch=max_batch,
+            max_inflight=inflight,
+            interrupted=_interrupted,
+        )
         self._credits: Coalescer[ledger.Purchase, ledger.CreditResult] = Coalescer(
             self._credit_batch,
             max_batch=max_batch,
@@ -89,8 +96,16 @@ class WorkerBatches:
         except _RetryAlone:
             return await self._alone(ledger.credit_purchase, purchase)
 
+    async def lookup(self, candidate: resolver.Candidate) -> int | None:
+        """The user id a resolver candidate matches, or None."""
+        try:
+            return await self._lookups.submit(candidate)
+        except _RetryAlone:
+            return await self._alone(resolver.lookup_user, candidate)
+
     async def drain(self) -> None:
         await self._claims.drain()
+        await self._lookups.drain()
         await self._credits.drain()
 
     async def _claim_batch(self, event_ids: list[str]) -> Sequence[Row | Exception]:
@@ -102,6 +117,19 @@ class WorkerBatches:
             return [rows.get(event_id) for event_id in event_ids]
         except (TransientError, PermanentError) as exc:
             if len(event_ids) == 1:
+                raise
+            raise _RetryAlone() from exc
+
+    async def _lookup_batch(
+        self, candidates: list[resolver.Candidate]
+    ) -> Sequence[int | Exception | None]:
+        try:
+            async with store.acquire(self._pool, "looking up users") as conn:
+                if len(candidates) == 1:
+                    return [await resolver.lookup_user(conn, candidates[0])]
+                return await resolver.lookup_users(conn, candidates)
+        except (TransientError, PermanentError) as exc:
+            if len(candidates) == 1:
                 raise
             raise _RetryAlone() from exc
 

@@ -10,6 +10,21 @@ SELECT id FROM users WHERE uuid = $1::uuid;
 -- name: user_by_id
 SELECT id FROM users WHERE id = $1::bigint;
 
+-- name: users_lookup_many
+-- user_by_id, user_by_uuid and user_by_email for many values in one statement: each pair of
+-- arrays is (values, their positions in the caller's list); one (ord, id) row per match.
+SELECT q.ord, u.id
+FROM unnest($1::bigint[], $2::int[]) AS q (value, ord)
+JOIN users u ON u.id = q.value
+UNION ALL
+SELECT q.ord, u.id
+FROM unnest($3::uuid[], $4::int[]) AS q (value, ord)
+JOIN users u ON u.uuid = q.value
+UNION ALL
+SELECT q.ord, u.id
+FROM unnest($5::text[], $6::int[]) AS q (value, ord)
+JOIN users u ON lower(u.email) = lower(q.value);
+
 -- name: user_by_stripe_customer
 SELECT id FROM users WHERE stripe_customer_id = $1;
 
