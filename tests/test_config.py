@@ -117,6 +117,7 @@ def test_bad_redis_url_is_refused() -> None:
         ("LOG_FORMAT", "xml"),
         ("WORKER_POLL_DELAY_MS", "0"),
         ("WORKER_BATCH_MAX", "0"),
+        ("DB_STATEMENT_CACHE_SIZE", "-1"),
     ],
 )
 def test_bad_numbers_and_choices_name_the_variable(name: str, value: str) -> None:

@@ -265,6 +265,25 @@ async def test_pruner_nulls_old_completed_payloads_but_keeps_failed(
     )  # the ledger stays
 
 
+async def test_pruner_works_in_chunks_until_every_old_payload_is_gone(
+    db: asyncpg.Connection,
+) -> None:
+    ids = await store_events(db, [checkout_session_event() for _ in range(25)])
+    await db.execute(
+        "UPDATE stripe_events SET processing_status = 'completed', "
+        "received_at = now() - make_interval(days => 40) - make_interval(secs => random())"
+    )
+    assert await store.prune_events(db, 30, dry_run=True) == 25
+    assert await store.prune_events(db, 30, chunk=10) == 25  # chunks of 10, 10 and 5
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM stripe_events WHERE raw_data IS NULL AND event_id = ANY($1)", ids
+        )
+        == 25
+    )
+    assert await store.prune_events(db, 30, chunk=10) == 0
+
+
 # --- observability -------------------------------------------------------------------------
 
 

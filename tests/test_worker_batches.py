@@ -5,7 +5,7 @@ a user whose lock is held elsewhere holds up only its own credit."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
@@ -190,3 +190,26 @@ def test_first_candidate_is_what_the_resolver_looks_up_first() -> None:
         resolver.Candidate("email", "buyer@example.com"),
     )
     assert resolver.first_candidate({"client_reference_id": "<email>"}) is None
+
+
+async def test_without_a_statement_cache_as_behind_pgbouncer_it_all_still_works(
+    db: asyncpg.Connection, make_settings: Callable[..., Settings]
+) -> None:
+    user = await new_user(db, "bouncer@example.com")
+    event_ids = await _events(db, 8)
+    pool = await store.create_pool(make_settings(DB_STATEMENT_CACHE_SIZE="0"))
+    try:
+        uncached = WorkerBatches(pool)
+        claimed = await asyncio.gather(*(uncached.claim(e) for e in event_ids))
+        assert all(row is not None for row in claimed)
+        found = await asyncio.gather(
+            *(uncached.lookup(resolver.classify(str(user))) for _ in event_ids)
+        )
+        assert found == [user] * 8
+        results = await asyncio.gather(*(uncached.credit(_purchase(user, e, 1)) for e in event_ids))
+        assert all(r.applied for r in results)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM pg_prepared_statements") == 0
+    finally:
+        await pool.close()
+    assert await balance(db, user) == 8

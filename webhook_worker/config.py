@@ -163,6 +163,7 @@ class Settings:
     metrics_port: int | None = None
     db_pool_min: int = 2
     db_pool_max: int = 20
+    db_statement_cache_size: int = 100
 
     def __repr__(self) -> str:  # never print secrets or DSN passwords
         return (
@@ -230,6 +231,7 @@ class Settings:
             metrics_port=_int(env, "METRICS_PORT", None, minimum=1),
             db_pool_min=_required_int(env, "DB_POOL_MIN", 2, minimum=0),
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
+            db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

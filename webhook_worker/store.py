@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -100,6 +101,8 @@ async def create_pool(
                 max_size=settings.db_pool_max if max_size is None else max_size,
                 init=_init_connection,
                 reset=_keep_session,
+                # 0 behind PgBouncer in transaction mode (no named prepared statements).
+                statement_cache_size=settings.db_statement_cache_size,
                 command_timeout=30,
                 timeout=5,
             )
@@ -194,12 +197,28 @@ async def events_to_sweep(conn: Connection, stale_after_seconds: int, limit: int
     return [row["event_id"] for row in rows]
 
 
-async def prune_events(conn: Connection, older_than_days: int, *, dry_run: bool = False) -> int:
-    """Drop the raw payload of old completed/ignored events; ids, status and ledger stay."""
-    name = "count_prunable_events" if dry_run else "prune_events"
+PRUNE_CHUNK = 1000
+
+
+async def prune_events(
+    conn: Connection, older_than_days: int, *, dry_run: bool = False, chunk: int = PRUNE_CHUNK
+) -> int:
+    """Drop the raw payload of old completed/ignored events; ids, status and ledger stay.
+
+    In chunks of `chunk` rows, each its own autocommit transaction, oldest first.
+    """
     with translate_errors("pruning events"):
-        count = await conn.fetchval(query(name), older_than_days)
-    return int(count or 0)
+        if dry_run:
+            return int(await conn.fetchval(query("count_prunable_events"), older_than_days) or 0)
+        total = 0
+        cursor = datetime.min.replace(tzinfo=UTC)
+        while True:
+            row = await conn.fetchrow(query("prune_events"), older_than_days, cursor, chunk)
+            pruned = int(row["pruned"]) if row else 0
+            total += pruned
+            if pruned < chunk or row is None or row["last_received_at"] is None:
+                return total
+            cursor = row["last_received_at"]
 
 
 async def event_backlog_counts(conn: Connection) -> dict[str, int]:

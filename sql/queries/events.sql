@@ -60,15 +60,27 @@ ORDER BY processing_status, received_at
 LIMIT $2;
 
 -- name: prune_events
-WITH pruned AS (
-    UPDATE stripe_events
-    SET raw_data = NULL, updated_at = now()
+-- One chunk, oldest first from $2 (a received_at cursor), at most $3 rows, each chunk its own
+-- short transaction: the pruner never holds locks or writes WAL for the whole table at once.
+-- Returns the rows pruned and the cursor for the next chunk.
+WITH chunk AS (
+    SELECT id, received_at
+    FROM stripe_events
     WHERE processing_status IN ('completed', 'ignored')
       AND raw_data IS NOT NULL
       AND received_at < now() - make_interval(days => $1)
-    RETURNING 1
+      AND received_at >= $2
+    ORDER BY received_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), pruned AS (
+    UPDATE stripe_events AS e
+    SET raw_data = NULL, updated_at = now()
+    FROM chunk
+    WHERE e.id = chunk.id
+    RETURNING chunk.received_at
 )
-SELECT count(*) FROM pruned;
+SELECT count(*) AS pruned, max(received_at) AS last_received_at FROM pruned;
 
 -- name: count_prunable_events
 SELECT count(*)
