@@ -34,13 +34,14 @@ log = get_logger("webhook_worker.worker")
 REDIS_OUTAGE_MAX_BACKOFF = 5.0
 
 # KEYS: the queue. ARGV: now (ms), in-progress expiry (ms), how many to start at most,
-# in-progress key prefix, then the candidate job ids in queue order.
-# Returns (job id, score) pairs of the jobs this worker now owns.
+# in-progress key prefix, then the candidate job ids in queue order. Returns how many
+# candidates were examined, then (job id, score) pairs of the jobs this worker now owns.
 _START_JOBS_SCRIPT = """
-local started = {}
+local started = {0}
 local room = tonumber(ARGV[3])
 for i = 5, #ARGV do
   if room <= 0 then break end
+  started[1] = i - 4
   local job_id = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], job_id)
   if score and tonumber(score) <= tonumber(ARGV[1]) then
@@ -65,26 +66,42 @@ class ArqWorker(Worker):
         self._start_script: Any = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        room = self.max_jobs - self.job_counter
-        if room <= 0 or not job_ids:
-            return
+        """Start the due, unclaimed jobs among `job_ids`, as many as there is room for.
+
+        Like arq, it keeps going through the ids the poll found as running jobs finish,
+        rather than waiting a whole poll interval once `max_jobs` are running.
+        """
         if self._start_script is None:
             self._start_script = self.pool.register_script(_START_JOBS_SCRIPT)
-        args: list[Any] = [
-            timestamp_ms(),
-            int(self.in_progress_timeout_s * 1000),
-            room,
-            in_progress_key_prefix,
-        ]
-        started = await self._start_script(keys=[self.queue_name], args=[*args, *job_ids])
-        for index in range(0, len(started), 2):
-            job_id = started[index].decode()
-            score = int(float(started[index + 1]))
-            await self.sem.acquire()
-            self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+        pending = job_ids
+        while pending:
+            room = self.max_jobs - self.job_counter
+            if room <= 0:
+                await self._slot_freed()
+                continue
+            args: list[Any] = [
+                timestamp_ms(),
+                int(self.in_progress_timeout_s * 1000),
+                room,
+                in_progress_key_prefix,
+            ]
+            reply = await self._start_script(keys=[self.queue_name], args=[*args, *pending])
+            pending = pending[max(int(reply[0]), 1) :]
+            for index in range(1, len(reply), 2):
+                job_id = reply[index].decode()
+                score = int(float(reply[index + 1]))
+                await self.sem.acquire()
+                self.job_counter += 1
+                task = self.loop.create_task(self.run_job(job_id, score))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = task
+
+    async def _slot_freed(self) -> None:
+        """Until a running job finishes (its done-callback frees the slot on the next turn)."""
+        running = [task for task in self.tasks.values() if not task.done()]
+        if running:
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.sleep(0)
 
     async def _poll_iteration(self) -> None:
         try:
