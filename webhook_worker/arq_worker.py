@@ -2,9 +2,12 @@
 
 1. **One round trip to start a batch of jobs.** arq starts each job with its own
    WATCH / EXISTS / ZSCORE / MULTI-EXEC exchange (four round trips, one job after another);
-   here one Lua script checks and claims every job the poll found, atomically, with the same
-   rules: a job is started only when it is due (score <= now) and no worker holds its
-   in-progress key, which is then set with arq's in-progress timeout.
+   here one Lua script checks and claims as many of the polled jobs as there are free slots,
+   atomically, with the same rules: a job is started only when it is due (score <= now) and
+   no worker holds its in-progress key, which is then set with arq's in-progress timeout.
+   As running jobs finish, the rest of the polled ids are started the same way, as arq
+   does, instead of waiting a whole poll interval. No-op jobs drain at ~3.5k/s per process
+   this way against ~2.6k/s with arq's own Worker on the benchmark VM.
 2. **A Redis outage is waited out.** arq's poll loop lets a Redis connection error escape
    `main()`, so a Redis restart would stop every worker until a supervisor restarted it.
    Here a failed poll iteration (polling, heartbeat, cron, or a job whose finish could not
