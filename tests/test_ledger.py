@@ -9,7 +9,14 @@ import asyncpg
 import pytest
 
 from tests.conftest import wait_for
-from tests.worker_support import balance, ledger_sum, new_user, status_of, store_events
+from tests.worker_support import (
+    assert_balance_after_is_running_sum,
+    balance,
+    ledger_sum,
+    new_user,
+    status_of,
+    store_events,
+)
 from webhook_worker import ledger
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.sample_events import charge_refunded_event, checkout_session_event, new_id
@@ -187,14 +194,7 @@ async def test_concurrent_credits_on_one_user_serialise(database_url: str) -> No
 
         applied = await asyncio.gather(*(credit_all(c, i) for i, c in enumerate(conns)))
         assert all(all(batch) for batch in applied)
-        rows = await conns[0].fetch(
-            "SELECT amount, balance_after FROM credit_transactions WHERE user_id = $1 ORDER BY id",
-            user,
-        )
-        running = 0
-        for row in rows:
-            running += row["amount"]
-            assert row["balance_after"] == running
+        await assert_balance_after_is_running_sum(conns[0], user)
         assert await balance(conns[0], user) == sum(credits) == await ledger_sum(conns[0], user)
     finally:
         for conn in conns:

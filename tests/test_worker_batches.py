@@ -10,7 +10,14 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 
-from tests.worker_support import balance, ledger_sum, new_user, status_of, store_events
+from tests.worker_support import (
+    assert_balance_after_is_running_sum,
+    balance,
+    ledger_sum,
+    new_user,
+    status_of,
+    store_events,
+)
 from webhook_worker import ledger, resolver, store
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
@@ -58,14 +65,7 @@ async def test_concurrent_credits_commit_together_each_once(
         assert await balance(db, user) == await ledger_sum(db, user)
     assert await balance(db, hot) == sum(i + 1 for i in range(40) if i % 2)
     # The hot user's balance_after is a running sum: the lock order inside the batch held.
-    afters = await db.fetch(
-        "SELECT amount, balance_after FROM credit_transactions WHERE user_id = $1 ORDER BY id",
-        hot,
-    )
-    running = 0
-    for row in afters:
-        running += row["amount"]
-        assert row["balance_after"] == running
+    await assert_balance_after_is_running_sum(db, hot)
     statuses = {(await status_of(db, e))["processing_status"] for e in event_ids}
     assert statuses == {"completed"}
 

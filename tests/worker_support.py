@@ -103,6 +103,19 @@ async def balance(conn: asyncpg.Connection, user_id: int) -> int:
     return int(await conn.fetchval("SELECT credits_balance FROM users WHERE id = $1", user_id))
 
 
+async def assert_balance_after_is_running_sum(conn: asyncpg.Connection, user_id: int) -> None:
+    """Every ledger row's balance_after is the sum of the amounts up to it: the user's
+    balance changes really were serialised."""
+    rows = await conn.fetch(
+        "SELECT amount, balance_after FROM credit_transactions WHERE user_id = $1 ORDER BY id",
+        user_id,
+    )
+    running = 0
+    for row in rows:
+        running += row["amount"]
+        assert row["balance_after"] == running
+
+
 async def ledger_sum(conn: asyncpg.Connection, user_id: int) -> int:
     value = await conn.fetchval(
         "SELECT COALESCE(sum(amount), 0) FROM credit_transactions WHERE user_id = $1", user_id

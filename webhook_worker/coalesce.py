@@ -1,16 +1,17 @@
 """Coalescing: concurrent calls made in one event-loop iteration share one batch call.
 
-The worker runs up to `WORKER_MAX_JOBS` jobs at once; each would otherwise pay its own
-Postgres round trip and commit for the same statement shape. A `Coalescer` turns those
-calls into one statement per batch: `submit(item)` queues the item and schedules a flush
-with `call_soon`, so every job that submits during the current iteration joins it. At most
-`max_inflight` batches run at once (each holds one pooled connection); while they are busy,
-new items queue up and form a larger next batch, so batches grow exactly when load does.
+The receiver's group commit (concurrent webhook requests share one INSERT and one commit)
+and the worker's coalesced statements (the jobs it runs at once share one claim, lookup
+and credit statement, and arq's job clean-ups) are all this one mechanism. `submit(item)`
+queues the item and schedules a flush with `call_soon`, so every caller that submits during
+the current iteration joins it. At most `max_inflight` batches run at once (each holds one
+pooled connection); while they are busy, new items queue up and form a larger next batch,
+so batches grow exactly when load does.
 
 `run_batch` receives the items in submit order and returns one result per item: a value,
 or an exception that only that item's caller sees. If `run_batch` raises, every caller in
-the batch gets that error. A caller cancelled while waiting (its job timed out) does not
-cancel the batch: the batch's transaction either commits for everyone or for no one.
+the batch gets that error. A caller cancelled while waiting (a timed-out job, a client that
+went away) does not cancel the batch: its transaction commits for everyone or for no one.
 """
 
 from __future__ import annotations

@@ -84,11 +84,13 @@ class Outcome:
 
 @dataclass(frozen=True)
 class HandlerContext:
-    """What a handler works with: settings, the pool, the ledger's credit call and a user
-    lookup (both coalesced by the worker with those of concurrent jobs)."""
+    """What a job works with: settings, the pool, and the event claim, the ledger's credit
+    call and a user lookup, which the worker coalesces with those of concurrent jobs. Built
+    once per worker process."""
 
     settings: Settings
     pool: store.Pool
+    claim: Callable[[str], Awaitable[dict[str, Any] | None]]
     credit: Callable[[ledger.Purchase], Awaitable[ledger.CreditResult]]
     lookup: Callable[[resolver.Candidate], Awaitable[int | None]]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from webhook_worker import metrics, ops_api, queue, store
+from webhook_worker.coalesce import Coalescer
 from webhook_worker.config import Settings
 from webhook_worker.errors import (
     ConfigError,
@@ -77,12 +77,6 @@ class BodyTooLarge(Exception):
 
 
 @dataclass
-class _Pending:
-    row: EnvelopeRow
-    future: asyncio.Future[bool]
-
-
-@dataclass
 class _BatchResult:
     """Per event id: the duplicate flag, or the error that kept the row out."""
 
@@ -94,9 +88,10 @@ class _BatchResult:
 class GroupCommitter:
     """Batches concurrent inserts into one statement and one commit, then one enqueue.
 
-    A flush is scheduled with `call_soon`, so every request that submits during the current
-    loop iteration joins it. At most `max_inflight` flushes run at once (each holds one pooled
-    connection); while they are busy, new rows queue up and form a larger next batch.
+    The requests of one loop iteration share a batch (`coalesce.Coalescer`); at most
+    `max_inflight` batches run at once (each holds one pooled connection), and while they
+    are busy new rows queue up and form a larger next batch. Each request is answered only
+    after its batch committed, with its own duplicate flag.
     """
 
     def __init__(
@@ -109,65 +104,39 @@ class GroupCommitter:
     ) -> None:
         self._pool = pool
         self._redis = redis
-        self._max_inflight = max(1, max_inflight)
         self._hook = after_commit_hook
-        self._pending: list[_Pending] = []
-        self._scheduled = False
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._batches: Coalescer[EnvelopeRow, bool] = Coalescer(
+            self._commit,
+            max_batch=_MAX_BATCH,
+            max_inflight=max_inflight,
+            interrupted=lambda: TransientError("storing events: interrupted"),
+        )
 
     async def submit(self, row: EnvelopeRow) -> bool:
         """Store `row` durably and return whether its id was already stored.
 
         Raises TransientError/PermanentError when its batch could not be committed.
         """
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(row, future))
-        self._schedule()
-        return await future
+        return await self._batches.submit(row)
 
     async def drain(self) -> None:
         """Wait for every queued and in-flight batch (on shutdown, before the pool closes)."""
-        while self._pending or self._inflight or self._scheduled:
-            if self._inflight:
-                await asyncio.wait(set(self._inflight))
-            else:
-                await asyncio.sleep(0)
+        await self._batches.drain()
 
-    def _schedule(self) -> None:
-        if not self._scheduled and len(self._inflight) < self._max_inflight:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
-
-    def _start_flush(self) -> None:
-        self._scheduled = False
-        if not self._pending or len(self._inflight) >= self._max_inflight:
-            return
-        batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
-        # A fresh context: the batch's logs must not carry the first request's event id.
-        task = asyncio.get_running_loop().create_task(
-            self._flush(batch), context=contextvars.Context()
-        )
-        self._inflight.add(task)
-        task.add_done_callback(self._flush_done)
-
-    def _flush_done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if self._pending:
-            self._schedule()
-
-    async def _flush(self, batch: list[_Pending]) -> None:
-        rows = _unique_rows(batch)
-        metrics.INSERT_BATCH_SIZE.observe(len(rows))
+    async def _commit(self, rows: list[EnvelopeRow]) -> list[bool | Exception]:
+        unique = _unique_rows(rows)
+        metrics.INSERT_BATCH_SIZE.observe(len(unique))
         try:
-            result = await self._store(rows)
+            result = await self._store(unique)
             if self._hook is not None:
-                await self._hook([r.event_id for r in rows if r.event_id not in result.failed])
+                await self._hook([r.event_id for r in unique if r.event_id not in result.failed])
             await self._enqueue(result.to_enqueue)
-            _answer(batch, result)
         except Exception as exc:  # every waiting request must get an answer, whatever failed
-            _fail_all(batch, _as_store_error(exc))
-        finally:  # cancelled (shutdown): no request may wait forever
-            _fail_all(batch, TransientError("storing events: interrupted"))
+            error = _as_store_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        return _answers(rows, result)
 
     async def _store(self, rows: list[EnvelopeRow]) -> _BatchResult:
         try:
@@ -221,26 +190,26 @@ class GroupCommitter:
             )
 
 
-def _unique_rows(batch: list[_Pending]) -> list[EnvelopeRow]:
+def _unique_rows(rows: list[EnvelopeRow]) -> list[EnvelopeRow]:
     """One row per event id, sorted so concurrent batches take index locks in one order."""
     unique: dict[str, EnvelopeRow] = {}
-    for pending in batch:
-        unique.setdefault(pending.row.event_id, pending.row)
+    for row in rows:
+        unique.setdefault(row.event_id, row)
     return [unique[event_id] for event_id in sorted(unique)]
 
 
-def _answer(batch: list[_Pending], result: _BatchResult) -> None:
-    """Resolve each request; within a batch only the first copy of a new id is not a duplicate."""
+def _answers(rows: list[EnvelopeRow], result: _BatchResult) -> list[bool | Exception]:
+    """Each request's answer; within a batch only the first copy of a new id is not a duplicate."""
     seen: set[str] = set()
-    for pending in batch:
-        event_id = pending.row.event_id
-        if pending.future.done():  # the client went away and its request was cancelled
-            continue
+    answers: list[bool | Exception] = []
+    for row in rows:
+        event_id = row.event_id
         if event_id in result.failed:
-            pending.future.set_exception(result.failed[event_id])
+            answers.append(result.failed[event_id])
         else:
-            pending.future.set_result(result.duplicate[event_id] or event_id in seen)
+            answers.append(result.duplicate[event_id] or event_id in seen)
         seen.add(event_id)
+    return answers
 
 
 def _as_store_error(exc: Exception) -> Exception:
@@ -251,12 +220,6 @@ def _as_store_error(exc: Exception) -> Exception:
     wrapped = TransientError(f"storing events: {type(exc).__name__}")
     wrapped.__cause__ = exc
     return wrapped
-
-
-def _fail_all(batch: list[_Pending], exc: Exception) -> None:
-    for pending in batch:
-        if not pending.future.done():
-            pending.future.set_exception(exc)
 
 
 # --- request handling ----------------------------------------------------------------------

@@ -214,9 +214,10 @@ async def prune_events(
         cursor = datetime.min.replace(tzinfo=UTC)
         while True:
             row = await conn.fetchrow(query("prune_events"), older_than_days, cursor, chunk)
-            pruned = int(row["pruned"]) if row else 0
+            assert row is not None  # an aggregate: always one row
+            pruned = int(row["pruned"])
             total += pruned
-            if pruned < chunk or row is None or row["last_received_at"] is None:
+            if pruned < chunk:
                 return total
             cursor = row["last_received_at"]
 

@@ -104,7 +104,7 @@ class _Job:
     def __init__(self, ctx: dict[str, Any], event_id: str) -> None:
         self.settings: Settings = ctx["settings"]
         self.pool: store.Pool = ctx["pool"]
-        self.batches: WorkerBatches = ctx["batches"]
+        self.handler_context: handlers.HandlerContext = ctx["handler_context"]
         self.event_id = event_id
         self.job_try = int(ctx.get("job_try") or 1)
         self.started = time.perf_counter()
@@ -124,16 +124,13 @@ class _Job:
 
     async def run(self) -> str:
         async with asyncio.timeout(_deadline(self.settings)):
-            row = await self.batches.claim(self.event_id)
+            row = await self.handler_context.claim(self.event_id)
             if row is None:
                 self._line("event_skipped", reason="already_final_or_unknown")
                 return "skipped"
             self.event_type = str(row.get("type") or "unknown")
             self.event = handlers.StoredEvent.from_row(row)
-            context = handlers.HandlerContext(
-                self.settings, self.pool, self.batches.credit, self.batches.lookup
-            )
-            outcome = await handlers.handle_event(context, self.event)
+            outcome = await handlers.handle_event(self.handler_context, self.event)
             if not outcome.recorded:
                 async with store.acquire(self.pool, "recording an event outcome") as conn:
                     await store.finish_event(conn, self.event_id, outcome.status)
@@ -255,8 +252,12 @@ def _start_metrics(port: int) -> None:
 async def _on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     ctx["pool"] = await store.create_pool(settings)
-    ctx["batches"] = WorkerBatches(
+    batches = WorkerBatches(
         ctx["pool"], max_batch=settings.worker_batch_max, max_jobs=settings.worker_max_jobs
+    )
+    ctx["batches"] = batches
+    ctx["handler_context"] = handlers.HandlerContext(
+        settings, ctx["pool"], batches.claim, batches.credit, batches.lookup
     )
     if settings.metrics_port:
         _start_metrics(settings.metrics_port)
@@ -269,6 +270,7 @@ async def _on_startup(ctx: dict[str, Any]) -> None:
 
 
 async def _on_shutdown(ctx: dict[str, Any]) -> None:
+    ctx.pop("handler_context", None)
     batches: WorkerBatches | None = ctx.pop("batches", None)
     if batches is not None:
         await batches.drain()

@@ -1,4 +1,4 @@
-"""The worker's coalesced statements: concurrent jobs share one claim and one credit call.
+"""The worker's coalesced statements: concurrent jobs share one claim, lookup and credit call.
 
 Under load a worker runs up to `WORKER_MAX_JOBS` jobs at once. Claiming their events,
 looking up their users and crediting their purchases one statement per job costs a round
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from webhook_worker import ledger, resolver, store
 from webhook_worker.coalesce import Coalescer
@@ -55,100 +55,92 @@ class _RetryAlone(Exception):
     """The batch failed as a whole: each caller runs its own item alone."""
 
 
-class WorkerBatches:
-    """The claim and credit coalescers of one worker process, on its pool."""
+One = Callable[[store.Connection, Item], Awaitable[Result]]
+Many = Callable[[store.Connection, list[Item]], Awaitable[Sequence[Result]]]
 
-    def __init__(self, pool: store.Pool, *, max_batch: int = 256, max_jobs: int = 100) -> None:
-        """`max_batch` = 1 gives every event its own statements and transaction (no batching);
-        then as many run at once as the worker runs jobs."""
+
+class _Coalesced(Generic[Item, Result]):
+    """One statement shape, called per item: `many` for a batch, `one` for a lone item.
+
+    A batch that fails as a whole sends each caller back to run its own item alone, on its
+    own connection, concurrently with the others.
+    """
+
+    def __init__(
+        self,
+        pool: store.Pool,
+        action: str,
+        one: One[Item, Result],
+        many: Many[Item, Result],
+        *,
+        max_batch: int,
+        max_inflight: int,
+    ) -> None:
         self._pool = pool
-        inflight = max(_INFLIGHT, -(-max_jobs // max(1, max_batch)))
-        self._claims: Coalescer[str, Row] = Coalescer(
-            self._claim_batch,
+        self._action = action
+        self._one = one
+        self._many = many
+        self._coalescer: Coalescer[Item, Result] = Coalescer(
+            self._batch,
             max_batch=max_batch,
-            max_inflight=inflight,
-            interrupted=_interrupted,
-        )
-        self._lookups: Coalescer[resolver.Candidate, int | None] = Coalescer(
-            self._lookup_batch,
-            max_batch=max_batch,
-            max_inflight=inflight,
-            interrupted=_interrupted,
-        )
-        self._credits: Coalescer[ledger.Purchase, ledger.CreditResult] = Coalescer(
-            self._credit_batch,
-            max_batch=max_batch,
-            max_inflight=inflight,
+            max_inflight=max_inflight,
             interrupted=_interrupted,
         )
 
-    async def claim(self, event_id: str) -> Row:
-        """The claimed row (`processing`, attempts + 1), or None if final or unknown."""
+    async def __call__(self, item: Item) -> Result:
         try:
-            return await self._claims.submit(event_id)
+            return await self._coalescer.submit(item)
         except _RetryAlone:
-            return await self._alone(claim_one, event_id)
-
-    async def credit(self, purchase: ledger.Purchase) -> ledger.CreditResult:
-        """Credit once and mark the event completed, in the same commit."""
-        try:
-            return await self._credits.submit(purchase)
-        except _RetryAlone:
-            return await self._alone(ledger.credit_purchase, purchase)
-
-    async def lookup(self, candidate: resolver.Candidate) -> int | None:
-        """The user id a resolver candidate matches, or None."""
-        try:
-            return await self._lookups.submit(candidate)
-        except _RetryAlone:
-            return await self._alone(resolver.lookup_user, candidate)
+            async with store.acquire(self._pool, self._action) as conn:
+                return await self._one(conn, item)
 
     async def drain(self) -> None:
-        await self._claims.drain()
-        await self._lookups.drain()
-        await self._credits.drain()
+        await self._coalescer.drain()
 
-    async def _claim_batch(self, event_ids: list[str]) -> Sequence[Row | Exception]:
+    async def _batch(self, items: list[Item]) -> Sequence[Result]:
         try:
-            async with store.acquire(self._pool, "claiming events") as conn:
-                if len(event_ids) == 1:
-                    return [await claim_one(conn, event_ids[0])]
-                rows = await store.claim_events(conn, event_ids)
-            return [rows.get(event_id) for event_id in event_ids]
+            async with store.acquire(self._pool, self._action) as conn:
+                if len(items) == 1:
+                    return [await self._one(conn, items[0])]
+                return await self._many(conn, items)
         except (TransientError, PermanentError) as exc:
-            if len(event_ids) == 1:
+            if len(items) == 1:
                 raise
             raise _RetryAlone() from exc
 
-    async def _lookup_batch(
-        self, candidates: list[resolver.Candidate]
-    ) -> Sequence[int | Exception | None]:
-        try:
-            async with store.acquire(self._pool, "looking up users") as conn:
-                if len(candidates) == 1:
-                    return [await resolver.lookup_user(conn, candidates[0])]
-                return await resolver.lookup_users(conn, candidates)
-        except (TransientError, PermanentError) as exc:
-            if len(candidates) == 1:
-                raise
-            raise _RetryAlone() from exc
 
-    async def _credit_batch(
-        self, purchases: list[ledger.Purchase]
-    ) -> Sequence[ledger.CreditResult | Exception]:
-        try:
-            async with store.acquire(self._pool, "crediting purchases") as conn:
-                if len(purchases) == 1:
-                    return [await ledger.credit_purchase(conn, purchases[0])]
-                return await ledger.credit_purchases(conn, purchases)
-        except (TransientError, PermanentError) as exc:
-            if len(purchases) == 1:
-                raise
-            raise _RetryAlone() from exc
+async def _claim_many(conn: store.Connection, event_ids: list[str]) -> list[Row]:
+    rows = await store.claim_events(conn, event_ids)
+    return [rows.get(event_id) for event_id in event_ids]
 
-    async def _alone(
-        self, call: Callable[[store.Connection, Item], Awaitable[Result]], item: Item
-    ) -> Result:
-        """One item of a failed batch, on its own connection."""
-        async with store.acquire(self._pool, "retrying one item of a batch") as conn:
-            return await call(conn, item)
+
+class WorkerBatches:
+    """The coalesced statements of one worker process, on its pool.
+
+    `claim(event_id)`: the claimed row (`processing`, attempts + 1), or None if the event is
+    final or unknown. `lookup(candidate)`: the user id a resolver candidate matches, or None.
+    `credit(purchase)`: credit once and mark the event completed, in the same commit.
+    `max_batch` = 1 gives every event its own statements and transaction (no batching);
+    then as many run at once as the worker runs jobs.
+    """
+
+    def __init__(self, pool: store.Pool, *, max_batch: int = 256, max_jobs: int = 100) -> None:
+        self._pool = pool
+        sizes = {
+            "max_batch": max_batch,
+            "max_inflight": max(_INFLIGHT, -(-max_jobs // max(1, max_batch))),
+        }
+        self.claim: _Coalesced[str, Row] = _Coalesced(
+            pool, "claiming events", claim_one, _claim_many, **sizes
+        )
+        self.lookup: _Coalesced[resolver.Candidate, int | None] = _Coalesced(
+            pool, "looking up users", resolver.lookup_user, resolver.lookup_users, **sizes
+        )
+        self.credit: _Coalesced[ledger.Purchase, ledger.CreditResult] = _Coalesced(
+            pool, "crediting purchases", ledger.credit_purchase, ledger.credit_purchases, **sizes
+        )
+
+    async def drain(self) -> None:
+        await self.claim.drain()
+        await self.lookup.drain()
+        await self.credit.drain()
