@@ -319,10 +319,12 @@ async def _drain(dsn: str, redis_url: str, ids: list[str], timeout: float) -> fl
         for offset in range(0, len(ids), 1000):
             await enqueue_events(redis, ids[offset : offset + 1000])
         while time.perf_counter() - start < timeout:
+            # Cheap on purpose (the status index, only the unfinished rows): a poll that looked
+            # up every id took a noticeable share of the CPU the workers were measured on.
+            # Every earlier event in this database is final, so "none unfinished" means these.
             left = await conn.fetchval(
-                "SELECT count(*) FROM stripe_events WHERE event_id = ANY($1::text[]) "
-                "AND processing_status NOT IN ('completed', 'ignored', 'failed')",
-                ids,
+                "SELECT count(*) FROM stripe_events "
+                "WHERE processing_status IN ('received', 'processing')"
             )
             if left == 0:
                 return time.perf_counter() - start

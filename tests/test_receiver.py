@@ -276,6 +276,43 @@ async def test_a_new_event_is_stored_received_and_answered_not_duplicate(
     assert json.loads(row["raw"]) == json.loads(body)
 
 
+async def test_the_answer_is_json_with_its_length(client: httpx.AsyncClient) -> None:
+    _, body = _body()
+    response = await post_signed(client, body)
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
+
+
+async def test_a_client_gone_mid_body_stores_nothing(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The body never fully arrived: no row, and a 400 that nobody reads but the log counts."""
+    _, body = _body()
+    app = create_app(settings)
+    messages = [
+        {"type": "http.request", "body": body[:100], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"stripe-signature", sign(body, TEST_SECRET).encode())]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": URL, "raw_path": URL.encode(), "query_string": b"",
+        "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": None,
+    }  # fmt: skip
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert await count_rows(db) == 0
+
+
 async def test_one_valid_v1_beside_a_bad_one_is_accepted(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:

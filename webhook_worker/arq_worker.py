@@ -16,6 +16,8 @@
    Here a failed poll iteration (polling, heartbeat, cron, or a job whose finish could not
    be written) is logged and retried with a capped backoff. Postgres keeps each event's
    state, so a job cut off that way is re-run by arq or the sweeper and its repeat is a no-op.
+   Shutting down while Redis is away still runs `on_shutdown` (the Postgres pool closes)
+   and exits 0, instead of failing on the health-check key arq deletes first.
 
 Written against arq 0.26 to 0.28 (`start_jobs`, `finish_job` and `_poll_iteration` are its
 internals; the version is pinned in pyproject.toml and `tests/test_arq_worker.py` and
@@ -25,6 +27,7 @@ internals; the version is pinned in pyproject.toml and `tests/test_arq_worker.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +40,7 @@ from arq.constants import (
     retry_key_prefix,
 )
 from arq.utils import timestamp_ms, to_ms
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from webhook_worker import metrics
 from webhook_worker.coalesce import Coalescer
@@ -47,6 +49,9 @@ from webhook_worker.log import get_logger, redact_text
 log = get_logger("webhook_worker.worker")
 
 REDIS_OUTAGE_MAX_BACKOFF = 5.0
+# Any Redis error, not only a refused connection: a server going down mid-command can also
+# answer with an error reply or a protocol error, and each of those once ended the process.
+REDIS_FAULTS = (RedisError, OSError)
 
 # KEYS: the queue. ARGV: now (ms), in-progress expiry (ms), how many to start at most,
 # in-progress key prefix, then the candidate job ids in queue order. Returns how many
@@ -180,16 +185,30 @@ class ArqWorker(Worker):
             await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
         await asyncio.sleep(0)
 
+    async def close(self) -> None:
+        try:
+            await super().close()
+        except REDIS_FAULTS as exc:
+            # arq deletes its health-check key before on_shutdown; with Redis away that
+            # raised and left the Postgres pool open. The key expires by itself.
+            log.warning("redis_unavailable_at_shutdown", error=_fault_text(exc))
+            if self.on_shutdown:
+                await self.on_shutdown(self.ctx)
+            if self._pool is not None:
+                with contextlib.suppress(*REDIS_FAULTS):
+                    await self._pool.close(close_connection_pool=True)
+                self._pool = None
+
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             self._redis_failures += 1
             backoff = min(0.25 * 2 ** min(self._redis_failures, 5), REDIS_OUTAGE_MAX_BACKOFF)
             metrics.REDIS_OUTAGE_RETRIES.inc()
             log.warning(
                 "redis_unavailable",
-                error=redact_text(str(exc) or type(exc).__name__),
+                error=_fault_text(exc),
                 consecutive_failures=self._redis_failures,
                 retry_in_s=backoff,
             )
@@ -198,3 +217,7 @@ class ArqWorker(Worker):
             if self._redis_failures:
                 log.info("redis_recovered", after_failures=self._redis_failures)
                 self._redis_failures = 0
+
+
+def _fault_text(exc: BaseException) -> str:
+    return redact_text(f"{type(exc).__name__}: {exc}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
 import asyncpg
@@ -103,3 +104,25 @@ async def test_worker_process_outlives_a_redis_outage_and_resumes(
     finally:
         stop_worker(proc)
     assert await db.fetchval("SELECT credits_balance FROM users WHERE id = $1", user) == 9
+
+
+async def test_worker_stopped_during_a_redis_outage_shuts_down_cleanly(
+    database_url: str, own_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """arq deletes its health-check key before on_shutdown: with Redis away that raised, the
+    process exited 1 and the Postgres pool was never closed. Now SIGTERM still ends in 0."""
+    env = worker_env(database_url, own_redis.url, LOG_LEVEL="info")
+    log_path = tmp_path / "worker.log"
+    proc = spawn_worker(env, log_path)
+    try:
+        await wait_for(lambda: "worker_started" in log_path.read_text(errors="replace"))
+        await asyncio.to_thread(own_redis.stop)
+        await wait_for(lambda: "redis_unavailable" in log_path.read_text(errors="replace"))
+        proc.send_signal(signal.SIGTERM)
+        returncode = await asyncio.to_thread(proc.wait, 20)
+    finally:
+        stop_worker(proc)
+    text = log_path.read_text(errors="replace")
+    assert returncode == 0, text
+    assert "redis_unavailable_at_shutdown" in text
+    assert "worker_stopped" in text  # on_shutdown ran: the Postgres pool was closed
