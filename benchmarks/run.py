@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -181,6 +183,82 @@ def _rss_mb(procs: list[psutil.Process]) -> float:
     return max(sizes, default=0.0)
 
 
+Roles = dict[str, Callable[[], list[psutil.Process]]]
+
+
+def _self_and_children() -> list[psutil.Process]:
+    return [psutil.Process()]
+
+
+def _own_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of a process; for this one, with the waited-for children (load generator)."""
+    times = proc.cpu_times()
+    total = times.user + times.system
+    if proc.pid == os.getpid():
+        total += times.children_user + times.children_system
+    return total
+
+
+class CpuMeter:
+    """CPU seconds spent by each process role over one step, to report CPU per event by role.
+
+    A process that exits during the step loses its share (pool connections stay for the
+    whole step, so that is rare); one that starts during it counts from zero.
+    """
+
+    def __init__(self, roles: Roles) -> None:
+        self._roles = roles
+        self._start: dict[str, dict[int, float]] = {}
+
+    def _read(self) -> dict[str, dict[int, float]]:
+        readings: dict[str, dict[int, float]] = {}
+        for role, procs in self._roles.items():
+            readings[role] = {}
+            for proc in procs():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    readings[role][proc.pid] = _own_cpu(proc)
+        return readings
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def per_event(self, events: int) -> dict[str, float]:
+        """Microseconds of CPU per event by role since `start`."""
+        end = self._read()
+        out = {}
+        for role, readings in end.items():
+            before = self._start.get(role, {})
+            seconds = sum(cpu - before.get(pid, 0.0) for pid, cpu in readings.items())
+            out[role] = seconds / events * 1e6 if events else 0.0
+        return out
+
+
+def _service_roles(services: list[EmbeddedPostgres | EmbeddedRedis]) -> Roles:
+    """The embedded Postgres (postmaster and backends) and Redis; none for given URLs."""
+    roles: Roles = {}
+    for service in services:
+        if isinstance(service, EmbeddedPostgres):
+            pidfile = service.data_dir / "pgdata" / "postmaster.pid"
+            roles["postgres"] = functools.partial(_tree_of_pid, pidfile)
+        elif service.pid is not None:
+            roles["redis"] = functools.partial(_tree_of_pid, service.pid)
+    return roles
+
+
+def _tree_of_pid(source: Path | int) -> list[psutil.Process]:
+    pid = int(source.read_text().split()[0]) if isinstance(source, Path) else source
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _cpu_line(label: str, per_event: dict[str, float]) -> str:
+    parts = ", ".join(f"{role} {us:.0f}" for role, us in per_event.items())
+    return f"  CPU per event, {label} (µs): {parts}"
+
+
 def _wait_ready(url: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -219,7 +297,12 @@ def _requests(count: int, port: int, prefix: str) -> list[bytes]:
 
 
 def measure_ingest(
-    env: dict[str, str], seconds: float, concurrencies: list[int], web_workers: int, logs: Path
+    env: dict[str, str],
+    seconds: float,
+    concurrencies: list[int],
+    web_workers: int,
+    logs: Path,
+    service_roles: Roles,
 ) -> dict[str, Any]:
     port = free_port()
     receiver = _spawn(
@@ -236,13 +319,19 @@ def measure_ingest(
         for conc in concurrencies:
             budget = int(max(2000, 9000 * seconds))
             reqs = _requests(budget, port, f"c{conc}_{time.time_ns()}")
+            meter = CpuMeter(
+                {"receiver": lambda: procs, **service_roles, "load generator": _self_and_children}
+            )
             cpu0 = _cpu_seconds(procs)
+            meter.start()
             result = run_load("127.0.0.1", port, reqs, connections=conc, seconds=seconds)
+            by_role = meter.per_event(result.ok)
             cpu = _cpu_seconds(procs) - cpu0
             rss = max(rss, _rss_mb(procs))
-            points.append(_point(conc, result, cpu))
+            points.append({**_point(conc, result, cpu), "cpu_us_per_event_by_role": by_role})
             last = points[-1]
             print(f"  ingest c={conc:<3} {last['rate']:>8.0f} ev/s  p99 {last['p99_ms']:.1f} ms")
+            print(_cpu_line(f"c={conc}", by_role))
         best = max(points, key=lambda p: p["rate"])
         half_rate = best["rate"] / 2
         reqs = _requests(int(half_rate * seconds * 1.2) + 100, port, f"half_{time.time_ns()}")
@@ -341,6 +430,7 @@ def measure_credit(
     count: int,
     worker_count: int,
     logs: Path,
+    service_roles: Roles,
     cases: tuple[tuple[str, bool], ...] = (("random", False), ("hot", True)),
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
@@ -351,10 +441,16 @@ def measure_credit(
         rss = _rss_mb(procs)
         for label, hot in cases:
             ids = asyncio.run(_load_events(dsn, count, hot, f"{label}{time.time_ns()}"))
+            meter = CpuMeter(
+                {"workers": lambda: procs, **service_roles, "bench": _self_and_children}
+            )
+            meter.start()
             elapsed = asyncio.run(_drain(dsn, env["REDIS_URL"], ids, timeout=300))
+            results[f"cpu_us_per_event_by_role_{label}"] = by_role = meter.per_event(count)
             rss = max(rss, _rss_mb(procs))
             results[label] = count / elapsed
             print(f"  credit {label:<6} {results[label]:>8.0f} events/s")
+            print(_cpu_line(label, by_role))
         results["worker_rss_mb"] = rss
         return results
     finally:
@@ -440,17 +536,22 @@ def main(argv: list[str] | None = None) -> int:
         }
         print("ingest:")
         concurrencies = [int(c) for c in args.concurrency.split(",")]
-        ingest = measure_ingest(env, args.seconds, concurrencies, args.web_workers, work / "logs")
+        roles = _service_roles(services)
+        ingest = measure_ingest(
+            env, args.seconds, concurrencies, args.web_workers, work / "logs", roles
+        )
         print("end to end:")
         # A fresh database and an empty queue: the ingest phase left its own jobs in Redis.
         asyncio.run(_flush_redis(redis_url))
         dsn = asyncio.run(_fresh_database(admin_dsn, "ww_bench_credit"))
         env["DATABASE_URL"] = dsn
-        credit = measure_credit(env, dsn, args.credit_events, args.worker_processes, work / "logs")
+        credit = measure_credit(
+            env, dsn, args.credit_events, args.worker_processes, work / "logs", roles
+        )
         print("worker scaling (many users):")
         scaling = {
             str(n): measure_credit(
-                env, dsn, args.credit_events, n, work / "logs", (("random", False),)
+                env, dsn, args.credit_events, n, work / "logs", roles, (("random", False),)
             )["random"]
             for n in (1, 2, 4)
         }
@@ -471,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
             "credit_ratio_random": credit["random"] / ceilings["ledger_random"],
             "credit_ratio_hot": credit["hot"] / ceilings["ledger_hot"],
             "p99_ms_half_load": ingest["half_load"]["p99_ms"],
+            "cpu_budget": {
+                "ingest_c32": _budget(_point_at(ingest["points"], 32)["cpu_us_per_event_by_role"]),
+                "credit_random": _budget(credit["cpu_us_per_event_by_role_random"]),
+            },
             "receiver_rss_mb": ingest["receiver_rss_mb"],
             "worker_rss_mb": credit["worker_rss_mb"],
         }
@@ -481,6 +586,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for service in services:
             service.destroy()
+
+
+def _point_at(points: list[dict[str, Any]], connections: int) -> dict[str, Any]:
+    return min(points, key=lambda p: abs(p["connections"] - connections))
+
+
+def _budget(by_role: dict[str, float]) -> dict[str, float]:
+    """CPU per event of every process on the machine, and the rate all cores could carry."""
+    total = sum(by_role.values())
+    cores = os.cpu_count() or 1
+    return {"total_us": total, "rate_if_all_cores_busy": cores * 1e6 / total if total else 0.0}
 
 
 def _report(r: dict[str, Any]) -> None:
@@ -500,6 +616,12 @@ def _report(r: dict[str, Any]) -> None:
     print("\n| metric | value | note |\n|---|---|---|")
     for name, value, note in rows:
         print(f"| {name} | {value} | {note} |")
+    print("\nCPU budget (every process of the run, per event):")
+    for step, budget in r["cpu_budget"].items():
+        print(
+            f"  {step:<14} {budget['total_us']:>6.0f} µs/event -> at most "
+            f"{budget['rate_if_all_cores_busy']:.0f} events/s with every core busy"
+        )
 
 
 if __name__ == "__main__":

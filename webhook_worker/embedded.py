@@ -198,6 +198,11 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The running server's process id (the benchmark reads its CPU time)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> EmbeddedRedis:
         if self._process is not None and self._process.poll() is None:
             return self

@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from webhook_worker import metrics, ops_api, queue, store
+from webhook_worker import metrics, ops_api, queue, runtime, store
 from webhook_worker.coalesce import Coalescer
 from webhook_worker.config import Settings
 from webhook_worker.errors import (
@@ -425,7 +425,7 @@ def refuse_unsafe(settings: Settings) -> None:
 
 
 def _lifespan(
-    settings: Settings, after_commit_hook: AfterCommitHook | None
+    settings: Settings, after_commit_hook: AfterCommitHook | None, freeze_heap: bool
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -439,7 +439,13 @@ def _lifespan(
             after_commit_hook=after_commit_hook,
         )
         app.state.pool, app.state.redis, app.state.committer = pool, redis, committer
-        log.info("receiver_started", e2e_test_mode=settings.e2e_test_mode, env=settings.app_env)
+        frozen = runtime.freeze_startup_heap() if freeze_heap else 0
+        log.info(
+            "receiver_started",
+            e2e_test_mode=settings.e2e_test_mode,
+            env=settings.app_env,
+            gc_frozen_objects=frozen,
+        )
         try:
             yield
         finally:
@@ -471,14 +477,20 @@ def _routes(settings: Settings) -> list[BaseRoute]:
 
 
 def create_app(
-    settings: Settings, *, after_commit_hook: AfterCommitHook | None = None
+    settings: Settings,
+    *,
+    after_commit_hook: AfterCommitHook | None = None,
+    freeze_heap: bool = False,
 ) -> Starlette:
     """The receiver app. `after_commit_hook(event_ids)` runs after each batch commits and
     before its enqueue (a test seam for "killed between insert and enqueue"); if it raises,
     the batch is answered 503 although its rows are stored, as after a crash.
+    `freeze_heap` freezes the start-up heap (`runtime.freeze_startup_heap`): for a process
+    of its own, not for an app built inside a test run.
     """
     refuse_unsafe(settings)
-    return Starlette(routes=_routes(settings), lifespan=_lifespan(settings, after_commit_hook))
+    lifespan = _lifespan(settings, after_commit_hook, freeze_heap)
+    return Starlette(routes=_routes(settings), lifespan=lifespan)
 
 
 def create_app_from_env() -> Starlette:
@@ -486,4 +498,4 @@ def create_app_from_env() -> Starlette:
     settings = Settings.from_env()
     refuse_unsafe(settings)
     configure_logging(settings.log_format, settings.log_level, e2e_bypass=settings.e2e_test_mode)
-    return create_app(settings)
+    return create_app(settings, freeze_heap=True)

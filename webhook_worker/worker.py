@@ -24,7 +24,7 @@ import structlog
 from arq import Retry, Worker, cron, func
 from arq.cron import CronJob
 
-from webhook_worker import handlers, metrics, queue, store
+from webhook_worker import handlers, metrics, queue, runtime, store
 from webhook_worker.arq_worker import ArqWorker
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError, TransientError
@@ -261,8 +261,10 @@ async def _on_startup(ctx: dict[str, Any]) -> None:
     )
     if settings.metrics_port:
         _start_metrics(settings.metrics_port)
+    frozen = runtime.freeze_startup_heap() if ctx.get("freeze_heap") else 0
     log.info(
         "worker_started",
+        gc_frozen_objects=frozen,
         max_jobs=settings.worker_max_jobs,
         job_timeout_s=settings.job_timeout_seconds,
         max_tries=settings.max_tries,
@@ -325,7 +327,9 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
     asyncio.set_event_loop(loop)
     try:
         # A burst run drains the queue and exits: cron jobs would keep it waiting.
-        build_worker(settings, burst=burst, with_cron=not burst).run()
+        worker = build_worker(settings, burst=burst, with_cron=not burst)
+        worker.ctx["freeze_heap"] = True  # a process of its own (see runtime.freeze_startup_heap)
+        worker.run()
     finally:
         asyncio.set_event_loop(None)
         loop.close()

@@ -236,6 +236,8 @@ async def test_serve_in_e2e_mode_accepts_unsigned_events_and_every_log_line_says
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     assert any(line.get("stripe_event_id") == event_id for line in lines)
     assert lines and all("signature_bypass" in line for line in lines)
+    started = [line for line in lines if line.get("event") == "receiver_started"]
+    assert started and started[0]["gc_frozen_objects"] > 0  # the serve process froze its heap
 
 
 async def _healthy(client: httpx.AsyncClient) -> bool:
