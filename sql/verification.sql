@@ -67,6 +67,15 @@ WHERE processing_status = 'failed' AND updated_at >= now() - interval '1 day'
 ORDER BY updated_at DESC
 LIMIT 20;
 
+\echo '== users columns that block creating a user by email (expect none) =='
+SELECT column_name AS required_column_without_default
+FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = 'users'
+  AND is_nullable = 'NO' AND column_default IS NULL
+  AND is_identity = 'NO' AND is_generated = 'NEVER'
+  AND column_name <> 'email'
+ORDER BY ordinal_position;
+
 \echo '== credit totals =='
 SELECT transaction_type, count(*) AS rows, sum(amount) AS credits
 FROM credit_transactions

@@ -127,7 +127,7 @@ async def test_verify_reports_every_check_by_name(db: asyncpg.Connection) -> Non
     assert {f"constraint {c}" for c in ops.EXPECTED_CONSTRAINTS} <= names
     assert {f"index {i}" for i in ops.EXPECTED_INDEXES} <= names
     assert {f"function {f}" for f in ops.EXPECTED_FUNCTIONS} <= names
-    assert {"migrations", "balances", "stuck events"} <= names
+    assert {"migrations", "balances", "stuck events", "users by email"} <= names
 
 
 async def test_verify_names_a_missing_ledger_function(db: asyncpg.Connection) -> None:
@@ -145,6 +145,20 @@ async def test_verify_names_a_missing_column(db: asyncpg.Connection) -> None:
     assert [c.detail for c in report.problems if c.name == "table users"] == [
         "users lacks column(s): stripe_customer_id"
     ]
+
+
+async def test_verify_names_host_user_columns_that_block_creating_users_by_email(
+    db: asyncpg.Connection,
+) -> None:
+    await db.execute("ALTER TABLE users ADD COLUMN display_name TEXT NOT NULL DEFAULT ''")
+    await db.execute("ALTER TABLE users ALTER COLUMN display_name DROP DEFAULT")
+    await db.execute("ALTER TABLE users ADD COLUMN nickname TEXT NOT NULL DEFAULT 'x'")
+    report = await ops.verify(db, stale_after_seconds=120)
+    [problem] = [c for c in report.problems if c.name == "users by email"]
+    assert problem.detail.startswith("users.display_name NOT NULL without a default")
+    assert "nickname" not in problem.detail  # it has a default
+    await db.execute("ALTER TABLE users ALTER COLUMN display_name SET DEFAULT ''")
+    assert (await ops.verify(db, stale_after_seconds=120)).ok
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.worker_support import new_user
+from webhook_worker.errors import PermanentError
 from webhook_worker.resolver import (
     Candidate,
     UserNotFound,
@@ -224,6 +225,16 @@ async def test_upsert_by_email_when_nothing_matches(db: asyncpg.Connection) -> N
     again = await resolve_user(db, session(email="new.buyer@example.com"))
     assert (again.user_id, again.created) == (found.user_id, False)
     assert await db.fetchval("SELECT count(*) FROM users") == 1
+
+
+async def test_a_host_users_column_without_default_fails_creation_naming_it(
+    db: asyncpg.Connection,
+) -> None:
+    await db.execute("ALTER TABLE users ADD COLUMN display_name TEXT")
+    await db.execute("ALTER TABLE users ALTER COLUMN display_name SET NOT NULL")
+    with pytest.raises(PermanentError, match=r"users\.display_name is NOT NULL without a default"):
+        await resolve_user(db, session(email="nobody.yet@example.com"))
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
 
 
 async def test_two_racing_upserts_of_one_new_email_end_with_one_user(database_url: str) -> None:

@@ -404,11 +404,29 @@ async def _verify_schema(conn: Connection, report: VerifyReport) -> set[str]:
     for name, meaning in EXPECTED_INDEXES.items():
         found = name in indexes
         report.add(f"index {name}", found, meaning if found else f"missing ({meaning})")
+    if "users" in complete:
+        await _verify_users_insertable(conn, report)
     functions = {row["name"] for row in await conn.fetch(query("ops_schema_functions"))}
     for name, meaning in EXPECTED_FUNCTIONS.items():
         found = name in functions
         report.add(f"function {name}", found, meaning if found else f"missing ({meaning})")
     return complete
+
+
+async def _verify_users_insertable(conn: Connection, report: VerifyReport) -> None:
+    """A host app's `users` may require columns we never fill: say so before a payment fails."""
+    required = [row["name"] for row in await conn.fetch(query("ops_users_required_columns"))]
+    if not required:
+        report.add("users by email", True, "a user can be created from an email alone")
+        return
+    columns = ", ".join(f"users.{name}" for name in required)
+    report.add(
+        "users by email",
+        False,
+        f"{columns} NOT NULL without a default: a payment whose email matches no user fails "
+        "instead of creating one; give each a default (ALTER TABLE users ALTER COLUMN … SET "
+        "DEFAULT …) or make it nullable",
+    )
 
 
 async def _verify_migrations(conn: Connection, report: VerifyReport) -> None:

@@ -159,6 +159,22 @@ async def lookup_user(conn: Connection, candidate: Candidate) -> int | None:
     return int(found) if found is not None else None
 
 
+async def _upsert_by_email(conn: Connection, email: str) -> asyncpg.Record | None:
+    try:
+        with translate_errors("creating a user"):
+            return await conn.fetchrow(query("user_upsert_by_email"), email)
+    except PermanentError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, asyncpg.NotNullViolationError):
+            # The host app's users table requires a column we never fill: say which, and how
+            # to fix it (`webhook-worker verify` reports the same before any payment fails).
+            raise PermanentError(
+                f"creating a user: users.{cause.column_name} is NOT NULL without a default; "
+                "give it a default or create the user before the payment"
+            ) from cause
+        raise
+
+
 async def _remember_customer(conn: Connection, user_id: int, customer: str) -> None:
     """Best effort: a customer id held by another user is never taken from it."""
     # UniqueViolation: another user got it concurrently; it stays theirs.
@@ -189,8 +205,7 @@ async def resolve_user(conn: Connection, session: Mapping[str, Any]) -> Resoluti
         if found is not None:
             return Resolution(int(found), CUSTOMER_SOURCE)
     if resolution is None and first_email is not None:
-        with translate_errors("creating a user"):
-            row = await conn.fetchrow(query("user_upsert_by_email"), first_email)
+        row = await _upsert_by_email(conn, first_email)
         assert row is not None
         resolution = Resolution(int(row["id"]), UPSERT_SOURCE, created=bool(row["created"]))
     if resolution is None:
