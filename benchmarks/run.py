@@ -170,18 +170,13 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
     )
 
 
-def _tree(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    root = psutil.Process(proc.pid)
-    return [root, *root.children(recursive=True)]
-
-
-def _cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = p.cpu_times()
-            total += times.user + times.system
-    return total
+def _tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (uvicorn workers, Postgres backends…)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _rss_mb(procs: list[psutil.Process]) -> float:
@@ -196,7 +191,7 @@ def _rss_mb(procs: list[psutil.Process]) -> float:
 Roles = dict[str, Callable[[], list[psutil.Process]]]
 
 
-def _self_and_children() -> list[psutil.Process]:
+def _this_process() -> list[psutil.Process]:
     return [psutil.Process()]
 
 
@@ -249,19 +244,14 @@ def _service_roles(services: list[EmbeddedPostgres | EmbeddedRedis]) -> Roles:
     for service in services:
         if isinstance(service, EmbeddedPostgres):
             pidfile = service.data_dir / "pgdata" / "postmaster.pid"
-            roles["postgres"] = functools.partial(_tree_of_pid, pidfile)
+            roles["postgres"] = functools.partial(_postmaster_tree, pidfile)
         elif service.pid is not None:
-            roles["redis"] = functools.partial(_tree_of_pid, service.pid)
+            roles["redis"] = functools.partial(_tree, service.pid)
     return roles
 
 
-def _tree_of_pid(source: Path | int) -> list[psutil.Process]:
-    pid = int(source.read_text().split()[0]) if isinstance(source, Path) else source
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
+def _postmaster_tree(pidfile: Path) -> list[psutil.Process]:
+    return _tree(int(pidfile.read_text().split()[0]))
 
 
 def _cpu_line(label: str, per_event: dict[str, float]) -> str:
@@ -323,22 +313,21 @@ def measure_ingest(
     try:
         _wait_ready(f"http://127.0.0.1:{port}/readyz")
         time.sleep(1.0)  # let every uvicorn worker finish its lifespan start-up
-        procs = _tree(receiver)
+        procs = _tree(receiver.pid)
         points = []
         rss = _rss_mb(procs)
         for conc in concurrencies:
             budget = int(max(2000, 9000 * seconds))
             reqs = _requests(budget, port, f"c{conc}_{time.time_ns()}")
             meter = CpuMeter(
-                {"receiver": lambda: procs, **service_roles, "load generator": _self_and_children}
+                {"receiver": lambda: procs, **service_roles, "load generator": _this_process}
             )
-            cpu0 = _cpu_seconds(procs)
             meter.start()
             result = run_load("127.0.0.1", port, reqs, connections=conc, seconds=seconds)
             by_role = meter.per_event(result.ok)
-            cpu = _cpu_seconds(procs) - cpu0
             rss = max(rss, _rss_mb(procs))
-            points.append({**_point(conc, result, cpu), "cpu_us_per_event_by_role": by_role})
+            point = _point(conc, result, by_role["receiver"] if result.ok else None)
+            points.append({**point, "cpu_us_per_event_by_role": by_role})
             last = points[-1]
             print(f"  ingest c={conc:<3} {last['rate']:>8.0f} ev/s  p99 {last['p99_ms']:.1f} ms")
             print(_cpu_line(f"c={conc}", by_role))
@@ -353,7 +342,7 @@ def measure_ingest(
         return {
             "points": points,
             "best": best,
-            "half_load": _point(best["connections"], half, 0.0),
+            "half_load": _point(best["connections"], half, None),
             "receiver_rss_mb": rss,
         }
     finally:
@@ -368,7 +357,8 @@ def _rate_at(points: list[dict[str, Any]], connections: int) -> float:
     return float(max(p["rate"] for p in points))
 
 
-def _point(connections: int, result: LoadResult, cpu: float) -> dict[str, Any]:
+def _point(connections: int, result: LoadResult, cpu_us: float | None) -> dict[str, Any]:
+    """One load step; `cpu_us` is the receiver's CPU per accepted event (None: not measured)."""
     return {
         "connections": connections,
         "rate": result.rate,
@@ -377,7 +367,7 @@ def _point(connections: int, result: LoadResult, cpu: float) -> dict[str, Any]:
         "p50_ms": result.percentile(50),
         "p95_ms": result.percentile(95),
         "p99_ms": result.percentile(99),
-        "cpu_us_per_event": (cpu / result.ok * 1e6) if result.ok and cpu else None,
+        "cpu_us_per_event": cpu_us,
     }
 
 
@@ -447,13 +437,11 @@ def measure_credit(
     workers = [_spawn(["work"], env, logs / f"worker-{i}.log") for i in range(worker_count)]
     try:
         time.sleep(2.0)  # arq start-up (pools, cron registration) before the clock starts
-        procs = [p for w in workers for p in _tree(w)]
+        procs = [p for w in workers for p in _tree(w.pid)]
         rss = _rss_mb(procs)
         for label, hot in cases:
             ids = asyncio.run(_load_events(dsn, count, hot, f"{label}{time.time_ns()}"))
-            meter = CpuMeter(
-                {"workers": lambda: procs, **service_roles, "bench": _self_and_children}
-            )
+            meter = CpuMeter({"workers": lambda: procs, **service_roles, "bench": _this_process})
             meter.start()
             elapsed = asyncio.run(_drain(dsn, env["REDIS_URL"], ids, timeout=300))
             results[f"cpu_us_per_event_by_role_{label}"] = by_role = meter.per_event(count)

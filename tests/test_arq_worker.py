@@ -12,6 +12,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix
 from arq.worker import func
 
+from tests.conftest import wait_for
 from webhook_worker.arq_worker import ArqWorker
 
 QUEUE = "test:arq-worker"
@@ -97,4 +98,29 @@ async def test_only_due_jobs_not_held_elsewhere_start_and_max_jobs_is_kept(
         assert worker.job_counter == 0
         assert await redis.exists(in_progress_key_prefix + "held")  # untouched
     finally:
+        await redis.aclose()
+
+
+async def test_a_redis_error_reply_in_a_poll_is_waited_out_not_fatal(clean_redis_url: str) -> None:
+    """Not only a refused connection: an error reply (here WRONGTYPE, the queue key clobbered)
+    used to end `main()` and with it the worker process. Now the poll is retried."""
+    redis = await _pool(clean_redis_url)
+    runs: Counter[str] = Counter()
+    worker = _worker(clean_redis_url, runs, burst=False)
+    await redis.set(QUEUE, "not a sorted set")
+    task = asyncio.create_task(worker.async_run())
+
+    def still_running_and(condition: bool) -> bool:
+        assert not task.done(), task.exception()
+        return condition
+
+    try:
+        await wait_for(lambda: still_running_and(worker._redis_failures > 0))  # met WRONGTYPE
+        await redis.delete(QUEUE)
+        await redis.enqueue_job("record", "after", _job_id="after")
+        await wait_for(lambda: still_running_and(runs["after"] == 1))
+        assert runs == Counter({"after": 1})
+    finally:
+        await worker.close()
+        task.cancel()
         await redis.aclose()

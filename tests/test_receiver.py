@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import pickle
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -614,6 +615,23 @@ async def test_metrics_show_the_receiver_counters(client: httpx.AsyncClient) -> 
         "webhook_request_seconds_count",
     ):
         assert name in text
+
+
+async def test_at_log_level_warning_only_rejections_are_logged(
+    settings: Settings, log_stream: io.StringIO
+) -> None:
+    """The receiver builds no line for an accepted event below its level, and still logs the
+    rejected one at warning."""
+    logging.getLogger().setLevel(logging.WARNING)
+    _, body = _body()
+    async with serve(settings) as client:
+        assert (await post_signed(client, body)).status_code == 200
+        await client.post(URL, content=body, headers={"Stripe-Signature": "t=1,v1=00"})
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    handled = [line for line in lines if line.get("path") == URL]
+    assert [(line["event"], line["level"]) for line in handled] == [
+        ("signature_rejected", "warning")
+    ]
 
 
 async def test_one_canonical_log_line_per_request_without_secrets(

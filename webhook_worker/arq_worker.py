@@ -190,7 +190,9 @@ class ArqWorker(Worker):
             await super().close()
         except REDIS_FAULTS as exc:
             # arq deletes its health-check key before on_shutdown; with Redis away that
-            # raised and left the Postgres pool open. The key expires by itself.
+            # raised and left the Postgres pool open. The key expires by itself. If the
+            # error came later (closing the Redis pool), on_shutdown runs a second time:
+            # the worker's is idempotent (it pops what it closes).
             log.warning("redis_unavailable_at_shutdown", error=_fault_text(exc))
             if self.on_shutdown:
                 await self.on_shutdown(self.ctx)
