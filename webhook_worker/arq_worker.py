@@ -16,18 +16,20 @@
    Here a failed poll iteration (polling, heartbeat, cron, or a job whose finish could not
    be written) is logged and retried with a capped backoff. Postgres keeps each event's
    state, so a job cut off that way is re-run by arq or the sweeper and its repeat is a no-op.
-   Shutting down while Redis is away still runs `on_shutdown` (the Postgres pool closes)
-   and exits 0, instead of failing on the health-check key arq deletes first.
+   Shutting down while Redis is away, or while a job is being cleaned up, still runs
+   `on_shutdown` (the Postgres pool closes) and exits 0; arq's close failed on the
+   health-check key it deletes first, or on the job it had just cancelled.
 
-Written against arq 0.26 to 0.28 (`start_jobs`, `finish_job` and `_poll_iteration` are its
-internals; the version is pinned in pyproject.toml and `tests/test_arq_worker.py` and
-`tests/integration/test_worker_faults.py` cover the changes).
+Written against arq 0.26 to 0.28 (`start_jobs`, `finish_job`, `_poll_iteration` and `close`
+are its internals; the version is pinned in pyproject.toml and `tests/test_arq_worker.py`
+and `tests/integration/test_worker_faults.py` cover the changes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,6 +188,14 @@ class ArqWorker(Worker):
         await asyncio.sleep(0)
 
     async def close(self) -> None:
+        # arq's close cancels the jobs still running, then gathers them without
+        # return_exceptions: one cancelled during its clean-up made close() raise
+        # CancelledError before on_shutdown. Cancel and wait for them here instead; what
+        # they left half-done is in Postgres, and arq or the sweeper runs it again.
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)  # what arq's close starts with
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()  # all ended: arq's own gather below has nothing left to raise
         try:
             await super().close()
         except REDIS_FAULTS as exc:
