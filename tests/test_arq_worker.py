@@ -1,5 +1,6 @@
 """Our arq Worker's batched job start against a real Redis: the same rules as arq's own
-(due jobs only, never one that another worker holds), one job per worker, max_jobs kept."""
+(due jobs only, never one that another worker holds), one job per worker, max_jobs kept,
+each job read by the start script (no round trip of its own) with arq's try count."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import pytest
+import redis.asyncio as aioredis
 from arq import Retry, create_pool
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import func
 
 from tests.conftest import wait_for
@@ -99,6 +102,96 @@ async def test_only_due_jobs_not_held_elsewhere_start_and_max_jobs_is_kept(
         assert await redis.exists(in_progress_key_prefix + "held")  # untouched
     finally:
         await redis.aclose()
+
+
+async def _commands_while(redis_url: str, work: Any) -> list[dict[str, Any]]:
+    """Every command Redis ran (MONITOR) while `work` ran, in order, its clients' and those
+    its Lua scripts ran (`client_type` "lua")."""
+    client = aioredis.from_url(redis_url)
+    marker = "end-of-test-commands"
+    seen: list[dict[str, Any]] = []
+    try:
+        async with client.monitor() as monitor:
+
+            async def watch() -> None:
+                while True:
+                    command = await monitor.next_command()
+                    if marker in command["command"]:
+                        return
+                    seen.append(command)
+
+            watcher = asyncio.create_task(watch())
+            await work
+            await client.echo(marker)  # MONITOR is in execution order: all before it is seen
+            await asyncio.wait_for(watcher, timeout=30)
+    finally:
+        await client.aclose()
+    return seen
+
+
+async def test_each_job_is_read_by_the_start_script_not_by_a_round_trip_of_its_own(
+    clean_redis_url: str,
+) -> None:
+    """arq reads every job in its own MULTI-EXEC (GET, INCR, EXPIRE): one round trip per job.
+    Here the start script reads the jobs it claims, and each one's try count is arq's."""
+    redis = await _pool(clean_redis_url)
+    names = [f"job{i}" for i in range(150)] + [f"retry{i}" for i in range(10)]
+    try:
+        for name in names:
+            await redis.enqueue_job("record", name, _job_id=name)
+        runs: Counter[str] = Counter()
+        worker = _worker(clean_redis_url, runs)
+        try:
+            commands = await _commands_while(clean_redis_url, worker.async_run())
+        finally:
+            await worker.close()
+        # arq's try counting holds: a Retry on try 1 runs again as try 2, and only then ends.
+        assert runs == Counter({name: 2 if name.startswith("retry") else 1 for name in names})
+        by_clients = [
+            c["command"].split(" ")[0].upper() for c in commands if c["client_type"] != "lua"
+        ]
+        in_scripts = [
+            c["command"].split(" ")[0].upper() for c in commands if c["client_type"] == "lua"
+        ]
+        assert "GET" not in by_clients and "INCR" not in by_clients
+        assert in_scripts.count("GET") == len(names) + 10  # each start, the retries twice
+        assert in_scripts.count("INCR") == len(names) + 10
+        # MULTI-EXEC only for the batched clean-ups, far fewer than one per job.
+        assert 0 < by_clients.count("MULTI") <= len(names) // 4
+        assert await redis.keys("arq:*") == []
+    finally:
+        await redis.aclose()
+
+
+async def test_a_job_whose_data_expired_is_finished_as_arq_finishes_it(
+    clean_redis_url: str,
+) -> None:
+    """In the queue but its job key gone (expired): arq logs 'job expired', never calls the
+    function and cleans up; the start script's empty read must lead to exactly that."""
+    redis = await _pool(clean_redis_url)
+    runs: Counter[str] = Counter()
+    try:
+        await redis.enqueue_job("record", "expired", _job_id="expired")
+        await redis.enqueue_job("record", "fine", _job_id="fine")
+        await redis.delete(job_key_prefix + "expired")
+        worker = _worker(clean_redis_url, runs)
+        try:
+            await asyncio.wait_for(worker.async_run(), timeout=30)
+        finally:
+            await worker.close()
+        assert runs == Counter({"fine": 1})
+        assert worker.jobs_failed == 1
+        assert await redis.zcard(QUEUE) == 0
+        assert await redis.keys("arq:*") == []
+    finally:
+        await redis.aclose()
+
+
+def test_aborting_jobs_is_refused_at_construction(clean_redis_url: str) -> None:
+    """arq's abort reads an extra key in run_job's first MULTI-EXEC, which the start script
+    does not: the combination is refused rather than run with aborts silently ignored."""
+    with pytest.raises(ValueError, match="allow_abort_jobs"):
+        _worker(clean_redis_url, Counter(), allow_abort_jobs=True)
 
 
 async def test_a_redis_error_reply_in_a_poll_is_waited_out_not_fatal(clean_redis_url: str) -> None:

@@ -1,12 +1,14 @@
 """Our `arq.Worker`: arq's semantics, with two changes that matter under load and faults.
 
 1. **One round trip to start a batch of jobs.** arq starts each job with its own
-   WATCH / EXISTS / ZSCORE / MULTI-EXEC exchange (four round trips, one job after another);
-   here one Lua script checks and claims as many of the polled jobs as there are free slots,
-   atomically, with the same rules: a job is started only when it is due (score <= now) and
-   no worker holds its in-progress key, which is then set with arq's in-progress timeout.
-   As running jobs finish, the rest of the polled ids are started the same way, as arq
-   does, instead of waiting a whole poll interval.
+   WATCH / EXISTS / ZSCORE / MULTI-EXEC exchange (four round trips, one job after another),
+   then reads it in another MULTI-EXEC (GET the job, INCR and EXPIRE its try counter).
+   Here one Lua script claims as many of the polled jobs as there are free slots and reads
+   them, atomically, with the same rules: a job is started only when it is due (score <=
+   now) and no worker holds its in-progress key, which is then set with arq's in-progress
+   timeout. arq's `run_job` then gets the script's replies for its first MULTI-EXEC instead
+   of sending it (`_FetchedJobPipeline`). As running jobs finish, the rest of the polled ids
+   are started the same way, as arq does, instead of waiting a whole poll interval.
 2. **One round trip to finish a batch of jobs.** arq cleans up each finished job in its own
    MULTI/EXEC; here the clean-ups of the jobs that finish in one event-loop iteration share
    one MULTI/EXEC, with exactly arq's commands for each job. With both, no-op jobs drain at
@@ -20,9 +22,10 @@
    `on_shutdown` (the Postgres pool closes) and exits 0; arq's close failed on the
    health-check key it deletes first, or on the job it had just cancelled.
 
-Written against arq 0.26 to 0.28 (`start_jobs`, `finish_job`, `_poll_iteration` and `close`
-are its internals; the version is pinned in pyproject.toml and `tests/test_arq_worker.py`
-and `tests/integration/test_worker_faults.py` cover the changes).
+Written against arq 0.26 to 0.28 (`start_jobs`, `finish_job`, `_poll_iteration`, `close`
+and the first MULTI-EXEC of `run_job` are its internals; the version is pinned in
+pyproject.toml and `tests/test_arq_worker.py` and `tests/integration/test_worker_faults.py`
+cover the changes).
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from arq import Worker
+from arq.connections import ArqRedis
 from arq.constants import (
     abort_jobs_ss,
     in_progress_key_prefix,
@@ -55,28 +60,111 @@ REDIS_OUTAGE_MAX_BACKOFF = 5.0
 # answer with an error reply or a protocol error, and each of those once ended the process.
 REDIS_FAULTS = (RedisError, OSError)
 
-# KEYS: the queue. ARGV: now (ms), in-progress expiry (ms), how many to start at most,
-# in-progress key prefix, then the candidate job ids in queue order. Returns how many
-# candidates were examined, then (job id, score) pairs of the jobs this worker now owns.
+# arq's run_job keeps a job's try counter this long (seconds), a constant in arq.
+RETRY_KEY_EXPIRE_S = 88400
+
+# KEYS: the queue. ARGV: now (ms), in-progress expiry (ms), how many to start at most, the
+# in-progress, job and retry key prefixes, the try counter's expiry (s), then the candidate
+# job ids in queue order. Returns how many candidates were examined, then for each job this
+# worker now owns: its id, score, serialized job (false if gone) and try number. The GET /
+# INCR / EXPIRE are arq's run_job's first MULTI-EXEC, run here in the same atomic step.
 _START_JOBS_SCRIPT = """
 local started = {0}
 local room = tonumber(ARGV[3])
-for i = 5, #ARGV do
+local first = 8
+for i = first, #ARGV do
   if room <= 0 then break end
-  started[1] = i - 4
+  started[1] = i - first + 1
   local job_id = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], job_id)
   if score and tonumber(score) <= tonumber(ARGV[1]) then
     local in_progress = ARGV[4] .. job_id
     if redis.call('SET', in_progress, '1', 'NX', 'PX', ARGV[2]) then
+      local retry_key = ARGV[6] .. job_id
+      local job_try = redis.call('INCR', retry_key)
+      redis.call('EXPIRE', retry_key, ARGV[7])
       started[#started + 1] = job_id
       started[#started + 1] = score
+      started[#started + 1] = redis.call('GET', ARGV[5] .. job_id)
+      started[#started + 1] = job_try
       room = room - 1
     end
   end
 end
 return started
 """
+_REPLY_FIELDS = 4
+
+# The job the current `run_job` task was started with, until its first MULTI-EXEC reads it.
+_FETCHED: ContextVar[_Fetched | None] = ContextVar("webhook_worker_fetched_job", default=None)
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """What the start script read for one job: arq's `run_job` reads exactly this first."""
+
+    job_id: str
+    data: bytes | None
+    job_try: int
+
+
+class _FetchedJobPipeline:
+    """Stands in for `run_job`'s first MULTI-EXEC: answers it with what the start script read.
+
+    It checks that arq queues exactly the commands the script ran for this job; anything
+    else (another arq version) fails the job loudly rather than count a try twice.
+    """
+
+    def __init__(self, fetched: _Fetched) -> None:
+        self._fetched = fetched
+        self._commands: list[tuple[Any, ...]] = []
+
+    async def __aenter__(self) -> _FetchedJobPipeline:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    def get(self, key: str) -> _FetchedJobPipeline:
+        self._commands.append(("get", key))
+        return self
+
+    def incr(self, key: str) -> _FetchedJobPipeline:
+        self._commands.append(("incr", key))
+        return self
+
+    def expire(self, key: str, seconds: int) -> _FetchedJobPipeline:
+        self._commands.append(("expire", key, seconds))
+        return self
+
+    async def execute(self) -> list[Any]:
+        job_id = self._fetched.job_id
+        expected = [
+            ("get", job_key_prefix + job_id),
+            ("incr", retry_key_prefix + job_id),
+            ("expire", retry_key_prefix + job_id, RETRY_KEY_EXPIRE_S),
+        ]
+        if self._commands != expected:
+            raise RuntimeError(
+                f"arq's run_job asked {self._commands!r}, not the GET/INCR/EXPIRE the start "
+                "script ran: this arq version is not supported (see the pin in pyproject.toml)"
+            )
+        return [self._fetched.data, self._fetched.job_try, True]
+
+
+class _FetchedJobPool:
+    """The worker's Redis pool as `run_job` sees it: its first pipeline is the fetched job."""
+
+    def __init__(self, pool: ArqRedis, fetched: _Fetched) -> None:
+        self._pool = pool
+        self._fetched = fetched
+
+    def pipeline(self, transaction: bool = True) -> Any:
+        _FETCHED.set(None)  # once: later pipelines (a failed job's clean-up) are real
+        return _FetchedJobPipeline(self._fetched)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
 
 
 @dataclass(frozen=True)
@@ -97,6 +185,10 @@ class ArqWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.allow_abort_jobs:
+            raise ValueError(
+                "ArqWorker does not support allow_abort_jobs (its start script reads jobs)"
+            )
         self._redis_failures = 0
         self._start_script: Any = None
         self._finishes: Coalescer[_Finish, None] = Coalescer(
@@ -122,17 +214,32 @@ class ArqWorker(Worker):
                 int(self.in_progress_timeout_s * 1000),
                 room,
                 in_progress_key_prefix,
+                job_key_prefix,
+                retry_key_prefix,
+                RETRY_KEY_EXPIRE_S,
             ]
             reply = await self._start_script(keys=[self.queue_name], args=[*args, *pending])
             pending = pending[max(int(reply[0]), 1) :]
-            for index in range(1, len(reply), 2):
+            for index in range(1, len(reply), _REPLY_FIELDS):
                 job_id = reply[index].decode()
                 score = int(float(reply[index + 1]))
+                fetched = _Fetched(job_id, reply[index + 2], int(reply[index + 3]))
                 await self.sem.acquire()
                 self.job_counter += 1
-                task = self.loop.create_task(self.run_job(job_id, score))
+                task = self.loop.create_task(self._run_fetched_job(fetched, score))
                 task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
                 self.tasks[job_id] = task
+
+    async def _run_fetched_job(self, fetched: _Fetched, score: int) -> None:
+        _FETCHED.set(fetched)  # this task's own context: seen by its run_job only
+        await self.run_job(fetched.job_id, score)
+
+    @property
+    def pool(self) -> ArqRedis:
+        fetched = _FETCHED.get()
+        if fetched is not None:  # inside run_job, before its first MULTI-EXEC
+            return cast(ArqRedis, _FetchedJobPool(cast(ArqRedis, self._pool), fetched))
+        return cast(ArqRedis, self._pool)
 
     async def finish_job(
         self,

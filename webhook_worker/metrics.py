@@ -56,6 +56,12 @@ INGEST_TO_COMPLETED = Histogram(
 REDIS_OUTAGE_RETRIES = Counter(
     "worker_redis_outage_retries_total", "Worker poll iterations lost to a Redis outage"
 )
+WORKER_BATCH_SIZE = Histogram(
+    "worker_batch_size",
+    "Jobs per coalesced worker statement (claim, lookup, credit)",
+    ["statement"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 SWEPT = Counter("worker_swept_events_total", "Events re-enqueued by the sweeper")
 QUEUE_DEPTH = Gauge("worker_queue_depth", "Jobs waiting in the arq queue", multiprocess_mode="max")
 EVENTS_BY_STATUS = Gauge(

@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from webhook_worker import ledger, resolver, store
+from webhook_worker import ledger, metrics, resolver, store
 from webhook_worker.coalesce import Coalescer
 from webhook_worker.errors import PermanentError, TransientError
 
@@ -69,6 +69,7 @@ class _Coalesced(Generic[Item, Result]):
     def __init__(
         self,
         pool: store.Pool,
+        statement: str,
         action: str,
         one: One[Item, Result],
         many: Many[Item, Result],
@@ -77,6 +78,7 @@ class _Coalesced(Generic[Item, Result]):
         max_inflight: int,
     ) -> None:
         self._pool = pool
+        self._batch_size = metrics.WORKER_BATCH_SIZE.labels(statement)
         self._action = action
         self._one = one
         self._many = many
@@ -98,6 +100,7 @@ class _Coalesced(Generic[Item, Result]):
         await self._coalescer.drain()
 
     async def _batch(self, items: list[Item]) -> Sequence[Result]:
+        self._batch_size.observe(len(items))
         try:
             async with store.acquire(self._pool, self._action) as conn:
                 if len(items) == 1:
@@ -131,13 +134,18 @@ class WorkerBatches:
             "max_inflight": max(_INFLIGHT, -(-max_jobs // max(1, max_batch))),
         }
         self.claim: _Coalesced[str, Row] = _Coalesced(
-            pool, "claiming events", claim_one, _claim_many, **sizes
+            pool, "claim", "claiming events", claim_one, _claim_many, **sizes
         )
         self.lookup: _Coalesced[resolver.Candidate, int | None] = _Coalesced(
-            pool, "looking up users", resolver.lookup_user, resolver.lookup_users, **sizes
+            pool, "lookup", "looking up users", resolver.lookup_user, resolver.lookup_users, **sizes
         )
         self.credit: _Coalesced[ledger.Purchase, ledger.CreditResult] = _Coalesced(
-            pool, "crediting purchases", ledger.credit_purchase, ledger.credit_purchases, **sizes
+            pool,
+            "credit",
+            "crediting purchases",
+            ledger.credit_purchase,
+            ledger.credit_purchases,
+            **sizes,
         )
 
     async def drain(self) -> None:
