@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.worker_support import (
     assert_balance_after_is_running_sum,
@@ -23,6 +24,13 @@ from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
 from webhook_worker.sample_events import checkout_session_event, new_id
 from webhook_worker.worker_batches import WorkerBatches
+
+
+def _credit_batches() -> tuple[float, float]:
+    """(batches, events) so far in the `worker_batch_size{statement="credit"}` histogram."""
+    labels = {"statement": "credit"}
+    count = REGISTRY.get_sample_value("worker_batch_size_count", labels) or 0.0
+    return count, REGISTRY.get_sample_value("worker_batch_size_sum", labels) or 0.0
 
 
 def _purchase(user_id: int, event_id: str, credits: int) -> ledger.Purchase:
@@ -57,10 +65,13 @@ async def test_concurrent_credits_commit_together_each_once(
         _purchase(hot if i % 2 else others[i % 10], event_id, i + 1)
         for i, event_id in enumerate(event_ids)
     ]
+    batches_before, events_before = _credit_batches()
     results = await asyncio.gather(*(batches.credit(p) for p in purchases))
     assert all(r.applied for r in results)
     # One transaction wrote every ledger row: the coalescing really happened.
     assert await db.fetchval("SELECT count(DISTINCT xmin::text) FROM credit_transactions") == 1
+    batches_after, events_after = _credit_batches()
+    assert (batches_after - batches_before, events_after - events_before) == (1, 40)  # metric
     for user in [hot, *others]:
         assert await balance(db, user) == await ledger_sum(db, user)
     assert await balance(db, hot) == sum(i + 1 for i in range(40) if i % 2)

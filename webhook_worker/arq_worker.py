@@ -1,4 +1,4 @@
-"""Our `arq.Worker`: arq's semantics, with two changes that matter under load and faults.
+"""Our `arq.Worker`: arq's semantics, with three changes that matter under load and faults.
 
 1. **One round trip to start a batch of jobs.** arq starts each job with its own
    WATCH / EXISTS / ZSCORE / MULTI-EXEC exchange (four round trips, one job after another),
@@ -7,8 +7,12 @@
    them, atomically, with the same rules: a job is started only when it is due (score <=
    now) and no worker holds its in-progress key, which is then set with arq's in-progress
    timeout. arq's `run_job` then gets the script's replies for its first MULTI-EXEC instead
-   of sending it (`_FetchedJobPipeline`). As running jobs finish, the rest of the polled ids
-   are started the same way, as arq does, instead of waiting a whole poll interval.
+   of sending it (`_FetchedJobPipeline`). Besides that round trip's own CPU, this keeps the
+   jobs of one start together: they reach the worker's coalesced statements at once
+   (`worker_batches`). As running jobs finish, the rest of the polled ids are started the
+   same way, as arq does, instead of waiting a whole poll interval. One difference: a job
+   cancelled in the instant between its start and its first step (a shutdown) has had its
+   try counted, where arq would count it on the next run; a try is only ever over-counted.
 2. **One round trip to finish a batch of jobs.** arq cleans up each finished job in its own
    MULTI/EXEC; here the clean-ups of the jobs that finish in one event-loop iteration share
    one MULTI/EXEC, with exactly arq's commands for each job. With both, no-op jobs drain at
