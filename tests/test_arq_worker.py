@@ -54,12 +54,22 @@ async def _pool(redis_url: str) -> ArqRedis:
     return await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=QUEUE)
 
 
+async def _enqueue_jobs(redis: ArqRedis, jobs: int, retries: int) -> list[str]:
+    """`jobs` plain jobs and `retries` that ask for a retry on their first try."""
+    names = [f"job{i}" for i in range(jobs)] + [f"retry{i}" for i in range(retries)]
+    for name in names:
+        await redis.enqueue_job("record", name, _job_id=name)
+    return names
+
+
+def _runs_expected(names: list[str]) -> Counter[str]:
+    return Counter({name: 2 if name.startswith("retry") else 1 for name in names})
+
+
 async def test_two_workers_start_every_job_exactly_once(clean_redis_url: str) -> None:
     redis = await _pool(clean_redis_url)
-    names = [f"job{i}" for i in range(300)] + [f"retry{i}" for i in range(20)]
     try:
-        for name in names:
-            await redis.enqueue_job("record", name, _job_id=name)
+        names = await _enqueue_jobs(redis, 300, 20)
         runs: Counter[str] = Counter()
         workers = [_worker(clean_redis_url, runs) for _ in range(2)]
         try:
@@ -67,7 +77,7 @@ async def test_two_workers_start_every_job_exactly_once(clean_redis_url: str) ->
         finally:
             for w in workers:
                 await w.close()
-        assert runs == Counter({name: 2 if name.startswith("retry") else 1 for name in names})
+        assert runs == _runs_expected(names)
         assert sum(w.jobs_complete for w in workers) == 320
         assert sum(w.jobs_retried for w in workers) == 20
         # The batched clean-ups left what arq's own would: nothing (keep_result=0).
@@ -121,12 +131,21 @@ async def _commands_while(redis_url: str, work: Any) -> list[dict[str, Any]]:
                     seen.append(command)
 
             watcher = asyncio.create_task(watch())
-            await work
+            await asyncio.wait_for(work, timeout=60)
             await client.echo(marker)  # MONITOR is in execution order: all before it is seen
             await asyncio.wait_for(watcher, timeout=30)
     finally:
         await client.aclose()
     return seen
+
+
+def _command_names(commands: list[dict[str, Any]], *, in_scripts: bool) -> list[str]:
+    """The command names clients sent, or those Lua scripts ran."""
+    return [
+        c["command"].split(" ")[0].upper()
+        for c in commands
+        if (c["client_type"] == "lua") == in_scripts
+    ]
 
 
 async def test_each_job_is_read_by_the_start_script_not_by_a_round_trip_of_its_own(
@@ -135,10 +154,8 @@ async def test_each_job_is_read_by_the_start_script_not_by_a_round_trip_of_its_o
     """arq reads every job in its own MULTI-EXEC (GET, INCR, EXPIRE): one round trip per job.
     Here the start script reads the jobs it claims, and each one's try count is arq's."""
     redis = await _pool(clean_redis_url)
-    names = [f"job{i}" for i in range(150)] + [f"retry{i}" for i in range(10)]
     try:
-        for name in names:
-            await redis.enqueue_job("record", name, _job_id=name)
+        names = await _enqueue_jobs(redis, 150, 10)
         runs: Counter[str] = Counter()
         worker = _worker(clean_redis_url, runs)
         try:
@@ -146,16 +163,13 @@ async def test_each_job_is_read_by_the_start_script_not_by_a_round_trip_of_its_o
         finally:
             await worker.close()
         # arq's try counting holds: a Retry on try 1 runs again as try 2, and only then ends.
-        assert runs == Counter({name: 2 if name.startswith("retry") else 1 for name in names})
-        by_clients = [
-            c["command"].split(" ")[0].upper() for c in commands if c["client_type"] != "lua"
-        ]
-        in_scripts = [
-            c["command"].split(" ")[0].upper() for c in commands if c["client_type"] == "lua"
-        ]
+        assert runs == _runs_expected(names)
+        by_clients = _command_names(commands, in_scripts=False)
+        in_scripts = _command_names(commands, in_scripts=True)
         assert "GET" not in by_clients and "INCR" not in by_clients
-        assert in_scripts.count("GET") == len(names) + 10  # each start, the retries twice
-        assert in_scripts.count("INCR") == len(names) + 10
+        starts = sum(_runs_expected(names).values())  # the retries start twice
+        assert in_scripts.count("GET") == starts
+        assert in_scripts.count("INCR") == starts
         # MONITOR shows the commands inside a MULTI-EXEC too: the clean-ups' ZREM are there.
         assert by_clients.count("ZREM") >= len(names)
         assert await redis.keys("arq:*") == []

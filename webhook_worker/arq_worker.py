@@ -185,7 +185,8 @@ class _Finish:
 
 
 class ArqWorker(Worker):
-    """arq's Worker with batched job starts and Redis-outage tolerance (see the module doc)."""
+    """arq's Worker with batched job starts and reads, batched clean-ups and Redis-outage
+    tolerance (see the module doc)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
