@@ -34,7 +34,7 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
-from webhook_worker import migrations, ops, queue
+from webhook_worker import migrations, ops, queue, scope
 from webhook_worker.config import Settings, redact_url
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.log import configure_logging
@@ -49,7 +49,7 @@ SMOKE_TIMEOUT_SECONDS = 15.0
 @dataclass
 class Step:
     name: str
-    status: str  # "ok", "FAIL", "skipped", "planned"
+    status: str  # "ok", "warn", "FAIL", "skipped", "planned"
     detail: str
 
 
@@ -63,7 +63,7 @@ class Report:
         console = _console()
         colour = {"ok": "green", "FAIL": "red"}.get(status, "yellow")
         console.print(f"[{colour}]{status:>7}[/{colour}]  {name}: ", end="")
-        console.print(detail, markup=False, highlight=False)
+        console.print(detail, markup=False, highlight=False, soft_wrap=True)
         return step
 
     @property
@@ -114,6 +114,9 @@ async def _preflight(settings: Settings, report: Report) -> asyncpg.Connection |
             "STRIPE_WEBHOOK_SECRET is not set; use the endpoint's whsec_… secret",
         )
         return None
+    report.add("preflight: scope", "ok", scope.describe(settings))
+    for warning in scope.warnings(settings):
+        report.add("preflight: scope", "warn", warning)
     try:
         conn = await asyncpg.connect(dsn, timeout=10)
         version = await conn.fetchval("SHOW server_version")

@@ -162,3 +162,70 @@ def test_repr_hides_secrets_and_passwords() -> None:
 def test_worker_poll_delay_is_read_in_milliseconds() -> None:
     assert settings_from(WORKER_POLL_DELAY_MS="10").worker_poll_delay == 0.01
     assert settings_from().worker_poll_delay == 0.05
+
+
+# --- trust scope: mode, Connect accounts, credit prices --------------------------------------
+
+
+@pytest.mark.parametrize(("app_env", "mode"), [("production", "live"), ("development", "test")])
+def test_stripe_mode_defaults_to_live_only_in_production(app_env: str, mode: str) -> None:
+    assert settings_from(APP_ENV=app_env).stripe_mode == mode
+
+
+def test_a_bad_stripe_mode_is_refused_with_the_choices() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from(STRIPE_MODE="production")
+    assert "STRIPE_MODE='production'" in info.value.message
+    assert "live | test" in info.value.message
+
+
+def test_e2e_mode_with_live_stripe_mode_is_refused() -> None:
+    with pytest.raises(ConfigError, match="STRIPE_MODE=test"):
+        settings_from(APP_ENV="test", E2E_TEST_MODE="true", STRIPE_MODE="live")
+
+
+def test_connect_accounts_are_a_comma_list_of_account_ids() -> None:
+    settings = settings_from(STRIPE_CONNECT_ACCOUNTS=" acct_1ABC , acct_2DEF,")
+    assert settings.connect_accounts == frozenset({"acct_1ABC", "acct_2DEF"})
+    assert settings_from().connect_accounts == frozenset()
+    with pytest.raises(ConfigError, match="STRIPE_CONNECT_ACCOUNTS.*acct_"):
+        settings_from(STRIPE_CONNECT_ACCOUNTS="acct_1ABC,cus_123")
+
+
+def test_credit_prices_are_minor_units_per_currency() -> None:
+    settings = settings_from(CREDIT_PRICES="USD:100, eur:95,jpy:150")
+    assert settings.credit_prices == {"usd": 100, "eur": 95, "jpy": 150}
+    assert settings.cents_per_credit == 100
+
+
+def test_cents_per_credit_is_the_usd_price() -> None:
+    assert settings_from(CENTS_PER_CREDIT="25").credit_prices == {"usd": 25}
+    both = settings_from(CENTS_PER_CREDIT="25", CREDIT_PRICES="eur:20,usd:25")
+    assert both.credit_prices == {"eur": 20, "usd": 25}
+    with pytest.raises(ConfigError, match="disagree"):
+        settings_from(CENTS_PER_CREDIT="25", CREDIT_PRICES="usd:30")
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("usd=100", "not currency:price"),
+        ("dollars:100", "not currency:price"),
+        ("usd:1.5", "not a positive integer"),
+        ("usd:0", "not a positive integer"),
+        ("usd:-1", "not a positive integer"),
+        ("usd:100,USD:90", "priced twice"),
+    ],
+)
+def test_bad_credit_prices_are_refused_with_an_example(raw: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from(CREDIT_PRICES=raw)
+    assert says in info.value.message
+    assert "CREDIT_PRICES=usd:100,eur:95,jpy:150" in info.value.message
+
+
+def test_max_credits_per_event_defaults_to_a_million() -> None:
+    assert settings_from().max_credits_per_event == 1_000_000
+    assert settings_from(MAX_CREDITS_PER_EVENT="500").max_credits_per_event == 500
+    with pytest.raises(ConfigError, match="MAX_CREDITS_PER_EVENT"):
+        settings_from(MAX_CREDITS_PER_EVENT="0")

@@ -29,20 +29,24 @@ from webhook_worker.sample_events import (
 )
 
 
-def _settings(cents_per_credit: int | None = None) -> Settings:
-    return Settings(cents_per_credit=cents_per_credit)
+def _settings(cents_per_credit: int | None = None, **prices: int) -> Settings:
+    if cents_per_credit is not None:
+        prices["usd"] = cents_per_credit
+    return Settings(credit_prices=prices)
 
 
 # --- credit amount -------------------------------------------------------------------------
 
 
 def test_credits_come_from_metadata_first() -> None:
-    session = {"metadata": {"credits": " 25 "}, "amount_total": 9900}
+    session = {"metadata": {"credits": " 25 "}, "amount_total": 9900, "currency": "usd"}
     assert credits_for(session, _settings(cents_per_credit=100)) == 25
 
 
-def test_credits_fall_back_to_amount_total_when_cents_per_credit_is_set() -> None:
-    assert credits_for({"metadata": {}, "amount_total": 1999}, _settings(100)) == 19
+def test_credits_fall_back_to_amount_total_by_the_currency_price() -> None:
+    session = {"metadata": {}, "amount_total": 1999, "currency": "usd"}
+    assert credits_for(session, _settings(100)) == 19
+    assert credits_for({**session, "currency": "EUR"}, _settings(100, eur=95)) == 21
 
 
 @pytest.mark.parametrize("raw", ["0", "-5", "abc", "1.5", "\uff11\uff12", "99999999999999999999"])
@@ -51,11 +55,54 @@ def test_invalid_metadata_credits_fail_with_a_clear_message(raw: str) -> None:
         credits_for({"metadata": {"credits": raw}, "amount_total": 1000}, _settings(100))
 
 
-def test_no_credits_amount_fails_with_a_clear_message() -> None:
-    with pytest.raises(PermanentError, match="CENTS_PER_CREDIT is not set"):
-        credits_for({"metadata": {}, "amount_total": 1000}, _settings())
-    with pytest.raises(PermanentError, match="below CENTS_PER_CREDIT"):
-        credits_for({"metadata": {}, "amount_total": 50}, _settings(100))
+def test_a_session_with_no_credits_rule_is_not_a_credits_purchase() -> None:
+    assert (
+        credits_for({"metadata": {}, "amount_total": 1000, "currency": "usd"}, _settings()) is None
+    )
+
+
+@pytest.mark.parametrize("mode", ["subscription", "setup"])
+def test_only_payment_mode_sessions_are_credits_purchases(mode: str) -> None:
+    session = {"mode": mode, "metadata": {"credits": "10"}, "amount_total": 1000}
+    assert credits_for(session, _settings(100)) is None
+
+
+def test_a_zero_amount_session_is_not_a_credits_purchase() -> None:
+    session = {"mode": "payment", "metadata": {}, "amount_total": 0, "currency": "usd"}
+    assert credits_for(session, _settings(100)) is None
+
+
+def test_an_amount_below_one_credit_fails_with_a_clear_message() -> None:
+    with pytest.raises(PermanentError, match="below the price of one credit"):
+        credits_for({"metadata": {}, "amount_total": 50, "currency": "usd"}, _settings(100))
+
+
+def test_an_unpriced_currency_fails_naming_it_and_the_variable() -> None:
+    session = {"metadata": {}, "amount_total": 1000, "currency": "jpy"}
+    with pytest.raises(PermanentError, match=r"currency 'jpy'.*CREDIT_PRICES=usd:100,jpy:"):
+        credits_for(session, _settings(100))
+
+
+# Stripe's zero-decimal currencies (docs.stripe.com/currencies#zero-decimal): the amount is
+# in whole units, so a usd price in cents must never apply to them.
+ZERO_DECIMAL = "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+
+
+@pytest.mark.parametrize("currency", ZERO_DECIMAL)
+def test_zero_decimal_currencies_credit_by_their_own_price_or_fail(currency: str) -> None:
+    session = {"metadata": {}, "amount_total": 1000, "currency": currency}
+    with pytest.raises(PermanentError, match=f"currency '{currency}'"):
+        credits_for(session, _settings(100))
+    assert credits_for(session, _settings(100, **{currency: 150})) == 6  # 1000 // 150
+
+
+def test_credits_above_the_ceiling_fail_naming_the_variable() -> None:
+    settings = Settings(credit_prices={"usd": 1}, max_credits_per_event=1000)
+    assert credits_for({"metadata": {"credits": "1000"}}, settings) == 1000
+    with pytest.raises(PermanentError, match="MAX_CREDITS_PER_EVENT=1000"):
+        credits_for({"metadata": {"credits": "1001"}}, settings)
+    with pytest.raises(PermanentError, match="MAX_CREDITS_PER_EVENT=1000"):
+        credits_for({"metadata": {}, "amount_total": 1001, "currency": "usd"}, settings)
 
 
 # --- checkout sessions ---------------------------------------------------------------------
@@ -130,7 +177,7 @@ async def test_unknown_types_are_ignored(db: asyncpg.Connection, settings: Setti
     [event_id] = await deliver(db, settings, event)
     await drain(settings)
     status = await status_of(db, event_id)
-    assert status["processing_status"] == "ignored"
+    assert (status["processing_status"], status["status_reason"]) == ("ignored", "unhandled_type")
     assert status["error_message"] is None
 
 
@@ -148,7 +195,7 @@ async def test_amount_total_and_cents_per_credit_give_the_credits(
     assert await balance(db, user) == 40  # 1010 // 25
 
 
-async def test_missing_credits_amount_fails_at_once(
+async def test_a_session_without_a_credits_rule_is_ignored_not_failed(
     db: asyncpg.Connection, settings: Settings
 ) -> None:
     user = await new_user(db, "nocredits@example.com")
@@ -157,9 +204,26 @@ async def test_missing_credits_amount_fails_at_once(
     )
     await drain(settings)
     status = await status_of(db, event_id)
+    assert (status["processing_status"], status["status_reason"]) == (
+        "ignored",
+        "not_a_credit_purchase",
+    )
+    assert status["error_message"] is None
+    assert await balance(db, user) == 0
+
+
+async def test_a_bad_metadata_credits_fails_at_once(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    user = await new_user(db, "badcredits@example.com")
+    event = checkout_session_event(credits=None, client_reference_id=str(user))
+    event["data"]["object"]["metadata"]["credits"] = "ten"
+    [event_id] = await deliver(db, settings, event)
+    await drain(settings)
+    status = await status_of(db, event_id)
     assert status["processing_status"] == "failed"
     assert status["attempts"] == 1  # permanent: no retry
-    assert "CENTS_PER_CREDIT is not set" in status["error_message"]
+    assert "metadata.credits='ten' is not a positive integer" in status["error_message"]
     assert await balance(db, user) == 0
 
 

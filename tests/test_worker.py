@@ -239,11 +239,13 @@ async def test_pruner_nulls_old_completed_payloads_but_keeps_failed(
     db: asyncpg.Connection, settings: Settings, ctx: dict[str, Any]
 ) -> None:
     user = await new_user(db, "prune@example.com")
+    failing = checkout_session_event(credits=None, client_reference_id=str(user))
+    failing["data"]["object"]["metadata"]["credits"] = "ten"  # fails: not a positive integer
     old_done, old_failed, recent_done = await deliver(
         db,
         settings,
         checkout_session_event(client_reference_id=str(user)),
-        checkout_session_event(credits=None, client_reference_id=str(user)),  # fails
+        failing,
         checkout_session_event(client_reference_id=str(user)),
     )
     await drain(settings)

@@ -91,7 +91,8 @@ async def drain(settings: Settings, **overrides: Any) -> Worker:
 
 async def status_of(conn: asyncpg.Connection, event_id: str) -> asyncpg.Record:
     row = await conn.fetchrow(
-        "SELECT processing_status, attempts, error_message, raw_data IS NULL AS pruned "
+        "SELECT processing_status, status_reason, attempts, error_message, "
+        "raw_data IS NULL AS pruned "
         "FROM stripe_events WHERE event_id = $1",
         event_id,
     )

@@ -7,6 +7,7 @@ everything else receives one. Tests build them from plain dicts.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -16,6 +17,7 @@ from webhook_worker.errors import ConfigError
 
 AppEnv = Literal["production", "development", "test"]
 LogFormat = Literal["json", "console"]
+StripeMode = Literal["live", "test"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -89,6 +91,64 @@ def parse_webhook_secrets(raw: str, name: str = "STRIPE_WEBHOOK_SECRET") -> tupl
     return secrets
 
 
+_CURRENCY = re.compile(r"[a-z]{3}")
+_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,250}")
+DEFAULT_MAX_CREDITS_PER_EVENT = 1_000_000
+
+
+def parse_credit_prices(raw: str, name: str = "CREDIT_PRICES") -> dict[str, int]:
+    """`usd:100,eur:95,jpy:150`: the price of one credit in each currency's minor unit."""
+    example = f"{name}=usd:100,eur:95,jpy:150"
+    prices: dict[str, int] = {}
+    for part in (item.strip() for item in raw.split(",")):
+        if not part:
+            continue
+        currency, sep, amount = (text.strip() for text in part.partition(":"))
+        currency = currency.lower()
+        if not sep or not _CURRENCY.fullmatch(currency):
+            raise ConfigError(
+                f"{name}: {part!r} is not currency:price; use three-letter ISO currency codes "
+                f"and prices in the currency's minor unit, e.g. {example}"
+            )
+        if not (amount.isascii() and amount.isdigit()) or int(amount) < 1:
+            raise ConfigError(
+                f"{name}: the price of {currency} ({amount!r}) is not a positive integer "
+                f"number of minor units (cents, yen…); e.g. {example}"
+            )
+        if currency in prices:
+            raise ConfigError(
+                f"{name}: {currency} is priced twice; give each currency once, e.g. {example}"
+            )
+        prices[currency] = int(amount)
+    return prices
+
+
+def parse_connect_accounts(raw: str, name: str = "STRIPE_CONNECT_ACCOUNTS") -> frozenset[str]:
+    """A comma list of connected account ids (`acct_…`)."""
+    accounts = [part.strip() for part in raw.split(",") if part.strip()]
+    for account in accounts:
+        if not _ACCOUNT.fullmatch(account):
+            raise ConfigError(
+                f"{name}: {account[:40]!r} is not a Stripe account id; "
+                f"use a comma list such as {name}=acct_1Nv0FGQ9RKHgCVdK,acct_1Nv0FGQ9RKHgCVdL"
+            )
+    return frozenset(accounts)
+
+
+def _credit_prices(env: Mapping[str, str]) -> dict[str, int]:
+    """CREDIT_PRICES, with CENTS_PER_CREDIT as the price in usd (the older, usd-only form)."""
+    prices = parse_credit_prices(env.get("CREDIT_PRICES", ""))
+    cents = _int(env, "CENTS_PER_CREDIT", None, minimum=1)
+    if cents is not None:
+        if "usd" in prices and prices["usd"] != cents:
+            raise ConfigError(
+                f"CENTS_PER_CREDIT={cents} and CREDIT_PRICES usd:{prices['usd']} disagree; "
+                "set the usd price in one of them only"
+            )
+        prices["usd"] = cents
+    return prices
+
+
 def normalise_database_url(raw: str, name: str = "DATABASE_URL") -> str:
     """Accept SQLAlchemy-style schemes from the old deployment and return a plain asyncpg DSN."""
     value = raw.strip()
@@ -150,7 +210,11 @@ class Settings:
     log_format: LogFormat = "json"
     log_level: str = "info"
     max_body_bytes: int = 1024 * 1024
-    cents_per_credit: int | None = None
+    stripe_mode: StripeMode = "live"
+    connect_accounts: frozenset[str] = frozenset()
+    # Price of one credit in each currency's minor unit; CENTS_PER_CREDIT is the usd entry.
+    credit_prices: Mapping[str, int] = field(default_factory=dict, hash=False)
+    max_credits_per_event: int = DEFAULT_MAX_CREDITS_PER_EVENT
     retention_days: int = 90
     max_tries: int = 8
     retry_base_seconds: int = 2
@@ -169,8 +233,14 @@ class Settings:
         return (
             f"Settings(app_env={self.app_env!r}, secrets={len(self.webhook_secrets)}, "
             f"database_url={redact_url(self.database_url or '')!r}, "
-            f"redis_url={redact_url(self.redis_url or '')!r}, e2e_test_mode={self.e2e_test_mode})"
+            f"redis_url={redact_url(self.redis_url or '')!r}, e2e_test_mode={self.e2e_test_mode}, "
+            f"stripe_mode={self.stripe_mode!r})"
         )
+
+    @property
+    def cents_per_credit(self) -> int | None:
+        """The usd price of one credit (CENTS_PER_CREDIT), if any."""
+        return self.credit_prices.get("usd")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -183,6 +253,13 @@ class Settings:
                 f"E2E_TEST_MODE=true skips signature verification and is refused with "
                 f"APP_ENV={app_env}; set APP_ENV=development or APP_ENV=test, "
                 "or E2E_TEST_MODE=false"
+            )
+        default_mode = "live" if app_env == "production" else "test"
+        stripe_mode = _choice(env, "STRIPE_MODE", default_mode, ("live", "test"))
+        if e2e and stripe_mode == "live":
+            raise ConfigError(
+                "E2E_TEST_MODE=true accepts only test-mode events, so STRIPE_MODE=live would "
+                "ignore every one of them; set STRIPE_MODE=test or E2E_TEST_MODE=false"
             )
         raw_secret = env.get("STRIPE_WEBHOOK_SECRET", "")
         secrets = parse_webhook_secrets(raw_secret) if raw_secret.strip() else ()
@@ -218,7 +295,12 @@ class Settings:
                 env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
             ),
             max_body_bytes=_required_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
-            cents_per_credit=_int(env, "CENTS_PER_CREDIT", None, minimum=1),
+            stripe_mode=stripe_mode,  # type: ignore[arg-type]
+            connect_accounts=parse_connect_accounts(env.get("STRIPE_CONNECT_ACCOUNTS", "")),
+            credit_prices=_credit_prices(env),
+            max_credits_per_event=_required_int(
+                env, "MAX_CREDITS_PER_EVENT", DEFAULT_MAX_CREDITS_PER_EVENT, minimum=1
+            ),
             retention_days=_required_int(env, "RETENTION_DAYS", 90, minimum=1),
             max_tries=_required_int(env, "MAX_TRIES", 8, minimum=1),
             retry_base_seconds=_required_int(env, "RETRY_BASE_SECONDS", 2, minimum=0),

@@ -106,15 +106,34 @@ def _optional_text(event: dict[str, Any], key: str) -> str | None:
 
 
 def _created(event: dict[str, Any]) -> datetime | None:
-    """`created` is Unix seconds; a float, bool or out-of-range number is refused."""
+    """`created` is Unix seconds in a snapshot event and an ISO 8601 time with its offset in
+    a thin event (`2024-09-17T06:20:52.246Z`); a float, bool, out-of-range number or a time
+    without an offset is refused."""
     value = event.get("created")
     if value is None:
         return None
+    if isinstance(value, str):
+        return _iso_created(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError("bad_created")
     try:
         return datetime.fromtimestamp(value, tz=UTC)
     except (OverflowError, OSError, ValueError):
+        raise PayloadError("bad_created") from None
+
+
+def _iso_created(value: str) -> datetime:
+    if len(value) > 40:
+        raise PayloadError("bad_created")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PayloadError("bad_created") from None
+    if parsed.tzinfo is None:
+        raise PayloadError("bad_created")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
         raise PayloadError("bad_created") from None
 
 

@@ -1,5 +1,8 @@
 """What each Stripe event type does, through one registry keyed by event type.
 
+Before any handler, `scope.out_of_scope_reason` ignores events of the other mode, of a
+connected account that is not listed, and thin events: they never move money.
+
 - `checkout.session.completed`: credits when `payment_status` is `paid` or
   `no_payment_required`; `unpaid` (delayed payment methods) is `ignored` and the credit
   waits for `checkout.session.async_payment_succeeded`.
@@ -7,14 +10,20 @@
 - `checkout.session.async_payment_failed`: recorded as `completed` with no ledger row (the
   event was handled; there is nothing to credit or take back).
 - `charge.refunded`: debits the refunded share of that payment intent's credits.
-- Every other type: `ignored`.
+- Every other type: `ignored` (`unhandled_type`).
 
-Credit amount: `metadata.credits` (a positive integer) else `amount_total //
-CENTS_PER_CREDIT` when that is set, else a `PermanentError` naming what is missing.
+What a session buys (`credits_for`): only a `mode: payment` session is a credits purchase.
+`metadata.credits` (a positive integer) comes first; else, when any credit price is
+configured (`CREDIT_PRICES`, or `CENTS_PER_CREDIT` for usd), `amount_total` divided by the
+price of the session's currency, rounded down. A session with neither rule, another mode
+or nothing paid is not a credits purchase (`ignored`, `not_a_credit_purchase`); a paid
+session in a currency without a price fails, naming the currency and the variable, and so
+does any amount above `MAX_CREDITS_PER_EVENT`.
+
 Handlers that touch the ledger mark the event `completed` inside the ledger transaction
-(`Outcome.recorded`); the worker writes every other outcome. A handler borrows a pooled
-connection only for its own statements and credits through `HandlerContext.credit`, which
-the worker coalesces with the credits of concurrent jobs.
+(`Outcome.recorded`); the worker writes every other outcome, with its reason. A handler
+borrows a pooled connection only for its own statements and credits through
+`HandlerContext.credit`, which the worker coalesces with the credits of concurrent jobs.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from typing import Any, Literal
 
 import orjson
 
-from webhook_worker import ledger, resolver, store
+from webhook_worker import ledger, resolver, scope, store
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
 
@@ -80,6 +89,12 @@ class Outcome:
     action: str  # event_credited, event_debited, event_recorded, event_ignored
     recorded: bool = False  # the status was already written in the ledger transaction
     fields: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # why: stored in stripe_events.status_reason when not recorded
+
+
+def ignored(reason: str, **fields: Any) -> Outcome:
+    """The event is stored but moves no money; `reason` says why (see README, reasons)."""
+    return Outcome("ignored", "event_ignored", fields=fields, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -111,32 +126,70 @@ def _positive_int(raw: object) -> int | None:
     return None
 
 
-def credits_for(session: Mapping[str, Any], settings: Settings) -> int:
-    """The credits a checkout session buys; PermanentError when it cannot be told."""
+def _metadata_credits(session: Mapping[str, Any]) -> object | None:
     metadata = session.get("metadata")
-    raw = metadata.get("credits") if isinstance(metadata, Mapping) else None
-    if raw is not None and not (isinstance(raw, str) and not raw.strip()):
+    raw: object = metadata.get("credits") if isinstance(metadata, Mapping) else None
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    return raw
+
+
+def _credits_by_amount(session: Mapping[str, Any], settings: Settings) -> int | None:
+    amount_total = session.get("amount_total")
+    if isinstance(amount_total, bool) or not isinstance(amount_total, int):
+        raise PermanentError("no credits amount: amount_total is missing or not an integer")
+    if amount_total == 0:
+        return None  # nothing was paid (a free or fully discounted session, a trial)
+    currency = session.get("currency")
+    code = currency.lower() if isinstance(currency, str) else ""
+    price = settings.credit_prices.get(code)
+    if price is None:
+        priced = ",".join(f"{c}:{p}" for c, p in sorted(settings.credit_prices.items()))
+        raise PermanentError(
+            f"no credit price for currency {str(currency)[:8]!r}: set its price in minor "
+            f"units, e.g. CREDIT_PRICES={priced},{code or 'xxx'}:<minor units per credit>, "
+            "or put metadata.credits on the Checkout Session; then replay"
+        )
+    credits = amount_total // price
+    if credits <= 0:
+        raise PermanentError(
+            f"no credits amount: amount_total {amount_total} {code} is below the price of one "
+            f"credit ({price} {code})"
+        )
+    return credits
+
+
+def credits_for(session: Mapping[str, Any], settings: Settings) -> int | None:
+    """The credits a checkout session buys; None when it is not a credits purchase.
+
+    Raises PermanentError when it is one but the amount cannot be told (a bad
+    `metadata.credits`, an unpriced currency) or is above `MAX_CREDITS_PER_EVENT`.
+    """
+    mode = session.get("mode")
+    if mode is not None and mode != "payment":
+        return None  # subscriptions and setup sessions are not one-off credits purchases
+    raw = _metadata_credits(session)
+    if raw is not None:
         credits = _positive_int(raw)
         if credits is None:
             raise PermanentError(
                 f"metadata.credits={str(raw)[:40]!r} is not a positive integer; "
                 "fix the Checkout Session metadata and replay"
             )
-        return credits
-    if settings.cents_per_credit:
-        amount_total = session.get("amount_total")
-        if isinstance(amount_total, bool) or not isinstance(amount_total, int):
-            raise PermanentError("no credits amount: amount_total is missing or not an integer")
-        credits = amount_total // settings.cents_per_credit
-        if credits <= 0:
-            raise PermanentError(
-                f"no credits amount: amount_total {amount_total} is below "
-                f"CENTS_PER_CREDIT={settings.cents_per_credit}"
-            )
-        return credits
-    raise PermanentError(
-        "no credits amount: metadata.credits is missing and CENTS_PER_CREDIT is not set"
-    )
+    elif settings.credit_prices:
+        by_amount = _credits_by_amount(session, settings)
+        if by_amount is None:
+            return None
+        credits = by_amount
+    else:
+        return None  # no credits rule applies: not a credits purchase
+    if credits > settings.max_credits_per_event:
+        raise PermanentError(
+            f"the session would credit {credits} credits, above MAX_CREDITS_PER_EVENT="
+            f"{settings.max_credits_per_event}; nothing was credited. Raise "
+            "MAX_CREDITS_PER_EVENT if this purchase is genuine, then replay"
+        )
+    return credits
 
 
 def _text(obj: Mapping[str, Any], key: str) -> str | None:
@@ -165,6 +218,8 @@ async def _credit_session(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     if session_id is None:
         raise PermanentError("checkout session has no id")
     credits = credits_for(session, ctx.settings)  # before resolving: a bad event makes no user
+    if credits is None:
+        return ignored("not_a_credit_purchase", mode=str(session.get("mode"))[:32])
     who = await _resolve(ctx, session)
     result = await ctx.credit(
         ledger.Purchase(
@@ -190,7 +245,8 @@ async def _credit_session(ctx: HandlerContext, event: StoredEvent) -> Outcome:
         "completed",
         "event_recorded",
         recorded=True,
-        fields={**fields, "reason": "already_credited"},
+        fields=fields,
+        reason="already_credited",
     )
 
 
@@ -198,11 +254,7 @@ async def handle_checkout_completed(ctx: HandlerContext, event: StoredEvent) -> 
     payment_status = event.data_object.get("payment_status")
     if payment_status not in PAID_STATUSES:
         # Delayed payment methods: the credit comes with async_payment_succeeded.
-        return Outcome(
-            "ignored",
-            "event_ignored",
-            fields={"reason": "awaiting_payment", "payment_status": str(payment_status)[:32]},
-        )
+        return ignored("awaiting_payment", payment_status=str(payment_status)[:32])
     return await _credit_session(ctx, event)
 
 
@@ -215,7 +267,8 @@ async def handle_async_payment_failed(ctx: HandlerContext, event: StoredEvent) -
     return Outcome(
         "completed",
         "event_recorded",
-        fields={"reason": "async_payment_failed", "checkout_session_id": session_id},
+        fields={"checkout_session_id": session_id},
+        reason="async_payment_failed",
     )
 
 
@@ -223,7 +276,7 @@ async def handle_charge_refunded(ctx: HandlerContext, event: StoredEvent) -> Out
     charge = event.data_object
     payment_intent = _text(charge, "payment_intent")
     if payment_intent is None:
-        return Outcome("ignored", "event_ignored", fields={"reason": "no_payment_intent"})
+        return ignored("no_payment_intent")
     captured = _positive_int(charge.get("amount_captured")) or _positive_int(charge.get("amount"))
     refunded = charge.get("amount_refunded")
     if captured is None or isinstance(refunded, bool) or not isinstance(refunded, int):
@@ -260,8 +313,11 @@ HANDLERS: dict[str, Handler] = {
 
 
 async def handle_event(ctx: HandlerContext, event: StoredEvent) -> Outcome:
-    """Dispatch on the event type; unknown types are `ignored`."""
+    """Check the event's scope, then dispatch on its type; unknown types are `ignored`."""
+    out_of_scope = scope.out_of_scope_reason(ctx.settings, event.payload)
+    if out_of_scope is not None:
+        return ignored(out_of_scope)
     handler = HANDLERS.get(event.type)
     if handler is None:
-        return Outcome("ignored", "event_ignored", fields={"reason": "unhandled_type"})
+        return ignored("unhandled_type")
     return await handler(ctx, event)

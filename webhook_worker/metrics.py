@@ -47,6 +47,12 @@ REQUEST_SECONDS = Histogram(
 EVENTS_PROCESSED = Counter(
     "worker_events_total", "Events processed by outcome and type", ["outcome", "type"]
 )
+EVENTS_IGNORED = Counter(
+    "worker_events_ignored_total",
+    "Events marked ignored, by reason (a burst of livemode_mismatch or "
+    "connect_account_not_allowed means a mis-wired endpoint)",
+    ["reason"],
+)
 RETRIES = Counter("worker_retries_total", "Event retries after a transient fault", ["reason"])
 INGEST_TO_COMPLETED = Histogram(
     "worker_ingest_to_completed_seconds",

@@ -25,7 +25,7 @@ import httpx
 import orjson
 from arq.connections import ArqRedis
 
-from webhook_worker import migrations, queue, sample_events
+from webhook_worker import migrations, queue, sample_events, scope
 from webhook_worker.config import Settings
 from webhook_worker.errors import ConfigError, MigrationError, TransientError
 from webhook_worker.log import redact_text
@@ -60,6 +60,7 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "received_at",
         "raw_data",
         "processing_status",
+        "status_reason",
         "attempts",
         "error_message",
         "processed_at",
@@ -172,14 +173,17 @@ async def list_events(
     status: str | None = None,
     event_type: str | None = None,
     since: datetime | None = None,
+    reason: str | None = None,
     limit: int = DEFAULT_LIST_LIMIT,
 ) -> list[dict[str, Any]]:
-    """Newest first, filtered by status, type and receipt time."""
+    """Newest first, filtered by status, type, receipt time and status reason."""
     check_status(status)
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise OpsInputError(f"limit {limit} is out of range; use 1 to {MAX_LIST_LIMIT}")
     with translate_errors("listing events"):
-        rows = await conn.fetch(query("ops_list_events"), status, event_type, since, limit)
+        rows = await conn.fetch(
+            query("ops_list_events"), status, event_type, since, limit, reason or None
+        )
     return [_event_row(row) for row in rows]
 
 
@@ -325,6 +329,7 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
     with translate_errors("collecting stats"):
         by_status = await conn.fetch(query("ops_stats_by_status"))
         by_type = await conn.fetch(query("ops_stats_by_type"))
+        ignored = await conn.fetch(query("ops_stats_ignored_by_reason"))
         oldest = await conn.fetchrow(query("ops_stats_oldest_unprocessed"))
         failures = await conn.fetchval(query("ops_stats_recent_failures"))
         credits = await conn.fetchrow(query("ops_stats_credits"))
@@ -339,6 +344,7 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
         "events_by_status": statuses,
         "events_total": sum(statuses.values()),
         "events_by_type": types,
+        "ignored_by_reason": {row["reason"]: int(row["events"]) for row in ignored},
         "oldest_unprocessed_at": oldest["oldest"],
         "oldest_unprocessed_age_seconds": oldest["age"],
         "failures_last_day": int(failures or 0),
@@ -358,6 +364,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # passes, but is usually a mistake: printed as `warn`
 
 
 @dataclass
@@ -372,8 +379,8 @@ class VerifyReport:
     def problems(self) -> list[Check]:
         return [check for check in self.checks if not check.ok]
 
-    def add(self, name: str, ok: bool, detail: str) -> None:
-        self.checks.append(Check(name, ok, detail))
+    def add(self, name: str, ok: bool, detail: str, *, warning: bool = False) -> None:
+        self.checks.append(Check(name, ok, detail, warning))
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "checks": [asdict(check) for check in self.checks]}
@@ -476,9 +483,29 @@ async def _verify_data(
         report.add("stuck events", False, "not checked: stripe_events incomplete")
 
 
-async def verify(conn: Connection, *, stale_after_seconds: int) -> VerifyReport:
-    """The deployment check: contract schema present, balances match ledgers, none stuck."""
+def check_scope(report: VerifyReport, settings: Settings) -> None:
+    """What this deployment trusts (mode, Connect accounts, prices), and risky combinations."""
+    report.add("scope", True, scope.describe(settings))
+    for warning in scope.warnings(settings):
+        report.add("scope", True, warning, warning=True)
+    prices = ", ".join(f"{c}:{p}" for c, p in sorted(settings.credit_prices.items()))
+    report.add(
+        "credit prices",
+        True,
+        f"per currency (minor units per credit): {prices}"
+        if prices
+        else "none: only sessions with metadata.credits credit",
+    )
+
+
+async def verify(
+    conn: Connection, *, stale_after_seconds: int, settings: Settings | None = None
+) -> VerifyReport:
+    """The deployment check: contract schema present, balances match ledgers, none stuck;
+    with `settings`, also the scope it runs with."""
     report = VerifyReport()
+    if settings is not None:
+        check_scope(report, settings)
     with translate_errors("verifying the database"):
         complete = await _verify_schema(conn, report)
         await _verify_migrations(conn, report)

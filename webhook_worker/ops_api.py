@@ -113,6 +113,7 @@ async def list_events(request: Request) -> Response:
             status=ops.check_status(params.get("status")),
             event_type=params.get("type") or None,
             since=since,
+            reason=params.get("reason") or None,
             limit=_limit(params.get("limit")),
         )
     return _JSON({"events": events})

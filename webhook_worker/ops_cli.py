@@ -78,6 +78,7 @@ def _events_table(events: list[dict[str, Any]], title: str) -> Table:
     table.add_column("event id", no_wrap=True)
     table.add_column("type", no_wrap=True)
     table.add_column("status", no_wrap=True)
+    table.add_column("reason", no_wrap=True)
     table.add_column("attempts", justify="right")
     table.add_column("received (UTC)", no_wrap=True)
     table.add_column("error")
@@ -86,6 +87,7 @@ def _events_table(events: list[dict[str, Any]], title: str) -> Table:
             event["event_id"],
             event["type"],
             event["processing_status"],
+            event.get("status_reason") or "-",
             str(event["attempts"]),
             _when(event["received_at"]),
             _short(event.get("error_message")),
@@ -98,7 +100,12 @@ async def _events_list(args: argparse.Namespace, settings: Settings) -> int:
     ops.check_status(args.status)
     async with _connection(settings) as conn:
         events = await ops.list_events(
-            conn, status=args.status, event_type=args.type, since=since, limit=args.limit
+            conn,
+            status=args.status,
+            event_type=args.type,
+            since=since,
+            reason=args.reason,
+            limit=args.limit,
         )
     if args.json:
         _print_json(events)
@@ -124,6 +131,7 @@ async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
         "event_id",
         "type",
         "processing_status",
+        "status_reason",
         "attempts",
         "error_message",
         "livemode",
@@ -171,6 +179,9 @@ def _add_events(sub: Subparsers) -> None:
     lst.add_argument("--status", choices=store.EVENT_STATUSES, help="only this status")
     lst.add_argument("--type", help="only this event type, e.g. checkout.session.completed")
     lst.add_argument("--since", help="received since: 2024-06-01, an ISO time, or 24h / 7d")
+    lst.add_argument(
+        "--reason", help="only this status reason, e.g. livemode_mismatch (see README)"
+    )
     lst.add_argument("--limit", type=int, default=ops.DEFAULT_LIST_LIMIT, help="at most N rows")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     lst.set_defaults(handler=_sync(_events_list))
@@ -314,6 +325,13 @@ def _print_stats(stats: dict[str, Any]) -> None:
     for event_type, counts in stats["events_by_type"].items():
         type_table.add_row(event_type, *(str(counts.get(s, 0)) for s in store.EVENT_STATUSES))
     console.print(type_table)
+    if stats["ignored_by_reason"]:
+        reasons = Table(title="ignored events by reason", title_justify="left")
+        reasons.add_column("reason", no_wrap=True)
+        reasons.add_column("events", justify="right")
+        for reason, count in stats["ignored_by_reason"].items():
+            reasons.add_row(reason, str(count))
+        console.print(reasons)
     summary = Table(title="health and credits", title_justify="left", show_header=False)
     summary.add_column("what")
     summary.add_column("value", justify="right")
@@ -352,6 +370,8 @@ def print_verify_report(report: ops.VerifyReport) -> None:
     console = _console()
     for check in report.checks:
         mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+        if check.ok and check.warning:
+            mark = "[yellow]warn[/yellow]"
         console.print(f"{mark} {check.name}: {check.detail}", markup=True)
     if report.ok:
         console.print(f"verify passed: {len(report.checks)} checks")
@@ -363,7 +383,9 @@ def print_verify_report(report: ops.VerifyReport) -> None:
 
 async def _verify(args: argparse.Namespace, settings: Settings) -> int:
     async with _connection(settings) as conn:
-        report = await ops.verify(conn, stale_after_seconds=settings.stale_after_seconds)
+        report = await ops.verify(
+            conn, stale_after_seconds=settings.stale_after_seconds, settings=settings
+        )
     if args.json:
         _print_json(report.as_dict())
     else:

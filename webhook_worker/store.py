@@ -177,11 +177,17 @@ async def claim_events(conn: Connection, event_ids: Sequence[str]) -> dict[str, 
 
 
 async def finish_event(
-    conn: Connection, event_id: str, status: str, error_message: str | None = None
+    conn: Connection,
+    event_id: str,
+    status: str,
+    error_message: str | None = None,
+    *,
+    reason: str | None = None,
 ) -> None:
+    """The final status, its error (for `failed`) and why (`status_reason`, for `ignored`)."""
     assert status in EVENT_STATUSES
     with translate_errors("recording an event outcome"):
-        await conn.execute(query("finish_event"), event_id, status, error_message)
+        await conn.execute(query("finish_event"), event_id, status, error_message, reason)
 
 
 async def release_event(conn: Connection, event_id: str, error_message: str) -> None:

@@ -133,9 +133,13 @@ class _Job:
             outcome = await handlers.handle_event(self.handler_context, self.event)
             if not outcome.recorded:
                 async with store.acquire(self.pool, "recording an event outcome") as conn:
-                    await store.finish_event(conn, self.event_id, outcome.status)
+                    await store.finish_event(
+                        conn, self.event_id, outcome.status, reason=outcome.reason
+                    )
         _observe_final(self.event, outcome.status, _type_label(self.event_type))
-        self._line(outcome.action, outcome=outcome.status, **outcome.fields)
+        if outcome.status == "ignored":
+            metrics.EVENTS_IGNORED.labels(outcome.reason or "unknown").inc()
+        self._line(outcome.action, outcome=outcome.status, reason=outcome.reason, **outcome.fields)
         return outcome.status
 
     async def fail(self, exc: BaseException) -> str:

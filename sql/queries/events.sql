@@ -15,7 +15,8 @@ SELECT event_id, processing_status FROM stripe_events WHERE event_id = ANY($1::t
 
 -- name: get_event
 SELECT event_id, type, livemode, api_version, account, stripe_created_at, received_at,
-       raw_data, processing_status, attempts, error_message, processed_at, updated_at
+       raw_data, processing_status, status_reason, attempts, error_message, processed_at,
+       updated_at
 FROM stripe_events
 WHERE event_id = $1;
 
@@ -43,7 +44,8 @@ RETURNING e.event_id, e.type, e.livemode, e.account, e.raw_data, e.attempts, e.r
 
 -- name: finish_event
 UPDATE stripe_events
-SET processing_status = $2, error_message = $3, processed_at = now(), updated_at = now()
+SET processing_status = $2, error_message = $3, status_reason = $4, processed_at = now(),
+    updated_at = now()
 WHERE event_id = $1 AND processing_status NOT IN ('completed', 'ignored');
 
 -- name: release_event

@@ -2,12 +2,13 @@
 -- Optional filters are passed as NULL; every value is a parameter.
 
 -- name: ops_list_events
-SELECT event_id, type, processing_status, attempts, error_message, livemode, account,
-       received_at, processed_at, updated_at
+SELECT event_id, type, processing_status, status_reason, attempts, error_message, livemode,
+       account, received_at, processed_at, updated_at
 FROM stripe_events
 WHERE ($1::text IS NULL OR processing_status = $1::text)
   AND ($2::text IS NULL OR type = $2::text)
   AND ($3::timestamptz IS NULL OR received_at >= $3::timestamptz)
+  AND ($5::text IS NULL OR status_reason = $5::text)
 ORDER BY received_at DESC, id DESC
 LIMIT $4;
 
@@ -38,7 +39,7 @@ ORDER BY received_at, id;
 -- (the worker overwrites the error with the new outcome). Guarded by the statuses that
 -- were selected, so an event that moved meanwhile is left alone.
 UPDATE stripe_events
-SET processing_status = 'received', updated_at = now()
+SET processing_status = 'received', status_reason = NULL, updated_at = now()
 WHERE event_id = ANY($1::text[]) AND processing_status = ANY($2::text[])
 RETURNING event_id;
 
@@ -53,6 +54,13 @@ SELECT type, processing_status AS status, count(*) AS events
 FROM stripe_events
 GROUP BY type, processing_status
 ORDER BY type, processing_status;
+
+-- name: ops_stats_ignored_by_reason
+SELECT coalesce(status_reason, 'unrecorded') AS reason, count(*) AS events
+FROM stripe_events
+WHERE processing_status = 'ignored'
+GROUP BY 1
+ORDER BY 2 DESC, 1;
 
 -- name: ops_stats_oldest_unprocessed
 SELECT min(received_at) AS oldest, extract(epoch FROM now() - min(received_at))::float8 AS age
