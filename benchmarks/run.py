@@ -400,6 +400,18 @@ async def _flush_redis(url: str) -> None:
         await redis.aclose()
 
 
+async def _check_credited(conn: asyncpg.Connection, ids: list[str]) -> None:
+    """A credit benchmark measures credits: every event completed with its ledger row (an
+    event ignored or failed, e.g. out of scope, would make the rate meaningless)."""
+    uncredited = await conn.fetchval(
+        "SELECT count(*) FROM stripe_events e WHERE e.event_id = ANY($1::text[]) AND NOT EXISTS "
+        "(SELECT 1 FROM credit_transactions t WHERE t.event_id = e.event_id)",
+        ids,
+    )
+    if uncredited:
+        raise RuntimeError(f"{uncredited} of {len(ids)} events were not credited")
+
+
 async def _drain(dsn: str, redis_url: str, ids: list[str], timeout: float) -> float:
     redis: ArqRedis = await create_pool(RedisSettings.from_dsn(redis_url))
     conn = await asyncpg.connect(dsn)
@@ -416,7 +428,9 @@ async def _drain(dsn: str, redis_url: str, ids: list[str], timeout: float) -> fl
                 "WHERE processing_status IN ('received', 'processing')"
             )
             if left == 0:
-                return time.perf_counter() - start
+                elapsed = time.perf_counter() - start
+                await _check_credited(conn, ids)
+                return elapsed
             await asyncio.sleep(0.05)
         raise RuntimeError(f"{left} events still unprocessed after {timeout}s")
     finally:
@@ -525,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         env = {
             **os.environ,
             "APP_ENV": "production",
+            # The load generator's events are test-mode events (livemode: false).
+            "STRIPE_MODE": "test",
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "warning",
             "DATABASE_URL": dsn,

@@ -188,7 +188,7 @@ def test_connect_accounts_are_a_comma_list_of_account_ids() -> None:
     settings = settings_from(STRIPE_CONNECT_ACCOUNTS=" acct_1ABC , acct_2DEF,")
     assert settings.connect_accounts == frozenset({"acct_1ABC", "acct_2DEF"})
     assert settings_from().connect_accounts == frozenset()
-    with pytest.raises(ConfigError, match="STRIPE_CONNECT_ACCOUNTS.*acct_"):
+    with pytest.raises(ConfigError, match=r"STRIPE_CONNECT_ACCOUNTS.*acct_"):
         settings_from(STRIPE_CONNECT_ACCOUNTS="acct_1ABC,cus_123")
 
 

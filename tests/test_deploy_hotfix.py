@@ -70,6 +70,19 @@ async def _migration_rows(dsn: str) -> list[tuple[int, str]]:
         await conn.close()
 
 
+async def test_preflight_prints_the_scope_and_warns_on_production_in_test_mode(
+    empty_database_url: str, clean_redis_url: str
+) -> None:
+    env = _env(empty_database_url, clean_redis_url, STRIPE_CONNECT_ACCOUNTS="acct_1Partner")
+    plain = await deploy(env, "--dry-run")
+    assert "preflight: scope: STRIPE_MODE=test; Connect accounts handled: acct_1Partner" in (
+        plain.out
+    )
+    assert "warn" not in plain.out
+    risky = await deploy({**env, "APP_ENV": "production", "STRIPE_MODE": "test"}, "--dry-run")
+    assert "warn  preflight: scope: APP_ENV=production with STRIPE_MODE=test" in risky.out
+
+
 async def test_dry_run_on_an_empty_database_prints_the_plan_and_changes_nothing(
     empty_database_url: str, clean_redis_url: str
 ) -> None:

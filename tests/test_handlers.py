@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.conftest import wait_for
+from tests.stripe_currencies import ZERO_DECIMAL
 from tests.worker_support import (
     balance,
     deliver,
@@ -81,11 +83,6 @@ def test_an_unpriced_currency_fails_naming_it_and_the_variable() -> None:
     session = {"metadata": {}, "amount_total": 1000, "currency": "jpy"}
     with pytest.raises(PermanentError, match=r"currency 'jpy'.*CREDIT_PRICES=usd:100,jpy:"):
         credits_for(session, _settings(100))
-
-
-# Stripe's zero-decimal currencies (docs.stripe.com/currencies#zero-decimal): the amount is
-# in whole units, so a usd price in cents must never apply to them.
-ZERO_DECIMAL = "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
 
 
 @pytest.mark.parametrize("currency", ZERO_DECIMAL)
@@ -173,9 +170,15 @@ async def test_async_payment_failed_is_recorded_without_credit(
 
 
 async def test_unknown_types_are_ignored(db: asyncpg.Connection, settings: Settings) -> None:
+    def counted() -> float:
+        labels = {"reason": "unhandled_type"}
+        return REGISTRY.get_sample_value("worker_events_ignored_total", labels) or 0.0
+
+    before = counted()
     event = event_envelope("customer.created", {"id": "cus_test_123", "object": "customer"})
     [event_id] = await deliver(db, settings, event)
     await drain(settings)
+    assert counted() == before + 1
     status = await status_of(db, event_id)
     assert (status["processing_status"], status["status_reason"]) == ("ignored", "unhandled_type")
     assert status["error_message"] is None

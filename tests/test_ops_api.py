@@ -102,6 +102,31 @@ async def test_list_events_with_filters(client: httpx.AsyncClient, db: asyncpg.C
     assert len((await client.get("/ops/events", headers=AUTH)).json()["events"]) == 3
 
 
+async def test_list_events_by_status_reason(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    mismatch = await insert_event(db, status="ignored")
+    other = await insert_event(db, status="ignored")
+    await db.execute(
+        "UPDATE stripe_events SET status_reason = $2 WHERE event_id = $1",
+        mismatch,
+        "livemode_mismatch",
+    )
+    await db.execute(
+        "UPDATE stripe_events SET status_reason = $2 WHERE event_id = $1", other, "unhandled_type"
+    )
+    response = await client.get(
+        "/ops/events", params={"status": "ignored", "reason": "livemode_mismatch"}, headers=AUTH
+    )
+    assert response.status_code == 200
+    events = response.json()["events"]
+    assert [(e["event_id"], e["status_reason"]) for e in events] == [
+        (mismatch, "livemode_mismatch")
+    ]
+    shown = await client.get(f"/ops/events/{other}", headers=AUTH)
+    assert shown.json()["status_reason"] == "unhandled_type"
+
+
 @pytest.mark.parametrize(
     "params", [{"status": "bogus"}, {"since": "yesterday-ish"}, {"limit": "many"}, {"limit": "0"}]
 )

@@ -322,6 +322,25 @@ async def test_verify_passes_on_a_migrated_database(cli: Cli, db: asyncpg.Connec
     assert (await cli("verify", "--json")).json()["ok"] is True
 
 
+async def test_verify_prints_the_scope_it_runs_with_and_warns_on_risky_modes(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+) -> None:
+    scoped = {**env, "STRIPE_CONNECT_ACCOUNTS": "acct_1Partner", "CREDIT_PRICES": "usd:100"}
+    result = await run_cli(capsys, monkeypatch, scoped, "verify")
+    assert result.code == 0, result.out
+    assert "STRIPE_MODE=test; Connect accounts handled: acct_1Partner" in result.out
+    assert "usd:100" in result.out
+    assert "warn" not in result.out
+    production = {**scoped, "APP_ENV": "production", "STRIPE_MODE": "test", "LOG_FORMAT": "json"}
+    warned = await run_cli(capsys, monkeypatch, production, "verify", "--json")
+    assert warned.code == 0  # a warning, not a failure
+    warnings = [c for c in warned.json()["checks"] if c["warning"]]
+    assert len(warnings) == 1
+    assert "APP_ENV=production with STRIPE_MODE=test" in warnings[0]["detail"]
+
+
 async def test_verify_fails_on_a_balance_that_differs_from_its_ledger(
     cli: Cli, db: asyncpg.Connection
 ) -> None:
