@@ -229,3 +229,47 @@ def test_max_credits_per_event_defaults_to_a_million() -> None:
     assert settings_from(MAX_CREDITS_PER_EVENT="500").max_credits_per_event == 500
     with pytest.raises(ConfigError, match="MAX_CREDITS_PER_EVENT"):
         settings_from(MAX_CREDITS_PER_EVENT="0")
+
+
+# --- reconciliation ------------------------------------------------------------------------
+
+
+def test_a_restricted_key_or_a_test_secret_key_is_accepted() -> None:
+    assert settings_from(STRIPE_API_KEY="rk_test_abcdefghijklmnop").stripe_api_key is not None
+    assert settings_from(STRIPE_API_KEY="sk_test_abcdefghijklmnop").stripe_api_key is not None
+    live = settings_from(APP_ENV="production", STRIPE_API_KEY="rk_live_abcdefghijklmnop")
+    assert live.stripe_api_key == "rk_live_abcdefghijklmnop"
+    assert "rk_live_abcdefghijklmnop" not in repr(live)
+
+
+def test_a_live_secret_key_is_refused_in_favour_of_a_restricted_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from(APP_ENV="production", STRIPE_API_KEY="sk_live_abcdefghijklmnop")
+    assert "restricted key with Events: read (rk_live_…)" in info.value.message
+    assert "abcdefghijklmnop" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"STRIPE_API_KEY": "pk_test_abcdefghijklmnop"}, "does not look like a Stripe key"),
+        ({"STRIPE_API_KEY": "rk_live_abcdefghijklmnop"}, "live-mode key but STRIPE_MODE=test"),
+        ({"STRIPE_API_BASE": "ftp://stripe.example"}, "STRIPE_API_BASE"),
+        ({"RECONCILE_LOOKBACK": "31d"}, "Stripe keeps 30 days"),
+        ({"RECONCILE_LOOKBACK": "three days"}, "is not a duration"),
+        ({"RECONCILE_INTERVAL_SECONDS": "0"}, "RECONCILE_INTERVAL_SECONDS"),
+    ],
+)
+def test_bad_reconcile_settings_are_refused(env: dict[str, str], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        settings_from(**env)
+
+
+def test_reconcile_defaults_and_durations() -> None:
+    settings = settings_from()
+    assert settings.stripe_api_key is None
+    assert settings.stripe_api_base == "https://api.stripe.com"
+    assert settings.reconcile_interval_seconds == 3600
+    assert settings.reconcile_lookback_seconds == 3 * 86400
+    assert settings_from(RECONCILE_LOOKBACK="72h").reconcile_lookback_seconds == 3 * 86400
+    assert settings_from(RECONCILE_LOOKBACK="90m").reconcile_lookback_seconds == 5400

@@ -19,6 +19,7 @@ from webhook_worker.config import Settings
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.log import configure_logging
 from webhook_worker.ops_cli import OPS_REGISTRARS
+from webhook_worker.reconcile_cli import add_reconcile
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -136,6 +137,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     _add_dev,
     _add_migrate,
     *OPS_REGISTRARS,
+    add_reconcile,
 ]
 
 

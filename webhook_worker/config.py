@@ -149,6 +149,71 @@ def _credit_prices(env: Mapping[str, str]) -> dict[str, int]:
     return prices
 
 
+DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
+_DAY = 86400
+STRIPE_EVENTS_HISTORY_SECONDS = 30 * _DAY  # what the List Events API keeps
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": _DAY}
+
+
+def parse_duration(raw: str, name: str) -> int:
+    """Seconds from `3d`, `72h`, `90m`, `45s` or a plain number of seconds."""
+    match = _DURATION.match(raw)
+    if not match:
+        raise ConfigError(f"{name}={raw!r} is not a duration; use e.g. {name}=3d, 72h or 259200")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_stripe_api_key(raw: str, stripe_mode: str) -> str | None:
+    """A restricted key (`rk_…`, Events: read is enough) or a test secret key; never a live
+    secret key, and never a key of the other mode."""
+    key = raw.strip()
+    if not key:
+        return None
+    if key.startswith("sk_live_"):
+        raise ConfigError(
+            "STRIPE_API_KEY is a live secret key (sk_live_…), which can do anything on the "
+            "account; reconciliation only reads events. Create a restricted key with "
+            "Events: read (rk_live_…) and use it instead"
+        )
+    prefixes = ("rk_live_", "rk_test_", "sk_test_")
+    if not key.startswith(prefixes) or len(key) < 16:
+        raise ConfigError(
+            "STRIPE_API_KEY does not look like a Stripe key; use a restricted key with "
+            "Events: read, e.g. STRIPE_API_KEY=rk_live_… (rk_test_… or sk_test_… in test mode)"
+        )
+    key_mode = "live" if "_live_" in key[:8] else "test"
+    if key_mode != stripe_mode:
+        raise ConfigError(
+            f"STRIPE_API_KEY is a {key_mode}-mode key but STRIPE_MODE={stripe_mode}: "
+            f"reconciliation would only find events this deployment ignores; use a "
+            f"{stripe_mode}-mode key"
+        )
+    return key
+
+
+def _stripe_api_base(env: Mapping[str, str]) -> str:
+    raw = env.get("STRIPE_API_BASE", "").strip() or DEFAULT_STRIPE_API_BASE
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"STRIPE_API_BASE={raw!r} is not an http(s) URL; use "
+            f"STRIPE_API_BASE={DEFAULT_STRIPE_API_BASE} (the default) or your proxy's URL"
+        )
+    return raw.rstrip("/")
+
+
+def _lookback(env: Mapping[str, str]) -> int:
+    raw = env.get("RECONCILE_LOOKBACK", "").strip()
+    seconds = parse_duration(raw, "RECONCILE_LOOKBACK") if raw else 3 * _DAY
+    if not 0 < seconds <= STRIPE_EVENTS_HISTORY_SECONDS:
+        raise ConfigError(
+            f"RECONCILE_LOOKBACK={raw!r} is outside 1s..30d (Stripe keeps 30 days of events); "
+            "e.g. RECONCILE_LOOKBACK=3d"
+        )
+    return seconds
+
+
 def normalise_database_url(raw: str, name: str = "DATABASE_URL") -> str:
     """Accept SQLAlchemy-style schemes from the old deployment and return a plain asyncpg DSN."""
     value = raw.strip()
@@ -215,6 +280,10 @@ class Settings:
     # Price of one credit in each currency's minor unit; CENTS_PER_CREDIT is the usd entry.
     credit_prices: Mapping[str, int] = field(default_factory=dict, hash=False)
     max_credits_per_event: int = DEFAULT_MAX_CREDITS_PER_EVENT
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str = DEFAULT_STRIPE_API_BASE
+    reconcile_interval_seconds: int = 3600
+    reconcile_lookback_seconds: int = 3 * _DAY
     retention_days: int = 90
     max_tries: int = 8
     retry_base_seconds: int = 2
@@ -301,6 +370,12 @@ class Settings:
             max_credits_per_event=_required_int(
                 env, "MAX_CREDITS_PER_EVENT", DEFAULT_MAX_CREDITS_PER_EVENT, minimum=1
             ),
+            stripe_api_key=parse_stripe_api_key(env.get("STRIPE_API_KEY", ""), stripe_mode),
+            stripe_api_base=_stripe_api_base(env),
+            reconcile_interval_seconds=_required_int(
+                env, "RECONCILE_INTERVAL_SECONDS", 3600, minimum=1
+            ),
+            reconcile_lookback_seconds=_lookback(env),
             retention_days=_required_int(env, "RETENTION_DAYS", 90, minimum=1),
             max_tries=_required_int(env, "MAX_TRIES", 8, minimum=1),
             retry_base_seconds=_required_int(env, "RETRY_BASE_SECONDS", 2, minimum=0),
@@ -334,6 +409,14 @@ class Settings:
                 "(or run `webhook-worker dev` for embedded services)"
             )
         return self.redis_url
+
+    def require_stripe_api(self) -> str:
+        if not self.stripe_api_key:
+            raise ConfigError(
+                "STRIPE_API_KEY is not set; reconciliation reads Stripe's List Events API: "
+                "create a restricted key with Events: read and set STRIPE_API_KEY=rk_live_…"
+            )
+        return self.stripe_api_key
 
     def require_receiver(self) -> None:
         """What the receiver needs before it may accept a single request."""

@@ -120,6 +120,8 @@ def configure_logging(
         logger.propagate = True
     # One canonical line per request comes from the receiver; uvicorn's access log repeats it.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # The stripe library logs every API request at info; reconcile logs one line per run.
+    logging.getLogger("stripe").setLevel(logging.WARNING)
     _configured = True
 
 

@@ -68,6 +68,21 @@ WORKER_BATCH_SIZE = Histogram(
     ["statement"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+RECONCILE_RECOVERED = Counter(
+    "reconcile_events_recovered_total",
+    "Events found in Stripe's List Events API that were never stored, now stored",
+)
+RECONCILE_LAST_SUCCESS = Gauge(
+    "reconcile_last_success_timestamp_seconds",
+    "When a reconcile run last finished its whole window",
+    multiprocess_mode="max",
+)
+RECONCILE_ERRORS = Counter(
+    "reconcile_errors_total",
+    "Reconcile faults: retried (429/5xx/connection, per retry), stripe (gave up), auth, "
+    "failed, crashed",
+    ["reason"],
+)
 SWEPT = Counter("worker_swept_events_total", "Events re-enqueued by the sweeper")
 QUEUE_DEPTH = Gauge("worker_queue_depth", "Jobs waiting in the arq queue", multiprocess_mode="max")
 EVENTS_BY_STATUS = Gauge(

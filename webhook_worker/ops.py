@@ -61,6 +61,7 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "raw_data",
         "processing_status",
         "status_reason",
+        "source",
         "attempts",
         "error_message",
         "processed_at",
@@ -78,6 +79,7 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "created_at",
     ),
     "schema_migrations": ("version", "name", "checksum", "applied_at"),
+    "reconcile_runs": ("trigger", "window_start", "window_end", "status", "events_recovered"),
 }
 EXPECTED_CONSTRAINTS: dict[str, str] = {
     "credits_balance_nonneg": "users.credits_balance >= 0",
@@ -334,6 +336,7 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
         failures = await conn.fetchval(query("ops_stats_recent_failures"))
         credits = await conn.fetchrow(query("ops_stats_credits"))
         users = await conn.fetchrow(query("ops_stats_users"))
+        last_reconcile = await conn.fetchrow(query("reconcile_last_runs"), 1)
     statuses = {status: 0 for status in EVENT_STATUSES}
     statuses.update({row["status"]: int(row["events"]) for row in by_status})
     types: dict[str, dict[str, int]] = {}
@@ -353,6 +356,7 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
         "credit_transactions": int(credits["transactions"]),
         "users_with_credits": int(users["users_with_credits"]),
         "credits_outstanding": int(users["credits_outstanding"]),
+        "last_reconcile": dict(last_reconcile) if last_reconcile else None,
     }
 
 
@@ -436,6 +440,26 @@ async def _verify_users_insertable(conn: Connection, report: VerifyReport) -> No
     )
 
 
+async def _verify_reconcile(conn: Connection, report: VerifyReport, settings: Settings) -> None:
+    """The reconcile cron is on (STRIPE_API_KEY): warn when it has not succeeded lately."""
+    last = await conn.fetchval(query("reconcile_last_success"))
+    limit = 3 * settings.reconcile_interval_seconds
+    if last is None:
+        report.add("reconcile", True, "no reconcile run has succeeded yet", warning=True)
+        return
+    age = (datetime.now(UTC) - last).total_seconds()
+    if age > limit:
+        report.add(
+            "reconcile",
+            True,
+            f"the last successful reconcile finished {int(age)}s ago, over three intervals "
+            f"({limit}s): is a worker running, and does Stripe accept STRIPE_API_KEY?",
+            warning=True,
+        )
+    else:
+        report.add("reconcile", True, f"last succeeded {int(age)}s ago")
+
+
 async def _verify_migrations(conn: Connection, report: VerifyReport) -> None:
     try:
         pending = await migrations.pending_migrations(conn)  # type: ignore[arg-type]
@@ -508,6 +532,8 @@ async def verify(
         check_scope(report, settings)
     with translate_errors("verifying the database"):
         complete = await _verify_schema(conn, report)
+        if settings is not None and settings.stripe_api_key and "reconcile_runs" in complete:
+            await _verify_reconcile(conn, report, settings)
         await _verify_migrations(conn, report)
         await _verify_data(conn, report, complete, stale_after_seconds)
     return report

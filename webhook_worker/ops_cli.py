@@ -142,6 +142,7 @@ async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
         "processed_at",
         "updated_at",
         "payload_pruned",
+        "source",
     )
     for name in fields:
         value = event.get(name)
@@ -341,6 +342,14 @@ def _print_stats(stats: dict[str, Any]) -> None:
     summary.add_row("credits refunded", str(stats["credits_refunded"]))
     summary.add_row("credits outstanding", str(stats["credits_outstanding"]))
     summary.add_row("users with credits", str(stats["users_with_credits"]))
+    last = stats["last_reconcile"]
+    summary.add_row(
+        "last reconcile",
+        f"{last['status']} {_when(last['finished_at'] or last['started_at'])} UTC, "
+        f"{last['events_recovered']} recovered"
+        if last
+        else "never",
+    )
     console.print(summary)
 
 

@@ -14,6 +14,7 @@ database and Redis (the tests build in-process workers this way); `run_worker` i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -24,7 +25,7 @@ import structlog
 from arq import Retry, Worker, cron, func
 from arq.cron import CronJob
 
-from webhook_worker import handlers, metrics, queue, runtime, store
+from webhook_worker import handlers, metrics, queue, reconcile, runtime, store
 from webhook_worker.arq_worker import ArqWorker
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError, TransientError
@@ -265,6 +266,8 @@ async def _on_startup(ctx: dict[str, Any]) -> None:
     )
     if settings.metrics_port:
         _start_metrics(settings.metrics_port)
+    if settings.stripe_api_key and ctx.get("reconcile_cron", True):
+        ctx["reconcile_task"] = asyncio.create_task(reconcile.run_reconcile_cron(ctx))
     frozen = runtime.freeze_startup_heap() if ctx.get("freeze_heap") else 0
     log.info(
         "worker_started",
@@ -276,6 +279,11 @@ async def _on_startup(ctx: dict[str, Any]) -> None:
 
 
 async def _on_shutdown(ctx: dict[str, Any]) -> None:
+    reconciling: asyncio.Task[None] | None = ctx.pop("reconcile_task", None)
+    if reconciling is not None:
+        reconciling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reconciling
     ctx.pop("handler_context", None)
     batches: WorkerBatches | None = ctx.pop("batches", None)
     if batches is not None:
@@ -296,7 +304,8 @@ def worker_options(settings: Settings, *, with_cron: bool = True) -> dict[str, A
         "queue_name": queue.QUEUE_NAME,
         "on_startup": _on_startup,
         "on_shutdown": _on_shutdown,
-        "ctx": {"settings": settings},
+        # The reconcile loop runs beside the cron jobs (only with STRIPE_API_KEY).
+        "ctx": {"settings": settings, "reconcile_cron": with_cron},
         "max_jobs": settings.worker_max_jobs,
         "poll_delay": settings.worker_poll_delay,
         # arq re-runs a job whose worker died once its in-progress key expires, which is

@@ -16,7 +16,7 @@ SELECT event_id, processing_status FROM stripe_events WHERE event_id = ANY($1::t
 -- name: get_event
 SELECT event_id, type, livemode, api_version, account, stripe_created_at, received_at,
        raw_data, processing_status, status_reason, attempts, error_message, processed_at,
-       updated_at
+       updated_at, source
 FROM stripe_events
 WHERE event_id = $1;
 
