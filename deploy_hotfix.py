@@ -34,7 +34,7 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
-from webhook_worker import migrations, ops, queue
+from webhook_worker import host, migrations, ops, queue
 from webhook_worker.config import Settings, redact_url
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.log import configure_logging
@@ -176,14 +176,33 @@ def _confirm(plan: list[migrations.Migration], args: argparse.Namespace) -> bool
     return answer.strip().lower() in {"y", "yes"}
 
 
-async def _migrate(conn: asyncpg.Connection, args: argparse.Namespace, report: Report) -> bool:
+async def _host(
+    conn: asyncpg.Connection, settings: Settings, args: argparse.Namespace, report: Report
+) -> bool:
+    """Print the host `users` shape and the choices made; refuse an unsupported one."""
+    shape = await host.inspect_host(conn, settings.users_tenant_column)
+    recorded = await host.recorded_shape(conn)
+    console = _console()
+    for line in shape.describe(recorded):
+        console.print(f"host: {line}", markup=False)
+    problems = shape.problems()
+    if problems and not args.rollback:
+        report.add("host users", "FAIL", "; ".join(problems))
+        return False
+    report.add("host users", "ok", f"users.id {shape.key_type}")
+    return True
+
+
+async def _migrate(
+    conn: asyncpg.Connection, settings: Settings, args: argparse.Namespace, report: Report
+) -> bool:
     try:
         if args.rollback:
             done = await migrations.migrate_down(conn, to=args.to)
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in done)
             report.add("rollback", "ok", f"rolled back {names}" if done else "nothing to roll back")
             return True
-        done = await migrations.migrate_up(conn)
+        done = await migrations.migrate_up(conn, tenant_column=settings.users_tenant_column)
     except (MigrationError, asyncpg.PostgresError) as exc:
         report.add("rollback" if args.rollback else "migrate", "FAIL", str(exc))
         return False
@@ -244,6 +263,8 @@ async def deploy(args: argparse.Namespace, settings: Settings, report: Report) -
             report.add("plan", "FAIL", str(exc))
             return
         _print_plan(plan, args)
+        if not await _host(conn, settings, args, report):
+            return
         if args.dry_run:
             report.add("dry run", "ok", f"{len(plan)} migration(s) planned; nothing changed")
             return
@@ -252,7 +273,7 @@ async def deploy(args: argparse.Namespace, settings: Settings, report: Report) -
             return
         if args.skip_migration and not args.rollback:
             report.add("migrate", "skipped", "--skip-migration")
-        elif not await _migrate(conn, args, report):
+        elif not await _migrate(conn, settings, args, report):
             return
         if args.rollback:
             report.add(

@@ -7,6 +7,7 @@ everything else receives one. Tests build them from plain dicts.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -55,6 +56,19 @@ def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int
     if value < minimum:
         raise ConfigError(f"{name}={value} is below {minimum}; use a value of at least {minimum}")
     return value
+
+
+_COLUMN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _column_name(env: Mapping[str, str], name: str) -> str | None:
+    """A plain lower-case column name (it reaches SQL only quoted, but a typo should fail here)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not _COLUMN.fullmatch(raw):
+        raise ConfigError(f"{name}={raw!r} is not a plain column name; use e.g. {name}=tenant_id")
+    return raw
 
 
 def _required_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
@@ -164,6 +178,7 @@ class Settings:
     db_pool_min: int = 2
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
+    users_tenant_column: str | None = None
 
     def __repr__(self) -> str:  # never print secrets or DSN passwords
         return (
@@ -232,6 +247,7 @@ class Settings:
             db_pool_min=_required_int(env, "DB_POOL_MIN", 2, minimum=0),
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
             db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
+            users_tenant_column=_column_name(env, "USERS_TENANT_COLUMN"),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -14,6 +14,7 @@ more logic, use an explicit transaction and the statements in sql/queries/ledger
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import asyncpg
 
 from webhook_worker import store
 from webhook_worker.errors import PermanentError, TransientError
+from webhook_worker.host import UserId, user_key
 from webhook_worker.queries import query
 from webhook_worker.store import Connection, translate_errors
 
@@ -42,7 +44,7 @@ NO_USER_SQLSTATE = "WWL02"
 BATCH_LOCK_TIMEOUT_MS = 500
 
 
-def _balance_moved(user_id: int) -> str:
+def _balance_moved(user_id: UserId) -> str:
     return f"balance of user {user_id} moved outside the ledger lock; rolled back"
 
 
@@ -50,20 +52,33 @@ class PurchaseNotFound(TransientError):
     """refund arrived before its purchase: retried until the purchase is processed"""
 
 
-def lock_key(user_id: int) -> int:
-    """The user's int4 key: the id itself below 2**31, wrapped above (a shared lock only)."""
-    return (user_id + _INT4_HALF) % _INT4 - _INT4_HALF
+def lock_key(user_id: UserId) -> int:
+    """The user's int4 key, as the server's `ledger_lock_key` computes it.
+
+    Integer keys: the id itself below 2**31, wrapped above (a shared lock only). uuid and
+    text keys (their text; a uuid in canonical lower case): the first 4 bytes of sha256 as a
+    signed int4 — documented, stable across Postgres versions and FIPS-safe, unlike
+    `hashtext` (migration 0008 says more). `webhook-worker verify` checks the two agree.
+    """
+    if isinstance(user_id, int):
+        return (user_id + _INT4_HALF) % _INT4 - _INT4_HALF
+    digest = hashlib.sha256(user_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big", signed=True)
 
 
-async def lock_user(conn: Connection, user_id: int) -> None:
-    """Take the user's transaction-scoped lock; call inside `conn.transaction()`."""
+async def lock_user(conn: Connection, user_id: UserId) -> None:
+    """Take the user's transaction-scoped lock; call inside `conn.transaction()`.
+
+    The key is computed by the server (`ledger_lock_key`), the function `ledger_credit`
+    locks with, so refunds and credits of one user always share one lock.
+    """
     with translate_errors("locking a user's balance"):
-        await conn.execute(query("ledger_lock_user"), LOCK_NAMESPACE, lock_key(user_id))
+        await conn.execute(query("ledger_lock_user"), LOCK_NAMESPACE, user_id)
 
 
 @dataclass(frozen=True)
 class Purchase:
-    user_id: int
+    user_id: UserId
     credits: int
     event_id: str
     checkout_session_id: str
@@ -88,7 +103,7 @@ class Refund:
 
 @dataclass(frozen=True)
 class RefundResult:
-    user_id: int
+    user_id: UserId
     debited: int  # credits taken back by this event
     shortfall: int  # credits this event could not take back (already spent)
     balance: int
@@ -96,7 +111,7 @@ class RefundResult:
 
 async def _apply(
     conn: Connection,
-    user_id: int,
+    user_id: UserId,
     amount: int,
     kind: str,
     event_id: str,
@@ -208,7 +223,7 @@ async def debit_refund(conn: Connection, refund: Refund) -> RefundResult:
         )
     if purchase is None:
         raise PurchaseNotFound()
-    user_id = int(purchase["user_id"])
+    user_id = user_key(purchase["user_id"])
     debited = shortfall = 0
     with translate_errors("debiting a refund"):
         async with conn.transaction():
