@@ -212,7 +212,11 @@ async def _migrate(
 
 
 async def _verify(conn: asyncpg.Connection, settings: Settings, report: Report) -> bool:
-    result = await ops.verify(conn, stale_after_seconds=settings.stale_after_seconds)
+    result = await ops.verify(
+        conn,
+        stale_after_seconds=settings.stale_after_seconds,
+        tenant_column=settings.users_tenant_column,
+    )
     print_verify_report(result)
     if result.ok:
         report.add("verify", "ok", f"{len(result.checks)} checks passed")

@@ -10,6 +10,7 @@ payment depends on them.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,6 +38,24 @@ RESOLVER_MATCHES: dict[KeyFamily, str] = {
     "text": "UUID -> users.id as text (lower or upper case); opaque text id -> users.id "
     "exactly; integer -> nothing",
 }
+
+
+_INT4 = 2**32
+_INT4_HALF = 2**31
+
+
+def lock_key(user_id: UserId) -> int:
+    """The user's int4 ledger lock key, as the server's `ledger_lock_key` computes it.
+
+    Integer keys: the id itself below 2**31, wrapped above (a shared lock only). uuid and
+    text keys (their text; a uuid in canonical lower case): the first 4 bytes of sha256 as a
+    signed int4 — documented, stable across Postgres versions and FIPS-safe, unlike
+    `hashtext` (migration 0008 says more). `webhook-worker verify` checks the two agree.
+    """
+    if isinstance(user_id, int):
+        return (user_id + _INT4_HALF) % _INT4 - _INT4_HALF
+    digest = hashlib.sha256(user_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big", signed=True)
 
 
 def user_key(value: Any) -> UserId:

@@ -14,7 +14,6 @@ more logic, use an explicit transaction and the statements in sql/queries/ledger
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,14 +22,13 @@ import asyncpg
 from webhook_worker import store
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.host import UserId, user_key
+from webhook_worker.host import lock_key as lock_key  # re-exported: the user's int4 lock key
 from webhook_worker.queries import query
 from webhook_worker.store import Connection, translate_errors
 
 # "WWLG" as an int4: the ledger's advisory-lock space. Migrations use the one-bigint form,
 # a different lock space altogether.
 LOCK_NAMESPACE = 0x57574C47
-_INT4 = 2**32
-_INT4_HALF = 2**31
 
 
 # What ledger_credit raises when the balance moved outside the lock (the call rolls back).
@@ -50,20 +48,6 @@ def _balance_moved(user_id: UserId) -> str:
 
 class PurchaseNotFound(TransientError):
     """refund arrived before its purchase: retried until the purchase is processed"""
-
-
-def lock_key(user_id: UserId) -> int:
-    """The user's int4 key, as the server's `ledger_lock_key` computes it.
-
-    Integer keys: the id itself below 2**31, wrapped above (a shared lock only). uuid and
-    text keys (their text; a uuid in canonical lower case): the first 4 bytes of sha256 as a
-    signed int4 — documented, stable across Postgres versions and FIPS-safe, unlike
-    `hashtext` (migration 0008 says more). `webhook-worker verify` checks the two agree.
-    """
-    if isinstance(user_id, int):
-        return (user_id + _INT4_HALF) % _INT4 - _INT4_HALF
-    digest = hashlib.sha256(user_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:4], "big", signed=True)
 
 
 async def lock_user(conn: Connection, user_id: UserId) -> None:
