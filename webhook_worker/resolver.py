@@ -69,8 +69,7 @@ class UserNotFound(PermanentError):
 
 
 class AmbiguousUser(PermanentError):
-    """ambiguous_user: the email matches users of several tenants; set client_reference_id or
-    metadata.user_id to the user's id, or metadata.tenant_id with the email, and replay"""
+    """ambiguous_user: the email matches users of several tenants; set client_reference_id or metadata.user_id to the user's id, or metadata.tenant_id with the email, and replay"""  # noqa: E501
 
 
 _NO_TENANT = (
