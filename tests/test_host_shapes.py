@@ -279,3 +279,30 @@ def test_lock_key_of_uuid_and_text_keys_is_sha256_based() -> None:
     digest = hashlib.sha256(b"user_2abc").digest()
     assert lock_key("user_2abc") == int.from_bytes(digest[:4], "big", signed=True)
     assert -(2**31) <= lock_key("x" * 300) < 2**31
+
+
+async def test_verify_reports_a_tenant_column_that_differs_from_the_install(
+    empty_database_url: str,
+) -> None:
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute("CREATE TABLE users (id BIGSERIAL PRIMARY KEY, org_id TEXT, email TEXT)")
+        await migrations.migrate_up(conn)
+        assert (await ops.verify(conn, stale_after_seconds=3600)).ok
+        report = await ops.verify(conn, stale_after_seconds=3600, tenant_column="org_id")
+        problems = {check.name: check.detail for check in report.problems}
+        assert "emails are scoped by users.org_id now" in problems["host shape recorded"]
+        assert "installed with no tenant column" in problems["host shape recorded"]
+    finally:
+        await conn.close()
+
+
+async def test_a_host_uuid_column_of_another_type_is_refused(empty_database_url: str) -> None:
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute("CREATE TABLE users (id BIGSERIAL PRIMARY KEY, uuid TEXT, email TEXT)")
+        with pytest.raises(MigrationError) as info:
+            await migrations.migrate_up(conn)
+        assert "users.uuid is text" in info.value.message
+    finally:
+        await conn.close()

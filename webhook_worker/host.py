@@ -138,6 +138,12 @@ class HostShape:
                 f"users.id is {id_column.type}: supported key types are bigint, integer, "
                 "smallint, uuid, text and varchar"
             )
+        uuid_column = self.column("uuid")
+        if uuid_column is not None and uuid_column.base_type != "uuid":
+            found.append(
+                f"users.uuid is {uuid_column.type}: the service keeps each user's UUID in a "
+                "uuid column of that name; rename the host's column or change its type to uuid"
+            )
         if self.tenant_override and self.column(self.tenant_override) is None:
             found.append(
                 f"USERS_TENANT_COLUMN={self.tenant_override}: users has no such column; name "

@@ -485,10 +485,23 @@ async def _verify_host(
             f"users.id is {shape.key_type} but the ledger was built for {recorded['key_type']}; "
             "the ledger's user_id and lock key no longer fit: restore the key type",
         )
+    elif recorded.get("tenant_column") != shape.tenant_column:
+        report.add(
+            "host shape recorded",
+            False,
+            f"emails are scoped by {_tenant_text(shape.tenant_column)} now, but the service "
+            f"was installed with {_tenant_text(recorded.get('tenant_column'))}; set "
+            "USERS_TENANT_COLUMN to match, or re-install the lookups (`webhook-worker migrate "
+            "down --to 7`, then `migrate up`)",
+        )
     else:
         report.add("host shape recorded", True, f"ledger user_id {recorded['ledger_key_type']}")
     await _verify_lock_key(conn, report, family, recorded)
     return recorded
+
+
+def _tenant_text(column: str | None) -> str:
+    return f"users.{column}" if column else "no tenant column"
 
 
 async def _verify_lock_key(
