@@ -34,7 +34,7 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
-from webhook_worker import migrations, ops, queue, scope
+from webhook_worker import host, migrations, ops, queue, scope
 from webhook_worker.config import Settings, redact_url
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.log import configure_logging
@@ -179,14 +179,33 @@ def _confirm(plan: list[migrations.Migration], args: argparse.Namespace) -> bool
     return answer.strip().lower() in {"y", "yes"}
 
 
-async def _migrate(conn: asyncpg.Connection, args: argparse.Namespace, report: Report) -> bool:
+async def _host(
+    conn: asyncpg.Connection, settings: Settings, args: argparse.Namespace, report: Report
+) -> bool:
+    """Print the host `users` shape and the choices made; refuse an unsupported one."""
+    shape = await host.inspect_host(conn, settings.users_tenant_column)
+    recorded = await host.recorded_shape(conn)
+    console = _console()
+    for line in shape.describe(recorded):
+        console.print(f"host: {line}", markup=False)
+    problems = shape.problems()
+    if problems and not args.rollback:
+        report.add("host users", "FAIL", "; ".join(problems))
+        return False
+    report.add("host users", "ok", f"users.id {shape.key_type}")
+    return True
+
+
+async def _migrate(
+    conn: asyncpg.Connection, settings: Settings, args: argparse.Namespace, report: Report
+) -> bool:
     try:
         if args.rollback:
             done = await migrations.migrate_down(conn, to=args.to)
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in done)
             report.add("rollback", "ok", f"rolled back {names}" if done else "nothing to roll back")
             return True
-        done = await migrations.migrate_up(conn)
+        done = await migrations.migrate_up(conn, tenant_column=settings.users_tenant_column)
     except (MigrationError, asyncpg.PostgresError) as exc:
         report.add("rollback" if args.rollback else "migrate", "FAIL", str(exc))
         return False
@@ -196,7 +215,11 @@ async def _migrate(conn: asyncpg.Connection, args: argparse.Namespace, report: R
 
 
 async def _verify(conn: asyncpg.Connection, settings: Settings, report: Report) -> bool:
-    result = await ops.verify(conn, stale_after_seconds=settings.stale_after_seconds)
+    result = await ops.verify(
+        conn,
+        stale_after_seconds=settings.stale_after_seconds,
+        tenant_column=settings.users_tenant_column,
+    )
     print_verify_report(result)
     if result.ok:
         report.add("verify", "ok", f"{len(result.checks)} checks passed")
@@ -247,6 +270,8 @@ async def deploy(args: argparse.Namespace, settings: Settings, report: Report) -
             report.add("plan", "FAIL", str(exc))
             return
         _print_plan(plan, args)
+        if not await _host(conn, settings, args, report):
+            return
         if args.dry_run:
             report.add("dry run", "ok", f"{len(plan)} migration(s) planned; nothing changed")
             return
@@ -255,7 +280,7 @@ async def deploy(args: argparse.Namespace, settings: Settings, report: Report) -
             return
         if args.skip_migration and not args.rollback:
             report.add("migrate", "skipped", "--skip-migration")
-        elif not await _migrate(conn, args, report):
+        elif not await _migrate(conn, settings, args, report):
             return
         if args.rollback:
             report.add(

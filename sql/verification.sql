@@ -43,6 +43,12 @@ SELECT expected.name,
 FROM (VALUES ('ledger_lock_key'), ('ledger_credit'), ('ledger_credit_many')) AS expected (name)
 ORDER BY present, expected.name;
 
+\echo '== host users shape the ledger was built on (key_type must match users.id below) =='
+SELECT key_type, ledger_key_type, lock_key_function, tenant_column, recorded_by, recorded_at
+FROM users_host_shape;
+SELECT format_type(atttypid, atttypmod) AS users_id_type_now
+FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'id';
+
 \echo '== applied migrations =='
 SELECT version, name, applied_at FROM schema_migrations ORDER BY version;
 

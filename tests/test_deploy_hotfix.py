@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import base_env, wait_for
+from tests.host_shapes import SHAPES, Shape, insert_user, snapshot
 from tests.ops_support import receiver_healthy, running_receiver
 from webhook_worker import migrations, ops
 from webhook_worker.embedded import free_port
@@ -228,3 +229,64 @@ async def test_smoke_test_fails_when_nothing_listens(
     run = await deploy(_env(database_url, clean_redis_url), "--yes", "--smoke-url", url)
     assert run.code == 1
     assert "cannot POST" in run.out
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+async def test_each_host_shape_dry_run_changes_nothing_and_a_real_run_is_idempotent(
+    shape: Shape, empty_database_url: str, clean_redis_url: str
+) -> None:
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute(shape.ddl)
+        seed = [await insert_user(conn, shape, "seed@example.com")]
+        before = await snapshot(conn, seed)
+    finally:
+        await conn.close()
+    env = _env(empty_database_url, clean_redis_url)
+    if shape.tenant_env:
+        env["USERS_TENANT_COLUMN"] = shape.tenant_env
+
+    dry = await deploy(env, "--dry-run")
+    assert dry.code == 0, dry.out
+    assert f"host: key: users.id {shape.key_type}; ledger user_id" in dry.out
+    assert "host: lock key: ledger_lock_key = " in dry.out
+    if shape.tenant:
+        assert f"unique per tenant, users.{shape.tenant}" in dry.out
+    for column in shape.required:
+        assert f"users.{column}" in dry.out  # "required columns without a default: …"
+    assert await _tables(empty_database_url) == {"users"}
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        assert await snapshot(conn, seed) == before
+    finally:
+        await conn.close()
+
+    first = await deploy(env, "--yes")
+    assert f"applied {', '.join(ALL)}" in first.out, first.out
+    applied = await _migration_rows(empty_database_url)
+    second = await deploy(env, "--yes")
+    assert "nothing to apply; up to date" in second.out
+    assert await _migration_rows(empty_database_url) == applied
+    for run in (first, second):
+        if shape.required:  # verify names what blocks creating users by email
+            assert run.code != 0 and "users by email" in run.out, run.out
+        else:
+            assert run.code == 0 and "deploy PASSED" in run.out, run.out
+
+
+async def test_dry_run_on_a_composite_key_prints_the_refusal_and_changes_nothing(
+    empty_database_url: str, clean_redis_url: str
+) -> None:
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute(
+            "CREATE TABLE users (tenant_id INT, id BIGINT, email TEXT, PRIMARY KEY (tenant_id, id))"
+        )
+    finally:
+        await conn.close()
+    env = _env(empty_database_url, clean_redis_url)
+    for args in (("--dry-run",), ("--yes",)):
+        run = await deploy(env, *args)
+        assert run.code != 0
+        assert "composite primary key (tenant_id, id)" in run.out
+        assert await _tables(empty_database_url) == {"users"}

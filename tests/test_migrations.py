@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from webhook_worker import migrations, queries
+from webhook_worker import migrations, ops, queries
 from webhook_worker.errors import MigrationError
 
 ALL_VERSIONS = [m.version for m in migrations.load_migrations()]
@@ -218,3 +219,59 @@ def test_cli_migrate_status_lists_versions(database_url: str) -> None:
     for migration in migrations.load_migrations():
         assert f"{migration.version:04d}" in out.stdout
     assert "pending" not in out.stdout
+
+
+RELEASED = Path(__file__).resolve().parent / "data" / "released_migrations"
+
+
+def test_released_texts_of_edited_files_are_the_accepted_earlier_checksums() -> None:
+    released = sorted(RELEASED.glob("*.sql"))
+    assert [p.name[:4] for p in released] == ["0001", "0003", "0004"]
+    for path in released:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert digest in migrations.EARLIER_CHECKSUMS[int(path.name[:4])]
+
+
+async def test_an_install_made_with_the_released_files_migrates_up_cleanly(
+    empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deployments applied 0001-0006 as released; the edited files must not refuse them."""
+    released = tmp_path / "sql"
+    shutil.copytree(queries.sql_dir(), released)
+    for path in (released / "migrations").glob("*.sql"):
+        if int(path.name[:4]) > 6:
+            path.unlink()
+    for path in RELEASED.glob("*.sql"):
+        shutil.copy(path, released / "migrations" / path.name)
+    current = migrations.sql_dir
+    monkeypatch.setattr(migrations, "sql_dir", lambda: released)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute("CREATE TABLE users (id serial PRIMARY KEY, email text)")
+        await migrations.migrate_up(conn)
+        user = await conn.fetchval(
+            "INSERT INTO users (email) VALUES ('old@example.com') RETURNING id"
+        )
+        await conn.execute("INSERT INTO stripe_events (event_id, type) VALUES ('evt_old', 't')")
+        await conn.fetchrow(
+            "SELECT * FROM ledger_credit($1, 3, 'PURCHASE', 'evt_old', 'cs_old', NULL, 'old')", user
+        )
+
+        monkeypatch.setattr(migrations, "sql_dir", current)
+        applied = await migrations.migrate_up(conn)
+        assert [m.version for m in applied] == [v for v in ALL_VERSIONS if v > 6]
+        report = await ops.verify(conn, stale_after_seconds=3600)
+        assert report.ok, [(c.name, c.detail) for c in report.problems]
+        assert "recorded: key integer, ledger bigint, lock low32, tenant none" in report.host_shape
+        await conn.execute("INSERT INTO stripe_events (event_id, type) VALUES ('evt_new', 't')")
+        row = await conn.fetchrow(
+            "SELECT * FROM ledger_credit($1, 4, 'PURCHASE', 'evt_new', 'cs_new', NULL, 'new')", user
+        )
+        assert (row["applied"], row["balance"]) == (True, 7)
+
+        # Down from an install of the released 0001 keeps the columns it added (nothing was
+        # recorded), as it always did; the app's rows stay.
+        await migrations.migrate_down(conn, to=0)
+        assert await conn.fetchval("SELECT credits_balance FROM users WHERE id = $1", user) == 7
+    finally:
+        await conn.close()

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.worker_support import new_user
+from webhook_worker import resolver
 from webhook_worker.errors import PermanentError
 from webhook_worker.resolver import (
     Candidate,
@@ -104,7 +105,7 @@ def test_classify_calls_placeholders_placeholders(raw: object) -> None:
 @given(st.text())
 def test_classify_never_raises_on_any_string(raw: str) -> None:
     result = classify(raw)
-    assert result.kind in {"email", "uuid", "integer", "placeholder"}
+    assert result.kind in {"email", "uuid", "integer", "opaque", "placeholder"}
     if result.kind == "integer":
         assert 0 < int(result.value) < 2**63
     if result.kind == "email":
@@ -258,3 +259,30 @@ async def test_no_user_and_no_email_raises_user_not_found(db: asyncpg.Connection
     with pytest.raises(UserNotFound, match=r"^user_not_found"):
         await resolve_user(db, session(client_reference_id="null", customer="cus_unknown"))
     assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["user_2abcDEF123", "cjld2cjxh0000qzrmn831i7rn", "usr-01HZX3", "acct:42x"],
+)
+def test_opaque_ids_are_classified_for_text_keys(raw: str) -> None:
+    assert classify(raw) == Candidate("opaque", raw)
+
+
+@pytest.mark.parametrize("raw", ["undefined", "customer", "user_", "a1", "NaN"])
+def test_words_and_short_values_are_not_opaque_ids(raw: str) -> None:
+    assert classify(raw).kind == "placeholder"
+
+
+def test_metadata_tenant_id_scopes_the_email_candidates_only() -> None:
+    session = {
+        "client_reference_id": "42",
+        "customer_email": "a@example.com",
+        "metadata": {"tenant_id": 7, "email": "b@example.com"},
+    }
+    found = dict(candidates(session))
+    assert found["client_reference_id"] == Candidate("integer", "42")
+    assert found["metadata.email"] == Candidate("email", "b@example.com", "7")
+    assert found["customer_email"] == Candidate("email", "a@example.com", "7")
+    assert resolver.tenant_of({"metadata": {"tenant_id": "{TENANT}"}}) is None
+    assert resolver.tenant_of({"metadata": {"tenant_id": "null"}}) is None

@@ -46,7 +46,9 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{row.version:04d}  {row.name:<28} {state}")
             return EXIT_OK
         if args.action == "up":
-            applied = await migrations.migrate_up(conn, to=args.to)
+            applied = await migrations.migrate_up(
+                conn, to=args.to, tenant_column=settings.users_tenant_column
+            )
             for m in applied:
                 print(f"applied {m.version:04d}_{m.name}")
             if not applied:

@@ -59,6 +59,19 @@ def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int
     return value
 
 
+_COLUMN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _column_name(env: Mapping[str, str], name: str) -> str | None:
+    """A plain lower-case column name (it reaches SQL only quoted, but a typo should fail here)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not _COLUMN.fullmatch(raw):
+        raise ConfigError(f"{name}={raw!r} is not a plain column name; use e.g. {name}=tenant_id")
+    return raw
+
+
 def _required_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
     value = _int(env, name, default, minimum=minimum)
     assert value is not None
@@ -297,6 +310,7 @@ class Settings:
     db_pool_min: int = 2
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
+    users_tenant_column: str | None = None
 
     def __repr__(self) -> str:  # never print secrets or DSN passwords
         return (
@@ -389,6 +403,7 @@ class Settings:
             db_pool_min=_required_int(env, "DB_POOL_MIN", 2, minimum=0),
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
             db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
+            users_tenant_column=_column_name(env, "USERS_TENANT_COLUMN"),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

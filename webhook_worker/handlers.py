@@ -38,6 +38,7 @@ import orjson
 from webhook_worker import ledger, resolver, scope, store
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
+from webhook_worker.host import UserId
 
 Status = Literal["completed", "ignored"]
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
@@ -107,7 +108,7 @@ class HandlerContext:
     pool: store.Pool
     claim: Callable[[str], Awaitable[dict[str, Any] | None]]
     credit: Callable[[ledger.Purchase], Awaitable[ledger.CreditResult]]
-    lookup: Callable[[resolver.Candidate], Awaitable[int | None]]
+    lookup: Callable[[resolver.Candidate], Awaitable[UserId | None]]
 
 
 Handler = Callable[[HandlerContext, StoredEvent], Awaitable[Outcome]]

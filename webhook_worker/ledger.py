@@ -21,14 +21,14 @@ import asyncpg
 
 from webhook_worker import store
 from webhook_worker.errors import PermanentError, TransientError
+from webhook_worker.host import UserId, user_key
+from webhook_worker.host import lock_key as lock_key  # re-exported: the user's int4 lock key
 from webhook_worker.queries import query
 from webhook_worker.store import Connection, translate_errors
 
 # "WWLG" as an int4: the ledger's advisory-lock space. Migrations use the one-bigint form,
 # a different lock space altogether.
 LOCK_NAMESPACE = 0x57574C47
-_INT4 = 2**32
-_INT4_HALF = 2**31
 
 
 # What ledger_credit raises when the balance moved outside the lock (the call rolls back).
@@ -42,7 +42,7 @@ NO_USER_SQLSTATE = "WWL02"
 BATCH_LOCK_TIMEOUT_MS = 500
 
 
-def _balance_moved(user_id: int) -> str:
+def _balance_moved(user_id: UserId) -> str:
     return f"balance of user {user_id} moved outside the ledger lock; rolled back"
 
 
@@ -50,20 +50,19 @@ class PurchaseNotFound(TransientError):
     """refund arrived before its purchase: retried until the purchase is processed"""
 
 
-def lock_key(user_id: int) -> int:
-    """The user's int4 key: the id itself below 2**31, wrapped above (a shared lock only)."""
-    return (user_id + _INT4_HALF) % _INT4 - _INT4_HALF
+async def lock_user(conn: Connection, user_id: UserId) -> None:
+    """Take the user's transaction-scoped lock; call inside `conn.transaction()`.
 
-
-async def lock_user(conn: Connection, user_id: int) -> None:
-    """Take the user's transaction-scoped lock; call inside `conn.transaction()`."""
+    The key is computed by the server (`ledger_lock_key`), the function `ledger_credit`
+    locks with, so refunds and credits of one user always share one lock.
+    """
     with translate_errors("locking a user's balance"):
-        await conn.execute(query("ledger_lock_user"), LOCK_NAMESPACE, lock_key(user_id))
+        await conn.execute(query("ledger_lock_user"), LOCK_NAMESPACE, user_id)
 
 
 @dataclass(frozen=True)
 class Purchase:
-    user_id: int
+    user_id: UserId
     credits: int
     event_id: str
     checkout_session_id: str
@@ -88,7 +87,7 @@ class Refund:
 
 @dataclass(frozen=True)
 class RefundResult:
-    user_id: int
+    user_id: UserId
     debited: int  # credits taken back by this event
     shortfall: int  # credits this event could not take back (already spent)
     balance: int
@@ -96,7 +95,7 @@ class RefundResult:
 
 async def _apply(
     conn: Connection,
-    user_id: int,
+    user_id: UserId,
     amount: int,
     kind: str,
     event_id: str,
@@ -208,7 +207,7 @@ async def debit_refund(conn: Connection, refund: Refund) -> RefundResult:
         )
     if purchase is None:
         raise PurchaseNotFound()
-    user_id = int(purchase["user_id"])
+    user_id = user_key(purchase["user_id"])
     debited = shortfall = 0
     with translate_errors("debiting a refund"):
         async with conn.transaction():

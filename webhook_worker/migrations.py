@@ -14,11 +14,24 @@ from pathlib import Path
 
 import asyncpg
 
+from webhook_worker import host
 from webhook_worker.errors import MigrationError
 from webhook_worker.queries import query, sql_dir
 
 # Fixed advisory-lock key for migrations ("wwmigrat" as bytes); the ledger uses another space.
 MIGRATION_LOCK_KEY = 0x77776D6967726174
+# Files edited after release, with the checksums of their earlier text, which deployments
+# applied and which stay accepted (issue 13, host key types). On every host where the earlier
+# text applied (an integer users.id) the edited text builds the same ledger: 0003 and 0004
+# still create BIGINT user_id there and only take uuid/text on hosts where the earlier text
+# failed; 0001 additionally records what it adds to a host's users (its down then removes
+# exactly that) and skips the global email index on multi-tenant hosts. Installs made with
+# the earlier 0001 have no such record: its down keeps their columns, as it always did.
+EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
+    1: frozenset({"073791c9a4158ca79a8a24aaf2d38368a3e41ab3b5bac90ae697667dbd6b2fd6"}),
+    3: frozenset({"4c6cf8162a21d69b9c93b979d75f7f18988f5f896656754362928356c34e6376"}),
+    4: frozenset({"dbfa172e71d15d05504f95520f8bb530fc6751c3961461ac2695da3c4118e3e2"}),
+}
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _UP = re.compile(r"^--\s*migrate:up\s*$", re.MULTILINE)
 _DOWN = re.compile(r"^--\s*migrate:down\s*$", re.MULTILINE)
@@ -86,7 +99,8 @@ def _check_checksums(migrations: list[Migration], applied: dict[int, asyncpg.Rec
                 f"migration {version:04d}_{row['name']} is applied but its file is missing; "
                 "restore the file before migrating"
             )
-        if migration.checksum != row["checksum"]:
+        accepted = {migration.checksum} | EARLIER_CHECKSUMS.get(version, frozenset())
+        if row["checksum"] not in accepted:
             raise MigrationError(
                 f"{migration.path.name} changed after it was applied (checksum mismatch); "
                 "applied migrations are immutable: revert the edit and add a new migration"
@@ -116,15 +130,39 @@ async def pending_migrations(conn: asyncpg.Connection) -> list[Migration]:
     return [m for m in migrations if m.version not in applied]
 
 
-async def migrate_up(conn: asyncpg.Connection, to: int | None = None) -> list[Migration]:
-    """Apply pending migrations up to `to` (all by default); return what was applied."""
+async def check_host(conn: asyncpg.Connection, tenant_column: str | None) -> host.HostShape:
+    """Refuse a host `users` the service cannot support, before anything is changed; else
+    hand the tenant column to this session's migrations (the recorded one once there is)."""
+    shape = await host.inspect_host(conn, tenant_column)
+    problems = shape.problems()
+    if problems:
+        raise MigrationError("nothing was changed: " + "; ".join(problems))
+    recorded = await host.recorded_shape(conn)
+    tenant = recorded["tenant_column"] if recorded else shape.tenant_column
+    await conn.execute(query("host_set_tenant_column"), tenant or "")
+    return shape
+
+
+async def migrate_up(
+    conn: asyncpg.Connection, to: int | None = None, *, tenant_column: str | None = None
+) -> list[Migration]:
+    """Apply pending migrations up to `to` (all by default); return what was applied.
+
+    `tenant_column` is USERS_TENANT_COLUMN; without it a tenant column is detected from a
+    unique constraint on (tenant, email).
+    """
     done: list[Migration] = []
     await conn.execute(query("migration_lock"), MIGRATION_LOCK_KEY)
     try:
-        await _ensure_table(conn)
-        applied = await _applied(conn)
         migrations = load_migrations()
-        _check_checksums(migrations, applied)
+        if await conn.fetchval(query("schema_migrations_exists")):
+            applied = await _applied(conn)
+            _check_checksums(migrations, applied)
+        else:
+            applied = {}
+        if any(m.version not in applied for m in migrations):
+            await check_host(conn, tenant_column)
+        await _ensure_table(conn)
         for migration in migrations:
             if migration.version in applied or (to is not None and migration.version > to):
                 continue

@@ -25,7 +25,7 @@ import httpx
 import orjson
 from arq.connections import ArqRedis
 
-from webhook_worker import migrations, queue, sample_events, scope
+from webhook_worker import host, migrations, queue, sample_events, scope
 from webhook_worker.config import Settings
 from webhook_worker.errors import ConfigError, MigrationError, TransientError
 from webhook_worker.log import redact_text
@@ -374,6 +374,7 @@ class Check:
 @dataclass
 class VerifyReport:
     checks: list[Check] = field(default_factory=list)
+    host_shape: list[str] = field(default_factory=list)  # what was found and chosen
 
     @property
     def ok(self) -> bool:
@@ -387,10 +388,16 @@ class VerifyReport:
         self.checks.append(Check(name, ok, detail, warning))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checks": [asdict(check) for check in self.checks]}
+        return {
+            "ok": self.ok,
+            "host_shape": self.host_shape,
+            "checks": [asdict(check) for check in self.checks],
+        }
 
 
-async def _verify_schema(conn: Connection, report: VerifyReport) -> set[str]:
+async def _verify_schema(
+    conn: Connection, report: VerifyReport, shape: host.HostShape, tenant: str | None
+) -> set[str]:
     """Tables, columns, constraints and indexes; returns the tables that are complete."""
     rows = await conn.fetch(query("ops_schema_columns"), list(EXPECTED_COLUMNS))
     present: dict[str, set[str]] = {}
@@ -412,11 +419,20 @@ async def _verify_schema(conn: Connection, report: VerifyReport) -> set[str]:
         found = name in constraints
         report.add(f"constraint {name}", found, meaning if found else f"missing ({meaning})")
     indexes = {row["name"] for row in await conn.fetch(query("ops_schema_indexes"))}
-    for name, meaning in EXPECTED_INDEXES.items():
+    for name, meaning in _expected_indexes(tenant).items():
         found = name in indexes
         report.add(f"index {name}", found, meaning if found else f"missing ({meaning})")
+    if tenant is not None and "users_email_lower_key" in indexes:
+        report.add(
+            "index users_email_lower_key",
+            False,
+            f"a global unique email index on a users table whose emails are unique per "
+            f"users.{tenant}: two tenants sharing an email cannot both exist; drop it (DROP "
+            "INDEX users_email_lower_key; CREATE INDEX users_email_lower_idx ON users "
+            "(lower(email)))",
+        )
     if "users" in complete:
-        await _verify_users_insertable(conn, report)
+        _verify_users_insertable(shape, report)
     functions = {row["name"] for row in await conn.fetch(query("ops_schema_functions"))}
     for name, meaning in EXPECTED_FUNCTIONS.items():
         found = name in functions
@@ -424,11 +440,21 @@ async def _verify_schema(conn: Connection, report: VerifyReport) -> set[str]:
     return complete
 
 
-async def _verify_users_insertable(conn: Connection, report: VerifyReport) -> None:
+def _expected_indexes(tenant: str | None) -> dict[str, str]:
+    """A multi-tenant users gets a plain lower(email) index instead of the unique one."""
+    if tenant is None:
+        return EXPECTED_INDEXES
+    expected = {k: v for k, v in EXPECTED_INDEXES.items() if k != "users_email_lower_key"}
+    expected["users_email_lower_idx"] = f"users.email lookups (unique per users.{tenant})"
+    return expected
+
+
+def _verify_users_insertable(shape: host.HostShape, report: VerifyReport) -> None:
     """A host app's `users` may require columns we never fill: say so before a payment fails."""
-    required = [row["name"] for row in await conn.fetch(query("ops_users_required_columns"))]
+    required = shape.required_columns
     if not required:
-        report.add("users by email", True, "a user can be created from an email alone")
+        how = "with its tenant" if shape.tenant_column else "alone"
+        report.add("users by email", True, f"a user can be created from an email {how}")
         return
     columns = ", ".join(f"users.{name}" for name in required)
     report.add(
@@ -458,6 +484,90 @@ async def _verify_reconcile(conn: Connection, report: VerifyReport, settings: Se
         )
     else:
         report.add("reconcile", True, f"last succeeded {int(age)}s ago")
+
+
+_LOCK_SAMPLES: dict[host.KeyFamily, tuple[host.UserId, ...]] = {
+    "integer": (1, 2**31 - 1, 2**31, 2**40 + 7, 2**63 - 1),
+    "uuid": ("0b7e2f0c-4d1a-4c55-9a3e-6f1d2c3b4a59", "ffffffff-ffff-7fff-bfff-ffffffffffff"),
+    "text": ("user_2abcDEF123", "0b7e2f0c-4d1a-4c55-9a3e-6f1d2c3b4a59", "é-unicode-id"),
+}
+
+
+async def _verify_host(
+    conn: Connection, report: VerifyReport, shape: host.HostShape
+) -> dict[str, Any] | None:
+    """The host shape found, what migrations recorded, and the lock key function."""
+    recorded = await host.recorded_shape(conn)
+    report.host_shape = shape.describe(recorded)
+    problems = shape.problems()
+    report.add(
+        "host users",
+        not problems,
+        "; ".join(problems) if problems else f"users.id {shape.key_type} is supported",
+    )
+    family = shape.key_family
+    if recorded is None or recorded.get("key_type") is None or family is None:
+        report.add("host shape recorded", False, "not recorded: run `webhook-worker migrate`")
+        return recorded
+    if recorded["key_type"] != shape.key_type:
+        report.add(
+            "host shape recorded",
+            False,
+            f"users.id is {shape.key_type} but the ledger was built for {recorded['key_type']}; "
+            "the ledger's user_id and lock key no longer fit: restore the key type",
+        )
+    elif recorded.get("tenant_column") != shape.tenant_column:
+        report.add(
+            "host shape recorded",
+            False,
+            f"emails are scoped by {_tenant_text(shape.tenant_column)} now, but the service "
+            f"was installed with {_tenant_text(recorded.get('tenant_column'))}; set "
+            "USERS_TENANT_COLUMN to match, or re-install the lookups (`webhook-worker migrate "
+            "down --to 7`, then `migrate up`)",
+        )
+    else:
+        report.add("host shape recorded", True, f"ledger user_id {recorded['ledger_key_type']}")
+    await _verify_lock_key(conn, report, family, recorded)
+    return recorded
+
+
+def _tenant_text(column: str | None) -> str:
+    return f"users.{column}" if column else "no tenant column"
+
+
+async def _verify_lock_key(
+    conn: Connection, report: VerifyReport, family: host.KeyFamily, recorded: dict[str, Any]
+) -> None:
+    """`ledger_lock_key` in the database must compute what `ledger.lock_key` does: the
+    refund path and the credit path lock the same user with the same key."""
+    expected = "low32" if family == "integer" else "sha256_first4"
+    if recorded.get("lock_key_function") != expected:
+        report.add(
+            "lock key",
+            False,
+            f"recorded {recorded.get('lock_key_function')}, expected {expected} for a "
+            f"{family} key; run `webhook-worker migrate`",
+        )
+        return
+    pairs = [
+        (value, await conn.fetchval(query("host_lock_key_of"), value))
+        for value in _LOCK_SAMPLES[family]
+    ]
+    rows = await conn.fetch(query("host_lock_keys_of_users"), _SAMPLE)
+    pairs += [(host.user_key(row["user_id"]), row["key"]) for row in rows]
+    wrong = [str(value) for value, key in pairs if key != host.lock_key(value)]
+    if wrong:
+        report.add(
+            "lock key",
+            False,
+            f"ledger_lock_key differs from webhook_worker.ledger.lock_key for {len(wrong)} "
+            f"key(s), e.g. {wrong[0]}: re-apply migration 0008 (`webhook-worker migrate down "
+            "--to 7` then `migrate up`)",
+        )
+    else:
+        report.add(
+            "lock key", True, f"{host.LOCK_KEY_FUNCTIONS[expected]}; {len(pairs)} keys agree"
+        )
 
 
 async def _verify_migrations(conn: Connection, report: VerifyReport) -> None:
@@ -523,15 +633,23 @@ def check_scope(report: VerifyReport, settings: Settings) -> None:
 
 
 async def verify(
-    conn: Connection, *, stale_after_seconds: int, settings: Settings | None = None
+    conn: Connection,
+    *,
+    stale_after_seconds: int,
+    tenant_column: str | None = None,
+    settings: Settings | None = None,
 ) -> VerifyReport:
-    """The deployment check: contract schema present, balances match ledgers, none stuck;
-    with `settings`, also the scope it runs with."""
+    """The deployment check: the host's users supported and recorded, the lock key agreeing
+    with Python, contract schema present, balances match ledgers, none stuck; with
+    `settings`, also the scope it runs with and the reconcile cron's health."""
     report = VerifyReport()
     if settings is not None:
         check_scope(report, settings)
     with translate_errors("verifying the database"):
-        complete = await _verify_schema(conn, report)
+        shape = await host.inspect_host(conn, tenant_column)
+        recorded = await _verify_host(conn, report, shape)
+        tenant = recorded.get("tenant_column") if recorded else shape.tenant_column
+        complete = await _verify_schema(conn, report, shape, tenant)
         if settings is not None and settings.stripe_api_key and "reconcile_runs" in complete:
             await _verify_reconcile(conn, report, settings)
         await _verify_migrations(conn, report)

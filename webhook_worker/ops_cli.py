@@ -377,6 +377,8 @@ def _add_stats(sub: Subparsers) -> None:
 def print_verify_report(report: ops.VerifyReport) -> None:
     """A checklist, then the problems again as a list (also used by deploy_hotfix.py)."""
     console = _console()
+    for line in report.host_shape:
+        console.print(f"host: {line}", markup=False)
     for check in report.checks:
         mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
         if check.ok and check.warning:
@@ -393,7 +395,10 @@ def print_verify_report(report: ops.VerifyReport) -> None:
 async def _verify(args: argparse.Namespace, settings: Settings) -> int:
     async with _connection(settings) as conn:
         report = await ops.verify(
-            conn, stale_after_seconds=settings.stale_after_seconds, settings=settings
+            conn,
+            stale_after_seconds=settings.stale_after_seconds,
+            tenant_column=settings.users_tenant_column,
+            settings=settings,
         )
     if args.json:
         _print_json(report.as_dict())

@@ -4,7 +4,7 @@ Under load a worker runs up to `WORKER_MAX_JOBS` jobs at once. Claiming their ev
 looking up their users and crediting their purchases one statement per job costs a round
 trip (and a commit) each, and on a hot user every credit waits for the previous one's
 commit under the user's lock. Here the claims of one event-loop iteration become one
-`claim_events` statement, the users' first lookups one `users_lookup_many`, and the credits
+`claim_events` statement, the users' first lookups one `users_match`, and the credits
 one `ledger_credit_many` call: one commit for the batch, the hot user's lock taken once.
 
 Nothing about the semantics changes: each purchase is still its own ledger row, applied at
@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from webhook_worker import ledger, metrics, resolver, store
 from webhook_worker.coalesce import Coalescer
 from webhook_worker.errors import PermanentError, TransientError
+from webhook_worker.host import UserId
 
 Row = dict[str, Any] | None
 Item = TypeVar("Item")
@@ -136,7 +137,7 @@ class WorkerBatches:
         self.claim: _Coalesced[str, Row] = _Coalesced(
             pool, "claim", "claiming events", claim_one, _claim_many, **sizes
         )
-        self.lookup: _Coalesced[resolver.Candidate, int | None] = _Coalesced(
+        self.lookup: _Coalesced[resolver.Candidate, UserId | None] = _Coalesced(
             pool, "lookup", "looking up users", resolver.lookup_user, resolver.lookup_users, **sizes
         )
         self.credit: _Coalesced[ledger.Purchase, ledger.CreditResult] = _Coalesced(

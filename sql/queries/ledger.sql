@@ -11,12 +11,16 @@ SELECT applied, balance FROM ledger_credit($1, $2, $3, $4, $5, $6, $7);
 -- name: ledger_credit_many
 -- Many purchases, one call, one commit (function ledger_credit_many, migration 0006), each
 -- with ledger_credit's semantics. One row per purchase: (credited_event_id, applied, balance).
+-- $1 is left untyped: it takes the key type of the one ledger_credit_many the database has
+-- (bigint[], uuid[] or text[], migration 0008).
 SELECT credited_event_id, applied, balance
-FROM ledger_credit_many($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+FROM ledger_credit_many($1, $2::bigint[], $3::text[], $4::text[], $5::text[],
                         $6::text[], $7::text[], $8::int);
 
 -- name: ledger_lock_user
-SELECT pg_advisory_xact_lock($1::int, $2::int);
+-- The key computed by the server (ledger_lock_key of the host's key type, 0005/0008), the
+-- same function ledger_credit locks with.
+SELECT pg_advisory_xact_lock($1::int, ledger_lock_key($2));
 
 -- name: ledger_apply
 -- One round trip under the lock: the ledger row and the balance move together.

@@ -103,17 +103,6 @@ FROM pg_proc p
 JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = current_schema();
 
--- name: ops_users_required_columns
--- Columns of `users` that an INSERT of only an email would leave NULL and that refuse NULL:
--- with any of them the worker cannot create a user for a payment whose email matches nobody.
-SELECT column_name::text AS name
-FROM information_schema.columns
-WHERE table_schema = current_schema() AND table_name = 'users'
-  AND is_nullable = 'NO' AND column_default IS NULL
-  AND is_identity = 'NO' AND is_generated = 'NEVER'
-  AND column_name <> 'email'
-ORDER BY ordinal_position;
-
 -- name: ops_balance_mismatches
 SELECT u.id AS user_id, u.credits_balance, coalesce(l.total, 0)::bigint AS ledger_sum
 FROM users u
