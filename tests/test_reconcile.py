@@ -451,3 +451,26 @@ async def test_a_burst_worker_runs_no_reconcile_loop(fake: FakeStripe, settings:
     fake.add(purchase(1, 1, _ago(HOUR)))
     await drain(settings)
     assert fake.calls == []
+
+
+async def test_recovered_events_pass_the_same_scope_rules_as_deliveries(
+    db: asyncpg.Connection, fake: FakeStripe, settings: Settings
+) -> None:
+    user = await new_user(db, "scope@example.com")
+    live = purchase(user, 10, _ago(HOUR))
+    live["livemode"] = True  # a test deployment (STRIPE_MODE=test): live money is not ours
+    connected = purchase(user, 10, _ago(HOUR) + 1)
+    connected["account"] = "acct_1NotListed"
+    fake.add(live)
+    fake.add(connected)
+    result = await reconcile_once(settings)
+    assert result.recovered == 2
+    await drain(settings)
+    reasons = await db.fetch(
+        "SELECT event_id, processing_status, status_reason FROM stripe_events ORDER BY event_id"
+    )
+    assert {(r["event_id"], r["processing_status"], r["status_reason"]) for r in reasons} == {
+        (live["id"], "ignored", "livemode_mismatch"),
+        (connected["id"], "ignored", "connect_account_not_allowed"),
+    }
+    assert await balance(db, user) == 0
