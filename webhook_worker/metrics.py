@@ -79,3 +79,11 @@ def render_latest() -> bytes:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(DEFAULT_REGISTRY)
+
+
+# public listener bounds (listener.py, receiver.BodyBudget)
+LISTENER_REFUSED = Counter(
+    "webhook_listener_refused_total",
+    "Connections answered 431/408 and closed, or bodies refused 503, by a listener bound",
+    ["reason"],
+)

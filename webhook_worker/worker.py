@@ -24,7 +24,7 @@ import structlog
 from arq import Retry, Worker, cron, func
 from arq.cron import CronJob
 
-from webhook_worker import handlers, metrics, queue, runtime, store
+from webhook_worker import handlers, internal, metrics, queue, runtime, store
 from webhook_worker.arq_worker import ArqWorker
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError, TransientError
@@ -37,7 +37,6 @@ log = get_logger("webhook_worker.worker")
 SWEEP_BATCH = 1000
 MAX_RETRY_DELAY_SECONDS = 600
 _ERROR_MESSAGE_LIMIT = 1000
-_metrics_started: set[int] = set()
 
 
 # --- the job -------------------------------------------------------------------------------
@@ -235,20 +234,6 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
 # --- the worker ----------------------------------------------------------------------------
 
 
-def _start_metrics(port: int) -> None:
-    from prometheus_client import start_http_server
-
-    if port in _metrics_started:
-        return
-    try:
-        start_http_server(port)
-    except OSError as exc:
-        log.warning("metrics_port_unavailable", port=port, error=str(exc))
-        return
-    _metrics_started.add(port)
-    log.info("metrics_serving", port=port)
-
-
 async def _on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     ctx["pool"] = await store.create_pool(settings)
@@ -259,8 +244,10 @@ async def _on_startup(ctx: dict[str, Any]) -> None:
     ctx["handler_context"] = handlers.HandlerContext(
         settings, ctx["pool"], batches.claim, batches.credit, batches.lookup
     )
-    if settings.metrics_port:
-        _start_metrics(settings.metrics_port)
+    pool = ctx["pool"]
+    ctx["internal_listener"] = await internal.start(
+        settings, lambda: internal.readiness(pool, ctx["redis"]), "worker"
+    )
     frozen = runtime.freeze_startup_heap() if ctx.get("freeze_heap") else 0
     log.info(
         "worker_started",
@@ -272,6 +259,7 @@ async def _on_startup(ctx: dict[str, Any]) -> None:
 
 
 async def _on_shutdown(ctx: dict[str, Any]) -> None:
+    await internal.stop(ctx.pop("internal_listener", None))
     ctx.pop("handler_context", None)
     batches: WorkerBatches | None = ctx.pop("batches", None)
     if batches is not None:
