@@ -12,7 +12,7 @@ from tests.ops_support import credit, event_row, insert_event, insert_user, queu
 from webhook_worker import receiver
 from webhook_worker.config import Settings
 
-TOKEN = "ops-token-0123456789abcdef"
+TOKEN = "ops-token-0123456789abcdef0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
