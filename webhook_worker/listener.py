@@ -5,7 +5,8 @@ uvicorn (httptools) bounds open connections (`limit_concurrency` → 503) and id
 accumulates each header value in memory until it ends) nor the time a client may take to
 send its headers or its body: a fresh connection that sends nothing, or one byte a second,
 stays open for ever. `BoundedHttpToolsProtocol` adds those three bounds at the connection,
-where they cost a counter and one timer per phase — not an ASGI middleware on every request:
+where they cost a counter and a deadline per phase (one lazy timer per connection) — not an
+ASGI middleware on every request:
 
 - header bytes: counted as they arrive, before httptools buffers them; more than
   `MAX_HEADER_BYTES` → 431 and the connection closed;
@@ -79,23 +80,40 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._limits = _current_limits()
         self._in_head = True
         self._head_bytes = 0
-        self._deadline: asyncio.TimerHandle | None = None
+        # One lazy timer per connection: a phase change only moves `_due`; the timer, when it
+        # fires early, sleeps again for the rest. So a keep-alive connection schedules about
+        # one timer per timeout period, not two per request.
+        self._due = 0.0  # loop time the current phase must end by; 0 when none runs
+        self._reason = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     # --- timers -----------------------------------------------------------------------
 
     def _arm(self, seconds: float, reason: str) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = self.loop.call_later(seconds, self._expired, reason)
+        self._due = self.loop.time() + seconds
+        self._reason = reason
+        if self._timer is None or self._timer_at > self._due:
+            self._schedule(self._due)
+
+    def _schedule(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._check)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._due = 0.0  # the pending timer, if any, finds nothing to do
 
-    def _expired(self, reason: str) -> None:
-        self._deadline = None
-        self._refuse(_TIMEOUT, reason)
+    def _check(self) -> None:
+        self._timer = None
+        if not self._due:
+            return
+        if self._due > self.loop.time():
+            self._schedule(self._due)
+            return
+        self._due = 0.0
+        self._refuse(_TIMEOUT, self._reason)
 
     def _refuse(self, answer: bytes, reason: str) -> None:
         """Answer (unless a response is already on the wire) and close the connection."""
@@ -118,6 +136,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
