@@ -48,11 +48,11 @@ class Server:
         return float(psutil.Process(self.proc.pid).memory_info().rss) / MIB
 
 
-@pytest.fixture(scope="module")
-def server(
-    postgres_admin_dsn: str, template_database: str, redis_url: str, tmp_path_factory: Any
+@contextlib.contextmanager
+def _serving(
+    postgres_admin_dsn: str, template: str, redis_url: str, log_dir: Path, **overrides: str
 ) -> Iterator[Server]:
-    dsn = asyncio.run(create_database(postgres_admin_dsn, template_database))
+    dsn = asyncio.run(create_database(postgres_admin_dsn, template))
     port, metrics_port = free_port(), free_port()
     env = {
         **base_env(dsn, redis_url),
@@ -63,8 +63,9 @@ def server(
         "BODY_TIMEOUT_SECONDS": str(TIMEOUT_S),
         "KEEPALIVE_TIMEOUT_SECONDS": str(TIMEOUT_S),
         "METRICS_PORT": str(metrics_port),
+        **overrides,
     }
-    log = tmp_path_factory.mktemp("hostile") / "serve.log"
+    log = log_dir / f"serve-{port}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "webhook_worker.cli", "serve", "--port", str(port)],
@@ -85,6 +86,15 @@ def server(
             proc.kill()
             proc.wait(5)
         asyncio.run(drop_database(postgres_admin_dsn, dsn))
+
+
+@pytest.fixture(scope="module")
+def server(
+    postgres_admin_dsn: str, template_database: str, redis_url: str, tmp_path_factory: Any
+) -> Iterator[Server]:
+    log_dir = tmp_path_factory.mktemp("hostile")
+    with _serving(postgres_admin_dsn, template_database, redis_url, log_dir) as running:
+        yield running
 
 
 def _wait_healthy(server: Server, timeout: float = 30) -> None:
@@ -325,3 +335,26 @@ async def test_metrics_and_readyz_are_on_the_internal_listener_only(server: Serv
         assert ready.json() == {"ready": True, "postgres": "ok", "redis": "ok"}
         assert (await client.post(internal + "/metrics")).status_code == 405
         assert (await client.get(internal + "/webhooks/stripe")).status_code == 404
+
+
+def test_connections_beyond_max_connections_are_answered_503(
+    postgres_admin_dsn: str, template_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    with _serving(
+        postgres_admin_dsn, template_database, redis_url, tmp_path, MAX_CONNECTIONS="16"
+    ) as small:
+        asyncio.run(_beyond_max_connections(small))
+
+
+async def _beyond_max_connections(server: Server) -> None:
+    url = f"http://127.0.0.1:{server.port}/webhooks/stripe"
+    body = encode_event(event_envelope("customer.created", {"id": new_id("cus")}))
+    headers = {"Stripe-Signature": sign(body)}
+    async with _connections(server, 16) as idle:
+        async with httpx.AsyncClient(timeout=10) as client:
+            refused = await client.post(url, content=body, headers=headers)
+        assert refused.status_code == 503
+        await _all_closed(idle)  # the header timeout frees the slots
+    async with httpx.AsyncClient(timeout=10) as client:
+        accepted = await client.post(url, content=body, headers=headers)
+    assert accepted.status_code == 200
