@@ -14,6 +14,7 @@ from tests.worker_support import spawn_worker, stop_worker, worker_env
 from webhook_worker import internal, queue, store
 from webhook_worker.config import Settings
 from webhook_worker.embedded import free_port
+from webhook_worker.errors import ConfigError
 
 
 @pytest.fixture
@@ -112,3 +113,15 @@ async def test_a_worker_process_serves_its_internal_listener_on_loopback(
             assert "worker_events_total" in (await client.get(f"{base}/metrics")).text
     finally:
         stop_worker(proc)
+
+
+async def test_an_address_of_another_host_is_a_configuration_error(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(METRICS_HOST="192.0.2.1", METRICS_PORT=str(free_port()))
+
+    async def never_called() -> tuple[bool, dict[str, str]]:
+        raise AssertionError
+
+    with pytest.raises(ConfigError, match=r"METRICS_HOST=192\.0\.2\.1"):
+        await internal.start(settings, never_called, "test")

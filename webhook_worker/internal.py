@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from webhook_worker import metrics, store
 from webhook_worker.config import Settings
+from webhook_worker.errors import ConfigError
 from webhook_worker.log import get_logger
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
@@ -131,7 +132,10 @@ async def start(settings: Settings, ready: ReadyCheck, role: str) -> asyncio.Ser
                 detail="another process serves /metrics and /readyz on this port",
             )
             return None
-        raise
+        raise ConfigError(
+            f"METRICS_HOST={settings.metrics_host} METRICS_PORT={settings.metrics_port} cannot "
+            f"be bound ({exc.strerror}); use an address of this host, e.g. METRICS_HOST=127.0.0.1"
+        ) from exc
     log.info(
         "internal_listener_serving",
         role=role,

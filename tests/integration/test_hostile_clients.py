@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -86,6 +87,17 @@ def _serving(
             proc.kill()
             proc.wait(5)
         asyncio.run(drop_database(postgres_admin_dsn, dsn))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _enough_descriptors() -> None:
+    """1,000 client sockets need a soft open-files limit above the usual 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if wanted < 1500:
+        pytest.skip(f"the hard open-files limit ({hard}) is too low for 1,000 connections")
 
 
 @pytest.fixture(scope="module")
