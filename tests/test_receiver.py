@@ -543,6 +543,18 @@ async def test_a_body_past_the_in_flight_budget_is_refused_and_its_bytes_given_b
     assert budget.used == 9_000
 
 
+async def test_a_declared_length_past_the_budget_is_refused_before_reading() -> None:
+    budget = BodyBudget(10_000)
+    budget.used = 9_000
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("nothing may be read")
+
+    with pytest.raises(Overloaded):
+        await read_body({"headers": [(b"content-length", b"1001")]}, receive, 4096, budget)
+    assert budget.used == 9_000
+
+
 async def test_an_overloaded_receiver_answers_503_and_closes_the_connection(
     settings: Settings,
 ) -> None:

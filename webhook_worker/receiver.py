@@ -267,10 +267,14 @@ async def read_body(
 ) -> bytes:
     """The raw body, refused as soon as it (or its declared length) passes `limit` bytes, or
     when the process's `budget` of body bytes in flight is spent."""
-    declared = _header(scope, b"content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise BodyTooLarge
     budget = budget or BodyBudget(limit)
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.strip().isdigit():
+        length = int(declared)
+        if length > limit:
+            raise BodyTooLarge
+        if budget.used + length > budget.limit:  # refuse before reading a byte of it
+            raise Overloaded
     chunks: list[bytes] = []
     size = 0
     try:
