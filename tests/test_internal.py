@@ -3,18 +3,23 @@ port however many processes try to bind it."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import base_env, sign, wait_for
 from tests.worker_support import spawn_worker, stop_worker, worker_env
 from webhook_worker import internal, queue, store
 from webhook_worker.config import Settings
 from webhook_worker.embedded import free_port
 from webhook_worker.errors import ConfigError
+from webhook_worker.sample_events import encode_event, event_envelope, new_id
 
 
 @pytest.fixture
@@ -125,3 +130,57 @@ async def test_an_address_of_another_host_is_a_configuration_error(
 
     with pytest.raises(ConfigError, match=r"METRICS_HOST=192\.0\.2\.1"):
         await internal.start(settings, never_called, "test")
+
+
+def _accepted_total(exposition: str) -> float:
+    prefix = 'webhook_requests_total{outcome="accepted",reason=""}'
+    return sum(
+        float(line.split()[-1]) for line in exposition.splitlines() if line.startswith(prefix)
+    )
+
+
+async def test_several_receiver_workers_share_one_listener_that_adds_them_up(
+    database_url: str, clean_redis_url: str, tmp_path: Path
+) -> None:
+    """`serve --workers 2`: one process binds METRICS_PORT, and its /metrics counts the
+    requests both workers answered (PROMETHEUS_MULTIPROC_DIR, set by `serve`)."""
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **base_env(database_url, clean_redis_url),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LOG_FORMAT": "json",
+        "METRICS_PORT": str(metrics_port),
+    }
+    log = tmp_path / "serve.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "webhook_worker.cli", "serve", "--port", str(port),
+             "--workers", "2"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/webhooks/stripe"
+    try:
+        await wait_for(lambda: _both_workers_started(proc, log), timeout=60)
+        for _ in range(20):  # a connection each, so the kernel spreads them over both workers
+            body = encode_event(event_envelope("customer.created", {"id": new_id("cus")}))
+            async with httpx.AsyncClient(timeout=10) as client:
+                response = await client.post(
+                    url, content=body, headers={"Stripe-Signature": sign(body)}
+                )
+            assert response.status_code == 200
+        async with httpx.AsyncClient(timeout=10) as client:
+            metrics = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert _accepted_total(metrics.text) == 20
+        assert "internal_listener_shared" in log.read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _both_workers_started(proc: subprocess.Popen[bytes], log: Path) -> bool:
+    assert proc.poll() is None, log.read_text()[-3000:]
+    return log.read_text().count("receiver_started") >= 2

@@ -99,7 +99,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _prepare_multiprocess_metrics(settings: Settings, workers: int) -> None:
     """Several uvicorn workers share one internal listener: make its /metrics add them up."""
-    if workers > 1 and settings.metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    serves = settings.metrics_port or settings.metrics_on_receiver
+    if workers > 1 and serves and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         import tempfile
 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="webhook-worker-metrics-")
