@@ -356,3 +356,10 @@ async def test_repeated_401s_from_one_address_are_slowed_down(
             assert throttle.delay("127.0.0.1") == 0.2
             assert (await client.get("/ops/events", headers=AUTH)).status_code == 200
             assert throttle.delay("127.0.0.1") == 0
+
+
+async def test_an_oversized_ops_body_is_refused(client: httpx.AsyncClient) -> None:
+    body = b'{"event_ids": ["' + b"e" * (3 * 1024 * 1024) + b'"]}'
+    response = await client.post("/ops/replay", headers=AUTH, content=body)
+    assert response.status_code == 400
+    assert "2 MiB" in response.json()["error"]
