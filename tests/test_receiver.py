@@ -24,6 +24,7 @@ from webhook_worker.config import Settings
 from webhook_worker.embedded import free_port
 from webhook_worker.errors import ConfigError
 from webhook_worker.receiver import (
+    SMALL_BODY,
     WEBHOOK_PATHS,
     AfterCommitHook,
     BodyBudget,
@@ -541,6 +542,17 @@ async def test_a_body_past_the_in_flight_budget_is_refused_and_its_bytes_given_b
         b"a" * 600 + b"b" * 300
     )
     assert budget.used == 9_000
+
+
+async def test_large_bodies_cannot_take_the_room_small_ones_need() -> None:
+    budget = BodyBudget(4 * SMALL_BODY)
+    budget.used = 3 * SMALL_BODY  # large held-open bodies took their 3/4 share
+    large = SMALL_BODY + 1
+    with pytest.raises(Overloaded):
+        await read_body({"headers": []}, _chunks(b"a" * large), 2 * SMALL_BODY, budget)
+    small = b"{" + b" " * 3000 + b"}"  # a Stripe event still fits in the last quarter
+    assert await read_body({"headers": []}, _chunks(small), 2 * SMALL_BODY, budget) == small
+    assert budget.used == 3 * SMALL_BODY
 
 
 async def test_a_declared_length_past_the_budget_is_refused_before_reading() -> None:

@@ -33,6 +33,7 @@ from webhook_worker import metrics
 from webhook_worker.config import Settings
 
 _HEAD_END = b"\r\n\r\n"
+_LINGER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reason = ""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._draining = False
+        self._linger: asyncio.TimerHandle | None = None
 
     # --- timers -----------------------------------------------------------------------
 
@@ -116,17 +119,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(_TIMEOUT, self._reason)
 
     def _refuse(self, answer: bytes, reason: str) -> None:
-        """Answer (unless a response is already on the wire) and close the connection."""
-        if self.transport.is_closing():
+        """Answer (unless a response is already on the wire) and close the connection.
+
+        Closing a socket that still has unread bytes sends a reset, which makes the client
+        drop the answer it had not read yet; so, like nginx's lingering close, the write side
+        is shut after the answer and whatever the client still sends is discarded unparsed
+        for at most `_LINGER_SECONDS` before the close.
+        """
+        if self.transport.is_closing() or self._draining:
             return
         metrics.LISTENER_REFUSED.labels(reason).inc()
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
-            if cycle is not None and not cycle.response_complete:
-                cycle.disconnected = True  # the app's own answer, if any, is dropped
-                cycle.message_event.set()
-            self.transport.write(answer)
-        self.transport.close()
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            self.transport.close()  # mid-response: nothing sensible to add
+            return
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's own answer, if any, is dropped
+            cycle.message_event.set()
+        self.transport.write(answer)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._draining = True
+        self._due = 0.0
+        self._linger = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
     # --- uvicorn protocol hooks -------------------------------------------------------
 
@@ -136,12 +153,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._linger = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._draining:
+            return  # refused: read and dropped until the lingering close
         if self._in_head:
             size = self._head_bytes + len(data)
             if size > self._limits.max_header_bytes and self._head_too_large(data):

@@ -87,14 +87,24 @@ class BodyBudget:
 
     300 clients each sending a body just under MAX_BODY_BYTES and holding it open would
     otherwise hold 300 MiB; past the cap a request is answered 503 (Stripe retries) and its
-    connection closed. Costs two integer updates per body chunk.
+    connection closed. Bodies over `SMALL_BODY` may fill only `large_limit` (3/4 of it), so
+    large held-open bodies can never starve the small ones real Stripe events are. Costs two
+    integer updates and a compare per body chunk.
     """
 
-    __slots__ = ("limit", "used")
+    __slots__ = ("large_limit", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.large_limit = limit * 3 // 4
         self.used = 0
+
+    def exceeded(self, size: int, coming: int = 0) -> bool:
+        """Whether the bytes in flight (plus `coming`) pass the cap for a `size`-byte body."""
+        return self.used + coming > (self.limit if size <= SMALL_BODY else self.large_limit)
+
+
+SMALL_BODY = 64 * 1024
 
 
 # --- group commit --------------------------------------------------------------------------
@@ -273,7 +283,7 @@ async def read_body(
         length = int(declared)
         if length > limit:
             raise BodyTooLarge
-        if budget.used + length > budget.limit:  # refuse before reading a byte of it
+        if budget.exceeded(length, coming=length):  # refuse before reading a byte of it
             raise Overloaded
     chunks: list[bytes] = []
     size = 0
@@ -287,7 +297,7 @@ async def read_body(
             budget.used += len(chunk)
             if size > limit:
                 raise BodyTooLarge
-            if budget.used > budget.limit:
+            if budget.exceeded(size):
                 raise Overloaded
             chunks.append(chunk)
             if not message.get("more_body", False):
