@@ -311,7 +311,7 @@ def measure_ingest(
         logs / "receiver.log",
     )
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/readyz")
+        _wait_ready(f"http://127.0.0.1:{port}/healthz")  # up once the lifespan (pool) started
         time.sleep(1.0)  # let every uvicorn worker finish its lifespan start-up
         procs = _tree(receiver.pid)
         points = []

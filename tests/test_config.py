@@ -129,6 +129,42 @@ def test_bad_numbers_and_choices_name_the_variable(name: str, value: str) -> Non
 def test_short_ops_token_is_refused() -> None:
     with pytest.raises(ConfigError, match="OPS_TOKEN"):
         settings_from(OPS_TOKEN="short")
+    with pytest.raises(ConfigError, match="at least 32"):
+        settings_from(OPS_TOKEN="x" * 31)
+    assert settings_from(OPS_TOKEN="x" * 32).ops_token == "x" * 32
+
+
+def test_listener_bounds_have_safe_defaults() -> None:
+    settings = settings_from()
+    assert settings.max_header_bytes == 16 * 1024
+    assert (settings.header_timeout_seconds, settings.body_timeout_seconds) == (10, 10)
+    assert settings.keepalive_timeout_seconds == 5
+    assert settings.max_connections == 2048
+    assert settings.max_body_bytes_in_flight == 32 * 1024 * 1024
+    assert (settings.metrics_host, settings.metrics_on_receiver) == ("127.0.0.1", False)
+    assert settings.ops_replay_max == 10_000
+
+
+def test_body_bytes_in_flight_below_one_body_is_refused() -> None:
+    with pytest.raises(ConfigError, match="MAX_BODY_BYTES_IN_FLIGHT") as info:
+        settings_from(MAX_BODY_BYTES="2097152", MAX_BODY_BYTES_IN_FLIGHT="1048576")
+    assert "MAX_BODY_BYTES_IN_FLIGHT=67108864" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAX_HEADER_BYTES", "100"),
+        ("HEADER_TIMEOUT_SECONDS", "0"),
+        ("BODY_TIMEOUT_SECONDS", "soon"),
+        ("MAX_CONNECTIONS", "1"),
+        ("OPS_REPLAY_MAX", "0"),
+        ("METRICS_ON_RECEIVER", "maybe"),
+    ],
+)
+def test_bad_listener_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        settings_from(**{name: value})
 
 
 def test_receiver_requires_a_secret_unless_bypassed() -> None:
@@ -150,7 +186,7 @@ def test_missing_urls_say_what_to_set() -> None:
 
 def test_repr_hides_secrets_and_passwords() -> None:
     settings = settings_from(
-        DATABASE_URL="postgresql://u:hunter2@h/db", OPS_TOKEN="token-token-token-token"
+        DATABASE_URL="postgresql://u:hunter2@h/db", OPS_TOKEN="token-token-token-token-token-token"
     )
     text = repr(settings)
     assert "hunter2" not in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
@@ -11,8 +13,9 @@ import pytest
 from tests.ops_support import credit, event_row, insert_event, insert_user, queued_jobs
 from webhook_worker import receiver
 from webhook_worker.config import Settings
+from webhook_worker.ops_api import AuthThrottle
 
-TOKEN = "ops-token-0123456789abcdef"
+TOKEN = "ops-token-0123456789abcdef0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -236,6 +239,11 @@ async def test_bulk_replay_by_ids(client: httpx.AsyncClient, db: asyncpg.Connect
         b'{"status": "bogus"}',
         b'{"status": "failed", "event_ids": ["evt_1"]}',
         b'{"status": "failed", "since": "whenever"}',
+        b'{"status": "failed", "since": "99999999999d"}',
+        b'{"status": "failed", "since": "9999-12-31T23:59:59-14:00"}',
+        b'{"status": "failed", "until": "0000-01-01"}',
+        b'{"status": "failed", "since": "1d", "until": "2d"}',
+        b'{"status": "failed", "until": 5}',
     ],
 )
 async def test_bulk_replay_rejects_bad_bodies_with_400(
@@ -244,3 +252,139 @@ async def test_bulk_replay_rejects_bad_bodies_with_400(
     response = await client.post("/ops/replay", headers=AUTH, content=body)
     assert response.status_code == 400
     assert response.json()["error"]
+
+
+async def test_list_events_with_an_out_of_range_since_is_400(client: httpx.AsyncClient) -> None:
+    for since in ("99999999999d", "9999-12-31T23:59:59-14:00"):
+        response = await client.get("/ops/events", headers=AUTH, params={"since": since})
+        assert response.status_code == 400
+        assert "since" in response.json()["error"]
+
+
+# --- replay brakes ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def capped_client(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in _client(make_settings(OPS_TOKEN=TOKEN, OPS_REPLAY_MAX="3")):
+        yield c
+
+
+async def test_bulk_replay_takes_at_most_ops_replay_max_per_call(
+    capped_client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    ids = [await insert_event(db, status="failed", age_seconds=60 - i) for i in range(5)]
+    first = await capped_client.post("/ops/replay", headers=AUTH, json={"status": "failed"})
+    assert first.status_code == 200
+    assert first.json()["replayed"] == ids[:3]  # oldest first, keyset order
+    assert (first.json()["more"], first.json()["count"], first.json()["limit"]) == (True, 3, 3)
+    second = await capped_client.post("/ops/replay", headers=AUTH, json={"status": "failed"})
+    assert second.json()["replayed"] == ids[3:]
+    assert second.json()["more"] is False
+    assert {(await event_row(db, i))["processing_status"] for i in ids} == {"received"}
+
+
+async def test_bulk_replay_by_ids_refuses_more_than_the_cap(
+    capped_client: httpx.AsyncClient,
+) -> None:
+    body = {"event_ids": [f"evt_{i}" for i in range(4)]}
+    response = await capped_client.post("/ops/replay", headers=AUTH, json=body)
+    assert response.status_code == 400
+    assert "OPS_REPLAY_MAX=3" in response.json()["error"]
+
+
+async def test_bulk_replay_until_bounds_the_selection(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    old = await insert_event(db, status="failed", age_seconds=3 * 86400)
+    await insert_event(db, status="failed")
+    body = {"status": "failed", "until": "1d", "dry_run": True}
+    response = await client.post("/ops/replay", headers=AUTH, json=body)
+    assert [e["event_id"] for e in response.json()["selected"]] == [old]
+
+
+async def test_bulk_dry_run_answers_a_count_and_the_first_rows_only(
+    client: httpx.AsyncClient, db: asyncpg.Connection, clean_redis_url: str
+) -> None:
+    for _ in range(25):
+        await insert_event(db, status="failed")
+    dry = await client.post("/ops/replay", headers=AUTH, json={"status": "failed", "dry_run": True})
+    assert dry.status_code == 200
+    assert dry.json()["count"] == 25
+    assert len(dry.json()["selected"]) == 20
+    assert dry.json()["replayed"] == []
+    assert (
+        await db.fetchval("SELECT count(*) FROM stripe_events WHERE processing_status = 'failed'")
+        == 25
+    )
+    assert await queued_jobs(clean_redis_url) == []
+
+
+async def test_every_replay_logs_who_when_and_which_events(
+    client: httpx.AsyncClient, db: asyncpg.Connection, log_stream: io.StringIO
+) -> None:
+    event_id = await insert_event(db, status="failed")
+    response = await client.post("/ops/replay", headers=AUTH, json={"event_ids": [event_id]})
+    assert response.status_code == 200
+    [line] = [
+        json.loads(raw)
+        for raw in log_stream.getvalue().splitlines()
+        if json.loads(raw).get("event") == "ops_replayed"
+    ]
+    assert line["who"] == {"auth": "OPS_TOKEN", "client": "127.0.0.1"}
+    assert line["event_ids"] == [event_id]
+    assert line["at"] and line["count"] == 1
+    assert TOKEN not in log_stream.getvalue()
+
+
+def test_the_auth_throttle_slows_an_address_after_repeated_failures() -> None:
+    throttle = AuthThrottle(free=5, base=0.25, cap=5.0)
+    for _ in range(5):
+        assert throttle.delay("10.0.0.1") == 0
+        throttle.failed("10.0.0.1")
+    throttle.failed("10.0.0.1")
+    assert throttle.delay("10.0.0.1") == 0.25
+    for _ in range(20):
+        throttle.failed("10.0.0.1")
+    assert throttle.delay("10.0.0.1") == 5.0  # capped
+    assert throttle.delay("10.0.0.2") == 0  # per address
+    throttle.succeeded("10.0.0.1")
+    assert throttle.delay("10.0.0.1") == 0
+
+
+def test_the_auth_throttle_remembers_a_bounded_number_of_addresses() -> None:
+    throttle = AuthThrottle(free=0, max_addresses=3)
+    for i in range(10):
+        throttle.failed(f"10.0.0.{i}")
+    assert throttle.delay("10.0.0.9") > 0
+    assert throttle.delay("10.0.0.0") == 0  # forgotten, oldest first
+
+
+async def test_repeated_401s_from_one_address_are_slowed_down(
+    make_settings: Callable[..., Settings],
+) -> None:
+    throttle = AuthThrottle(free=2, base=0.2)
+    settings = make_settings(OPS_TOKEN=TOKEN)
+    app = receiver.create_app(settings)
+    app.router.routes = [
+        *[r for r in app.router.routes if not getattr(r, "path", "").startswith("/ops")],
+        *receiver.ops_api.ops_routes(settings, throttle),
+    ]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ops.test") as client:
+            bad = {"Authorization": "Bearer wrong"}
+            for _ in range(3):
+                assert (await client.get("/ops/events", headers=bad)).status_code == 401
+            assert throttle.delay("127.0.0.1") == 0.2
+            assert (await client.get("/ops/events", headers=AUTH)).status_code == 200
+            assert throttle.delay("127.0.0.1") == 0
+
+
+async def test_an_oversized_ops_body_is_refused(client: httpx.AsyncClient) -> None:
+    body = b'{"event_ids": ["' + b"e" * (3 * 1024 * 1024) + b'"]}'
+    response = await client.post("/ops/replay", headers=AUTH, content=body)
+    assert response.status_code == 400
+    assert "2 MiB" in response.json()["error"]

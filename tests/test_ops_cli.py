@@ -99,6 +99,38 @@ async def test_events_list_rejects_a_bad_date_with_exit_2(cli: Cli) -> None:
     result = await cli("events", "list", "--since", "last tuesday")
     assert result.code == 2
     assert "--since" in result.err
+    result = await cli("events", "list", "--since", "99999999999d")
+    assert result.code == 2
+    assert "out of range" in result.err
+
+
+async def test_replay_dry_run_counts_and_shows_the_first_rows(
+    cli: Cli, db: asyncpg.Connection
+) -> None:
+    for _ in range(25):
+        await insert_event(db, status="failed")
+    result = await cli("replay", "--status", "failed", "--dry-run", "--json")
+    assert result.code == 0
+    assert (result.json()["count"], len(result.json()["selected"])) == (25, 20)
+    table = await cli("replay", "--status", "failed", "--dry-run")
+    assert "would replay 25 event(s)" in table.out and "first 20 shown" in table.out
+
+
+async def test_replay_stops_at_ops_replay_max_and_says_so(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    db: asyncpg.Connection,
+) -> None:
+    ids = [await insert_event(db, status="failed", age_seconds=60 - i) for i in range(3)]
+    capped = {**env, "OPS_REPLAY_MAX": "2"}
+    result = await run_cli(capsys, monkeypatch, capped, "replay", "--status", "failed")
+    assert result.code == 0
+    assert "OPS_REPLAY_MAX=2" in result.err
+    assert "ops_replayed" in result.err and "cli_user" in result.err  # the audit line
+    assert ids[0] in result.err
+    statuses = [(await event_row(db, i))["processing_status"] for i in ids]
+    assert statuses == ["received", "received", "failed"]
 
 
 async def test_events_show_prints_status_error_and_ledger_rows(
@@ -502,6 +534,29 @@ async def test_send_test_event_posts_a_signed_event_that_is_stored(
         "SELECT raw_data::text FROM stripe_events WHERE event_id = $1", data["event_id"]
     )
     assert '"client_reference_id": "7"' in raw
+
+
+async def test_send_test_event_in_production_sends_only_the_smoke_test_type(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    db: asyncpg.Connection,
+    receiver_url: str,
+) -> None:
+    await wait_for(lambda: receiver_healthy(receiver_url))
+    url = f"{receiver_url}/webhooks/stripe"
+    production = {**env, "APP_ENV": "production"}
+    args = ("send-test-event", "--url", url, "--email", "me@example.com", "--credits", "5")
+    result = await run_cli(capsys, monkeypatch, production, *args)
+    assert result.code == 0, result.out + result.err
+    assert "APP_ENV=production" in result.err and "--allow-credit" in result.err
+    assert await db.fetchval("SELECT type FROM stripe_events") == "webhook_worker.smoke_test"
+
+    result = await run_cli(capsys, monkeypatch, production, *args, "--allow-credit")
+    assert result.code == 0, result.out + result.err
+    assert "may credit" in result.err
+    types = await db.fetch("SELECT type FROM stripe_events ORDER BY id")
+    assert [r["type"] for r in types] == ["webhook_worker.smoke_test", "checkout.session.completed"]
 
 
 async def test_send_test_event_exits_1_when_the_receiver_refuses(

@@ -23,7 +23,16 @@ from webhook_worker.cli import main as cli_main
 from webhook_worker.config import Settings
 from webhook_worker.embedded import free_port
 from webhook_worker.errors import ConfigError
-from webhook_worker.receiver import WEBHOOK_PATHS, AfterCommitHook, create_app, create_app_from_env
+from webhook_worker.receiver import (
+    SMALL_BODY,
+    WEBHOOK_PATHS,
+    AfterCommitHook,
+    BodyBudget,
+    Overloaded,
+    create_app,
+    create_app_from_env,
+    read_body,
+)
 from webhook_worker.sample_events import checkout_session_event, encode_event
 
 URL = "/webhooks/stripe"
@@ -507,6 +516,76 @@ async def test_a_batch_failing_after_commit_is_503_and_a_retry_is_a_duplicate_an
     assert await redis_client.zscore("arq:queue", event_id) is not None
 
 
+# --- body bytes in flight ----------------------------------------------------------------------
+
+
+def _chunks(*parts: bytes) -> Callable[[], Any]:
+    messages = [
+        {"type": "http.request", "body": part, "more_body": i < len(parts) - 1}
+        for i, part in enumerate(parts)
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    return receive
+
+
+async def test_a_body_past_the_in_flight_budget_is_refused_and_its_bytes_given_back() -> None:
+    budget = BodyBudget(10_000)
+    budget.used = 9_000  # other requests hold 9 kB
+    scope: dict[str, Any] = {"headers": []}
+    with pytest.raises(Overloaded):
+        await read_body(scope, _chunks(b"a" * 600, b"b" * 600), 4096, budget)
+    assert budget.used == 9_000
+    assert await read_body(scope, _chunks(b"a" * 600, b"b" * 300), 4096, budget) == (
+        b"a" * 600 + b"b" * 300
+    )
+    assert budget.used == 9_000
+
+
+async def test_large_bodies_cannot_take_the_room_small_ones_need() -> None:
+    budget = BodyBudget(4 * SMALL_BODY)
+    budget.used = 3 * SMALL_BODY  # large held-open bodies took their 3/4 share
+    large = SMALL_BODY + 1
+    with pytest.raises(Overloaded):
+        await read_body({"headers": []}, _chunks(b"a" * large), 2 * SMALL_BODY, budget)
+    small = b"{" + b" " * 3000 + b"}"  # a Stripe event still fits in the last quarter
+    assert await read_body({"headers": []}, _chunks(small), 2 * SMALL_BODY, budget) == small
+    assert budget.used == 3 * SMALL_BODY
+
+
+async def test_a_declared_length_past_the_budget_is_refused_before_reading() -> None:
+    budget = BodyBudget(10_000)
+    budget.used = 9_000
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("nothing may be read")
+
+    with pytest.raises(Overloaded):
+        await read_body({"headers": [(b"content-length", b"1001")]}, receive, 4096, budget)
+    assert budget.used == 9_000
+
+
+async def test_an_overloaded_receiver_answers_503_and_closes_the_connection(
+    settings: Settings,
+) -> None:
+    _, body = _body()
+    app = create_app(settings)
+    endpoint = app.routes[0].endpoint  # type: ignore[attr-defined]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+            endpoint._budget.used = endpoint._budget.limit  # as if 32 MiB were being read
+            refused = await post_signed(client, body)
+            endpoint._budget.used = 0
+            accepted = await post_signed(client, body)
+    assert refused.status_code == 503
+    assert refused.headers["connection"] == "close"
+    assert refused.json()["reason"] == "body_bytes_in_flight"
+    assert accepted.status_code == 200
+
+
 # --- Redis down, E2E mode, readiness, metrics, logs --------------------------------------------
 
 
@@ -590,24 +669,34 @@ async def test_healthz_is_200(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200
 
 
-async def test_readyz_is_200_when_postgres_and_redis_answer(client: httpx.AsyncClient) -> None:
-    response = await client.get("/readyz")
+async def test_metrics_and_readyz_are_not_on_the_public_port_by_default(
+    client: httpx.AsyncClient,
+) -> None:
+    for path in ("/metrics", "/readyz"):
+        assert (await client.get(path)).status_code == 404
+    assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_readyz_is_200_when_postgres_and_redis_answer(make_settings: MakeSettings) -> None:
+    async with serve(make_settings(METRICS_ON_RECEIVER="true")) as client:
+        response = await client.get("/readyz")
     assert response.status_code == 200
     assert response.json() == {"ready": True, "postgres": "ok", "redis": "ok"}
 
 
 async def test_readyz_is_503_when_redis_is_down(make_settings: MakeSettings) -> None:
-    async with serve(_redis_down(make_settings)) as client:
+    async with serve(_redis_down(make_settings, METRICS_ON_RECEIVER="true")) as client:
         response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["redis"] == "unavailable"
 
 
-async def test_metrics_show_the_receiver_counters(client: httpx.AsyncClient) -> None:
+async def test_metrics_show_the_receiver_counters(make_settings: MakeSettings) -> None:
     _, body = _body()
-    await post_signed(client, body)
-    await post_signed(client, body)
-    text = (await client.get("/metrics")).text
+    async with serve(make_settings(METRICS_ON_RECEIVER="true")) as client:
+        await post_signed(client, body)
+        await post_signed(client, body)
+        text = (await client.get("/metrics")).text
     for name in (
         'webhook_requests_total{outcome="accepted",reason=""}',
         "webhook_duplicates_total",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -78,6 +79,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     settings.require_receiver()
+    _prepare_multiprocess_metrics(settings, args.workers)
+    _raise_open_files_limit(settings.max_connections)
     uvicorn.run(
         "webhook_worker.receiver:create_app_from_env",
         factory=True,
@@ -85,12 +88,45 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         workers=args.workers,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        # uvicorn's httptools protocol plus header-size and header/body-time bounds.
+        http="webhook_worker.listener:BoundedHttpToolsProtocol",
+        # Open connections and running requests per process; beyond them uvicorn answers 503.
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keepalive_timeout_seconds,
         log_config=None,
         access_log=False,
         lifespan="on",
     )
     return EXIT_OK
+
+
+def _prepare_multiprocess_metrics(settings: Settings, workers: int) -> None:
+    """Several uvicorn workers share one internal listener: make its /metrics add them up."""
+    serves = settings.metrics_port or settings.metrics_on_receiver
+    if workers > 1 and serves and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="webhook-worker-metrics-")
+
+
+def _raise_open_files_limit(connections: int) -> None:
+    """MAX_CONNECTIONS needs as many descriptors (plus pools and logs); raise the soft limit
+    towards the hard one, and say so when even that is short."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < wanted:
+            print(
+                f"warning: open files limited to {target}; MAX_CONNECTIONS={connections} needs "
+                f"{wanted} (raise `ulimit -n` or lower MAX_CONNECTIONS)",
+                file=sys.stderr,
+            )
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -143,6 +179,17 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
 ]
 
 
+_SERVICES = ("serve", "work", "dev")
+
+
+def _logs_to_stderr() -> None:
+    """Ops commands print their results (and --json) on stdout; their logs, such as the
+    replay audit line, go to stderr so the two never mix."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="webhook-worker",
@@ -162,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(
             settings.log_format, settings.log_level, e2e_bypass=settings.e2e_test_mode
         )
+        if args.command not in _SERVICES:
+            _logs_to_stderr()
         handler: Handler = args.handler
         return handler(args, settings)
     except ConfigError as exc:

@@ -30,6 +30,7 @@ _PG_SCHEMES = {
     "postgres+asyncpg": "postgresql",
 }
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
+OPS_TOKEN_MIN_CHARS = 32
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -87,6 +88,20 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
         options = " | ".join(choices)
         raise ConfigError(f"{name}={raw!r} is not one of {options}; for example {name}={default}")
     return value
+
+
+def _listener_limits(env: Mapping[str, str]) -> dict[str, int]:
+    """The public listener's bounds (docs/reliability.md "abuse"); see `listener.py`."""
+    return {
+        "max_header_bytes": _required_int(env, "MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
+        "header_timeout_seconds": _required_int(env, "HEADER_TIMEOUT_SECONDS", 10, minimum=1),
+        "body_timeout_seconds": _required_int(env, "BODY_TIMEOUT_SECONDS", 10, minimum=1),
+        "keepalive_timeout_seconds": _required_int(env, "KEEPALIVE_TIMEOUT_SECONDS", 5, minimum=1),
+        "max_connections": _required_int(env, "MAX_CONNECTIONS", 2048, minimum=16),
+        "max_body_bytes_in_flight": _required_int(
+            env, "MAX_BODY_BYTES_IN_FLIGHT", 32 * 1024 * 1024, minimum=1024 * 1024
+        ),
+    }
 
 
 def parse_webhook_secrets(raw: str, name: str = "STRIPE_WEBHOOK_SECRET") -> tuple[str, ...]:
@@ -307,6 +322,15 @@ class Settings:
     worker_batch_max: int = 256
     worker_poll_delay: float = 0.05
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_on_receiver: bool = False
+    max_header_bytes: int = 16 * 1024
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 10.0
+    keepalive_timeout_seconds: int = 5
+    max_connections: int = 2048
+    max_body_bytes_in_flight: int = 32 * 1024 * 1024
+    ops_replay_max: int = 10_000
     db_pool_min: int = 2
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
@@ -359,10 +383,10 @@ class Settings:
         redis_raw = env.get("REDIS_URL", "").strip()
         default_format = "json" if app_env == "production" else "console"
         ops_token = env.get("OPS_TOKEN", "").strip() or None
-        if ops_token is not None and len(ops_token) < 16:
+        if ops_token is not None and len(ops_token) < OPS_TOKEN_MIN_CHARS:
             raise ConfigError(
-                "OPS_TOKEN is too short to guard the ops API; use at least 16 random characters, "
-                "e.g. OPS_TOKEN=$(openssl rand -hex 32)"
+                f"OPS_TOKEN is too short to guard the ops API; use at least "
+                f"{OPS_TOKEN_MIN_CHARS} random characters, e.g. OPS_TOKEN=$(openssl rand -hex 32)"
             )
         return cls(
             webhook_secrets=secrets,
@@ -400,11 +424,23 @@ class Settings:
             worker_poll_delay=_required_int(env, "WORKER_POLL_DELAY_MS", 50, minimum=1) / 1000,
             worker_batch_max=_required_int(env, "WORKER_BATCH_MAX", 256, minimum=1),
             metrics_port=_int(env, "METRICS_PORT", None, minimum=1),
+            metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
+            metrics_on_receiver=_bool(env, "METRICS_ON_RECEIVER", False),
+            **_listener_limits(env),
+            ops_replay_max=_required_int(env, "OPS_REPLAY_MAX", 10_000, minimum=1),
             db_pool_min=_required_int(env, "DB_POOL_MIN", 2, minimum=0),
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
             db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
             users_tenant_column=_column_name(env, "USERS_TENANT_COLUMN"),
         )
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ConfigError(
+                f"MAX_BODY_BYTES_IN_FLIGHT={self.max_body_bytes_in_flight} is below "
+                f"MAX_BODY_BYTES={self.max_body_bytes}: no full-size body could be read; use "
+                f"MAX_BODY_BYTES_IN_FLIGHT={32 * self.max_body_bytes} or more"
+            )
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -2,7 +2,8 @@
 
 With `PROMETHEUS_MULTIPROC_DIR` set (several uvicorn workers), every process writes its
 samples there and `/metrics` aggregates them; otherwise each process serves its own
-registry. The worker serves its metrics on `METRICS_PORT`.
+registry. Receiver and worker serve them on the internal listener (`internal.py`,
+`METRICS_HOST:METRICS_PORT`), never on the public port unless `METRICS_ON_RECEIVER=true`.
 """
 
 from __future__ import annotations
@@ -100,3 +101,11 @@ def render_latest() -> bytes:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(DEFAULT_REGISTRY)
+
+
+# public listener bounds (listener.py, receiver.BodyBudget)
+LISTENER_REFUSED = Counter(
+    "webhook_listener_refused_total",
+    "Connections answered 431/408 and closed, or bodies refused 503, by a listener bound",
+    ["reason"],
+)

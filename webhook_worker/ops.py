@@ -35,6 +35,7 @@ from webhook_worker.store import EVENT_STATUSES, Connection, prune_events, trans
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 10_000
 REPLAY_BATCH = 200
+DRY_RUN_ROWS = 20
 FREE_REPLAY_STATUSES = ("failed", "received", "processing")
 FORCED_REPLAY_STATUSES = ("completed", "ignored")
 SMOKE_EVENT_TYPE = "webhook_worker.smoke_test"
@@ -115,25 +116,39 @@ class OpsInputError(ConfigError):
 # --- values ------------------------------------------------------------------------------
 
 
-def parse_since(text: str | None, *, now: datetime | None = None) -> datetime | None:
-    """`2024-06-01`, an ISO timestamp (UTC when naive), or relative: `30m`, `24h`, `7d`, `2w`."""
+def parse_since(
+    text: str | None, *, now: datetime | None = None, name: str = "--since"
+) -> datetime | None:
+    """`2024-06-01`, an ISO timestamp (UTC when naive), or relative: `30m`, `24h`, `7d`, `2w`.
+
+    Values a datetime cannot hold (`99999999999d`, `9999-12-31T23:59:59-14:00`) are input
+    errors naming the option, never a 500.
+    """
     if text is None or not text.strip():
         return None
+    hint = "use 2024-06-01, 2024-06-01T12:00:00Z or 24h/7d"
     relative = _RELATIVE.match(text)
-    if relative:
-        delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
-        return (now or datetime.now(UTC)) - delta
     try:
-        parsed = datetime.fromisoformat(text.strip())
+        if relative:
+            delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+            return (now or datetime.now(UTC)) - delta
+        return _absolute(text.strip(), name, hint)
+    except OverflowError:
+        raise OpsInputError(f"{name} {text[:40]!r} is out of range; {hint}") from None
+
+
+def _absolute(text: str, name: str, hint: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         try:
-            day = date.fromisoformat(text.strip())
+            day = date.fromisoformat(text)
         except ValueError:
-            raise OpsInputError(
-                f"--since {text!r} is not a date; use 2024-06-01, 2024-06-01T12:00:00Z or 24h/7d"
-            ) from None
+            raise OpsInputError(f"{name} {text[:40]!r} is not a date; {hint}") from None
         parsed = datetime(day.year, day.month, day.day)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if not parsed.tzinfo:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)  # OverflowError past year 9999 in UTC
 
 
 def check_status(status: str | None) -> str | None:
@@ -216,6 +231,10 @@ class ReplayResult:
 
     dry_run: bool
     selected: list[dict[str, Any]] = field(default_factory=list)
+    # Events the filters match, counted up to `limit` + 1; `more` when a call left some.
+    count: int = 0
+    limit: int = 0
+    more: bool = False
     replayed: list[str] = field(default_factory=list)
     enqueued: int = 0
     not_found: list[str] = field(default_factory=list)
@@ -239,22 +258,29 @@ async def select_replay(
     status: str | None = None,
     event_type: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     force: bool = False,
+    limit: int = 10_000,
+    preview: bool = False,
 ) -> ReplayResult:
-    """Which events a replay would touch: named ids, or every event matching the filters."""
-    result = ReplayResult(dry_run=True)
-    if event_ids and (status or event_type or since):
-        raise OpsInputError("give event ids or --status/--type/--since filters, not both")
+    """Which events a replay would touch: named ids, or the events matching the filters.
+
+    At most `limit` (OPS_REPLAY_MAX) per call, read in keyset pages; `more` says a further
+    call is needed (replayed events leave the `failed` filter, so it continues where this one
+    stopped). With `preview` (a dry run) the filters are only counted and the first
+    `DRY_RUN_ROWS` rows returned: a dry run never loads every row.
+    """
+    result = ReplayResult(dry_run=True, limit=limit)
+    filtered = status or event_type or since or until
+    if event_ids and filtered:
+        raise OpsInputError("give event ids or --status/--type/--since/--until filters, not both")
     if not event_ids and status is None:
         raise OpsInputError("give event ids to replay, or --status (e.g. --status failed)")
+    if since and until and since >= until:
+        raise OpsInputError("--since must be before --until")
     allowed = FREE_REPLAY_STATUSES + (FORCED_REPLAY_STATUSES if force else ())
     if event_ids:
-        unique_ids = list(dict.fromkeys(event_ids))
-        with translate_errors("selecting events to replay"):
-            rows = await conn.fetch(query("ops_events_by_ids"), unique_ids)
-        by_id = {row["event_id"]: _event_row(row) for row in rows}
-        result.not_found = [event_id for event_id in unique_ids if event_id not in by_id]
-        candidates = [by_id[event_id] for event_id in unique_ids if event_id in by_id]
+        candidates = await _named_events(conn, event_ids, limit, result)
     else:
         check_status(status)
         if status in FORCED_REPLAY_STATUSES and not force:
@@ -262,9 +288,12 @@ async def select_replay(
                 f"replaying {status} events needs --force: it credits nothing twice but "
                 "re-runs their handling"
             )
+        filters = (status, event_type, since, until)
         with translate_errors("selecting events to replay"):
-            rows = await conn.fetch(query("ops_replay_candidates"), status, event_type, since)
-        candidates = [_event_row(row) for row in rows]
+            matching = await conn.fetchval(query("ops_replay_count"), *filters, limit + 1)
+        result.count, result.more = min(matching, limit), matching > limit
+        wanted = min(DRY_RUN_ROWS, limit) if preview else limit
+        candidates = await _matching_events(conn, filters, wanted)
     for event in candidates:
         if event["processing_status"] in allowed:
             result.selected.append(event)
@@ -276,6 +305,42 @@ async def select_replay(
                 }
             )
     return result
+
+
+async def _named_events(
+    conn: Connection, event_ids: Sequence[str], limit: int, result: ReplayResult
+) -> list[dict[str, Any]]:
+    unique_ids = list(dict.fromkeys(event_ids))
+    if len(unique_ids) > limit:
+        raise OpsInputError(
+            f"{len(unique_ids)} event ids is more than OPS_REPLAY_MAX={limit} per call; "
+            "split the list"
+        )
+    with translate_errors("selecting events to replay"):
+        rows = await conn.fetch(query("ops_events_by_ids"), unique_ids)
+    by_id = {row["event_id"]: _event_row(row) for row in rows}
+    result.not_found = [event_id for event_id in unique_ids if event_id not in by_id]
+    result.count = len(by_id)
+    return [by_id[event_id] for event_id in unique_ids if event_id in by_id]
+
+
+async def _matching_events(
+    conn: Connection, filters: tuple[Any, ...], wanted: int
+) -> list[dict[str, Any]]:
+    """Up to `wanted` rows in (received_at, id) order, one keyset page at a time."""
+    rows: list[dict[str, Any]] = []
+    after: tuple[datetime | None, int | None] = (None, None)
+    while len(rows) < wanted:
+        page_size = min(REPLAY_BATCH, wanted - len(rows))
+        with translate_errors("selecting events to replay"):
+            page = await conn.fetch(query("ops_replay_candidates"), *filters, *after, page_size)
+        rows += [_event_row(row) for row in page]
+        if len(page) < page_size:
+            break
+        after = (page[-1]["received_at"], page[-1]["id"])
+    for row in rows:
+        row.pop("id", None)
+    return rows
 
 
 async def replay_events(

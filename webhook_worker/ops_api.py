@@ -10,15 +10,23 @@ or wrong token gets 401 before any database work. Handlers find the asyncpg pool
 - `POST /ops/events/{event_id}/replay` — optional JSON `{"force": bool, "dry_run": bool}`;
   409 when the event is completed/ignored and `force` is not set
 - `POST /ops/replay` — JSON `{"event_ids": [...]}` or `{"status": "failed", "type": …,
-  "since": …}`, plus `force` and `dry_run`
+  "since": …, "until": …}`, plus `force` and `dry_run`; at most `OPS_REPLAY_MAX` events per
+  call (`more: true` says call again); a dry run answers the count and the first rows
 
-Bad input is 400 with `{"error": …}`; Postgres unreachable is 503.
+Bad input (including dates out of range) is 400 with `{"error": …}`; Postgres unreachable is
+503. Every replay is logged with who asked (the token's name and the client address), when,
+and the event ids (or the filters and the count). An address that keeps failing the token
+check is slowed down (`AuthThrottle`) so guessing is slow even from one host.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -55,13 +63,61 @@ def _authorised(request: Request, token: bytes) -> bool:
     return hmac.compare_digest(given.strip().encode(), token)
 
 
-def _guard(token: str, handler: Endpoint) -> Endpoint:
-    expected = token.encode()
+class AuthThrottle:
+    """Per client address: after `free` failed token checks within `window` seconds, each
+    further request from it waits `base * 2**(excess-1)` seconds (capped) before it is
+    checked. Bounded memory: at most `max_addresses` addresses, oldest forgotten first."""
+
+    def __init__(
+        self,
+        *,
+        free: int = 5,
+        window: float = 60.0,
+        base: float = 0.25,
+        cap: float = 5.0,
+        max_addresses: int = 10_000,
+    ) -> None:
+        self._free, self._window, self._base, self._cap = free, window, base, cap
+        self._max = max_addresses
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def delay(self, address: str) -> float:
+        count, first = self._failures.get(address, (0, 0.0))
+        if count <= self._free or time.monotonic() - first > self._window:
+            return 0.0
+        return float(min(self._cap, self._base * 2 ** (count - self._free - 1)))
+
+    def failed(self, address: str) -> None:
+        now = time.monotonic()
+        count, first = self._failures.pop(address, (0, now))
+        if now - first > self._window:
+            count, first = 0, now
+        self._failures[address] = (count + 1, first)
+        while len(self._failures) > self._max:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _guard(settings: Settings, handler: Endpoint, throttle: AuthThrottle) -> Endpoint:
+    expected = (settings.ops_token or "").encode()
 
     async def endpoint(request: Request) -> Response:
+        client = _client(request)
+        delay = throttle.delay(client)
+        if delay:
+            await asyncio.sleep(delay)
         if not _authorised(request, expected):
-            log.warning("ops_request_refused", path=request.url.path)
+            throttle.failed(client)
+            log.warning("ops_request_refused", path=request.url.path, client=client)
             return _error(401, "unauthorised", {"WWW-Authenticate": 'Bearer realm="ops"'})
+        throttle.succeeded(client)
+        request.state.settings = settings
         try:
             return await handler(request)
         except ConfigError as exc:  # OpsInputError included
@@ -91,8 +147,20 @@ def _limit(raw: str | None) -> int:
         raise ops.OpsInputError(f"limit {raw!r} is not an integer") from None
 
 
+_MAX_BODY_BYTES = 2 * 1024 * 1024  # 10,000 event ids fit with room to spare
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()
+    """The JSON object sent, read under a size cap (the webhook body budget does not cover
+    /ops)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _MAX_BODY_BYTES:
+            raise ops.OpsInputError("the body is over 2 MiB; send fewer event ids per call")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     if not body.strip():
         return {}
     try:
@@ -106,7 +174,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 async def list_events(request: Request) -> Response:
     params = request.query_params
-    since = ops.parse_since(params.get("since"))
+    since = ops.parse_since(params.get("since"), name="since")
     async with store.acquire(request.app.state.pool, "listing events") as conn:
         events = await ops.list_events(
             conn,
@@ -136,19 +204,48 @@ async def _replay(
     status: str | None,
     event_type: str | None,
     since: str | None,
+    until: str | None,
     force: bool,
     dry_run: bool,
 ) -> ops.ReplayResult:
+    settings: Settings = request.state.settings
     async with store.acquire(request.app.state.pool, "replaying events") as conn:
         selection = await ops.select_replay(
             conn,
             event_ids=event_ids,
             status=ops.check_status(status),
             event_type=event_type,
-            since=ops.parse_since(since),
+            since=ops.parse_since(since, name="since"),
+            until=ops.parse_since(until, name="until"),
             force=force,
+            limit=settings.ops_replay_max,
+            preview=dry_run,
         )
-        return await ops.replay_events(conn, request.app.state.redis, selection, dry_run=dry_run)
+        result = await ops.replay_events(conn, request.app.state.redis, selection, dry_run=dry_run)
+    filters = {"status": status, "type": event_type, "since": since, "until": until}
+    _log_replay(request, result, {k: v for k, v in filters.items() if v is not None})
+    return result
+
+
+_LOGGED_IDS = 100
+
+
+def _log_replay(request: Request, result: ops.ReplayResult, filters: dict[str, str]) -> None:
+    """Who (token name, client address), when, and which events: the ids, or filter + count."""
+    ids = result.replayed if not result.dry_run else [e["event_id"] for e in result.selected]
+    fields: dict[str, Any] = {
+        "who": {"auth": "OPS_TOKEN", "client": _client(request)},
+        "at": datetime.now(UTC).isoformat(),
+        "dry_run": result.dry_run,
+        "count": len(result.replayed),
+        "matching": result.count,
+        "more": result.more,
+    }
+    if filters or len(ids) > _LOGGED_IDS:
+        fields["filters"] = filters
+    if len(ids) <= _LOGGED_IDS:
+        fields["event_ids"] = ids
+    log.info("ops_replayed", **fields)
 
 
 async def replay_event(request: Request) -> Response:
@@ -160,12 +257,12 @@ async def replay_event(request: Request) -> Response:
         status=None,
         event_type=None,
         since=None,
+        until=None,
         force=_flag(body.get("force", request.query_params.get("force", False))),
         dry_run=_flag(body.get("dry_run", request.query_params.get("dry_run", False))),
     )
     if result.not_found:
         return _error(404, f"event {event_id} not found")
-    log.info("ops_replayed", count=len(result.replayed), dry_run=result.dry_run)
     return _JSON(result.as_dict(), status_code=409 if result.skipped else 200)
 
 
@@ -174,7 +271,7 @@ async def replay(request: Request) -> Response:
     event_ids = body.get("event_ids") or []
     if not isinstance(event_ids, list) or not all(isinstance(i, str) for i in event_ids):
         raise ops.OpsInputError("event_ids must be a list of event id strings")
-    for key in ("status", "type", "since"):
+    for key in ("status", "type", "since", "until"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise ops.OpsInputError(f"{key} must be a string")
     result = await _replay(
@@ -183,21 +280,25 @@ async def replay(request: Request) -> Response:
         status=body.get("status"),
         event_type=body.get("type"),
         since=body.get("since"),
+        until=body.get("until"),
         force=_flag(body.get("force", False)),
         dry_run=_flag(body.get("dry_run", False)),
     )
-    log.info("ops_replayed", count=len(result.replayed), dry_run=result.dry_run)
     return _JSON(result.as_dict())
 
 
-def ops_routes(settings: Settings) -> list[BaseRoute]:
+def ops_routes(settings: Settings, throttle: AuthThrottle | None = None) -> list[BaseRoute]:
     """Routes under /ops; none at all (so 404) when OPS_TOKEN is unset."""
-    token = settings.ops_token
-    if not token:
+    if not settings.ops_token:
         return []
+    throttle = throttle or AuthThrottle()
+
+    def guarded(handler: Endpoint) -> Endpoint:
+        return _guard(settings, handler, throttle)
+
     return [
-        Route("/ops/events", _guard(token, list_events), methods=["GET"]),
-        Route("/ops/events/{event_id}", _guard(token, show_event), methods=["GET"]),
-        Route("/ops/events/{event_id}/replay", _guard(token, replay_event), methods=["POST"]),
-        Route("/ops/replay", _guard(token, replay), methods=["POST"]),
+        Route("/ops/events", guarded(list_events), methods=["GET"]),
+        Route("/ops/events/{event_id}", guarded(show_event), methods=["GET"]),
+        Route("/ops/events/{event_id}/replay", guarded(replay_event), methods=["POST"]),
+        Route("/ops/replay", guarded(replay), methods=["POST"]),
     ]

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -27,11 +29,13 @@ from rich.table import Table
 from webhook_worker import ops, queue, store
 from webhook_worker.config import Settings
 from webhook_worker.errors import TransientError
+from webhook_worker.log import get_logger
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 _PROGRESS_FROM = 50
+_log = get_logger("webhook_worker.ops_cli")
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 AsyncHandler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
@@ -223,7 +227,11 @@ def _print_replay(result: ops.ReplayResult) -> None:
     console = _console()
     if result.dry_run:
         if result.selected:
-            title = f"dry run: would replay {len(result.selected)} event(s); nothing changed"
+            total = max(result.count, len(result.selected))
+            more = f"more than {result.limit}" if result.more else str(total)
+            title = f"dry run: would replay {more} event(s); nothing changed"
+            if total > len(result.selected):
+                title += f" (first {len(result.selected)} shown)"
             console.print(_events_table(result.selected, title))
         else:
             print("dry run: nothing to replay")
@@ -238,6 +246,12 @@ def _print_replay(result: ops.ReplayResult) -> None:
             print(f"  … and {len(result.replayed) - 20} more")
     else:
         print("nothing to replay")
+    if result.more and not result.dry_run:
+        print(
+            f"stopped at OPS_REPLAY_MAX={result.limit}: more events match; run the same "
+            "command again to continue",
+            file=sys.stderr,
+        )
     for event_id in result.not_found:
         print(f"not found: {event_id}", file=sys.stderr)
     for skipped in result.skipped:
@@ -248,6 +262,7 @@ def _print_replay(result: ops.ReplayResult) -> None:
 
 async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     since = ops.parse_since(args.since)
+    until = ops.parse_since(args.until, name="--until")
     async with _connection(settings) as conn:
         selection = await ops.select_replay(
             conn,
@@ -255,7 +270,10 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
             status=args.status,
             event_type=args.type,
             since=since,
+            until=until,
             force=args.force,
+            limit=settings.ops_replay_max,
+            preview=args.dry_run,
         )
         if args.dry_run or not selection.selected:
             result = await ops.replay_events(conn, None, selection, dry_run=args.dry_run)
@@ -267,6 +285,7 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
             finally:
                 if redis is not None:
                     await redis.aclose()
+    _log_replay(args, result)
     if args.json:
         _print_json(result.as_dict())
     else:
@@ -274,12 +293,29 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if result.ok else EXIT_PROBLEM
 
 
+def _log_replay(args: argparse.Namespace, result: ops.ReplayResult) -> None:
+    """Who (the OS user of the CLI), when, and which events: ids, or the filters and count."""
+    filters = {"status": args.status, "type": args.type, "since": args.since, "until": args.until}
+    ids = result.replayed if not result.dry_run else [e["event_id"] for e in result.selected]
+    _log.info(
+        "ops_replayed",
+        who={"cli_user": getpass.getuser()},
+        at=datetime.now(UTC).isoformat(),
+        dry_run=result.dry_run,
+        count=len(result.replayed),
+        matching=result.count,
+        filters={k: v for k, v in filters.items() if v is not None},
+        event_ids=ids[:100],
+    )
+
+
 def _add_replay(sub: Subparsers) -> None:
     p = sub.add_parser(
         "replay",
         help="put events back to received and enqueue them again (fresh job id)",
         description=(
-            "Replay named events, or every event with --status (and optional --type/--since). "
+            "Replay named events, or events with --status (and optional --type/--since/--until), "
+            "at most OPS_REPLAY_MAX per run (run again to continue). "
             "Attempts and the last error are kept until the worker records the new outcome. "
             "completed/ignored events need --force; a replayed completed purchase credits "
             "nothing twice. Exit 1 when an id is unknown or skipped, or Redis was unreachable "
@@ -290,6 +326,7 @@ def _add_replay(sub: Subparsers) -> None:
     p.add_argument("--status", choices=store.EVENT_STATUSES, help="replay every event in it")
     p.add_argument("--type", help="with --status: only this event type")
     p.add_argument("--since", help="with --status: received since (2024-06-01, 24h, 7d)")
+    p.add_argument("--until", help="only events received before this date (same forms)")
     p.add_argument("--force", action="store_true", help="also replay completed/ignored events")
     p.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -444,8 +481,9 @@ async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
     quiet_http_logs()
     if args.credits is not None and args.credits < 1:
         raise ops.OpsInputError("--credits must be a positive integer")
+    event_type = _allowed_test_type(args.type, settings, allow_credit=args.allow_credit)
     event = ops.build_test_event(
-        args.type,
+        event_type,
         email=args.email,
         user_id=args.user_id,
         user_uuid=args.user_uuid,
@@ -468,11 +506,35 @@ async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if result.status_code == 200 else EXIT_PROBLEM
 
 
+def _allowed_test_type(event_type: str, settings: Settings, *, allow_credit: bool) -> str:
+    """With APP_ENV=production only the smoke-test type goes out (the worker ignores it), unless
+    --allow-credit: one command must not mint credits in production by accident."""
+    if settings.app_env != "production" or event_type == ops.SMOKE_EVENT_TYPE:
+        return event_type
+    if allow_credit:
+        print(
+            f"warning: APP_ENV=production and --allow-credit: sending {event_type}, which may "
+            "credit a real user's balance",
+            file=sys.stderr,
+        )
+        return event_type
+    print(
+        f"APP_ENV=production: sending {ops.SMOKE_EVENT_TYPE} instead of {event_type} (it "
+        "credits nothing); pass --allow-credit to send credit-bearing types",
+        file=sys.stderr,
+    )
+    return ops.SMOKE_EVENT_TYPE
+
+
 def _add_send_test_event(sub: Subparsers) -> None:
     p = sub.add_parser(
         "send-test-event",
         help="POST a signed test-mode Stripe event to a receiver (like `stripe trigger`)",
-        description="Exit 0 on HTTP 200, 1 otherwise. The email and secret are never printed.",
+        description=(
+            "Exit 0 on HTTP 200, 1 otherwise. The email and secret are never printed. With "
+            f"APP_ENV=production only {ops.SMOKE_EVENT_TYPE} is sent (it credits nothing) "
+            "unless --allow-credit is given."
+        ),
     )
     p.add_argument("--url", default=_default_url(), help="receiver endpoint (default: %(default)s)")
     p.add_argument(
@@ -490,6 +552,11 @@ def _add_send_test_event(sub: Subparsers) -> None:
         "--secret",
         help="sign with this whsec_… (default: the first STRIPE_WEBHOOK_SECRET, "
         "else the secret `webhook-worker dev` keeps in .data/)",
+    )
+    p.add_argument(
+        "--allow-credit",
+        action="store_true",
+        help="with APP_ENV=production, really send --type (it may mint credits)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_sync(_send_test_event))

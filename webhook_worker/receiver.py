@@ -26,14 +26,13 @@ from typing import Any
 import orjson
 import structlog
 from arq.connections import ArqRedis
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from webhook_worker import metrics, ops_api, queue, runtime, store
+from webhook_worker import internal, metrics, ops_api, queue, runtime, store
 from webhook_worker.coalesce import Coalescer
 from webhook_worker.config import Settings
 from webhook_worker.errors import (
@@ -62,7 +61,6 @@ _MAX_BATCH = 512
 _MAX_INFLIGHT_BATCHES = 3
 _DB_TIMEOUT_SECONDS = 10.0
 _ENQUEUE_TIMEOUT_SECONDS = 2.0
-_PING_TIMEOUT_SECONDS = 2.0
 _SAFE_ENVS = ("development", "test")
 _JSON = b"application/json"
 _RECEIVED_NEW = orjson.dumps({"received": True, "duplicate": False})
@@ -78,6 +76,35 @@ class BodyTooLarge(Exception):
 
 class ClientGone(Exception):
     """The client disconnected before its whole body arrived: nothing was stored."""
+
+
+class Overloaded(Exception):
+    """Reading this body would pass MAX_BODY_BYTES_IN_FLIGHT for the process: 503."""
+
+
+class BodyBudget:
+    """Body bytes held by all requests of this process at once, capped.
+
+    300 clients each sending a body just under MAX_BODY_BYTES and holding it open would
+    otherwise hold 300 MiB; past the cap a request is answered 503 (Stripe retries) and its
+    connection closed. Bodies over `SMALL_BODY` may fill only `large_limit` (3/4 of it), so
+    large held-open bodies can never starve the small ones real Stripe events are. Costs two
+    integer updates and a compare per body chunk.
+    """
+
+    __slots__ = ("large_limit", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.large_limit = limit * 3 // 4
+        self.used = 0
+
+    def exceeded(self, size: int, coming: int = 0) -> bool:
+        """Whether the bytes in flight (plus `coming`) pass the cap for a `size`-byte body."""
+        return self.used + coming > (self.limit if size <= SMALL_BODY else self.large_limit)
+
+
+SMALL_BODY = 64 * 1024
 
 
 # --- group commit --------------------------------------------------------------------------
@@ -242,26 +269,41 @@ class _Outcome:
     reason: str = ""
     body: bytes = b""
     fields: dict[str, Any] = field(default_factory=dict)
+    close: bool = False
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The raw body, refused as soon as it (or its declared length) passes `limit` bytes."""
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, budget: BodyBudget | None = None
+) -> bytes:
+    """The raw body, refused as soon as it (or its declared length) passes `limit` bytes, or
+    when the process's `budget` of body bytes in flight is spent."""
+    budget = budget or BodyBudget(limit)
     declared = _header(scope, b"content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+    if declared is not None and declared.strip().isdigit():
+        length = int(declared)
+        if length > limit:
+            raise BodyTooLarge
+        if budget.exceeded(length, coming=length):  # refuse before reading a byte of it
+            raise Overloaded
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            budget.used += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            if budget.exceeded(size):
+                raise Overloaded
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    finally:
+        budget.used -= size
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -282,6 +324,7 @@ class WebhookEndpoint:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._budget = BodyBudget(settings.max_body_bytes_in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -289,26 +332,23 @@ class WebhookEndpoint:
         outcome = await self._handle(scope, receive)
         duration = time.perf_counter() - started
         _record(outcome, duration, scope["path"])
-        await send(
-            {
-                "type": "http.response.start",
-                "status": outcome.status,
-                "headers": [
-                    (b"content-type", _JSON),
-                    (b"content-length", str(len(outcome.body)).encode()),
-                ],
-            }
-        )
+        headers = [(b"content-type", _JSON), (b"content-length", str(len(outcome.body)).encode())]
+        if outcome.close:  # the body was not read to its end: do not keep the connection
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
         await send({"type": "http.response.body", "body": outcome.body})
 
     async def _handle(self, scope: Scope, receive: Receive) -> _Outcome:
         try:
-            body = await read_body(scope, receive, self._settings.max_body_bytes)
+            body = await read_body(scope, receive, self._settings.max_body_bytes, self._budget)
             row = self._accept(body, _header(scope, b"stripe-signature"))
         except ClientGone:
             return _rejected(400, "client_gone", "request_abandoned", "client_disconnected")
         except BodyTooLarge:
-            return _rejected(413, "too_large", "body_rejected", "body_too_large")
+            return _rejected(413, "too_large", "body_rejected", "body_too_large", close=True)
+        except Overloaded:
+            metrics.LISTENER_REFUSED.labels("body_bytes_in_flight").inc()
+            return _rejected(503, "overloaded", "body_rejected", "body_bytes_in_flight", close=True)
         except SignatureError as exc:
             return _rejected(400, "bad_signature", "signature_rejected", exc.reason)
         except PayloadError as exc:
@@ -340,9 +380,11 @@ class WebhookEndpoint:
         return row
 
 
-def _rejected(status: int, outcome: str, log_event: str, reason: str) -> _Outcome:
+def _rejected(
+    status: int, outcome: str, log_event: str, reason: str, *, close: bool = False
+) -> _Outcome:
     body = orjson.dumps({"received": False, "error": outcome, "reason": reason})
-    return _Outcome(status, outcome, log_event, reason=reason, body=body)
+    return _Outcome(status, outcome, log_event, reason=reason, body=body, close=close)
 
 
 def _record(outcome: _Outcome, duration: float, path: str) -> None:
@@ -384,26 +426,8 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready when Postgres and Redis both answer; a load balancer stops sending otherwise."""
-    postgres_ok, redis_ok = await asyncio.gather(
-        store.ping(request.app.state.pool, within=_PING_TIMEOUT_SECONDS),
-        _ping_redis(request.app.state.redis),
-    )
-    checks = {"postgres": _word(postgres_ok), "redis": _word(redis_ok)}
-    ready = postgres_ok and redis_ok
+    ready, checks = await internal.readiness(request.app.state.pool, request.app.state.redis)
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
-
-
-async def _ping_redis(redis: ArqRedis) -> bool:
-    try:
-        async with asyncio.timeout(_PING_TIMEOUT_SECONDS):
-            await redis.ping()
-        return True
-    except (RedisError, OSError, TimeoutError):
-        return False
-
-
-def _word(ok: bool) -> str:
-    return "ok" if ok else "unavailable"
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -439,6 +463,9 @@ def _lifespan(
             after_commit_hook=after_commit_hook,
         )
         app.state.pool, app.state.redis, app.state.committer = pool, redis, committer
+        listener = await internal.start(
+            settings, lambda: internal.readiness(pool, redis), "receiver"
+        )
         frozen = runtime.freeze_startup_heap() if freeze_heap else 0
         log.info(
             "receiver_started",
@@ -449,6 +476,7 @@ def _lifespan(
         try:
             yield
         finally:
+            await internal.stop(listener)
             await committer.drain()
             await redis.aclose()
             await _close_pool(pool)
@@ -468,11 +496,12 @@ async def _close_pool(pool: store.Pool) -> None:
 def _routes(settings: Settings) -> list[BaseRoute]:
     endpoint = WebhookEndpoint(settings)
     routes: list[BaseRoute] = [Route(path, endpoint, methods=["POST"]) for path in WEBHOOK_PATHS]
-    routes += [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-    ]
+    routes.append(Route("/healthz", healthz, methods=["GET"]))
+    if settings.metrics_on_receiver:  # opt-in: internals on the public port (README)
+        routes += [
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ]
     return routes + ops_api.ops_routes(settings)
 
 

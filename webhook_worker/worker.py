@@ -25,7 +25,7 @@ import structlog
 from arq import Retry, Worker, cron, func
 from arq.cron import CronJob
 
-from webhook_worker import handlers, metrics, queue, reconcile, runtime, store
+from webhook_worker import handlers, internal, metrics, queue, reconcile, runtime, store
 from webhook_worker.arq_worker import ArqWorker
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError, TransientError
@@ -38,7 +38,6 @@ log = get_logger("webhook_worker.worker")
 SWEEP_BATCH = 1000
 MAX_RETRY_DELAY_SECONDS = 600
 _ERROR_MESSAGE_LIMIT = 1000
-_metrics_started: set[int] = set()
 
 
 # --- the job -------------------------------------------------------------------------------
@@ -240,20 +239,6 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
 # --- the worker ----------------------------------------------------------------------------
 
 
-def _start_metrics(port: int) -> None:
-    from prometheus_client import start_http_server
-
-    if port in _metrics_started:
-        return
-    try:
-        start_http_server(port)
-    except OSError as exc:
-        log.warning("metrics_port_unavailable", port=port, error=str(exc))
-        return
-    _metrics_started.add(port)
-    log.info("metrics_serving", port=port)
-
-
 async def _on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     ctx["pool"] = await store.create_pool(settings)
@@ -264,8 +249,10 @@ async def _on_startup(ctx: dict[str, Any]) -> None:
     ctx["handler_context"] = handlers.HandlerContext(
         settings, ctx["pool"], batches.claim, batches.credit, batches.lookup
     )
-    if settings.metrics_port:
-        _start_metrics(settings.metrics_port)
+    pool = ctx["pool"]
+    ctx["internal_listener"] = await internal.start(
+        settings, lambda: internal.readiness(pool, ctx["redis"]), "worker"
+    )
     if settings.stripe_api_key and ctx.get("reconcile_cron", True):
         ctx["reconcile_task"] = asyncio.create_task(reconcile.run_reconcile_cron(ctx))
     frozen = runtime.freeze_startup_heap() if ctx.get("freeze_heap") else 0
@@ -284,6 +271,7 @@ async def _on_shutdown(ctx: dict[str, Any]) -> None:
         reconciling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
+    await internal.stop(ctx.pop("internal_listener", None))
     ctx.pop("handler_context", None)
     batches: WorkerBatches | None = ctx.pop("batches", None)
     if batches is not None:

@@ -27,12 +27,31 @@ FROM stripe_events
 WHERE event_id = ANY($1::text[]);
 
 -- name: ops_replay_candidates
-SELECT event_id, type, processing_status, attempts, error_message, received_at
+-- One keyset page of a bulk replay's selection: rows after ($5, $6) in (received_at, id)
+-- order, at most $7. A call reads at most OPS_REPLAY_MAX rows, page by page.
+SELECT id, event_id, type, processing_status, attempts, error_message, received_at
 FROM stripe_events
 WHERE processing_status = $1::text
   AND ($2::text IS NULL OR type = $2::text)
   AND ($3::timestamptz IS NULL OR received_at >= $3::timestamptz)
-ORDER BY received_at, id;
+  AND ($4::timestamptz IS NULL OR received_at < $4::timestamptz)
+  AND ($5::timestamptz IS NULL OR (received_at, id) > ($5::timestamptz, $6::bigint))
+ORDER BY received_at, id
+LIMIT $7;
+
+-- name: ops_replay_count
+-- How many events a bulk replay's filters match, counted up to $5 (OPS_REPLAY_MAX + 1) so
+-- the dry run costs no more than the replay it previews.
+SELECT count(*)
+FROM (
+    SELECT 1
+    FROM stripe_events
+    WHERE processing_status = $1::text
+      AND ($2::text IS NULL OR type = $2::text)
+      AND ($3::timestamptz IS NULL OR received_at >= $3::timestamptz)
+      AND ($4::timestamptz IS NULL OR received_at < $4::timestamptz)
+    LIMIT $5
+) matching;
 
 -- name: ops_reset_for_replay
 -- Back to `received` so the worker claims it again; attempts and the last error are kept

@@ -81,7 +81,7 @@ async def stored(dsn: str, event_id: str) -> bool:
 async def test_redis_stopped_still_answers_200_and_the_row_is_stored(
     make_settings: MakeSettings, own_redis: EmbeddedRedis, database_url: str
 ) -> None:
-    settings = make_settings(REDIS_URL=own_redis.url)
+    settings = make_settings(REDIS_URL=own_redis.url, METRICS_ON_RECEIVER="true")
     async with running_receiver(settings) as client:
         assert (await client.get("/readyz")).status_code == 200
         await asyncio.to_thread(own_redis.stop)
@@ -107,7 +107,7 @@ async def test_redis_stopped_still_answers_200_and_the_row_is_stored(
 async def test_postgres_stopped_answers_503_and_stores_nothing(
     make_settings: MakeSettings, own_postgres: EmbeddedPostgres
 ) -> None:
-    settings = make_settings(DATABASE_URL=own_postgres.url)
+    settings = make_settings(DATABASE_URL=own_postgres.url, METRICS_ON_RECEIVER="true")
     async with running_receiver(settings) as client:
         first_id, first = new_event()
         assert (await post(client, first)).status_code == 200
@@ -129,7 +129,7 @@ async def test_postgres_stopped_answers_503_and_stores_nothing(
 async def test_postgres_killed_under_a_blocked_batch_answers_all_503_and_keeps_nothing(
     make_settings: MakeSettings, own_postgres: EmbeddedPostgres
 ) -> None:
-    settings = make_settings(DATABASE_URL=own_postgres.url)
+    settings = make_settings(DATABASE_URL=own_postgres.url, METRICS_ON_RECEIVER="true")
     locker = await asyncpg.connect(own_postgres.url)
     async with running_receiver(settings) as client:
         assert (await client.get("/readyz")).status_code == 200

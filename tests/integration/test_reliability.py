@@ -255,7 +255,7 @@ async def test_refunds_delivered_before_their_purchases(cluster: Cluster) -> Non
 async def test_clock_skew_rejected_then_retries_accepted(cluster: Cluster) -> None:
     """A receiver clock 10 minutes off rejects every delivery with a clear reason; once the
     clock is right, Stripe's retries of the same events are accepted and processed once."""
-    url = cluster.start_receiver()
+    url = cluster.start_receiver(METRICS_ON_RECEIVER="true")
     cluster.start_worker()
     events = [_purchase(user, 4) for user in range(10)]
     skewed = int(time.time()) - 600

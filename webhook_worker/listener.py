@@ -1,0 +1,197 @@
+"""The public listener's bounds that uvicorn does not have: header bytes and receive time.
+
+uvicorn (httptools) bounds open connections (`limit_concurrency` → 503) and idle keep-alive
+(`timeout_keep_alive`), but not the size of a header block (llhttp has no limit and httptools
+accumulates each header value in memory until it ends) nor the time a client may take to
+send its headers or its body: a fresh connection that sends nothing, or one byte a second,
+stays open for ever. `BoundedHttpToolsProtocol` adds those three bounds at the connection,
+where they cost a counter and a deadline per phase (one lazy timer per connection) — not an
+ASGI middleware on every request:
+
+- header bytes: counted as they arrive, before httptools buffers them; more than
+  `MAX_HEADER_BYTES` → 431 and the connection closed;
+- header time: from the connection's start (or the end of the previous response) to the end
+  of the headers, `HEADER_TIMEOUT_SECONDS` → 408 and closed;
+- body time: from the end of the headers to the end of the body, `BODY_TIMEOUT_SECONDS` →
+  408 and closed; the application sees a disconnect and stores nothing.
+
+The bytes of bodies held in memory at once are bounded in the app (`receiver.BodyBudget`).
+This subclasses uvicorn's protocol and relies on its per-connection attributes (`cycle`,
+`transport`, `parser`); `requirements.lock` pins the uvicorn it was written against and
+`tests/integration/test_hostile_clients.py` exercises every bound against a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from webhook_worker import metrics
+from webhook_worker.config import Settings
+
+_HEAD_END = b"\r\n\r\n"
+_LINGER_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    max_header_bytes: int
+    header_timeout: float
+    body_timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ListenerLimits:
+        return cls(
+            settings.max_header_bytes,
+            settings.header_timeout_seconds,
+            settings.body_timeout_seconds,
+        )
+
+
+_limits: ListenerLimits | None = None
+
+
+def _current_limits() -> ListenerLimits:
+    """Read once per process from the environment `serve` validated at start-up."""
+    global _limits
+    if _limits is None:
+        _limits = ListenerLimits.from_settings(Settings.from_env())
+    return _limits
+
+
+def _answer(status: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: 0\r\nconnection: close\r\n\r\n"
+    )
+
+
+_TOO_LARGE = _answer(b"431 Request Header Fields Too Large")
+_TIMEOUT = _answer(b"408 Request Timeout")
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus header-size, header-time and body-time bounds."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = _current_limits()
+        self._in_head = True
+        self._head_bytes = 0
+        # One lazy timer per connection: a phase change only moves `_due`; the timer, when it
+        # fires early, sleeps again for the rest. So a keep-alive connection schedules about
+        # one timer per timeout period, not two per request.
+        self._due = 0.0  # loop time the current phase must end by; 0 when none runs
+        self._reason = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._draining = False
+        self._linger: asyncio.TimerHandle | None = None
+
+    # --- timers -----------------------------------------------------------------------
+
+    def _arm(self, seconds: float, reason: str) -> None:
+        self._due = self.loop.time() + seconds
+        self._reason = reason
+        if self._timer is None or self._timer_at > self._due:
+            self._schedule(self._due)
+
+    def _schedule(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._check)
+
+    def _disarm(self) -> None:
+        self._due = 0.0  # the pending timer, if any, finds nothing to do
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self._due:
+            return
+        if self._due > self.loop.time():
+            self._schedule(self._due)
+            return
+        self._due = 0.0
+        self._refuse(_TIMEOUT, self._reason)
+
+    def _refuse(self, answer: bytes, reason: str) -> None:
+        """Answer (unless a response is already on the wire) and close the connection.
+
+        Closing a socket that still has unread bytes sends a reset, which makes the client
+        drop the answer it had not read yet; so, like nginx's lingering close, the write side
+        is shut after the answer and whatever the client still sends is discarded unparsed
+        for at most `_LINGER_SECONDS` before the close.
+        """
+        if self.transport.is_closing() or self._draining:
+            return
+        metrics.LISTENER_REFUSED.labels(reason).inc()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            self.transport.close()  # mid-response: nothing sensible to add
+            return
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's own answer, if any, is dropped
+            cycle.message_event.set()
+        self.transport.write(answer)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._draining = True
+        self._due = 0.0
+        self._linger = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+
+    # --- uvicorn protocol hooks -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self._limits.header_timeout, "header_timeout")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        for timer in (self._timer, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._linger = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._draining:
+            return  # refused: read and dropped until the lingering close
+        if self._in_head:
+            size = self._head_bytes + len(data)
+            if size > self._limits.max_header_bytes and self._head_too_large(data):
+                self._refuse(_TOO_LARGE, "header_too_large")
+                return
+            self._head_bytes = size
+        super().data_received(data)
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Whether the header block, not a body that follows it in `data`, passes the cap.
+
+        Only runs when this chunk takes the running count past the cap (a large first chunk
+        carrying headers and body together, or an oversized header): a bounded search.
+        """
+        room = self._limits.max_header_bytes - self._head_bytes
+        end = data.find(_HEAD_END, 0, max(room, 0) + len(_HEAD_END))
+        return end < 0 or end + len(_HEAD_END) > room
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._arm(self._limits.body_timeout, "body_timeout")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()  # the app's turn: its own timeouts bound it
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._in_head = True
+            self._head_bytes = 0
+            self._arm(self._limits.header_timeout, "header_timeout")
