@@ -261,10 +261,11 @@ async def reconcile(
                 await _store_page(pool, redis, rows, result)
             if on_page is not None:
                 on_page(result)
-    except (WebhookWorkerError, asyncio.CancelledError) as exc:
+    except BaseException as exc:  # cancelled, refused, or a bug: the run row says so
         if run_id is not None:
+            message = str(exc) or type(exc).__name__
             with contextlib.suppress(WebhookWorkerError):
-                await asyncio.shield(_finish_run(pool, run_id, result, str(exc) or "cancelled"))
+                await asyncio.shield(_finish_run(pool, run_id, result, message))
         raise
     if run_id is not None:
         await _finish_run(pool, run_id, result, None)
