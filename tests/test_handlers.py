@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.conftest import wait_for
 from tests.stripe_currencies import ZERO_DECIMAL
 from tests.worker_support import (
     balance,
     deliver,
     drain,
-    in_process_worker,
     ledger_sum,
     new_user,
     status_of,
 )
+from webhook_worker import queue, store
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
 from webhook_worker.handlers import credits_for
@@ -29,6 +27,7 @@ from webhook_worker.sample_events import (
     event_envelope,
     new_id,
 )
+from webhook_worker.worker import sweep_stale_events
 
 
 def _settings(cents_per_credit: int | None = None, **prices: int) -> Settings:
@@ -341,39 +340,38 @@ async def test_refund_of_spent_credits_stops_at_zero_and_records_the_shortfall(
     assert shortfall["payment_intent_id"] == pi
 
 
-async def test_refund_before_its_purchase_is_retried_then_completes(
-    db: asyncpg.Connection, make_settings: Callable[..., Settings]
+async def test_refund_before_its_purchase_waits_then_the_sweeper_wakes_it(
+    db: asyncpg.Connection, settings: Settings
 ) -> None:
-    settings = make_settings(RETRY_BASE_SECONDS="1", MAX_TRIES="10")
     user = await new_user(db, "early@example.com")
     pi = new_id("pi")
-    worker = in_process_worker(settings, burst=False)
-    task = asyncio.create_task(worker.async_run())
+    [refund_id] = await deliver(
+        db, settings, charge_refunded_event(payment_intent=pi, amount=1000, amount_refunded=500)
+    )
+    await drain(settings)
+    status = await status_of(db, refund_id)
+    # Waiting spends no tries and is no error: the purchase may come days later.
+    assert (status["processing_status"], status["status_reason"]) == (
+        "waiting",
+        "awaiting_purchase",
+    )
+    assert (status["attempts"], status["error_message"]) == (0, None)
+
+    await deliver(
+        db,
+        settings,
+        checkout_session_event(credits=60, client_reference_id=str(user), payment_intent=pi),
+    )
+    await drain(settings)
+    assert (await status_of(db, refund_id))["processing_status"] == "waiting"
+    pool = await store.create_pool(settings)
+    redis = await queue.create_redis(settings)
     try:
-        [refund_id] = await deliver(
-            db, settings, charge_refunded_event(payment_intent=pi, amount=1000, amount_refunded=500)
-        )
-
-        async def retried() -> bool:
-            status = await status_of(db, refund_id)
-            return status["attempts"] >= 1 and status["processing_status"] == "received"
-
-        await wait_for(retried)
-        status = await status_of(db, refund_id)
-        assert "refund arrived before its purchase" in status["error_message"]
-
-        await deliver(
-            db,
-            settings,
-            checkout_session_event(credits=60, client_reference_id=str(user), payment_intent=pi),
-        )
-
-        async def refunded() -> bool:
-            return (await status_of(db, refund_id))["processing_status"] == "completed"
-
-        await wait_for(refunded, timeout=20)
+        assert await sweep_stale_events({"settings": settings, "pool": pool, "redis": redis}) == 1
     finally:
-        await worker.close()
-        task.cancel()
+        await redis.aclose()
+        await pool.close()
+    await drain(settings)
+    assert (await status_of(db, refund_id))["processing_status"] == "completed"
     assert await _refund_rows(db, pi) == [-30]
     assert await balance(db, user) == 30 == await ledger_sum(db, user)
