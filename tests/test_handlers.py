@@ -16,8 +16,8 @@ from tests.worker_support import (
     ledger_sum,
     new_user,
     status_of,
+    sweep,
 )
-from webhook_worker import queue, store
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
 from webhook_worker.handlers import credits_for
@@ -27,7 +27,6 @@ from webhook_worker.sample_events import (
     event_envelope,
     new_id,
 )
-from webhook_worker.worker import sweep_stale_events
 
 
 def _settings(cents_per_credit: int | None = None, **prices: int) -> Settings:
@@ -364,13 +363,7 @@ async def test_refund_before_its_purchase_waits_then_the_sweeper_wakes_it(
     )
     await drain(settings)
     assert (await status_of(db, refund_id))["processing_status"] == "waiting"
-    pool = await store.create_pool(settings)
-    redis = await queue.create_redis(settings)
-    try:
-        assert await sweep_stale_events({"settings": settings, "pool": pool, "redis": redis}) == 1
-    finally:
-        await redis.aclose()
-        await pool.close()
+    assert await sweep(settings) == 1
     await drain(settings)
     assert (await status_of(db, refund_id))["processing_status"] == "completed"
     assert await _refund_rows(db, pi) == [-30]

@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from tests.worker_support import (
     assert_balance_after_is_running_sum,
@@ -32,8 +33,9 @@ from tests.worker_support import (
     ledger_sum,
     new_user,
     status_of,
+    sweep,
 )
-from webhook_worker import payments, queue, store
+from webhook_worker import payments
 from webhook_worker.config import Settings
 from webhook_worker.handlers import charge_snapshot
 from webhook_worker.sample_events import (
@@ -45,7 +47,6 @@ from webhook_worker.sample_events import (
     new_id,
     refund_event,
 )
-from webhook_worker.worker import sweep_stale_events
 
 T0 = 1_750_000_000  # every flow's clock: Stripe's `created`, in seconds
 Ids = dict[str, str]
@@ -335,16 +336,6 @@ def test_charge_snapshot_reads_both_api_shapes(
 # --- waiting -------------------------------------------------------------------------------
 
 
-async def _sweep(settings: Settings) -> int:
-    pool = await store.create_pool(settings)
-    redis = await queue.create_redis(settings)
-    try:
-        return await sweep_stale_events({"settings": settings, "pool": pool, "redis": redis})
-    finally:
-        await redis.aclose()
-        await pool.close()
-
-
 async def test_events_before_their_purchase_wait_and_all_apply_once_it_lands(
     db: asyncpg.Connection, settings: Settings
 ) -> None:
@@ -357,14 +348,15 @@ async def test_events_before_their_purchase_wait_and_all_apply_once_it_lands(
     for event_id in event_ids:
         status = await status_of(db, event_id)
         assert (status["processing_status"], status["attempts"]) == ("waiting", 0)
-    assert await _sweep(settings) == 0  # nothing to wake yet
+    assert await sweep(settings) == 0  # nothing to wake yet
+    assert REGISTRY.get_sample_value("stripe_events_by_status", {"status": "waiting"}) == 3
 
     session = checkout_session_event(
         credits=100, client_reference_id=str(user), payment_intent=ids["pi"]
     )
     await deliver(db, settings, session)
     await drain(settings)
-    assert await _sweep(settings) == 3
+    assert await sweep(settings) == 3
     await drain(settings)
     assert {(await status_of(db, e))["processing_status"] for e in event_ids} == {"completed"}
     # Refund 500 failed, dispute 500 open: half the purchase taken back, whatever the order.
@@ -383,7 +375,7 @@ async def test_a_wait_past_wait_max_days_ends_ignored_no_purchase_for_payment(
         "UPDATE stripe_events SET received_at = now() - interval '8 days' WHERE event_id = $1",
         old,
     )
-    await _sweep(settings)
+    await sweep(settings)
     status = await status_of(db, old)
     assert (status["processing_status"], status["status_reason"]) == (
         "ignored",
