@@ -68,6 +68,8 @@ def _retry_reason(exc: BaseException) -> str:
 
 def _observe_final(event: handlers.StoredEvent | None, status: str, event_type: str) -> None:
     metrics.EVENTS_PROCESSED.labels(status, event_type).inc()
+    if status == "waiting":  # not final: its ingest-to-completed time ends when it applies
+        return
     if event is not None and event.received_at is not None:
         lag = (datetime.now(UTC) - event.received_at).total_seconds()
         metrics.INGEST_TO_COMPLETED.observe(max(lag, 0.0))
