@@ -144,6 +144,16 @@ FLOWS = [
         credits=500,
     ),
     Flow(
+        "basil partial capture then a dispute: charge.captured tells the captured amount",
+        [
+            disputed(30, 600, CREATED, "needs_response"),
+            refunded(20, 0, amount_captured=600, api_version=BASIL, event_type="charge.captured"),
+        ],
+        [("DISPUTE", -300, 200), ("DISPUTE", -200, 0)],
+        [DONE, DONE],
+        credits=500,
+    ),
+    Flow(
         "pre-basil cancelled authorization (captured false, refunded true)",
         [refunded(10, 1000, amount_captured=0, captured=False, api_version=PRE_BASIL)],
         [],

@@ -11,6 +11,8 @@ connected account that is not listed, and thin events: they never move money.
   event was handled; there is nothing to credit or take back).
 - `charge.refunded`: takes back the refunded share of what was *captured* (both API shapes:
   before `2025-03-31.basil` a released authorization reads as a refund and takes nothing).
+  `charge.captured` is the same snapshot: from basil on it is the only event that tells a
+  partial capture's captured amount, which every share is computed on.
 - `charge.refund.updated`, `refund.updated`, `refund.failed`: a refund `failed` or
   `canceled` gives back what it took (`REFUND_REVERSAL`); other statuses are recorded.
 - `charge.dispute.created` / `.funds_withdrawn`: take the disputed share (`DISPUTE`);
@@ -469,6 +471,7 @@ HANDLERS: dict[str, Handler] = {
     "checkout.session.async_payment_succeeded": handle_async_payment_succeeded,
     "checkout.session.async_payment_failed": handle_async_payment_failed,
     "charge.refunded": handle_charge_refunded,
+    "charge.captured": handle_charge_refunded,
     "charge.refund.updated": handle_refund_updated,
     "refund.updated": handle_refund_updated,
     "refund.failed": handle_refund_updated,

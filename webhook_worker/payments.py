@@ -157,6 +157,23 @@ async def _record(conn: Connection, change: Change, event_id: str) -> bool:
     return moved is not None
 
 
+def plan(
+    delta: int, balance: int, shortfall: int, family: Family
+) -> tuple[str | None, int, int, int]:
+    """How the ledger follows a change of `delta` credits to take back: (row type or None,
+    credits moved, shortfall added, shortfall after). Never below zero: what is spent becomes
+    shortfall; a give-back cancels shortfall first and returns only what was really taken."""
+    if delta > 0:
+        debit = min(delta, balance)
+        added = delta - debit
+        return (_DEBIT[family] if debit else None), -debit, added, shortfall + added
+    if delta < 0:
+        cancelled = min(-delta, shortfall)
+        credit = -delta - cancelled
+        return (_CREDIT[family] if credit else None), credit, 0, shortfall - cancelled
+    return None, 0, 0, shortfall
+
+
 async def wait_for_purchase(conn: Connection, event_id: str, payment_intent_id: str) -> None:
     """Park the event as `waiting` on its payment's purchase (no try spent)."""
     with translate_errors("parking an event until its purchase"):
@@ -194,6 +211,10 @@ async def apply(
                     "seen and the purchase event's payload was pruned; nothing was taken back"
                 )
             refunded = None if state["refunded"] is None else int(targets["refunded"])
+            if isinstance(change, ChargeSnapshot) and not refunded and targets["disputed"]:
+                # A charge that refunds nothing but tells the captured amount (basil's
+                # charge.captured) can only move the disputes' share.
+                family = "dispute"
             target = target_taken(
                 purchased,
                 int(captured),
@@ -201,26 +222,15 @@ async def apply(
                 int(targets["disputed"]),
                 int(state["legacy_taken"]),
             )
-            taken, shortfall = int(state["taken"]), int(state["shortfall"])
             balance = int(await conn.fetchval(query("ledger_user_balance"), user_id))
-            kind: str | None = None
-            moved = added_shortfall = 0
-            delta = target - taken
-            if delta > 0:
-                debit = min(delta, balance)
-                added_shortfall = delta - debit
-                if debit:
-                    kind, moved = _DEBIT[family], -debit
-                if added_shortfall:
-                    await conn.execute(
-                        query("ledger_insert_shortfall"), event_id, user_id, pi, added_shortfall
-                    )
-                shortfall += added_shortfall
-            elif delta < 0:
-                cancelled = min(-delta, shortfall)
-                shortfall -= cancelled
-                if -delta - cancelled:
-                    kind, moved = _CREDIT[family], -delta - cancelled
+            delta = target - int(state["taken"])
+            kind, moved, added_shortfall, shortfall = plan(
+                delta, balance, int(state["shortfall"]), family
+            )
+            if added_shortfall:
+                await conn.execute(
+                    query("ledger_insert_shortfall"), event_id, user_id, pi, added_shortfall
+                )
             if kind is not None:
                 applied = await apply_row(
                     conn,

@@ -120,8 +120,10 @@ def charge_refunded_event(
     customer: str | None = None,
     created: int | None = None,
     api_version: str = API_VERSION,
+    event_type: str = "charge.refunded",
 ) -> dict[str, Any]:
-    """A `charge.refunded` event; `amount_refunded` is cumulative, as Stripe sends it.
+    """A `charge.refunded` (or `charge.captured`) event; `amount_refunded` is cumulative, as
+    Stripe sends it.
 
     `amount_captured` defaults to the whole `amount`. For a partial capture before basil,
     `amount_refunded` includes the released remainder (`amount - amount_captured`); from
@@ -140,7 +142,7 @@ def charge_refunded_event(
         currency="usd",
         livemode=False,
     )
-    event = event_envelope("charge.refunded", charge, event_id=event_id, created=created)
+    event = event_envelope(event_type, charge, event_id=event_id, created=created)
     event["api_version"] = api_version
     return event
 

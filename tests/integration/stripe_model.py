@@ -61,8 +61,9 @@ class StripeModel:
         return self.clock
 
     def add(self, session: dict[str, Any], credits: int) -> list[dict[str, Any]]:
-        """A paid session; 30 % are partial captures (600 of 1,000), half of all basil.
-        Before basil a partial capture releases the rest as a refund: `charge.refunded`."""
+        """A paid session; 30 % are partial captures (600 of 1,000), half of all basil. A
+        partial capture sends `charge.captured`; before basil it also releases the rest as a
+        refund and sends `charge.refunded`."""
         amount = int(session["amount_total"])
         partial = self.rng.random() < 0.3
         payment = Payment(
@@ -73,11 +74,14 @@ class StripeModel:
             api_version=self.rng.choice((PRE_BASIL, BASIL)),
         )
         self.payments[payment.payment_intent] = payment
-        if partial and payment.api_version == PRE_BASIL:
-            return [self._snapshot(payment)]
-        return []
+        if not partial:
+            return []
+        events = [self._snapshot(payment, "charge.captured")]
+        if payment.api_version == PRE_BASIL:
+            events.append(self._snapshot(payment))
+        return events
 
-    def _snapshot(self, p: Payment) -> dict[str, Any]:
+    def _snapshot(self, p: Payment, event_type: str = "charge.refunded") -> dict[str, Any]:
         refunded = p.live_refunded
         if p.api_version == PRE_BASIL:
             refunded += p.amount - p.captured  # the released remainder reads as a refund
@@ -88,6 +92,7 @@ class StripeModel:
             amount_refunded=refunded,
             created=self._tick(),
             api_version=p.api_version,
+            event_type=event_type,
         )
 
     def step(self, payment_intent: str) -> list[dict[str, Any]]:
