@@ -86,15 +86,19 @@ async def test_load_with_faults_keeps_every_invariant(cluster: Cluster) -> None:
     deliveries: list[bytes] = []
     expected: dict[str, int] = {}
     purchases: list[dict[str, Any]] = []
+    money: list[dict[str, Any]] = []  # purchases whose payments Stripe refunds or disputes
     stripe = StripeModel(rng)
     for _ in range(2000):
         roll = rng.random()
-        if roll < 0.12 and purchases:
-            bought = rng.choice(purchases)["data"]["object"]
+        if roll < 0.15 and money:
+            # a few recent payments each see several steps (refund, failure, dispute, close)
+            bought = rng.choice(money[-4:])["data"]["object"]
             events = stripe.step(bought["payment_intent"])
         else:
             event = _purchase(rng.randrange(200), rng.randint(1, 50))
             purchases.append(event)
+            if rng.random() < 0.05:
+                money.append(event)
             session = event["data"]["object"]
             credits = int(session["metadata"]["credits"])
             expected[session["id"]] = credits
