@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import asyncpg
@@ -270,9 +271,10 @@ async def _refund(
     payment_intent: str,
     refunded: int,
     amount: int = 1000,
+    created: int | None = None,
 ) -> str:
     event = charge_refunded_event(
-        payment_intent=payment_intent, amount=amount, amount_refunded=refunded
+        payment_intent=payment_intent, amount=amount, amount_refunded=refunded, created=created
     )
     [event_id] = await deliver(db, settings, event)
     await drain(settings)
@@ -309,12 +311,15 @@ async def test_two_partial_refunds_debit_only_what_is_new(
     db: asyncpg.Connection, settings: Settings
 ) -> None:
     user, pi = await _purchase(db, settings, credits=90, amount=900)
-    await _refund(db, settings, pi, refunded=300, amount=900)  # cumulative 1/3
-    await _refund(db, settings, pi, refunded=600, amount=900)  # cumulative 2/3
+    now = int(time.time())
+    first = await _refund(db, settings, pi, refunded=300, amount=900, created=now)  # 1/3
+    await _refund(db, settings, pi, refunded=600, amount=900, created=now + 1)  # 2/3
     assert await _refund_rows(db, pi) == [-30, -30]
     assert await balance(db, user) == 30 == await ledger_sum(db, user)
-    # A re-delivered or older cumulative refund changes nothing.
-    await _refund(db, settings, pi, refunded=300, amount=900)
+    # An older cumulative refund delivered late changes nothing (newest state wins).
+    late = await _refund(db, settings, pi, refunded=300, amount=900, created=now - 5)
+    assert (await status_of(db, late))["status_reason"] == "stale_event"
+    assert (await status_of(db, first))["status_reason"] is None
     assert await balance(db, user) == 30
 
 
