@@ -2,11 +2,12 @@
 -- Read-only. `webhook-worker verify` runs the same checks (exit 1 and a list on a problem);
 -- this file is for a human at a psql prompt.
 
-\echo '== tables and columns of the contract (expect 4 tables) =='
+\echo '== tables and columns of the contract (expect 7 tables) =='
 SELECT table_name, string_agg(column_name, ', ' ORDER BY ordinal_position) AS columns
 FROM information_schema.columns
 WHERE table_schema = current_schema()
-  AND table_name IN ('users', 'stripe_events', 'credit_transactions', 'schema_migrations')
+  AND table_name IN ('users', 'stripe_events', 'credit_transactions', 'schema_migrations',
+                     'payment_states', 'payment_refund_failures', 'payment_disputes')
 GROUP BY table_name
 ORDER BY table_name;
 
@@ -35,6 +36,21 @@ FROM (VALUES
 ) AS expected (name)
 ORDER BY present, expected.name;
 
+\echo '== status and type checks accept the money flows (every row t: migrations 0013, 0014) =='
+SELECT expected.name, expected.value,
+       position(quote_literal(expected.value) IN coalesce((
+           SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c
+           JOIN pg_namespace n ON n.oid = c.connamespace
+           WHERE n.nspname = current_schema() AND c.conname = expected.name), '')) > 0
+       AS accepted
+FROM (VALUES
+    ('stripe_events_status_check', 'waiting'),
+    ('credit_transactions_type_check', 'REFUND_REVERSAL'),
+    ('credit_transactions_type_check', 'DISPUTE'),
+    ('credit_transactions_type_check', 'DISPUTE_REVERSAL')
+) AS expected (name, value)
+ORDER BY accepted, expected.name;
+
 \echo '== ledger functions the worker calls (present = t for every row) =='
 SELECT expected.name,
        EXISTS (SELECT 1 FROM pg_proc p
@@ -57,6 +73,24 @@ SELECT processing_status, count(*) AS events, min(received_at) AS oldest
 FROM stripe_events
 GROUP BY processing_status
 ORDER BY processing_status;
+
+\echo '== waiting for their purchase (woken by the sweeper; ignored after WAIT_MAX_DAYS) =='
+SELECT count(*) AS waiting, min(received_at) AS oldest,
+       count(DISTINCT waiting_for) AS payments
+FROM stripe_events
+WHERE processing_status = 'waiting';
+
+\echo '== payments whose credits taken back differ from their ledger rows (expect none) =='
+SELECT s.payment_intent_id, s.taken, s.shortfall, coalesce(l.taken, 0) AS ledger_taken
+FROM payment_states s
+LEFT JOIN (
+    SELECT payment_intent_id, -sum(amount) AS taken
+    FROM credit_transactions
+    WHERE transaction_type IN ('REFUND', 'REFUND_REVERSAL', 'DISPUTE', 'DISPUTE_REVERSAL')
+    GROUP BY payment_intent_id
+) l ON l.payment_intent_id = s.payment_intent_id
+WHERE s.taken <> coalesce(l.taken, 0) + s.shortfall
+LIMIT 20;
 
 \echo '== stuck: received/processing for over 2 minutes (expect none while a worker runs) =='
 SELECT event_id, type, processing_status, attempts, updated_at

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
+import time
 from collections.abc import Callable
 
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.conftest import wait_for
 from tests.stripe_currencies import ZERO_DECIMAL
 from tests.worker_support import (
     balance,
     deliver,
     drain,
-    in_process_worker,
     ledger_sum,
     new_user,
     status_of,
+    sweep,
 )
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
@@ -272,9 +271,10 @@ async def _refund(
     payment_intent: str,
     refunded: int,
     amount: int = 1000,
+    created: int | None = None,
 ) -> str:
     event = charge_refunded_event(
-        payment_intent=payment_intent, amount=amount, amount_refunded=refunded
+        payment_intent=payment_intent, amount=amount, amount_refunded=refunded, created=created
     )
     [event_id] = await deliver(db, settings, event)
     await drain(settings)
@@ -311,12 +311,15 @@ async def test_two_partial_refunds_debit_only_what_is_new(
     db: asyncpg.Connection, settings: Settings
 ) -> None:
     user, pi = await _purchase(db, settings, credits=90, amount=900)
-    await _refund(db, settings, pi, refunded=300, amount=900)  # cumulative 1/3
-    await _refund(db, settings, pi, refunded=600, amount=900)  # cumulative 2/3
+    now = int(time.time())
+    first = await _refund(db, settings, pi, refunded=300, amount=900, created=now)  # 1/3
+    await _refund(db, settings, pi, refunded=600, amount=900, created=now + 1)  # 2/3
     assert await _refund_rows(db, pi) == [-30, -30]
     assert await balance(db, user) == 30 == await ledger_sum(db, user)
-    # A re-delivered or older cumulative refund changes nothing.
-    await _refund(db, settings, pi, refunded=300, amount=900)
+    # An older cumulative refund delivered late changes nothing (newest state wins).
+    late = await _refund(db, settings, pi, refunded=300, amount=900, created=now - 5)
+    assert (await status_of(db, late))["status_reason"] == "stale_event"
+    assert (await status_of(db, first))["status_reason"] is None
     assert await balance(db, user) == 30
 
 
@@ -341,39 +344,32 @@ async def test_refund_of_spent_credits_stops_at_zero_and_records_the_shortfall(
     assert shortfall["payment_intent_id"] == pi
 
 
-async def test_refund_before_its_purchase_is_retried_then_completes(
-    db: asyncpg.Connection, make_settings: Callable[..., Settings]
+async def test_refund_before_its_purchase_waits_then_the_sweeper_wakes_it(
+    db: asyncpg.Connection, settings: Settings
 ) -> None:
-    settings = make_settings(RETRY_BASE_SECONDS="1", MAX_TRIES="10")
     user = await new_user(db, "early@example.com")
     pi = new_id("pi")
-    worker = in_process_worker(settings, burst=False)
-    task = asyncio.create_task(worker.async_run())
-    try:
-        [refund_id] = await deliver(
-            db, settings, charge_refunded_event(payment_intent=pi, amount=1000, amount_refunded=500)
-        )
+    [refund_id] = await deliver(
+        db, settings, charge_refunded_event(payment_intent=pi, amount=1000, amount_refunded=500)
+    )
+    await drain(settings)
+    status = await status_of(db, refund_id)
+    # Waiting spends no tries and is no error: the purchase may come days later.
+    assert (status["processing_status"], status["status_reason"]) == (
+        "waiting",
+        "awaiting_purchase",
+    )
+    assert (status["attempts"], status["error_message"]) == (0, None)
 
-        async def retried() -> bool:
-            status = await status_of(db, refund_id)
-            return status["attempts"] >= 1 and status["processing_status"] == "received"
-
-        await wait_for(retried)
-        status = await status_of(db, refund_id)
-        assert "refund arrived before its purchase" in status["error_message"]
-
-        await deliver(
-            db,
-            settings,
-            checkout_session_event(credits=60, client_reference_id=str(user), payment_intent=pi),
-        )
-
-        async def refunded() -> bool:
-            return (await status_of(db, refund_id))["processing_status"] == "completed"
-
-        await wait_for(refunded, timeout=20)
-    finally:
-        await worker.close()
-        task.cancel()
+    await deliver(
+        db,
+        settings,
+        checkout_session_event(credits=60, client_reference_id=str(user), payment_intent=pi),
+    )
+    await drain(settings)
+    assert (await status_of(db, refund_id))["processing_status"] == "waiting"
+    assert await sweep(settings) == 1
+    await drain(settings)
+    assert (await status_of(db, refund_id))["processing_status"] == "completed"
     assert await _refund_rows(db, pi) == [-30]
     assert await balance(db, user) == 30 == await ledger_sum(db, user)

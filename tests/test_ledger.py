@@ -4,6 +4,7 @@ really serialises a user's balance changes, refunds in integers, never below zer
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -17,8 +18,8 @@ from tests.worker_support import (
     status_of,
     store_events,
 )
-from webhook_worker import ledger
-from webhook_worker.errors import PermanentError, TransientError
+from webhook_worker import ledger, payments
+from webhook_worker.errors import PermanentError
 from webhook_worker.sample_events import charge_refunded_event, checkout_session_event, new_id
 
 
@@ -64,7 +65,7 @@ def test_lock_key_is_the_id_and_stays_in_int4() -> None:
 def test_refund_share_is_integer_arithmetic(
     purchased: int, amount: int, refunded: int, share: int
 ) -> None:
-    assert ledger.refund_share(purchased, amount, refunded) == share
+    assert payments.share(purchased, amount, refunded) == share
 
 
 async def test_credit_once_per_event(db: asyncpg.Connection) -> None:
@@ -231,14 +232,19 @@ async def test_credit_for_a_missing_user_fails_and_leaves_the_event_open(
     assert (await status_of(db, event_id))["processing_status"] == "received"
 
 
-async def test_refund_without_purchase_is_transient(db: asyncpg.Connection) -> None:
+def _snapshot(pi: str, refunded: int) -> payments.ChargeSnapshot:
+    return payments.ChargeSnapshot(pi, 1000, refunded, datetime(2025, 5, 1, tzinfo=UTC))
+
+
+async def test_refund_without_purchase_applies_nothing(db: asyncpg.Connection) -> None:
     pi = new_id("pi")
     [event_id] = await store_events(db, [charge_refunded_event(payment_intent=pi)])
-    refund = ledger.Refund(event_id, pi, charge_amount=1000, amount_refunded=500, description="r")
-    with pytest.raises(ledger.PurchaseNotFound) as raised:
-        await ledger.debit_refund(db, refund)
-    assert isinstance(raised.value, TransientError)
-    assert "refund arrived before its purchase" in str(raised.value)
+    assert await payments.apply(db, event_id, "refund", _snapshot(pi, 500), "r") is None
+    assert (
+        await db.fetchval("SELECT count(*) FROM payment_states WHERE payment_intent_id = $1", pi)
+        == 0
+    )
+    assert (await status_of(db, event_id))["processing_status"] == "received"
 
 
 async def test_refund_is_a_noop_when_repeated(db: asyncpg.Connection) -> None:
@@ -247,11 +253,9 @@ async def test_refund_is_a_noop_when_repeated(db: asyncpg.Connection) -> None:
     purchase_event = await _stored_purchase_event(db)
     await ledger.credit_purchase(db, _purchase(user, purchase_event, 100, "cs_rep", pi))
     [refund_event] = await store_events(db, [charge_refunded_event(payment_intent=pi)])
-    refund = ledger.Refund(
-        refund_event, pi, charge_amount=1000, amount_refunded=400, description="r"
-    )
-    first = await ledger.debit_refund(db, refund)
-    again = await ledger.debit_refund(db, refund)
-    assert (first.debited, first.shortfall, first.balance) == (40, 0, 60)
-    assert (again.debited, again.shortfall, again.balance) == (0, 0, 60)
+    first = await payments.apply(db, refund_event, "refund", _snapshot(pi, 400), "r")
+    again = await payments.apply(db, refund_event, "refund", _snapshot(pi, 400), "r")
+    assert first is not None and again is not None
+    assert (first.advanced, first.amount, first.shortfall, first.balance) == (True, -40, 0, 60)
+    assert (again.advanced, again.amount, again.shortfall, again.balance) == (False, 0, 0, 60)
     assert await ledger_sum(db, user) == 60

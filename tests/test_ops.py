@@ -128,6 +128,23 @@ async def test_verify_reports_every_check_by_name(db: asyncpg.Connection) -> Non
     assert {f"index {i}" for i in ops.EXPECTED_INDEXES} <= names
     assert {f"function {f}" for f in ops.EXPECTED_FUNCTIONS} <= names
     assert {"migrations", "balances", "stuck events", "users by email"} <= names
+    assert {f"values {name}" for name in ops.EXPECTED_CHECK_VALUES} <= names
+    assert "payment states" in names
+
+
+async def test_verify_names_a_status_check_without_waiting_and_a_drifted_payment(
+    db: asyncpg.Connection,
+) -> None:
+    await db.execute("ALTER TABLE stripe_events DROP CONSTRAINT stripe_events_status_check")
+    await db.execute(
+        "ALTER TABLE stripe_events ADD CONSTRAINT stripe_events_status_check CHECK "
+        "(processing_status IN ('received', 'processing', 'completed', 'failed', 'ignored'))"
+    )
+    await db.execute("INSERT INTO payment_states (payment_intent_id, taken) VALUES ('pi_x', 5)")
+    report = await ops.verify(db, stale_after_seconds=120)
+    problems = {c.name: c.detail for c in report.problems}
+    assert problems["values stripe_events_status_check"].startswith("does not accept waiting")
+    assert "pi_x: taken 5 != ledger 0" in problems["payment states"]
 
 
 async def test_verify_names_a_missing_ledger_function(db: asyncpg.Connection) -> None:

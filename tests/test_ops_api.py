@@ -103,6 +103,9 @@ async def test_list_events_with_filters(client: httpx.AsyncClient, db: asyncpg.C
     assert [e["event_id"] for e in events] == [failed]
     assert events[0]["error_message"] == "user_not_found"
     assert len((await client.get("/ops/events", headers=AUTH)).json()["events"]) == 3
+    waiting = await insert_event(db, event_type="refund.failed", status="waiting")
+    response = await client.get("/ops/events", params={"status": "waiting"}, headers=AUTH)
+    assert [e["event_id"] for e in response.json()["events"]] == [waiting]
 
 
 async def test_list_events_by_status_reason(

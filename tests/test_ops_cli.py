@@ -68,10 +68,13 @@ async def test_events_list_filters_by_status_type_and_since(
     completed = await insert_event(db, status="completed")
     old_failed = await insert_event(db, status="failed", age_seconds=3 * 86400)
     refund = await insert_event(db, event_type="charge.refunded", status="failed")
+    early = await insert_event(db, event_type="charge.dispute.created", status="waiting")
 
     result = await cli("events", "list", "--status", "failed", "--json")
     assert result.code == 0
     assert {e["event_id"] for e in result.json()} == {failed, old_failed, refund}
+    waiting = await cli("events", "list", "--status", "waiting", "--json")
+    assert [e["event_id"] for e in waiting.json()] == [early]
 
     result = await cli(
         "events", "list", "--status", "failed", "--type", "checkout.session.completed",
@@ -316,11 +319,13 @@ async def test_stats_counts_events_credits_and_users(cli: Cli, db: asyncpg.Conne
     await insert_event(db, status="failed", error="user_not_found")
     await insert_event(db, status="failed", error="old", age_seconds=3 * 86400)
     await insert_event(db, status="received", age_seconds=600)
+    await insert_event(db, event_type="refund.failed", status="waiting", age_seconds=60)
 
     data = (await cli("stats", "--json")).json()
     assert data["events_by_status"] == {
         "received": 1,
         "processing": 0,
+        "waiting": 1,
         "completed": 2,
         "failed": 2,
         "ignored": 0,
@@ -333,6 +338,7 @@ async def test_stats_counts_events_credits_and_users(cli: Cli, db: asyncpg.Conne
     assert data["credits_refunded"] == 10
     assert data["users_with_credits"] == 1
     assert data["credits_outstanding"] == 20
+    assert data["waiting_events"] == 1 and data["oldest_waiting_at"] is not None
 
     table = await cli("stats")
     assert table.code == 0

@@ -25,6 +25,7 @@ from tests.worker_support import (
     new_user,
     spawn_worker,
     stop_worker,
+    sweep,
     worker_env,
 )
 from webhook_worker import queue, reconcile, store
@@ -139,6 +140,9 @@ async def test_one_run_recovers_and_credits_every_missed_event_once(
     assert (report["found"], report["recovered"], report["already_stored"]) == (330, 330, 0)
     assert report["pages"] == 4  # 100 a page
     assert REGISTRY.get_sample_value("reconcile_events_recovered_total") == before + 330
+    await drain(settings)
+    # Refunds claimed before their purchase committed wait; the sweeper wakes them.
+    await sweep(settings)
     await drain(settings)
 
     statuses = await db.fetch(

@@ -25,10 +25,13 @@ from tests.worker_support import (
     status_of,
     store_events,
 )
-from webhook_worker import ledger, queue, store, worker_batches
+from webhook_worker import handlers, ledger, queue, store, worker_batches
 from webhook_worker.config import Settings
 from webhook_worker.errors import TransientError
-from webhook_worker.sample_events import charge_refunded_event, checkout_session_event, new_id
+from webhook_worker.sample_events import (
+    checkout_session_event,
+    event_envelope,
+)
 from webhook_worker.worker import (
     cron_jobs,
     prune_old_events,
@@ -153,18 +156,25 @@ async def test_two_event_ids_for_one_checkout_session_credit_once(
 
 
 async def test_always_failing_event_ends_failed_after_max_tries(
-    db: asyncpg.Connection, make_settings: Callable[..., Settings]
+    db: asyncpg.Connection,
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = make_settings(MAX_TRIES="3", RETRY_BASE_SECONDS="0")
-    retries_before = _sample("worker_retries_total", reason="refund_before_purchase")
-    refund = charge_refunded_event(payment_intent=new_id("pi"))  # its purchase never comes
-    [event_id] = await deliver(db, settings, refund)
+
+    async def never_reachable(ctx: handlers.HandlerContext, event: handlers.StoredEvent) -> Any:
+        raise TransientError("the host's database is unreachable")
+
+    # A handler that always meets a transient fault (the store path itself stays real).
+    monkeypatch.setitem(handlers.HANDLERS, "test.always_transient", never_reachable)
+    retries_before = _sample("worker_retries_total", reason="database")
+    [event_id] = await deliver(db, settings, event_envelope("test.always_transient", {}))
     await drain(settings)
     status = await status_of(db, event_id)
     assert status["processing_status"] == "failed"
     assert status["attempts"] == 3
-    assert "refund arrived before its purchase" in status["error_message"]
-    retries = _sample("worker_retries_total", reason="refund_before_purchase") - retries_before
+    assert "unreachable" in status["error_message"]
+    retries = _sample("worker_retries_total", reason="database") - retries_before
     assert retries == 2
 
 

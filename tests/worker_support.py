@@ -19,7 +19,7 @@ from arq.worker import Worker
 from webhook_worker import queue, store
 from webhook_worker.config import Settings
 from webhook_worker.sample_events import encode_event
-from webhook_worker.worker import build_worker
+from webhook_worker.worker import build_worker, sweep_stale_events
 
 try:
     from webhook_worker.events import parse_envelope
@@ -66,6 +66,18 @@ async def deliver(
     ids = await store_events(conn, events)
     await enqueue(settings, ids)
     return ids
+
+
+async def sweep(settings: Settings) -> int:
+    """One run of the worker's sweeper cron (wakes `waiting` events whose purchase landed,
+    re-enqueues stale ones); returns the events enqueued."""
+    pool = await store.create_pool(settings)
+    redis = await queue.create_redis(settings)
+    try:
+        return await sweep_stale_events({"settings": settings, "pool": pool, "redis": redis})
+    finally:
+        await redis.aclose()
+        await pool.close()
 
 
 def in_process_worker(settings: Settings, **overrides: Any) -> Worker:

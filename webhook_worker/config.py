@@ -317,6 +317,7 @@ class Settings:
     retry_base_seconds: int = 2
     stale_after_seconds: int = 120
     sweep_interval_seconds: int = 30
+    wait_max_days: int = 7
     job_timeout_seconds: int = 30
     worker_max_jobs: int = 100
     worker_batch_max: int = 256
@@ -419,6 +420,7 @@ class Settings:
             retry_base_seconds=_required_int(env, "RETRY_BASE_SECONDS", 2, minimum=0),
             stale_after_seconds=_required_int(env, "STALE_AFTER_SECONDS", 120, minimum=1),
             sweep_interval_seconds=_required_int(env, "SWEEP_INTERVAL_SECONDS", 30, minimum=1),
+            wait_max_days=_required_int(env, "WAIT_MAX_DAYS", 7, minimum=1),
             job_timeout_seconds=_required_int(env, "JOB_TIMEOUT_SECONDS", 30, minimum=1),
             worker_max_jobs=_required_int(env, "WORKER_MAX_JOBS", 100, minimum=1),
             worker_poll_delay=_required_int(env, "WORKER_POLL_DELAY_MS", 50, minimum=1) / 1000,

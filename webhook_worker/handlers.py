@@ -9,7 +9,17 @@ connected account that is not listed, and thin events: they never move money.
 - `checkout.session.async_payment_succeeded`: credits.
 - `checkout.session.async_payment_failed`: recorded as `completed` with no ledger row (the
   event was handled; there is nothing to credit or take back).
-- `charge.refunded`: debits the refunded share of that payment intent's credits.
+- `charge.refunded`: takes back the refunded share of what was *captured* (both API shapes:
+  before `2025-03-31.basil` a released authorization reads as a refund and takes nothing).
+  `charge.captured` is the same snapshot: from basil on it is the only event that tells a
+  partial capture's captured amount, which every share is computed on.
+- `charge.refund.updated`, `refund.updated`, `refund.failed`: a refund `failed` or
+  `canceled` gives back what it took (`REFUND_REVERSAL`); other statuses are recorded.
+- `charge.dispute.created` / `.funds_withdrawn`: take the disputed share (`DISPUTE`);
+  `.closed` won and `.funds_reinstated` give it back (`DISPUTE_REVERSAL`); lost keeps it.
+  Inquiries (`warning_*`) move nothing. Rules and limits: webhook_worker.payments.
+- A refund, refund failure or dispute before its purchase is `waiting` (no try spent);
+  the sweeper wakes it once the purchase is in the ledger.
 - Every other type: `ignored` (`unhandled_type`).
 
 What a session buys (`credits_for`): only a `mode: payment` session is a credits purchase.
@@ -30,17 +40,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 
-from webhook_worker import ledger, resolver, scope, store
+from webhook_worker import ledger, payments, resolver, scope, store
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
 from webhook_worker.host import UserId
 
-Status = Literal["completed", "ignored"]
+Status = Literal["completed", "ignored", "waiting"]
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
 
 
@@ -87,7 +97,8 @@ class Outcome:
     """A handler's result: final status, the canonical log event name and its fields."""
 
     status: Status
-    action: str  # event_credited, event_debited, event_recorded, event_ignored
+    action: str  # event_credited, event_debited, event_recorded, event_ignored, event_stale,
+    # event_waiting
     recorded: bool = False  # the status was already written in the ledger transaction
     fields: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None  # why: stored in stripe_events.status_reason when not recorded
@@ -273,36 +284,186 @@ async def handle_async_payment_failed(ctx: HandlerContext, event: StoredEvent) -
     )
 
 
+# --- refunds, refund failures, disputes (webhook_worker.payments has the rules) -----------
+
+BASIL = "2025-03-31"  # from this API version on, releasing an authorization is no refund
+FAILED_REFUND_STATUSES = frozenset({"failed", "canceled"})
+
+
+def _int(obj: Mapping[str, Any], key: str, what: str) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PermanentError(f"{what} without a non-negative integer {key}")
+    return value
+
+
+def _created(event: StoredEvent) -> datetime:
+    created = event.payload.get("created")
+    if isinstance(created, bool) or not isinstance(created, int):
+        raise PermanentError(f"{event.type} event has no integer created")
+    return datetime.fromtimestamp(created, UTC)
+
+
+def is_basil_or_later(api_version: object) -> bool:
+    """`2025-03-31.basil` and later: partial captures and cancelled authorizations no
+    longer create a Refund nor raise `amount_refunded`. Unknown versions are read as
+    earlier: the reading that never takes back credits for money that was not refunded."""
+    return isinstance(api_version, str) and api_version[:10] >= BASIL
+
+
+def charge_snapshot(charge: Mapping[str, Any], api_version: object) -> tuple[int, int]:
+    """(captured, net refunded of the captured amount) from a charge object, both shapes.
+
+    Before basil a partial capture or a cancelled authorization releases the uncaptured
+    remainder as a refund: `amount_refunded` holds `amount - amount_captured` that was never
+    paid, and `captured: false` with `refunded: true` is an authorization released whole.
+    From basil on `amount_refunded` counts real refunds only.
+    """
+    amount = _int(charge, "amount", "charge")
+    refunded = _int(charge, "amount_refunded", "charge")
+    raw_captured = charge.get("amount_captured")
+    if charge.get("captured") is False:
+        captured = 0
+    elif isinstance(raw_captured, int) and not isinstance(raw_captured, bool):
+        captured = min(max(raw_captured, 0), amount)
+    else:
+        captured = amount  # API versions before amount_captured: a captured charge, in full
+    if not is_basil_or_later(api_version):
+        refunded -= amount - captured
+    return captured, min(max(refunded, 0), captured)
+
+
+def _applied_outcome(result: payments.Applied | None, pi: str) -> Outcome:
+    if result is None:
+        return Outcome(
+            "waiting",
+            "event_waiting",
+            recorded=True,
+            fields={"payment_intent_id": pi},
+            reason="awaiting_purchase",
+        )
+    fields: dict[str, Any] = {
+        "user_id": result.user_id,
+        "transaction_type": result.transaction_type,
+        "credits": result.amount,
+        "shortfall": result.shortfall,
+        "balance": result.balance,
+        "payment_intent_id": pi,
+    }
+    if not result.advanced:
+        # Stripe does not order deliveries: an older state never undoes a newer one.
+        return Outcome(
+            "completed", "event_stale", recorded=True, fields=fields, reason="stale_event"
+        )
+    if result.amount < 0:
+        return Outcome("completed", "event_debited", recorded=True, fields=fields)
+    if result.amount > 0:
+        return Outcome("completed", "event_credited", recorded=True, fields=fields)
+    return Outcome("completed", "event_recorded", recorded=True, fields=fields)
+
+
+async def _apply_change(
+    ctx: HandlerContext,
+    event: StoredEvent,
+    family: payments.Family,
+    change: payments.Change,
+    description: str,
+) -> Outcome:
+    pi = change.payment_intent_id
+    async with store.acquire(ctx.pool, "applying a payment change") as conn:
+        result = await payments.apply(conn, event.event_id, family, change, description)
+        if result is None:
+            await payments.wait_for_purchase(conn, event.event_id, pi)
+    return _applied_outcome(result, pi)
+
+
 async def handle_charge_refunded(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     charge = event.data_object
     payment_intent = _text(charge, "payment_intent")
     if payment_intent is None:
         return ignored("no_payment_intent")
-    captured = _positive_int(charge.get("amount_captured")) or _positive_int(charge.get("amount"))
-    refunded = charge.get("amount_refunded")
-    if captured is None or isinstance(refunded, bool) or not isinstance(refunded, int):
-        raise PermanentError("charge.refunded without integer amount / amount_refunded")
-    refund = ledger.Refund(
-        event_id=event.event_id,
+    created = _created(event)
+    captured, refunded = charge_snapshot(charge, event.payload.get("api_version"))
+    change = payments.ChargeSnapshot(payment_intent, captured, refunded, created)
+    description = f"{event.type} {_text(charge, 'id') or ''}".strip()
+    return await _apply_change(ctx, event, "refund", change, description)
+
+
+async def handle_refund_updated(ctx: HandlerContext, event: StoredEvent) -> Outcome:
+    """`charge.refund.updated`, `refund.updated`, `refund.failed`: only a refund that failed
+    or was canceled moves money (it gives back what it took)."""
+    refund = event.data_object
+    status = refund.get("status")
+    if status not in FAILED_REFUND_STATUSES:
+        return Outcome(
+            "completed",
+            "event_recorded",
+            fields={"refund_status": str(status)[:32]},
+            reason="refund_not_failed",
+        )
+    payment_intent = _text(refund, "payment_intent")
+    if payment_intent is None:
+        return ignored("no_payment_intent")
+    refund_id = _text(refund, "id")
+    if refund_id is None:
+        raise PermanentError(f"{event.type} refund has no id")
+    amount = _int(refund, "amount", "refund")
+    if amount == 0:
+        return Outcome("completed", "event_recorded", reason="refund_of_nothing")
+    refund_created = refund.get("created")
+    change = payments.RefundFailure(
         payment_intent_id=payment_intent,
-        charge_amount=captured,
-        amount_refunded=refunded,
-        description=f"charge.refunded {_text(charge, 'id') or ''}".strip(),
+        refund_id=refund_id,
+        amount=amount,
+        status=str(status),
+        refund_created=(
+            datetime.fromtimestamp(refund_created, UTC)
+            if isinstance(refund_created, int) and not isinstance(refund_created, bool)
+            else None
+        ),
+        failed_at=_created(event),
     )
-    async with store.acquire(ctx.pool, "debiting a refund") as conn:
-        result = await ledger.debit_refund(conn, refund)
-    return Outcome(
-        "completed",
-        "event_debited",
-        recorded=True,
-        fields={
-            "user_id": result.user_id,
-            "debited": result.debited,
-            "shortfall": result.shortfall,
-            "balance": result.balance,
-            "payment_intent_id": payment_intent,
-        },
+    return await _apply_change(ctx, event, "refund", change, f"{event.type} {refund_id}")
+
+
+def dispute_stage(event_type: str, status: str) -> int | None:
+    """The stage an event puts its dispute at; None for inquiries, which move no money."""
+    if event_type == "charge.dispute.funds_reinstated":
+        return payments.STAGE_REINSTATED
+    if event_type == "charge.dispute.closed":
+        return payments.STAGE_CLOSED
+    if status.startswith("warning_"):
+        return None  # an inquiry: no funds are withdrawn unless it becomes a chargeback
+    return payments.STAGE_OPEN
+
+
+async def handle_dispute(ctx: HandlerContext, event: StoredEvent) -> Outcome:
+    """`charge.dispute.created` / `.funds_withdrawn` take the disputed share, `.closed` won
+    or `.funds_reinstated` give it back, `.closed` lost changes nothing more."""
+    dispute = event.data_object
+    status = str(dispute.get("status") or "")
+    stage = dispute_stage(event.type, status)
+    if stage is None:
+        return Outcome(
+            "completed",
+            "event_recorded",
+            fields={"dispute_status": status[:32]},
+            reason="dispute_inquiry",
+        )
+    payment_intent = _text(dispute, "payment_intent")
+    if payment_intent is None:
+        return ignored("no_payment_intent")
+    dispute_id = _text(dispute, "id")
+    if dispute_id is None:
+        raise PermanentError(f"{event.type} dispute has no id")
+    change = payments.DisputeStage(
+        payment_intent_id=payment_intent,
+        dispute_id=dispute_id,
+        amount=_int(dispute, "amount", "dispute"),
+        stage=stage,
+        status=status[:32],
     )
+    return await _apply_change(ctx, event, "dispute", change, f"{event.type} {dispute_id}")
 
 
 HANDLERS: dict[str, Handler] = {
@@ -310,6 +471,14 @@ HANDLERS: dict[str, Handler] = {
     "checkout.session.async_payment_succeeded": handle_async_payment_succeeded,
     "checkout.session.async_payment_failed": handle_async_payment_failed,
     "charge.refunded": handle_charge_refunded,
+    "charge.captured": handle_charge_refunded,
+    "charge.refund.updated": handle_refund_updated,
+    "refund.updated": handle_refund_updated,
+    "refund.failed": handle_refund_updated,
+    "charge.dispute.created": handle_dispute,
+    "charge.dispute.funds_withdrawn": handle_dispute,
+    "charge.dispute.closed": handle_dispute,
+    "charge.dispute.funds_reinstated": handle_dispute,
 }
 
 

@@ -8,8 +8,9 @@ index make any repeat (duplicate delivery, replay, a second worker, a crash and 
 insert nothing, and then nothing else changes either. Money is `int` everywhere.
 
 Purchases run as one server-side call (`ledger_credit`, migration 0005): one round trip and
-one autocommit transaction, the lock held only inside the server. Refunds, rare and with
-more logic, use an explicit transaction and the statements in sql/queries/ledger.sql.
+one autocommit transaction, the lock held only inside the server. Refunds, refund failures
+and disputes, rare and with more logic, use an explicit transaction (webhook_worker.payments)
+and the statements in sql/queries/ledger.sql and payments.sql.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from webhook_worker import store
-from webhook_worker.errors import PermanentError, TransientError
-from webhook_worker.host import UserId, user_key
+from webhook_worker.errors import PermanentError
+from webhook_worker.host import UserId
 from webhook_worker.host import lock_key as lock_key  # re-exported: the user's int4 lock key
 from webhook_worker.queries import query
 from webhook_worker.store import Connection, translate_errors
@@ -44,10 +44,6 @@ BATCH_LOCK_TIMEOUT_MS = 500
 
 def _balance_moved(user_id: UserId) -> str:
     return f"balance of user {user_id} moved outside the ledger lock; rolled back"
-
-
-class PurchaseNotFound(TransientError):
-    """refund arrived before its purchase: retried until the purchase is processed"""
 
 
 async def lock_user(conn: Connection, user_id: UserId) -> None:
@@ -76,24 +72,7 @@ class CreditResult:
     balance: int
 
 
-@dataclass(frozen=True)
-class Refund:
-    event_id: str
-    payment_intent_id: str
-    charge_amount: int  # cents captured
-    amount_refunded: int  # cents refunded so far (Stripe's cumulative value)
-    description: str
-
-
-@dataclass(frozen=True)
-class RefundResult:
-    user_id: UserId
-    debited: int  # credits taken back by this event
-    shortfall: int  # credits this event could not take back (already spent)
-    balance: int
-
-
-async def _apply(
+async def apply_row(
     conn: Connection,
     user_id: UserId,
     amount: int,
@@ -186,64 +165,3 @@ async def credit_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
             raise
     assert row is not None
     return CreditResult(applied=bool(row["applied"]), balance=int(row["balance"]))
-
-
-def refund_share(purchased: int, charge_amount: int, amount_refunded: int) -> int:
-    """Credits matching the refunded fraction of the charge, rounded down, integers only."""
-    if charge_amount <= 0 or purchased <= 0:
-        return 0
-    refunded = min(max(amount_refunded, 0), charge_amount)
-    return purchased * refunded // charge_amount
-
-
-async def debit_refund(conn: Connection, refund: Refund) -> RefundResult:
-    """Take back what the cumulative refund asks for and is not yet taken; never below zero.
-
-    Raises PurchaseNotFound (transient) when the payment's purchase is not in the ledger yet.
-    """
-    with translate_errors("finding a refund's purchase"):
-        purchase = await conn.fetchrow(
-            query("ledger_purchase_for_payment_intent"), refund.payment_intent_id
-        )
-    if purchase is None:
-        raise PurchaseNotFound()
-    user_id = user_key(purchase["user_id"])
-    debited = shortfall = 0
-    with translate_errors("debiting a refund"):
-        async with conn.transaction():
-            await lock_user(conn, user_id)
-            totals = await conn.fetchrow(
-                query("ledger_refund_totals"), refund.payment_intent_id, refund.event_id
-            )
-            assert totals is not None
-            balance = int(await conn.fetchval(query("ledger_user_balance"), user_id))
-            target = refund_share(
-                int(totals["purchased"]), refund.charge_amount, refund.amount_refunded
-            )
-            wanted = target - int(totals["debited"]) - int(totals["shortfall"])
-            if wanted > 0 and not totals["event_applied"]:
-                debited = min(wanted, balance)
-                shortfall = wanted - debited
-                if debited:
-                    applied = await _apply(
-                        conn,
-                        user_id,
-                        -debited,
-                        "REFUND",
-                        refund.event_id,
-                        purchase["checkout_session_id"],
-                        refund.payment_intent_id,
-                        refund.description,
-                    )
-                    assert applied is not None  # event_applied was false under the lock
-                    balance = applied
-                if shortfall:
-                    await conn.execute(
-                        query("ledger_insert_shortfall"),
-                        refund.event_id,
-                        user_id,
-                        refund.payment_intent_id,
-                        shortfall,
-                    )
-            await store.finish_event(conn, refund.event_id, "completed")
-    return RefundResult(user_id=user_id, debited=debited, shortfall=shortfall, balance=balance)

@@ -85,6 +85,13 @@ RECONCILE_ERRORS = Counter(
     ["reason"],
 )
 SWEPT = Counter("worker_swept_events_total", "Events re-enqueued by the sweeper")
+WOKEN = Counter(
+    "worker_woken_events_total", "Waiting events woken by the sweeper once their purchase landed"
+)
+WAIT_EXPIRED = Counter(
+    "worker_wait_expired_events_total",
+    "Waiting events ignored after WAIT_MAX_DAYS (no_purchase_for_payment)",
+)
 QUEUE_DEPTH = Gauge("worker_queue_depth", "Jobs waiting in the arq queue", multiprocess_mode="max")
 EVENTS_BY_STATUS = Gauge(
     "stripe_events_by_status",

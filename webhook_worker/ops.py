@@ -36,7 +36,7 @@ DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 10_000
 REPLAY_BATCH = 200
 DRY_RUN_ROWS = 20
-FREE_REPLAY_STATUSES = ("failed", "received", "processing")
+FREE_REPLAY_STATUSES = ("failed", "received", "processing", "waiting")
 FORCED_REPLAY_STATUSES = ("completed", "ignored")
 SMOKE_EVENT_TYPE = "webhook_worker.smoke_test"
 
@@ -63,6 +63,7 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "processing_status",
         "status_reason",
         "source",
+        "waiting_for",
         "attempts",
         "error_message",
         "processed_at",
@@ -81,6 +82,14 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "schema_migrations": ("version", "name", "checksum", "applied_at"),
     "reconcile_runs": ("trigger", "window_start", "window_end", "status", "events_recovered"),
+    "payment_states": ("payment_intent_id", "captured", "refunded", "refunded_as_of", "taken"),
+    "payment_refund_failures": ("refund_id", "payment_intent_id", "amount", "failed_at"),
+    "payment_disputes": ("dispute_id", "payment_intent_id", "amount", "stage", "status"),
+}
+# Values the status and type checks must accept (migrations 0013, 0014).
+EXPECTED_CHECK_VALUES: dict[str, tuple[str, ...]] = {
+    "stripe_events_status_check": ("waiting",),
+    "credit_transactions_type_check": ("REFUND_REVERSAL", "DISPUTE", "DISPUTE_REVERSAL"),
 }
 EXPECTED_CONSTRAINTS: dict[str, str] = {
     "credits_balance_nonneg": "users.credits_balance >= 0",
@@ -397,6 +406,7 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
         by_status = await conn.fetch(query("ops_stats_by_status"))
         by_type = await conn.fetch(query("ops_stats_by_type"))
         ignored = await conn.fetch(query("ops_stats_ignored_by_reason"))
+        waiting = await conn.fetchrow(query("ops_stats_waiting"))
         oldest = await conn.fetchrow(query("ops_stats_oldest_unprocessed"))
         failures = await conn.fetchval(query("ops_stats_recent_failures"))
         credits = await conn.fetchrow(query("ops_stats_credits"))
@@ -408,6 +418,7 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
     for row in by_type:
         types.setdefault(row["type"], {})[row["status"]] = int(row["events"])
     assert oldest is not None and credits is not None and users is not None
+    assert waiting is not None
     return {
         "events_by_status": statuses,
         "events_total": sum(statuses.values()),
@@ -418,6 +429,9 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
         "failures_last_day": int(failures or 0),
         "credits_granted": int(credits["granted"]),
         "credits_refunded": int(credits["refunded"]),
+        "credits_disputed": int(credits["disputed"]),
+        "waiting_events": int(waiting["events"]),
+        "oldest_waiting_at": waiting["oldest"],
         "credit_transactions": int(credits["transactions"]),
         "users_with_credits": int(users["users_with_credits"]),
         "credits_outstanding": int(users["credits_outstanding"]),
@@ -498,6 +512,18 @@ async def _verify_schema(
         )
     if "users" in complete:
         _verify_users_insertable(shape, report)
+    definitions = {
+        row["name"]: row["definition"] for row in await conn.fetch(query("ops_schema_checks"))
+    }
+    for name, values in EXPECTED_CHECK_VALUES.items():
+        lacking = [v for v in values if f"'{v}'" not in definitions.get(name, "")]
+        report.add(
+            f"values {name}",
+            not lacking,
+            f"accepts {', '.join(values)}"
+            if not lacking
+            else f"does not accept {', '.join(lacking)}: apply migrations 0013/0014",
+        )
     functions = {row["name"] for row in await conn.fetch(query("ops_schema_functions"))}
     for name, meaning in EXPECTED_FUNCTIONS.items():
         found = name in functions
@@ -664,6 +690,19 @@ async def _verify_data(
             report.add("balances", True, "every balance equals its ledger sum")
     else:
         report.add("balances", False, "not checked: users/credit_transactions incomplete")
+    if {"payment_states", "credit_transactions"} <= complete:
+        rows = await conn.fetch(query("ops_payment_state_mismatches"), _SAMPLE)
+        if rows:
+            shown = "; ".join(
+                f"{r['payment_intent_id']}: taken {r['taken']} != ledger {r['ledger_taken']} "
+                f"+ shortfall {r['shortfall']}"
+                for r in rows[:10]
+            )
+            report.add("payment states", False, f"{len(rows)} payment(s) differ: {shown}")
+        else:
+            report.add(
+                "payment states", True, "credits taken back equal each payment's ledger rows"
+            )
     if "stripe_events" in complete:
         rows = await conn.fetch(query("ops_stuck_events"), stale_after_seconds, _SAMPLE)
         if rows:

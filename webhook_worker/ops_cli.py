@@ -376,7 +376,13 @@ def _print_stats(stats: dict[str, Any]) -> None:
     summary.add_row("oldest unprocessed event", _age(stats["oldest_unprocessed_age_seconds"]))
     summary.add_row("failures in the last day", str(stats["failures_last_day"]))
     summary.add_row("credits granted", str(stats["credits_granted"]))
-    summary.add_row("credits refunded", str(stats["credits_refunded"]))
+    summary.add_row("credits refunded (net)", str(stats["credits_refunded"]))
+    summary.add_row("credits disputed (net)", str(stats["credits_disputed"]))
+    summary.add_row(
+        "waiting for their purchase",
+        f"{stats['waiting_events']}"
+        + (f" (oldest {_when(stats['oldest_waiting_at'])} UTC)" if stats["waiting_events"] else ""),
+    )
     summary.add_row("credits outstanding", str(stats["credits_outstanding"]))
     summary.add_row("users with credits", str(stats["users_with_credits"]))
     last = stats["last_reconcile"]

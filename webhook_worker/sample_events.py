@@ -1,8 +1,8 @@
 """Realistic test-mode Stripe events built from Stripe's own sample objects, and signing.
 
 `data/stripe_objects.json` is a copy of Stripe's OpenAPI fixtures (see ../shared); the
-builders wrap a `checkout.session` or `charge` in the `event` envelope and set the fields a
-scenario needs. `sign_payload` signs exact bytes the way Stripe does, for
+builders wrap a `checkout.session`, `charge`, `refund` or `dispute` in the `event` envelope
+and set the fields a scenario needs. `sign_payload` signs exact bytes the way Stripe does, for
 `send-test-event`, the smoke test, benchmarks and the test suite.
 """
 
@@ -102,28 +102,110 @@ def checkout_session_event(
     )
 
 
+# The API versions the money-flow fixtures are built for: the shape of a released
+# authorization changed with basil (see handlers.charge_snapshot).
+PRE_BASIL = "2024-06-20"
+BASIL = "2025-03-31.basil"
+
+
 def charge_refunded_event(
     *,
     payment_intent: str,
     amount: int = 1000,
     amount_refunded: int = 1000,
+    amount_captured: int | None = None,
+    captured: bool = True,
+    charge_id: str | None = None,
     event_id: str | None = None,
     customer: str | None = None,
+    created: int | None = None,
+    api_version: str = API_VERSION,
+    event_type: str = "charge.refunded",
 ) -> dict[str, Any]:
-    """A `charge.refunded` event; `amount_refunded` is cumulative, as Stripe sends it."""
+    """A `charge.refunded` (or `charge.captured`) event; `amount_refunded` is cumulative, as
+    Stripe sends it.
+
+    `amount_captured` defaults to the whole `amount`. For a partial capture before basil,
+    `amount_refunded` includes the released remainder (`amount - amount_captured`); from
+    basil on it counts real refunds only: the caller sets it as the version would.
+    """
     charge = stripe_object("charge")
     charge.update(
-        id=new_id("ch"),
+        id=charge_id or new_id("ch"),
         amount=amount,
-        amount_captured=amount,
+        amount_captured=amount if amount_captured is None else amount_captured,
         amount_refunded=amount_refunded,
+        captured=captured,
         refunded=amount_refunded >= amount,
         payment_intent=payment_intent,
         customer=customer,
         currency="usd",
         livemode=False,
     )
-    return event_envelope("charge.refunded", charge, event_id=event_id)
+    event = event_envelope(event_type, charge, event_id=event_id, created=created)
+    event["api_version"] = api_version
+    return event
+
+
+def refund_event(
+    *,
+    payment_intent: str,
+    refund_id: str | None = None,
+    amount: int = 1000,
+    status: str = "failed",
+    event_type: str = "charge.refund.updated",
+    refund_created: int | None = None,
+    created: int | None = None,
+    event_id: str | None = None,
+    api_version: str = API_VERSION,
+) -> dict[str, Any]:
+    """A `charge.refund.updated` / `refund.updated` / `refund.failed` event (a Refund)."""
+    refund = stripe_object("refund")
+    refund.update(
+        id=refund_id or new_id("re"),
+        amount=amount,
+        status=status,
+        payment_intent=payment_intent,
+        charge=new_id("ch"),
+        currency="usd",
+        created=refund_created if refund_created is not None else int(time.time()),
+    )
+    if status == "failed":
+        refund["failure_reason"] = "expired_or_canceled_card"
+    event = event_envelope(event_type, refund, event_id=event_id, created=created)
+    event["api_version"] = api_version
+    return event
+
+
+def dispute_event(
+    *,
+    payment_intent: str,
+    dispute_id: str | None = None,
+    amount: int = 1000,
+    status: str = "needs_response",
+    event_type: str = "charge.dispute.created",
+    created: int | None = None,
+    event_id: str | None = None,
+    api_version: str = API_VERSION,
+) -> dict[str, Any]:
+    """A `charge.dispute.*` event (a Dispute); `status` as Stripe sets it for that event."""
+    dispute = stripe_object("dispute")
+    dispute.update(
+        id=dispute_id or new_id("dp"),
+        amount=amount,
+        status=status,
+        payment_intent=payment_intent,
+        charge=new_id("ch"),
+        currency="usd",
+        is_charge_refundable=status.startswith("warning_"),
+        livemode=False,
+    )
+    dispute["payment_method_details"]["card"]["case_type"] = (
+        "inquiry" if status.startswith("warning_") else "chargeback"
+    )
+    event = event_envelope(event_type, dispute, event_id=event_id, created=created)
+    event["api_version"] = api_version
+    return event
 
 
 def encode_event(event: dict[str, Any]) -> bytes:

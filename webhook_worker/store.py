@@ -31,7 +31,8 @@ Pool = asyncpg.Pool
 # A plain connection or one lent by the pool: both run statements the same way.
 Connection = asyncpg.Connection | PoolConnectionProxy
 
-EVENT_STATUSES = ("received", "processing", "completed", "failed", "ignored")
+# `waiting`: cannot apply until another event arrives (a refund before its purchase).
+EVENT_STATUSES = ("received", "processing", "waiting", "completed", "failed", "ignored")
 FINAL_STATUSES = ("completed", "failed", "ignored")
 
 _TRANSIENT: tuple[type[BaseException], ...] = (

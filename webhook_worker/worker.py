@@ -25,11 +25,10 @@ import structlog
 from arq import Retry, Worker, cron, func
 from arq.cron import CronJob
 
-from webhook_worker import handlers, internal, metrics, queue, reconcile, runtime, store
+from webhook_worker import handlers, internal, metrics, payments, queue, reconcile, runtime, store
 from webhook_worker.arq_worker import ArqWorker
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError, TransientError
-from webhook_worker.ledger import PurchaseNotFound
 from webhook_worker.log import get_logger, redact_text
 from webhook_worker.worker_batches import WorkerBatches
 
@@ -61,8 +60,6 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _retry_reason(exc: BaseException) -> str:
-    if isinstance(exc, PurchaseNotFound):
-        return "refund_before_purchase"
     if isinstance(exc, TimeoutError):
         return "timeout"
     return "database"
@@ -70,6 +67,8 @@ def _retry_reason(exc: BaseException) -> str:
 
 def _observe_final(event: handlers.StoredEvent | None, status: str, event_type: str) -> None:
     metrics.EVENTS_PROCESSED.labels(status, event_type).inc()
+    if status == "waiting":  # not final: its ingest-to-completed time ends when it applies
+        return
     if event is not None and event.received_at is not None:
         lag = (datetime.now(UTC) - event.received_at).total_seconds()
         metrics.INGEST_TO_COMPLETED.observe(max(lag, 0.0))
@@ -180,7 +179,9 @@ async def process_stripe_event(ctx: dict[str, Any], event_id: str) -> str:
 
 
 async def sweep_stale_events(ctx: dict[str, Any]) -> int:
-    """Re-enqueue events left `received` (Redis lost the job) or stuck `processing`.
+    """Re-enqueue events left `received` (Redis lost the job) or stuck `processing`, wake
+    `waiting` events whose purchase is now in the ledger and end those that waited longer
+    than WAIT_MAX_DAYS (`ignored`, `no_purchase_for_payment`).
 
     Jobs are enqueued under the event id, so an event whose job still waits in Redis (a
     deferred retry, a job whose worker died and that arq will re-run) is not doubled.
@@ -188,8 +189,11 @@ async def sweep_stale_events(ctx: dict[str, Any]) -> int:
     settings: Settings = ctx["settings"]
     try:
         async with store.acquire(ctx["pool"], "sweeping stale events") as conn:
-            event_ids = await store.events_to_sweep(conn, settings.stale_after_seconds, SWEEP_BATCH)
+            woken = await payments.wake_waiting(conn, SWEEP_BATCH)
+            expired = await payments.expire_waiting(conn, settings.wait_max_days, SWEEP_BATCH)
+            stale = await store.events_to_sweep(conn, settings.stale_after_seconds, SWEEP_BATCH)
             backlog = await store.event_backlog_counts(conn)
+        event_ids = woken + sorted(set(stale) - set(woken))
         queued = await queue.enqueue_events(ctx["redis"], event_ids) if event_ids else 0
         metrics.QUEUE_DEPTH.set(await queue.queue_depth(ctx["redis"]))
     except TransientError as exc:
@@ -197,9 +201,16 @@ async def sweep_stale_events(ctx: dict[str, Any]) -> int:
         return 0
     for status, count in backlog.items():
         metrics.EVENTS_BY_STATUS.labels(status).set(count)
+    if woken:
+        metrics.WOKEN.inc(len(woken))
+        log.info("waiting_events_woken", woken=len(woken))
+    if expired:
+        metrics.WAIT_EXPIRED.inc(len(expired))
+        metrics.EVENTS_IGNORED.labels("no_purchase_for_payment").inc(len(expired))
+        log.info("waiting_events_expired", expired=len(expired), days=settings.wait_max_days)
     if event_ids:
         metrics.SWEPT.inc(queued)
-        log.info("events_swept", stale=len(event_ids), enqueued=queued)
+        log.info("events_swept", stale=len(stale), woken=len(woken), enqueued=queued)
     return queued
 
 

@@ -96,4 +96,4 @@ WHERE processing_status IN ('completed', 'ignored')
 -- when millions of completed events sit in the table.
 SELECT s.status, (SELECT count(*) FROM stripe_events e WHERE e.processing_status = s.status)
     AS events
-FROM unnest(ARRAY['received', 'processing', 'failed']) AS s (status);
+FROM unnest(ARRAY['received', 'processing', 'waiting', 'failed']) AS s (status);

@@ -48,24 +48,6 @@ SELECT inserted.balance_after, moved.credits_balance FROM inserted, moved;
 -- name: ledger_user_balance
 SELECT credits_balance FROM users WHERE id = $1;
 
--- name: ledger_purchase_for_payment_intent
-SELECT user_id, checkout_session_id
-FROM credit_transactions
-WHERE payment_intent_id = $1 AND transaction_type = 'PURCHASE'
-ORDER BY id
-LIMIT 1;
-
--- name: ledger_refund_totals
-SELECT
-    (SELECT COALESCE(sum(amount), 0) FROM credit_transactions
-     WHERE payment_intent_id = $1 AND transaction_type = 'PURCHASE')::bigint AS purchased,
-    (SELECT COALESCE(-sum(amount), 0) FROM credit_transactions
-     WHERE payment_intent_id = $1 AND transaction_type = 'REFUND')::bigint AS debited,
-    (SELECT COALESCE(sum(credits), 0) FROM refund_shortfalls
-     WHERE payment_intent_id = $1)::bigint AS shortfall,
-    (EXISTS (SELECT 1 FROM credit_transactions WHERE event_id = $2)
-     OR EXISTS (SELECT 1 FROM refund_shortfalls WHERE event_id = $2)) AS event_applied;
-
 -- name: ledger_insert_shortfall
 INSERT INTO refund_shortfalls (event_id, user_id, payment_intent_id, credits)
 VALUES ($1, $2, $3, $4)

@@ -92,8 +92,14 @@ FROM stripe_events
 WHERE processing_status = 'failed' AND updated_at >= now() - interval '1 day';
 
 -- name: ops_stats_credits
-SELECT coalesce(sum(amount) FILTER (WHERE amount > 0), 0)::bigint AS granted,
-       coalesce(-sum(amount) FILTER (WHERE transaction_type = 'REFUND'), 0)::bigint AS refunded,
+-- refunded and disputed are net of their reversals; granted counts no reversal.
+SELECT coalesce(sum(amount) FILTER (WHERE amount > 0 AND transaction_type NOT IN
+                                    ('REFUND_REVERSAL', 'DISPUTE_REVERSAL')), 0)::bigint
+           AS granted,
+       coalesce(-sum(amount) FILTER (WHERE transaction_type IN ('REFUND', 'REFUND_REVERSAL')),
+                0)::bigint AS refunded,
+       coalesce(-sum(amount) FILTER (WHERE transaction_type IN ('DISPUTE', 'DISPUTE_REVERSAL')),
+                0)::bigint AS disputed,
        count(*) AS transactions
 FROM credit_transactions;
 
@@ -115,6 +121,34 @@ WHERE n.nspname = current_schema();
 
 -- name: ops_schema_indexes
 SELECT indexname::text AS name FROM pg_indexes WHERE schemaname = current_schema();
+
+-- name: ops_schema_checks
+SELECT c.conname::text AS name, pg_get_constraintdef(c.oid) AS definition
+FROM pg_constraint c
+JOIN pg_namespace n ON n.oid = c.connamespace
+WHERE n.nspname = current_schema() AND c.contype = 'c';
+
+-- name: ops_stats_waiting
+-- The waiting set: events that cannot apply until their purchase arrives.
+SELECT count(*) AS events, min(received_at) AS oldest
+FROM stripe_events
+WHERE processing_status = 'waiting';
+
+-- name: ops_payment_state_mismatches
+-- Each payment's credits taken back (payment_states.taken) must equal its REFUND, DISPUTE
+-- and reversal rows plus what could not be taken (shortfall).
+SELECT s.payment_intent_id, s.taken, s.shortfall, coalesce(l.taken, 0)::bigint AS ledger_taken
+FROM payment_states s
+LEFT JOIN (
+    SELECT payment_intent_id, -sum(amount) AS taken
+    FROM credit_transactions
+    WHERE transaction_type IN ('REFUND', 'REFUND_REVERSAL', 'DISPUTE', 'DISPUTE_REVERSAL')
+      AND payment_intent_id IS NOT NULL
+    GROUP BY payment_intent_id
+) l ON l.payment_intent_id = s.payment_intent_id
+WHERE s.taken <> coalesce(l.taken, 0) + s.shortfall
+ORDER BY s.payment_intent_id
+LIMIT $1;
 
 -- name: ops_schema_functions
 SELECT p.proname::text AS name

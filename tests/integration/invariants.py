@@ -5,6 +5,8 @@
 3. No balance below zero.
 4. Every accepted event ends completed, ignored or failed.
 5. Total credits granted equals the credits of the accepted, paid, resolvable events sent.
+6. (money flows) Each payment's credits taken back, net of reversals and counting what
+   could not be taken, equal what Stripe's final state of that payment says.
 """
 
 from __future__ import annotations
@@ -36,6 +38,31 @@ WHERE processing_status NOT IN ('completed', 'ignored', 'failed')
 _PURCHASED_BY_SESSION = """
 SELECT checkout_session_id, amount FROM credit_transactions WHERE transaction_type = 'PURCHASE'
 """
+
+
+_TAKEN_BY_PAYMENT = """
+SELECT t.payment_intent_id, -sum(t.amount) + COALESCE(max(s.shortfall), 0) AS taken
+FROM credit_transactions t
+LEFT JOIN payment_states s ON s.payment_intent_id = t.payment_intent_id
+WHERE t.transaction_type IN ('REFUND', 'REFUND_REVERSAL', 'DISPUTE', 'DISPUTE_REVERSAL')
+GROUP BY t.payment_intent_id
+"""
+
+
+async def check_payment_targets(conn: asyncpg.Connection, targets: Mapping[str, int]) -> None:
+    """Invariant 6: `targets` maps payment intent -> credits Stripe's final state takes back
+    (refunded share + disputes not won); payments not in it must have taken nothing."""
+    taken = {
+        row["payment_intent_id"]: int(row["taken"]) for row in await conn.fetch(_TAKEN_BY_PAYMENT)
+    }
+    wrong = {
+        pi: (taken.get(pi, 0), want) for pi, want in targets.items() if taken.get(pi, 0) != want
+    }
+    wrong.update({pi: (got, 0) for pi, got in taken.items() if pi not in targets and got})
+    assert not wrong, (
+        f"invariant 6: {len(wrong)} payments took back other than Stripe's final state says "
+        f"(taken, expected): {list(wrong.items())[:5]}"
+    )
 
 
 async def unfinished_events(conn: asyncpg.Connection) -> list[str]:

@@ -18,7 +18,12 @@ import redis.asyncio as aioredis
 
 from tests.conftest import wait_for
 from tests.integration.cluster import Cluster, post_event
-from tests.integration.invariants import check_invariants, unfinished_events
+from tests.integration.invariants import (
+    check_invariants,
+    check_payment_targets,
+    unfinished_events,
+)
+from tests.integration.stripe_model import StripeModel
 from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis
 from webhook_worker.sample_events import (
     charge_refunded_event,
@@ -68,8 +73,10 @@ def _purchase(user: int, credits: int) -> dict[str, Any]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_load_with_faults_keeps_every_invariant(cluster: Cluster) -> None:
-    """2 receivers, 3 workers, 2,000 events for 200 users with 10 % duplicate deliveries and
-    5 % refunds, while a worker is SIGKILLed, Redis restarts and Postgres restarts."""
+    """2 receivers, 3 workers, 2,000+ events for 200 users with 10 % duplicate deliveries
+    and Stripe's money flows on ~12 % of steps (refunds, failed refunds, partial captures in
+    both API shapes, disputes won and lost), while a worker is SIGKILLed, Redis restarts and
+    Postgres restarts. Every payment ends taking back what Stripe's final state says."""
     rng = random.Random(20261122)
     cluster.extra_env.update(RETRY_BASE_SECONDS="1")
     urls = [cluster.start_receiver(), cluster.start_receiver()]
@@ -79,21 +86,24 @@ async def test_load_with_faults_keeps_every_invariant(cluster: Cluster) -> None:
     deliveries: list[bytes] = []
     expected: dict[str, int] = {}
     purchases: list[dict[str, Any]] = []
+    money: list[dict[str, Any]] = []  # purchases whose payments Stripe refunds or disputes
+    stripe = StripeModel(rng)
     for _ in range(2000):
         roll = rng.random()
-        if roll < 0.05 and purchases:
-            bought = rng.choice(purchases)["data"]["object"]
-            event = charge_refunded_event(
-                payment_intent=bought["payment_intent"],
-                amount=bought["amount_total"],
-                amount_refunded=bought["amount_total"] // rng.choice((1, 2)),
-            )
+        if roll < 0.15 and money:
+            # a few recent payments each see several steps (refund, failure, dispute, close)
+            bought = rng.choice(money[-4:])["data"]["object"]
+            events = stripe.step(bought["payment_intent"])
         else:
             event = _purchase(rng.randrange(200), rng.randint(1, 50))
             purchases.append(event)
+            if rng.random() < 0.05:
+                money.append(event)
             session = event["data"]["object"]
-            expected[session["id"]] = int(session["metadata"]["credits"])
-        deliveries.append(encode_event(event))
+            credits = int(session["metadata"]["credits"])
+            expected[session["id"]] = credits
+            events = [event, *stripe.add(session, credits)]
+        deliveries += [encode_event(event) for event in events]
     deliveries += [rng.choice(deliveries) for _ in range(200)]  # 10 % duplicates
     unique = {body for body in deliveries}
 
@@ -124,10 +134,18 @@ async def test_load_with_faults_keeps_every_invariant(cluster: Cluster) -> None:
     conn = await asyncpg.connect(cluster.postgres.url)
     try:
         await check_invariants(conn, expected_purchases=expected)
+        await check_payment_targets(conn, stripe.targets())
         failed = await conn.fetch(
             "SELECT event_id, error_message FROM stripe_events WHERE processing_status = 'failed'"
         )
         assert not failed, failed[:5]
+        kinds = await conn.fetch(
+            "SELECT transaction_type, count(*) FROM credit_transactions GROUP BY 1"
+        )
+        # The scenario really exercised every flow.
+        assert {"REFUND", "REFUND_REVERSAL", "DISPUTE", "DISPUTE_REVERSAL"} <= {
+            row["transaction_type"] for row in kinds
+        }
     finally:
         await conn.close()
 

@@ -1,0 +1,136 @@
+-- Refunds, refund failures and disputes (webhook_worker/payments.py). The state statements
+-- run inside one explicit transaction that holds the purchase's user lock
+-- (pg_advisory_xact_lock, ledger_lock_user), so one payment's state moves serially.
+
+-- name: payment_purchase
+-- The payment's purchase: its user, session, credits and, for the captured amount when no
+-- charge event has said it, the amount_total of the stored purchase event (NULL once pruned).
+SELECT t.user_id, t.checkout_session_id, totals.purchased,
+       (e.raw_data #>> '{data,object,amount_total}') AS amount_total
+FROM credit_transactions t
+CROSS JOIN LATERAL (
+    SELECT COALESCE(sum(p.amount), 0)::bigint AS purchased
+    FROM credit_transactions p
+    WHERE p.payment_intent_id = $1 AND p.transaction_type = 'PURCHASE'
+) AS totals
+LEFT JOIN stripe_events e ON e.event_id = t.event_id
+WHERE t.payment_intent_id = $1 AND t.transaction_type = 'PURCHASE'
+ORDER BY t.id
+LIMIT 1;
+
+-- name: payment_state_create
+-- The payment's state row, created the first time one of its events applies.
+INSERT INTO payment_states (payment_intent_id) VALUES ($1)
+ON CONFLICT (payment_intent_id) DO NOTHING;
+
+-- name: payment_state_get
+SELECT captured, refunded, refunded_as_of, taken, shortfall, legacy_taken
+FROM payment_states
+WHERE payment_intent_id = $1
+FOR UPDATE;
+
+-- name: payment_state_charge
+-- A charge event's snapshot: `captured` always (the newest charge says it best, and any
+-- charge says it better than the session), the refunded amount only when this snapshot is
+-- newer than the one held: created later, or the same second with a larger amount (within
+-- a second, refunds only add up). Returns whether the snapshot was taken.
+UPDATE payment_states
+SET captured = $2,
+    refunded = CASE WHEN newer THEN $3 ELSE refunded END,
+    refunded_as_of = CASE WHEN newer THEN $4 ELSE refunded_as_of END,
+    updated_at = now()
+FROM (
+    SELECT (refunded_as_of IS NULL OR $4::timestamptz > refunded_as_of
+            OR ($4::timestamptz = refunded_as_of AND $3::bigint > refunded)) AS newer
+    FROM payment_states WHERE payment_intent_id = $1
+) AS cmp
+WHERE payment_states.payment_intent_id = $1
+RETURNING cmp.newer;
+
+-- name: payment_refund_failed
+-- One row per failed or canceled refund; a second event for the same refund inserts nothing.
+INSERT INTO payment_refund_failures
+    (refund_id, payment_intent_id, amount, status, refund_created, failed_at, event_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (refund_id) DO NOTHING
+RETURNING refund_id;
+
+-- name: payment_dispute_stage
+-- A dispute at its furthest stage: a later stage replaces the row, an earlier or equal one
+-- changes nothing. Returns the dispute id when the stage moved.
+INSERT INTO payment_disputes (dispute_id, payment_intent_id, amount, stage, status, event_id)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (dispute_id) DO UPDATE
+SET amount = EXCLUDED.amount, stage = EXCLUDED.stage, status = EXCLUDED.status,
+    event_id = EXCLUDED.event_id, updated_at = now()
+WHERE payment_disputes.stage < EXCLUDED.stage
+RETURNING dispute_id;
+
+-- name: payment_targets
+-- What Stripe's newest state says for the payment: the net refunded amount (the snapshot
+-- less the refunds that failed after it and were in it) and the amount disputed and not
+-- given back (stage 1 open, or closed lost with status 'lost').
+SELECT
+    GREATEST(s.refunded - COALESCE((
+        SELECT sum(f.amount) FROM payment_refund_failures f
+        WHERE f.payment_intent_id = $1
+          AND f.failed_at > s.refunded_as_of
+          AND (f.refund_created IS NULL OR f.refund_created <= s.refunded_as_of)
+    ), 0), 0)::bigint AS refunded,
+    COALESCE((
+        SELECT sum(d.amount) FROM payment_disputes d
+        WHERE d.payment_intent_id = $1 AND (d.stage = 1 OR (d.stage = 2 AND d.status = 'lost'))
+    ), 0)::bigint AS disputed
+FROM payment_states s
+WHERE s.payment_intent_id = $1;
+
+-- name: payment_state_taken
+UPDATE payment_states
+SET taken = $2, shortfall = $3, updated_at = now()
+WHERE payment_intent_id = $1;
+
+-- name: payment_wait_event
+-- The event cannot apply before its purchase: `waiting`, and the try it just took is given
+-- back (a wait spends no tries).
+UPDATE stripe_events
+SET processing_status = 'waiting', waiting_for = $2, status_reason = $3,
+    attempts = GREATEST(attempts - 1, 0), error_message = NULL, updated_at = now()
+WHERE event_id = $1 AND processing_status = 'processing';
+
+-- name: payment_wake_waiting
+-- Waiting events whose purchase is now in the ledger go back to `received` (the sweeper
+-- enqueues the ids returned). The waiting set is small; each looks its payment up through
+-- credit_transactions_payment_intent_idx.
+UPDATE stripe_events AS e
+SET processing_status = 'received', status_reason = NULL, updated_at = now()
+FROM (
+    SELECT w.id
+    FROM stripe_events w
+    WHERE w.processing_status = 'waiting'
+      AND EXISTS (SELECT 1 FROM credit_transactions t
+                  WHERE t.payment_intent_id = w.waiting_for
+                    AND t.transaction_type = 'PURCHASE')
+    ORDER BY w.received_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AS woken
+WHERE e.id = woken.id AND e.processing_status = 'waiting'
+RETURNING e.event_id;
+
+-- name: payment_expire_waiting
+-- Waiting longer than WAIT_MAX_DAYS with no purchase: a payment that was never a credits
+-- purchase here (or whose purchase never came). Final, `ignored`, and said why.
+UPDATE stripe_events AS e
+SET processing_status = 'ignored', status_reason = 'no_purchase_for_payment',
+    processed_at = now(), updated_at = now()
+FROM (
+    SELECT w.id
+    FROM stripe_events w
+    WHERE w.processing_status = 'waiting'
+      AND w.received_at < now() - make_interval(days => $1)
+    ORDER BY w.received_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+) AS expired
+WHERE e.id = expired.id AND e.processing_status = 'waiting'
+RETURNING e.event_id;

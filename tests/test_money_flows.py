@@ -1,0 +1,498 @@
+"""Stripe's money flows through the real worker and Postgres (issue 16), one table row per
+flow: partial captures in both API shapes, failed and canceled refunds, disputes, stale
+deliveries. Each row lists the events in delivery order and what the ledger must hold
+after (rows of type, amount, balance_after), the balance and every event's status.
+
+The fixtures are Stripe's own objects (webhook_worker/data/stripe_objects.json) with the
+fields a flow needs, per API version: before `2025-03-31.basil` a partial capture raises
+`amount_refunded` by the released remainder and sends `charge.refunded`; from basil on
+`amount_refunded` counts real refunds only.
+
+A property test then delivers one purchase's refund, refund-failure and dispute events in
+any order, with duplicates, and checks the balance always ends at
+max(0, purchase - spent - share(net refunded + disputes not won)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
+
+from tests.worker_support import (
+    assert_balance_after_is_running_sum,
+    balance,
+    deliver,
+    drain,
+    ledger_sum,
+    new_user,
+    status_of,
+    sweep,
+)
+from webhook_worker import payments
+from webhook_worker.config import Settings
+from webhook_worker.handlers import charge_snapshot
+from webhook_worker.sample_events import (
+    BASIL,
+    PRE_BASIL,
+    charge_refunded_event,
+    checkout_session_event,
+    dispute_event,
+    new_id,
+    refund_event,
+)
+
+T0 = 1_750_000_000  # every flow's clock: Stripe's `created`, in seconds
+Ids = dict[str, str]
+Build = Callable[[Ids], dict[str, Any]]
+
+
+def refunded(
+    at: int,
+    amount_refunded: int,
+    *,
+    amount: int = 1000,
+    amount_captured: int | None = None,
+    **kw: Any,
+) -> Build:
+    return lambda ids: charge_refunded_event(
+        payment_intent=ids["pi"],
+        amount=amount,
+        amount_captured=amount_captured,
+        amount_refunded=amount_refunded,
+        created=T0 + at,
+        **kw,
+    )
+
+
+def refund_failed(
+    at: int, amount: int, *, refund: str = "re", created: int = 0, **kw: Any
+) -> Build:
+    return lambda ids: refund_event(
+        payment_intent=ids["pi"],
+        refund_id=ids.setdefault(refund, new_id("re")),
+        amount=amount,
+        refund_created=T0 + created,
+        created=T0 + at,
+        **kw,
+    )
+
+
+def disputed(at: int, amount: int, event_type: str, status: str) -> Build:
+    return lambda ids: dispute_event(
+        payment_intent=ids["pi"],
+        dispute_id=ids.setdefault("dp", new_id("dp")),
+        amount=amount,
+        status=status,
+        event_type=event_type,
+        created=T0 + at,
+    )
+
+
+CREATED, CLOSED = "charge.dispute.created", "charge.dispute.closed"
+REINSTATED = "charge.dispute.funds_reinstated"
+DONE = ("completed", None)
+STALE = ("completed", "stale_event")
+
+
+@dataclass(frozen=True)
+class Flow:
+    name: str
+    events: list[Build]
+    rows: list[tuple[str, int, int]]  # (type, amount, balance_after) after the PURCHASE
+    statuses: list[tuple[str, str | None]]  # per event: (status, status_reason)
+    credits: int = 100
+    amount_total: int = 1000
+    spent: int = 0  # credits the user spends before the events
+
+
+FLOWS = [
+    Flow(
+        "full refund, basil",
+        [refunded(10, 1000, api_version=BASIL)],
+        [("REFUND", -100, 0)],
+        [DONE],
+    ),
+    Flow(
+        "pre-basil partial capture 600 of 1000 releases 400: nothing was refunded",
+        [refunded(10, 400, amount_captured=600, api_version=PRE_BASIL)],
+        [],
+        [DONE],
+        credits=500,
+    ),
+    Flow(
+        "pre-basil partial capture, then a real refund of 300 of the 600 captured",
+        [
+            refunded(10, 400, amount_captured=600, api_version=PRE_BASIL),
+            refunded(20, 700, amount_captured=600, api_version=PRE_BASIL),
+        ],
+        [("REFUND", -250, 250)],
+        [DONE, DONE],
+        credits=500,
+    ),
+    Flow(
+        "basil partial capture 600 of 1000, a real refund of 300",
+        [refunded(20, 300, amount_captured=600, api_version=BASIL)],
+        [("REFUND", -250, 250)],
+        [DONE],
+        credits=500,
+    ),
+    Flow(
+        "basil partial capture then a dispute: charge.captured tells the captured amount",
+        [
+            disputed(30, 600, CREATED, "needs_response"),
+            refunded(20, 0, amount_captured=600, api_version=BASIL, event_type="charge.captured"),
+        ],
+        [("DISPUTE", -300, 200), ("DISPUTE", -200, 0)],
+        [DONE, DONE],
+        credits=500,
+    ),
+    Flow(
+        "pre-basil cancelled authorization (captured false, refunded true)",
+        [refunded(10, 1000, amount_captured=0, captured=False, api_version=PRE_BASIL)],
+        [],
+        [DONE],
+    ),
+    Flow(
+        "refund 50 %, it fails, refund 30 %: net debit 30 %",
+        [
+            refunded(10, 500),
+            refund_failed(20, 500, created=10),
+            refunded(30, 300),
+        ],
+        [("REFUND", -50, 50), ("REFUND_REVERSAL", 50, 100), ("REFUND", -30, 70)],
+        [DONE, DONE, DONE],
+    ),
+    Flow(
+        "out of order: newest refund first, then the stale snapshot and the old failure",
+        [
+            refunded(30, 300),
+            refunded(10, 500),
+            refund_failed(20, 500, created=10),
+        ],
+        [("REFUND", -30, 70)],
+        [DONE, STALE, DONE],
+    ),
+    Flow(
+        "one failure sent three ways (charge.refund.updated, refund.updated, refund.failed)",
+        [
+            refunded(10, 400),
+            refund_failed(20, 400, created=10, event_type="charge.refund.updated"),
+            refund_failed(20, 400, created=10, event_type="refund.updated"),
+            refund_failed(21, 400, created=10, event_type="refund.failed"),
+        ],
+        [("REFUND", -40, 60), ("REFUND_REVERSAL", 40, 100)],
+        [DONE, DONE, STALE, STALE],
+    ),
+    Flow(
+        "a canceled refund gives back too; a succeeded refund.updated moves nothing",
+        [
+            refunded(10, 200),
+            refund_failed(15, 200, created=10, status="succeeded", event_type="refund.updated"),
+            refund_failed(20, 200, created=10, status="canceled"),
+        ],
+        [("REFUND", -20, 80), ("REFUND_REVERSAL", 20, 100)],
+        [DONE, ("completed", "refund_not_failed"), DONE],
+    ),
+    Flow(
+        "dispute opened then won",
+        [disputed(10, 1000, CREATED, "needs_response"), disputed(50, 1000, CLOSED, "won")],
+        [("DISPUTE", -100, 0), ("DISPUTE_REVERSAL", 100, 100)],
+        [DONE, DONE],
+    ),
+    Flow(
+        "dispute opened then lost: nothing more",
+        [disputed(10, 1000, CREATED, "needs_response"), disputed(50, 1000, CLOSED, "lost")],
+        [("DISPUTE", -100, 0)],
+        [DONE, DONE],
+    ),
+    Flow(
+        "dispute lost delivered before its created: the created is stale",
+        [disputed(50, 1000, CLOSED, "lost"), disputed(10, 1000, CREATED, "needs_response")],
+        [("DISPUTE", -100, 0)],
+        [DONE, STALE],
+    ),
+    Flow(
+        "funds reinstated give the dispute back once",
+        [
+            disputed(10, 1000, CREATED, "needs_response"),
+            disputed(60, 1000, REINSTATED, "won"),
+            disputed(50, 1000, CLOSED, "won"),
+        ],
+        [("DISPUTE", -100, 0), ("DISPUTE_REVERSAL", 100, 100)],
+        [DONE, DONE, STALE],
+    ),
+    Flow(
+        "an inquiry withdraws nothing",
+        [disputed(10, 1000, CREATED, "warning_needs_response")],
+        [],
+        [("completed", "dispute_inquiry")],
+    ),
+    Flow(
+        "dispute of spent credits: never below zero, the shortfall is given up when won",
+        [disputed(10, 1000, CREATED, "needs_response"), disputed(50, 1000, CLOSED, "won")],
+        [("DISPUTE", -20, 0), ("DISPUTE_REVERSAL", 20, 20)],
+        [DONE, DONE],
+        spent=80,
+    ),
+    Flow(
+        "refund 40 % then a dispute of the whole charge: never more than the purchase",
+        [refunded(10, 400), disputed(20, 1000, CREATED, "needs_response")],
+        [("REFUND", -40, 60), ("DISPUTE", -60, 0)],
+        [DONE, DONE],
+    ),
+    Flow(
+        "refund of spent credits, then it fails: the shortfall goes first",
+        [refunded(10, 1000), refund_failed(20, 1000, created=10)],
+        [("REFUND", -30, 0), ("REFUND_REVERSAL", 30, 30)],
+        [DONE, DONE],
+        spent=70,
+    ),
+]
+
+
+async def _purchase(
+    db: asyncpg.Connection, settings: Settings, credits: int, amount_total: int
+) -> tuple[int, str]:
+    user = await new_user(db, f"{new_id('u')}@example.com")
+    pi = new_id("pi")
+    session = checkout_session_event(
+        credits=credits, amount_total=amount_total, client_reference_id=str(user), payment_intent=pi
+    )
+    await deliver(db, settings, session)
+    await drain(settings)
+    assert await balance(db, user) == credits
+    return user, pi
+
+
+async def _spend(db: asyncpg.Connection, user: int, credits: int) -> None:
+    """The host application spends credits (a USAGE row and the balance, together)."""
+    await db.execute(
+        "WITH spend AS (UPDATE users SET credits_balance = credits_balance - $2 WHERE id = $1 "
+        "RETURNING credits_balance) INSERT INTO credit_transactions "
+        "(user_id, amount, balance_after, transaction_type) "
+        "SELECT $1, -$2::bigint, credits_balance, 'USAGE' FROM spend",
+        user,
+        credits,
+    )
+
+
+async def _money_rows(db: asyncpg.Connection, pi: str) -> list[tuple[str, int, int]]:
+    rows = await db.fetch(
+        "SELECT transaction_type, amount, balance_after FROM credit_transactions "
+        "WHERE payment_intent_id = $1 AND transaction_type <> 'PURCHASE' ORDER BY id",
+        pi,
+    )
+    return [(r["transaction_type"], r["amount"], r["balance_after"]) for r in rows]
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=[flow.name for flow in FLOWS])
+async def test_money_flow(db: asyncpg.Connection, settings: Settings, flow: Flow) -> None:
+    user, pi = await _purchase(db, settings, flow.credits, flow.amount_total)
+    if flow.spent:
+        await _spend(db, user, flow.spent)
+    ids: Ids = {"pi": pi}
+    event_ids = []
+    for build in flow.events:
+        [event_id] = await deliver(db, settings, build(ids))
+        await drain(settings)
+        event_ids.append(event_id)
+    statuses = [await status_of(db, event_id) for event_id in event_ids]
+    assert [(s["processing_status"], s["status_reason"]) for s in statuses] == flow.statuses
+    assert await _money_rows(db, pi) == flow.rows  # balance_after counts any spending
+    final = flow.rows[-1][2] if flow.rows else flow.credits - flow.spent
+    assert await balance(db, user) == final == await ledger_sum(db, user)
+    await assert_balance_after_is_running_sum(db, user)
+    mismatches = await db.fetch(
+        "SELECT * FROM payment_states s WHERE s.payment_intent_id = $1 AND s.taken <> s.shortfall"
+        " + coalesce((SELECT -sum(amount) FROM credit_transactions t WHERE t.payment_intent_id "
+        "= s.payment_intent_id AND t.transaction_type <> 'PURCHASE'), 0)",
+        pi,
+    )
+    assert mismatches == []
+
+
+# --- both API shapes, unit level -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("charge", "api_version", "expected"),
+    [
+        ({"amount": 1000, "amount_captured": 600, "amount_refunded": 400}, PRE_BASIL, (600, 0)),
+        ({"amount": 1000, "amount_captured": 600, "amount_refunded": 700}, PRE_BASIL, (600, 300)),
+        ({"amount": 1000, "amount_captured": 600, "amount_refunded": 300}, BASIL, (600, 300)),
+        ({"amount": 1000, "amount_captured": 600, "amount_refunded": 0}, BASIL, (600, 0)),
+        (
+            {"amount": 1000, "amount_captured": None, "amount_refunded": 1000, "captured": False},
+            PRE_BASIL,
+            (0, 0),
+        ),
+        ({"amount": 1000, "amount_refunded": 250}, "2019-02-19", (1000, 250)),
+        ({"amount": 1000, "amount_captured": 1000, "amount_refunded": 250}, None, (1000, 250)),
+    ],
+)
+def test_charge_snapshot_reads_both_api_shapes(
+    charge: dict[str, Any], api_version: str | None, expected: tuple[int, int]
+) -> None:
+    assert charge_snapshot(charge, api_version) == expected
+
+
+# --- waiting -------------------------------------------------------------------------------
+
+
+async def test_events_before_their_purchase_wait_and_all_apply_once_it_lands(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    user = await new_user(db, f"{new_id('u')}@example.com")
+    ids: Ids = {"pi": new_id("pi")}
+    early = [refunded(10, 500)(ids), refund_failed(20, 500, created=10)(ids)]
+    early.append(disputed(30, 500, CREATED, "needs_response")(ids))
+    event_ids = await deliver(db, settings, *early)
+    await drain(settings)
+    for event_id in event_ids:
+        status = await status_of(db, event_id)
+        assert (status["processing_status"], status["attempts"]) == ("waiting", 0)
+    assert await sweep(settings) == 0  # nothing to wake yet
+    assert REGISTRY.get_sample_value("stripe_events_by_status", {"status": "waiting"}) == 3
+
+    session = checkout_session_event(
+        credits=100, client_reference_id=str(user), payment_intent=ids["pi"]
+    )
+    await deliver(db, settings, session)
+    await drain(settings)
+    assert await sweep(settings) == 3
+    await drain(settings)
+    assert {(await status_of(db, e))["processing_status"] for e in event_ids} == {"completed"}
+    # Refund 500 failed, dispute 500 open: half the purchase taken back, whatever the order.
+    assert await balance(db, user) == 50 == await ledger_sum(db, user)
+
+
+async def test_a_wait_past_wait_max_days_ends_ignored_no_purchase_for_payment(
+    db: asyncpg.Connection, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(WAIT_MAX_DAYS="7")
+    ids: Ids = {"pi": new_id("pi")}
+    old, fresh = await deliver(db, settings, refunded(10, 500)(ids), refunded(20, 600)(ids))
+    await drain(settings)
+    # The first arrived eight days ago (its purchase never came: not a credits purchase).
+    await db.execute(
+        "UPDATE stripe_events SET received_at = now() - interval '8 days' WHERE event_id = $1",
+        old,
+    )
+    await sweep(settings)
+    status = await status_of(db, old)
+    assert (status["processing_status"], status["status_reason"]) == (
+        "ignored",
+        "no_purchase_for_payment",
+    )
+    assert (await status_of(db, fresh))["processing_status"] == "waiting"
+
+
+# --- property: any order, any duplication --------------------------------------------------
+
+PURCHASE, CAPTURED = 100, 1000
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> dict[str, Any]:
+    """One payment's Stripe history: refunds (some fail later), maybe a dispute and its end.
+    Events carry increasing `created` seconds, as Stripe would stamp them."""
+    amounts = draw(st.lists(st.integers(1, 400), max_size=3))
+    amounts = [a for i, a in enumerate(amounts) if sum(amounts[: i + 1]) <= CAPTURED]
+    fails = [draw(st.booleans()) for _ in amounts]
+    dispute = draw(st.one_of(st.none(), st.integers(1, CAPTURED)))
+    outcome = draw(st.sampled_from(["open", "won", "lost", "reinstated"]))
+    spent = draw(st.integers(0, PURCHASE))
+    timeline: list[tuple[str, Any]] = [("refund", index) for index in range(len(amounts))]
+    for index in range(len(amounts)):
+        if fails[index]:
+            # the failure comes after its refund, anywhere later in the history
+            after = timeline.index(("refund", index)) + 1
+            timeline.insert(draw(st.integers(after, len(timeline))), ("fail", index))
+    if dispute is not None:
+        timeline.insert(draw(st.integers(0, len(timeline))), ("dispute", "created"))
+        if outcome != "open":
+            timeline.append(("dispute", "closed"))
+        if outcome == "reinstated":
+            timeline.append(("dispute", "reinstated"))
+    return {
+        "amounts": amounts,
+        "fails": fails,
+        "dispute": dispute,
+        "outcome": outcome,
+        "spent": spent,
+        "timeline": timeline,
+    }
+
+
+def _events(history: dict[str, Any], ids: Ids) -> list[dict[str, Any]]:
+    """The events of a history, with Stripe's cumulative `amount_refunded` at each moment;
+    a failure may come as one, two or three event types."""
+    amounts, dispute = history["amounts"], history["dispute"]
+    out: list[dict[str, Any]] = []
+    created_at: dict[int, int] = {}
+    failed: set[int] = set()
+    closed_status = "lost" if history["outcome"] == "lost" else "won"
+    for second, (kind, what) in enumerate(history["timeline"], start=1):
+        if kind == "refund":
+            created_at[what] = second
+            live = sum(a for i, a in enumerate(amounts) if i in created_at and i not in failed)
+            out.append(refunded(second, live)(ids))
+        elif kind == "fail":
+            failed.add(what)
+            for event_type in ("charge.refund.updated", "refund.updated", "refund.failed")[
+                : 1 + what % 3
+            ]:
+                build = refund_failed(
+                    second, amounts[what], refund=f"re{what}", created=created_at[what]
+                )
+                out.append({**build(ids), "type": event_type})
+        elif what == "created":
+            out.append(disputed(second, dispute, CREATED, "needs_response")(ids))
+        elif what == "closed":
+            out.append(disputed(second, dispute, CLOSED, closed_status)(ids))
+        else:
+            out.append(disputed(second, dispute, REINSTATED, "won")(ids))
+    return out
+
+
+def _expected_balance(history: dict[str, Any]) -> int:
+    refunded_net = sum(
+        a for a, f in zip(history["amounts"], history["fails"], strict=True) if not f
+    )
+    disputed_net = history["dispute"] or 0
+    if history["outcome"] in ("won", "reinstated"):
+        disputed_net = 0
+    target = payments.share(PURCHASE, CAPTURED, refunded_net + disputed_net)
+    return max(0, PURCHASE - history["spent"] - target)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(history=histories(), data=st.data())
+async def test_any_order_and_duplication_ends_at_the_same_balance(
+    db: asyncpg.Connection, settings: Settings, history: dict[str, Any], data: st.DataObject
+) -> None:
+    user, pi = await _purchase(db, settings, PURCHASE, CAPTURED)
+    if history["spent"]:
+        await _spend(db, user, history["spent"])
+    events = _events(history, {"pi": pi})
+    # Duplicates: a few events again under new ids (a replay, another endpoint) and as-is.
+    again = data.draw(st.lists(st.sampled_from(events), max_size=3)) if events else []
+    again = [{**event, "id": new_id("evt")} for event in again] + again[:1]
+    order = data.draw(st.permutations(events + again))
+    for event in order:
+        await deliver(db, settings, event)
+        await drain(settings)
+    assert await balance(db, user) == _expected_balance(history) == await ledger_sum(db, user)
+    assert await balance(db, user) >= 0
+    await assert_balance_after_is_running_sum(db, user)

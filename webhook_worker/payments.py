@@ -1,0 +1,276 @@
+"""Refunds, failed refunds and disputes: the credits taken back follow Stripe's newest state.
+
+Each event updates a per-payment high-water state (migration 0015) and then the ledger is
+brought to what that state asks for, in ONE transaction under the purchase's user lock:
+
+- a charge event (`charge.refunded`) is a *snapshot*: the net refunded amount of what was
+  captured, taken as of the event's `created`. It replaces the held snapshot only when it
+  is newer (later `created`, or the same second with a larger amount: within a second
+  refunds only add up). An older snapshot is stale and changes nothing.
+- a failed or canceled refund (`charge.refund.updated`, `refund.updated`, `refund.failed`)
+  is recorded once per refund id. It lowers the refunded amount only for snapshots it is
+  newer than (failed after the snapshot) and that held it (refund created by then): a
+  newer snapshot already says the refund is gone, an older one never had it.
+- a dispute moves forward through stages, never back: 1 open (`charge.dispute.created`,
+  `charge.dispute.funds_withdrawn`), 2 closed (`won` or `lost`), 3 funds reinstated. Open
+  and lost disputes count as taken back; won and reinstated do not. Inquiries
+  (`warning_*` statuses) withdraw no money and count for nothing.
+
+Target credits taken back = purchased * min(captured, refunded + disputed) // captured,
+rounded down: disputes and refunds together never take back more than the purchase. The
+ledger moves by the difference with what was taken so far (`taken`, counting what could not
+be taken because it was spent: `shortfall`). A rise is a REFUND / DISPUTE debit (never
+below zero; the rest is a shortfall in refund_shortfalls); a fall first cancels shortfall
+and gives back the rest as REFUND_REVERSAL / DISPUTE_REVERSAL. Whatever order or number of
+times the events arrive, the balance ends at purchase - target (+ shortfall).
+
+Limits: Stripe's `created` has one-second resolution. A refund that fails within the same
+second as the snapshot it should change is taken as already in it (not given back by that
+failure), and a second snapshot in the same second with a smaller amount (a failure and a
+new refund in one second) is taken as older. Without any charge event the captured amount
+is the purchase session's `amount_total` (its stored payload); once that is pruned too
+(RETENTION_DAYS) a dispute fails with a message rather than guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from webhook_worker import store
+from webhook_worker.errors import PermanentError
+from webhook_worker.host import UserId, user_key
+from webhook_worker.ledger import apply_row, lock_user
+from webhook_worker.queries import query
+from webhook_worker.store import Connection, translate_errors
+
+Family = Literal["refund", "dispute"]
+
+# Row types by the family of the event that moves the ledger, and the direction.
+_DEBIT = {"refund": "REFUND", "dispute": "DISPUTE"}
+_CREDIT = {"refund": "REFUND_REVERSAL", "dispute": "DISPUTE_REVERSAL"}
+
+STAGE_OPEN, STAGE_CLOSED, STAGE_REINSTATED = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ChargeSnapshot:
+    """What a charge event says: captured, and net refunded of that, as of `created`."""
+
+    payment_intent_id: str
+    captured: int
+    refunded: int
+    created: datetime
+
+
+@dataclass(frozen=True)
+class RefundFailure:
+    payment_intent_id: str
+    refund_id: str
+    amount: int
+    status: str  # failed | canceled
+    refund_created: datetime | None
+    failed_at: datetime  # the event's created
+
+
+@dataclass(frozen=True)
+class DisputeStage:
+    payment_intent_id: str
+    dispute_id: str
+    amount: int
+    stage: int
+    status: str
+
+
+Change = ChargeSnapshot | RefundFailure | DisputeStage
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one event did to the ledger."""
+
+    user_id: UserId
+    advanced: bool  # the payment's state moved; False: a stale or repeated event
+    transaction_type: str | None  # the ledger row written, None when none
+    amount: int  # credits moved (negative: taken back), 0 when no row
+    shortfall: int  # credits this event could not take back (already spent)
+    balance: int
+
+
+def share(purchased: int, captured: int, amount: int) -> int:
+    """Credits matching `amount` of `captured`, rounded down, integers only."""
+    if captured <= 0 or purchased <= 0:
+        return 0
+    return purchased * min(max(amount, 0), captured) // captured
+
+
+def target_taken(
+    purchased: int, captured: int, refunded: int | None, disputed: int, legacy: int
+) -> int:
+    """The credits Stripe's state says are taken back. `refunded` None: no charge snapshot
+    yet, the refunds taken before 0015 (`legacy`) stand for the refunded part."""
+    if refunded is None:
+        return min(purchased, legacy + share(purchased, captured, disputed))
+    return share(purchased, captured, refunded + disputed)
+
+
+def _positive(raw: object) -> int | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int) and raw > 0:
+        return raw
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and 0 < len(raw) <= 18:
+        return int(raw) or None
+    return None
+
+
+async def _record(conn: Connection, change: Change, event_id: str) -> bool:
+    """Move the high-water state; True when this event was newer than what was held."""
+    pi = change.payment_intent_id
+    if isinstance(change, ChargeSnapshot):
+        newer = await conn.fetchval(
+            query("payment_state_charge"), pi, change.captured, change.refunded, change.created
+        )
+        return bool(newer)
+    if isinstance(change, RefundFailure):
+        inserted = await conn.fetchval(
+            query("payment_refund_failed"),
+            change.refund_id,
+            pi,
+            change.amount,
+            change.status,
+            change.refund_created,
+            change.failed_at,
+            event_id,
+        )
+        return inserted is not None
+    moved = await conn.fetchval(
+        query("payment_dispute_stage"),
+        change.dispute_id,
+        pi,
+        change.amount,
+        change.stage,
+        change.status,
+        event_id,
+    )
+    return moved is not None
+
+
+def plan(
+    delta: int, balance: int, shortfall: int, family: Family
+) -> tuple[str | None, int, int, int]:
+    """How the ledger follows a change of `delta` credits to take back: (row type or None,
+    credits moved, shortfall added, shortfall after). Never below zero: what is spent becomes
+    shortfall; a give-back cancels shortfall first and returns only what was really taken."""
+    if delta > 0:
+        debit = min(delta, balance)
+        added = delta - debit
+        return (_DEBIT[family] if debit else None), -debit, added, shortfall + added
+    if delta < 0:
+        cancelled = min(-delta, shortfall)
+        credit = -delta - cancelled
+        return (_CREDIT[family] if credit else None), credit, 0, shortfall - cancelled
+    return None, 0, 0, shortfall
+
+
+async def wait_for_purchase(conn: Connection, event_id: str, payment_intent_id: str) -> None:
+    """Park the event as `waiting` on its payment's purchase (no try spent)."""
+    with translate_errors("parking an event until its purchase"):
+        await conn.execute(
+            query("payment_wait_event"), event_id, payment_intent_id, "awaiting_purchase"
+        )
+
+
+async def apply(
+    conn: Connection, event_id: str, family: Family, change: Change, description: str
+) -> Applied | None:
+    """Record `change` and bring the payment's ledger to its target; mark the event
+    `completed`. None (nothing done) when the payment's purchase is not in the ledger."""
+    pi = change.payment_intent_id
+    with translate_errors("finding a payment's purchase"):
+        purchase = await conn.fetchrow(query("payment_purchase"), pi)
+    if purchase is None:
+        return None
+    user_id = user_key(purchase["user_id"])
+    purchased = int(purchase["purchased"])
+    with translate_errors("taking back a payment's credits"):
+        async with conn.transaction():
+            await lock_user(conn, user_id)
+            await conn.execute(query("payment_state_create"), pi)
+            advanced = await _record(conn, change, event_id)
+            state = await conn.fetchrow(query("payment_state_get"), pi)
+            targets = await conn.fetchrow(query("payment_targets"), pi)
+            assert state is not None and targets is not None
+            captured = state["captured"]
+            if captured is None:
+                captured = _positive(purchase["amount_total"])
+            if captured is None:
+                raise PermanentError(
+                    f"the captured amount of payment {pi} is unknown: no charge event was "
+                    "seen and the purchase event's payload was pruned; nothing was taken back"
+                )
+            refunded = None if state["refunded"] is None else int(targets["refunded"])
+            if isinstance(change, ChargeSnapshot) and not refunded and targets["disputed"]:
+                # A charge that refunds nothing but tells the captured amount (basil's
+                # charge.captured) can only move the disputes' share.
+                family = "dispute"
+            target = target_taken(
+                purchased,
+                int(captured),
+                refunded,
+                int(targets["disputed"]),
+                int(state["legacy_taken"]),
+            )
+            balance = int(await conn.fetchval(query("ledger_user_balance"), user_id))
+            delta = target - int(state["taken"])
+            kind, moved, added_shortfall, shortfall = plan(
+                delta, balance, int(state["shortfall"]), family
+            )
+            if added_shortfall:
+                await conn.execute(
+                    query("ledger_insert_shortfall"), event_id, user_id, pi, added_shortfall
+                )
+            if kind is not None:
+                applied = await apply_row(
+                    conn,
+                    user_id,
+                    moved,
+                    kind,
+                    event_id,
+                    purchase["checkout_session_id"],
+                    pi,
+                    description,
+                )
+                if applied is None:
+                    raise PermanentError(
+                        f"event {event_id} already has a ledger row but moved payment {pi} "
+                        "again; rolled back"
+                    )
+                balance = applied
+            if delta:
+                await conn.execute(query("payment_state_taken"), pi, target, shortfall)
+            reason = None if advanced else "stale_event"
+            await store.finish_event(conn, event_id, "completed", reason=reason)
+    return Applied(
+        user_id=user_id,
+        advanced=advanced,
+        transaction_type=kind,
+        amount=moved,
+        shortfall=added_shortfall,
+        balance=balance,
+    )
+
+
+async def wake_waiting(conn: Connection, limit: int) -> list[str]:
+    """Waiting events whose purchase is now in the ledger, back to `received`."""
+    with translate_errors("waking waiting events"):
+        rows = await conn.fetch(query("payment_wake_waiting"), limit)
+    return [str(row["event_id"]) for row in rows]
+
+
+async def expire_waiting(conn: Connection, max_days: int, limit: int) -> list[str]:
+    """Waiting events older than `max_days`: `ignored`, `no_purchase_for_payment`."""
+    with translate_errors("expiring waiting events"):
+        rows = await conn.fetch(query("payment_expire_waiting"), max_days, limit)
+    return [str(row["event_id"]) for row in rows]
