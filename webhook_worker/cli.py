@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from webhook_worker import devservices
 from webhook_worker.config import Settings
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.log import configure_logging
@@ -186,7 +187,7 @@ def _add_work(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from webhook_worker.dev import run_dev
 
-    return run_dev(port=args.port, data_dir=args.data_dir)
+    return run_dev(port=args.port, data_dir=args.data_dir, console_port=args.console_port)
 
 
 def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -195,6 +196,12 @@ def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", ".data"))
+    p.add_argument(
+        "--console-port",
+        type=int,
+        default=int(os.environ.get("CONSOLE_PORT", "8081")),
+        help="the ops console's port (0: no console)",
+    )
     p.set_defaults(handler=_dev, skip_settings=True)
 
 
@@ -236,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "dev":
+        note = devservices.apply(os.environ)
+        if note:
+            print(note, file=sys.stderr)
     try:
         settings = Settings() if getattr(args, "skip_settings", False) else Settings.from_env()
         configure_logging(
