@@ -17,7 +17,7 @@ COLOURS = {
     "received": "#1565c0",
     "processing": "#6a1b9a",
 }
-_WIDTH, _HEIGHT, _MINUTES = 720, 160, 60
+_WIDTH, _HEIGHT, _MINUTES = 1260, 180, 60
 
 
 def per_minute_svg(rows: list[dict[str, Any]], now: datetime) -> Markup:
