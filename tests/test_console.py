@@ -29,7 +29,7 @@ PAGES = [
     "/users",
     "/users/1",
 ]
-POSTS = ["/logout", "/events/evt_x/replay", "/replay/preview", "/replay/run"]
+POSTS = ["/events/evt_x/replay", "/replay/preview", "/replay/run"]
 
 
 @pytest.fixture
@@ -127,6 +127,16 @@ def test_a_forged_tampered_or_expired_cookie_is_no_session() -> None:
     assert signer.read(f"{body}x.{mac}", now=1001) is None
     assert Signer((("ops", TOKEN + "x"),), 60).read(cookie, now=1001) is None  # rotated token
     assert Signer((("bob", TOKEN),), 60).read(cookie, now=1001) is None  # operator removed
+
+
+async def test_logout_needs_csrf_and_without_a_session_just_goes_to_login(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/logout")
+    assert response.status_code == 303 and response.headers["location"] == "/login"
+    await log_in(client)
+    assert (await client.post("/logout", data={"csrf": "forged"})).status_code == 403
+    assert (await client.get("/")).status_code == 200  # still logged in
 
 
 async def test_logout_ends_the_session(logged_in: httpx.AsyncClient) -> None:

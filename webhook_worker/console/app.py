@@ -74,7 +74,7 @@ def _routes(settings: Settings) -> list[BaseRoute]:
     return [
         Route("/login", views.login_page, methods=["GET"]),
         Route("/login", views.login, methods=["POST"]),
-        Route("/logout", page(views.logout), methods=["POST"]),
+        Route("/logout", views.logout_expired, methods=["POST"]),
         Route("/", page(views.overview), methods=["GET"]),
         Route("/events", page(views.events), methods=["GET"]),
         Route("/events/{event_id}", page(views.event), methods=["GET"]),
@@ -160,6 +160,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.signer = Signer(operators, settings.console_session_hours * 3600)
     app.state.login_throttle = ops_api.AuthThrottle()
     app.state.templates = _templates()
+    app.state.guarded_logout = require_session(views.logout)
     app.add_middleware(SecurityHeaders)
     return app
 

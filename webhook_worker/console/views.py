@@ -15,6 +15,7 @@ from webhook_worker.console import data
 from webhook_worker.console.auth import (
     LOGIN_NONCE_COOKIE,
     Forbidden,
+    Page,
     check_login,
     client_of,
     current_session,
@@ -108,9 +109,20 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    """Guarded like every POST (a forged logout is refused); see `logout_expired` for the
+    operator whose session already ended."""
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, httponly=True, samesite="strict")
     return response
+
+
+async def logout_expired(request: Request) -> Response:
+    """Log out with a session already expired: nothing to end, so straight to the login
+    page instead of a 403 "session expired"."""
+    if current_session(request) is None:
+        return RedirectResponse("/login", status_code=303)
+    guarded: Page = request.app.state.guarded_logout
+    return await guarded(request)
 
 
 # --- overview / events -------------------------------------------------------------------
