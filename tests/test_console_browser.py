@@ -29,7 +29,9 @@ from tests.ops_support import credit, insert_event, insert_user
 from tests.worker_support import spawn_worker, stop_worker, worker_env
 from webhook_worker.embedded import free_port
 
-CHROMIUM = "/usr/bin/chromium"
+# Debian's package; the variable exists only so the test below can prove a missing browser
+# fails the suite.
+CHROMIUM = os.environ.get("CONSOLE_TEST_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -279,3 +281,16 @@ async def test_a_page_without_the_cookie_redirects_to_login(
         await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
     finally:
         await ctx.close()
+
+
+def test_a_missing_browser_fails_the_suite_instead_of_skipping(tmp_path: Path) -> None:
+    env = {**os.environ, "CONSOLE_TEST_CHROMIUM": str(tmp_path / "no-chromium")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider",
+         "-k", "page_without_the_cookie"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode != 0, result.stdout
+    assert "1 error" in result.stdout or "1 failed" in result.stdout, result.stdout
+    assert "skipped" not in result.stdout
+    assert "apt-get install -y chromium" in result.stdout
