@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-## make run: receiver + worker; embedded Postgres/Redis under .data/ unless DATABASE_URL/REDIS_URL are set
+## make run: receiver + worker + ops console (http://127.0.0.1:8081/); embedded Postgres/Redis
+## under .data/ unless DATABASE_URL/REDIS_URL are set. Prints the console token and the CLI
+## commands to list events (they find these services by themselves).
 run: $(STAMP)
 	$(BIN)/webhook-worker dev
 

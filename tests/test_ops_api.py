@@ -29,7 +29,7 @@ async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _client(make_settings(OPS_TOKEN=TOKEN)):
+    async for c in _client(make_settings(OPS_TOKEN=TOKEN, OPS_ON_RECEIVER="true")):
         yield c
 
 
@@ -37,7 +37,7 @@ async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.
 async def client_without_token(
     make_settings: Callable[..., Settings],
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _client(make_settings()):
+    async for c in _client(make_settings(OPS_ON_RECEIVER="true")):
         yield c
 
 
@@ -271,7 +271,7 @@ async def test_list_events_with_an_out_of_range_since_is_400(client: httpx.Async
 async def capped_client(
     make_settings: Callable[..., Settings],
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _client(make_settings(OPS_TOKEN=TOKEN, OPS_REPLAY_MAX="3")):
+    async for c in _client(make_settings(OPS_TOKEN=TOKEN, OPS_REPLAY_MAX="3", OPS_ON_RECEIVER="1")):
         yield c
 
 
@@ -336,7 +336,7 @@ async def test_every_replay_logs_who_when_and_which_events(
         for raw in log_stream.getvalue().splitlines()
         if json.loads(raw).get("event") == "ops_replayed"
     ]
-    assert line["who"] == {"auth": "OPS_TOKEN", "client": "127.0.0.1"}
+    assert line["who"] == {"operator": "ops", "client": "127.0.0.1"}
     assert line["event_ids"] == [event_id]
     assert line["at"] and line["count"] == 1
     assert TOKEN not in log_stream.getvalue()
@@ -369,7 +369,7 @@ async def test_repeated_401s_from_one_address_are_slowed_down(
     make_settings: Callable[..., Settings],
 ) -> None:
     throttle = AuthThrottle(free=2, base=0.2)
-    settings = make_settings(OPS_TOKEN=TOKEN)
+    settings = make_settings(OPS_TOKEN=TOKEN, OPS_ON_RECEIVER="true")
     app = receiver.create_app(settings)
     app.router.routes = [
         *[r for r in app.router.routes if not getattr(r, "path", "").startswith("/ops")],

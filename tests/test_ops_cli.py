@@ -194,6 +194,9 @@ async def test_replay_by_id_resets_a_failed_event_and_enqueues_a_fresh_job(
     again = await cli("replay", event_id)  # received events replay again, another fresh job
     assert again.code == 0
     assert len(await queued_jobs(clean_redis_url)) == 2
+    audit = await db.fetch("SELECT who, via, event_ids FROM ops_audit ORDER BY id")
+    assert [(r["via"], r["event_ids"]) for r in audit] == [("cli", [event_id])] * 2
+    assert all(r["who"].startswith("cli:") for r in audit)
 
 
 async def test_replay_by_status_with_type_and_since(

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from webhook_worker import devservices
 from webhook_worker.config import Settings
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.log import configure_logging
@@ -137,6 +138,37 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=_serve)
 
 
+def _console(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    settings.require_database()
+    settings.require_redis()
+    settings.require_operators()
+    print(
+        f"ops console on http://{args.host}:{args.port}/ (log in with OPS_TOKEN)", file=sys.stderr
+    )
+    uvicorn.run(
+        "webhook_worker.console.app:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        log_config=None,
+        access_log=False,  # query strings can hold an email (the events search)
+        lifespan="on",
+    )
+    return EXIT_OK
+
+
+def _add_console(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "console", help="run the ops console (pages + /ops API) on its own, private listener"
+    )
+    p.add_argument("--host", default=os.environ.get("CONSOLE_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("CONSOLE_PORT", "8081")))
+    p.set_defaults(handler=_console)
+
+
 def _work(args: argparse.Namespace, settings: Settings) -> int:
     from webhook_worker.worker import run_worker
 
@@ -155,7 +187,7 @@ def _add_work(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from webhook_worker.dev import run_dev
 
-    return run_dev(port=args.port, data_dir=args.data_dir)
+    return run_dev(port=args.port, data_dir=args.data_dir, console_port=args.console_port)
 
 
 def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -164,6 +196,12 @@ def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", ".data"))
+    p.add_argument(
+        "--console-port",
+        type=int,
+        default=int(os.environ.get("CONSOLE_PORT", "8081")),
+        help="the ops console's port (0: no console)",
+    )
     p.set_defaults(handler=_dev, skip_settings=True)
 
 
@@ -172,6 +210,7 @@ def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_serve,
     _add_work,
+    _add_console,
     _add_dev,
     _add_migrate,
     *OPS_REGISTRARS,
@@ -179,7 +218,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
 ]
 
 
-_SERVICES = ("serve", "work", "dev")
+_SERVICES = ("serve", "work", "console", "dev")
 
 
 def _logs_to_stderr() -> None:
@@ -204,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "dev":
+        note = devservices.apply(os.environ)
+        if note:
+            print(note, file=sys.stderr)
     try:
         settings = Settings() if getattr(args, "skip_settings", False) else Settings.from_env()
         configure_logging(

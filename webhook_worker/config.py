@@ -33,6 +33,30 @@ _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 OPS_TOKEN_MIN_CHARS = 32
 
 
+def parse_ops_users(raw: str) -> tuple[tuple[str, str], ...]:
+    """`OPS_USERS=alice:<token>,bob:<token>`: named console/API tokens, so the audit says who."""
+    users: list[tuple[str, str]] = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        name, sep, token = item.strip().partition(":")
+        name, token = name.strip(), token.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+            raise ConfigError(
+                "OPS_USERS entries are name:token (name of letters, digits, _ . @ -), "
+                "e.g. OPS_USERS=alice:$(openssl rand -hex 32),bob:$(openssl rand -hex 32)"
+            )
+        if len(token) < OPS_TOKEN_MIN_CHARS:
+            raise ConfigError(
+                f"OPS_USERS: the token of {name} is too short; use at least "
+                f"{OPS_TOKEN_MIN_CHARS} random characters, e.g. $(openssl rand -hex 32)"
+            )
+        if any(name == other for other, _ in users):
+            raise ConfigError(f"OPS_USERS names {name} twice; give each operator one token")
+        users.append((name, token))
+    return tuple(users)
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None:
@@ -332,6 +356,10 @@ class Settings:
     max_connections: int = 2048
     max_body_bytes_in_flight: int = 32 * 1024 * 1024
     ops_replay_max: int = 10_000
+    # Named operator tokens (OPS_USERS); OPS_TOKEN, when set, is the operator "ops".
+    ops_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    ops_on_receiver: bool = False
+    console_session_hours: int = 8
     db_pool_min: int = 2
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
@@ -430,6 +458,9 @@ class Settings:
             metrics_on_receiver=_bool(env, "METRICS_ON_RECEIVER", False),
             **_listener_limits(env),
             ops_replay_max=_required_int(env, "OPS_REPLAY_MAX", 10_000, minimum=1),
+            ops_users=parse_ops_users(env.get("OPS_USERS", "")),
+            ops_on_receiver=_bool(env, "OPS_ON_RECEIVER", False),
+            console_session_hours=_required_int(env, "CONSOLE_SESSION_HOURS", 8, minimum=1),
             db_pool_min=_required_int(env, "DB_POOL_MIN", 2, minimum=0),
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
             db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
@@ -446,6 +477,20 @@ class Settings:
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def operators(self) -> tuple[tuple[str, str], ...]:
+        """(name, token) of everyone allowed in the console and the /ops API."""
+        named = self.ops_users
+        return ((("ops", self.ops_token),) if self.ops_token else ()) + named
+
+    def require_operators(self) -> tuple[tuple[str, str], ...]:
+        if not self.operators:
+            raise ConfigError(
+                "the console needs OPS_TOKEN or OPS_USERS to log operators in; "
+                "set OPS_TOKEN=$(openssl rand -hex 32) or OPS_USERS=alice:<token>,bob:<token>"
+            )
+        return self.operators
 
     def require_database(self) -> str:
         if not self.database_url:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import asyncpg
 
-from webhook_worker import migrations
+from webhook_worker import devservices, migrations
 from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis
 
 
@@ -27,6 +28,15 @@ def _dev_secret(data_dir: Path) -> str:
     path = data_dir / "dev_webhook_secret"
     if not path.exists():
         path.write_text(f"whsec_dev{secrets.token_hex(16)}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _dev_ops_token(data_dir: Path) -> str:
+    """A console token for this machine, created once (0600) like the dev secret."""
+    path = data_dir / "dev_ops_token"
+    if not path.exists():
+        path.write_text(f"{secrets.token_hex(32)}\n")
         path.chmod(0o600)
     return path.read_text().strip()
 
@@ -57,7 +67,7 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run_dev(port: int = 8000, data_dir: str = ".data") -> int:
+def run_dev(port: int = 8000, data_dir: str = ".data", console_port: int = 8081) -> int:
     _interrupt_on_sigterm()
     folder = Path(data_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -81,24 +91,16 @@ def run_dev(port: int = 8000, data_dir: str = ".data") -> int:
         print(f"embedded Redis:    {redis.url}")
     if not env.get("STRIPE_WEBHOOK_SECRET"):
         env["STRIPE_WEBHOOK_SECRET"] = _dev_secret(folder)
+    if console_port and not (env.get("OPS_TOKEN") or env.get("OPS_USERS")):
+        env["OPS_TOKEN"] = _dev_ops_token(folder)
+    console_url = f"http://127.0.0.1:{console_port}/" if console_port else None
     children: list[subprocess.Popen[bytes]] = []
     try:
         applied = asyncio.run(_migrate(env["DATABASE_URL"]))
         print(f"migrations applied: {', '.join(applied) or 'none pending'}")
-        exe = [sys.executable, "-m", "webhook_worker.cli"]
-        children.append(
-            subprocess.Popen([*exe, "serve", "--port", str(port), "--host", "127.0.0.1"], env=env)
-        )
-        children.append(subprocess.Popen([*exe, "work"], env=env))
-        print(
-            f"\nwebhook-worker is running\n"
-            f"  endpoint: http://127.0.0.1:{port}/webhooks/stripe\n"
-            f"  secret:   {env['STRIPE_WEBHOOK_SECRET']}  (development only)\n"
-            f"  try:      webhook-worker send-test-event --url http://127.0.0.1:{port}"
-            "/webhooks/stripe --email you@example.com --credits 10\n"
-            "Ctrl-C stops everything.\n",
-            flush=True,
-        )
+        children += _start_children(port, console_port, env)
+        devservices.write(folder, env, console_url)
+        print(_banner(port, env, console_url), flush=True)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         return 1
@@ -113,5 +115,46 @@ def run_dev(port: int = 8000, data_dir: str = ".data") -> int:
                 child.wait(15)
             except subprocess.TimeoutExpired:
                 child.kill()
+        devservices.remove(folder)
         for service in services:
             service.stop()
+
+
+def _start_children(
+    port: int, console_port: int, env: dict[str, str]
+) -> list[subprocess.Popen[bytes]]:
+    """Receiver, worker and (unless its port is 0) the ops console."""
+    exe = [sys.executable, "-m", "webhook_worker.cli"]
+    local = ["--host", "127.0.0.1"]
+    commands = [[*exe, "serve", "--port", str(port), *local], [*exe, "work"]]
+    if console_port:
+        commands.append([*exe, "console", "--port", str(console_port), *local])
+    return [subprocess.Popen(command, env=env) for command in commands]
+
+
+def _banner(port: int, env: dict[str, str], console_url: str | None) -> str:
+    """What a newcomer needs next: where to send, what to run, where to look."""
+    venv_hint = "" if shutil.which("webhook-worker") else ".venv/bin/"
+    cli = f"{venv_hint}webhook-worker"
+    lines = [
+        "",
+        "webhook-worker is running",
+        f"  endpoint: http://127.0.0.1:{port}/webhooks/stripe",
+        f"  secret:   {env['STRIPE_WEBHOOK_SECRET']}  (development only)",
+    ]
+    if console_url:
+        lines += [
+            f"  console:  {console_url}",
+            f"  token:    {env.get('OPS_TOKEN') or 'yours from OPS_USERS'}  (log in with it)",
+        ]
+    lines += [
+        "In another terminal (the CLI finds these services by itself):",
+        f"  {cli} send-test-event --url http://127.0.0.1:{port}/webhooks/stripe "
+        "--email you@example.com --credits 10",
+        f"  {cli} events list",
+        f"  {cli} events list --status failed",
+        f"  {cli} stats",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)

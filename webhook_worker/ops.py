@@ -184,7 +184,11 @@ def jsonable(value: Any) -> Any:
 
 
 def _event_row(record: Any) -> dict[str, Any]:
-    row = dict(record)
+    return redact_row(dict(record))
+
+
+def redact_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An event row with its error message redacted (it may quote a payload)."""
     if row.get("error_message"):
         row["error_message"] = redact_text(row["error_message"])
     return row

@@ -1,7 +1,9 @@
-"""The ops HTTP API under /ops, mounted by the receiver; the same `ops` functions as the CLI.
+"""The ops HTTP API under /ops, served by `webhook-worker console` (and by the receiver only
+with `OPS_ON_RECEIVER=true`); the same `ops` functions as the CLI.
 
-Off unless `OPS_TOKEN` is set: then no route exists and /ops/* answers 404. With a token,
-every request needs `Authorization: Bearer <token>`, compared in constant time; a missing
+Off unless `OPS_TOKEN` or `OPS_USERS` is set: then no route exists and /ops/* answers 404.
+Otherwise every request needs `Authorization: Bearer <token>`, compared in constant time
+against every operator's token (so the audit names who); a missing
 or wrong token gets 401 before any database work. Handlers find the asyncpg pool at
 `request.app.state.pool` and the ArqRedis at `request.app.state.redis`.
 
@@ -35,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from webhook_worker import ops, store
+from webhook_worker import audit, ops, store
 from webhook_worker.config import Settings
 from webhook_worker.errors import ConfigError, PermanentError, TransientError
 
@@ -55,12 +57,23 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return _JSON({"error": message}, status_code=status, headers=headers)
 
 
-def _authorised(request: Request, token: bytes) -> bool:
+def match_operator(given: str, operators: tuple[tuple[str, str], ...]) -> str | None:
+    """The name of the operator whose token `given` is, comparing against every token in
+    constant time (no early exit), or None."""
+    found: str | None = None
+    candidate = given.encode()
+    for name, token in operators:
+        if hmac.compare_digest(candidate, token.encode()) and found is None:
+            found = name
+    return found
+
+
+def _authorised(request: Request, operators: tuple[tuple[str, str], ...]) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
-        return False
-    return hmac.compare_digest(given.strip().encode(), token)
+        return None
+    return match_operator(given.strip(), operators)
 
 
 class AuthThrottle:
@@ -105,19 +118,21 @@ def _client(request: Request) -> str:
 
 
 def _guard(settings: Settings, handler: Endpoint, throttle: AuthThrottle) -> Endpoint:
-    expected = (settings.ops_token or "").encode()
+    operators = settings.operators
 
     async def endpoint(request: Request) -> Response:
         client = _client(request)
         delay = throttle.delay(client)
         if delay:
             await asyncio.sleep(delay)
-        if not _authorised(request, expected):
+        operator = _authorised(request, operators)
+        if operator is None:
             throttle.failed(client)
             log.warning("ops_request_refused", path=request.url.path, client=client)
             return _error(401, "unauthorised", {"WWW-Authenticate": 'Bearer realm="ops"'})
         throttle.succeeded(client)
         request.state.settings = settings
+        request.state.operator = operator
         try:
             return await handler(request)
         except ConfigError as exc:  # OpsInputError included
@@ -222,8 +237,19 @@ async def _replay(
             preview=dry_run,
         )
         result = await ops.replay_events(conn, request.app.state.redis, selection, dry_run=dry_run)
-    filters = {"status": status, "type": event_type, "since": since, "until": until}
-    _log_replay(request, result, {k: v for k, v in filters.items() if v is not None})
+        filters = {"status": status, "type": event_type, "since": since, "until": until}
+        used = {k: v for k, v in filters.items() if v is not None}
+        if not dry_run and result.replayed:
+            await audit.record_replay(
+                conn,
+                who=request.state.operator,
+                client=_client(request),
+                via="api",
+                forced=force,
+                filters=used or None,
+                event_ids=result.replayed,
+            )
+    _log_replay(request, result, used)
     return result
 
 
@@ -234,7 +260,7 @@ def _log_replay(request: Request, result: ops.ReplayResult, filters: dict[str, s
     """Who (token name, client address), when, and which events: the ids, or filter + count."""
     ids = result.replayed if not result.dry_run else [e["event_id"] for e in result.selected]
     fields: dict[str, Any] = {
-        "who": {"auth": "OPS_TOKEN", "client": _client(request)},
+        "who": {"operator": request.state.operator, "client": _client(request)},
         "at": datetime.now(UTC).isoformat(),
         "dry_run": result.dry_run,
         "count": len(result.replayed),
@@ -288,8 +314,8 @@ async def replay(request: Request) -> Response:
 
 
 def ops_routes(settings: Settings, throttle: AuthThrottle | None = None) -> list[BaseRoute]:
-    """Routes under /ops; none at all (so 404) when OPS_TOKEN is unset."""
-    if not settings.ops_token:
+    """Routes under /ops; none at all (so 404) when neither OPS_TOKEN nor OPS_USERS is set."""
+    if not settings.operators:
         return []
     throttle = throttle or AuthThrottle()
 

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from webhook_worker import ops, queue, store
+from webhook_worker import audit, ops, queue, store
 from webhook_worker.config import Settings
 from webhook_worker.errors import TransientError
 from webhook_worker.log import get_logger
@@ -285,6 +285,18 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
             finally:
                 if redis is not None:
                     await redis.aclose()
+            if result.replayed:
+                filters = {"status": args.status, "type": args.type, "since": args.since,
+                           "until": args.until}  # fmt: skip
+                await audit.record_replay(
+                    conn,
+                    who=f"cli:{getpass.getuser()}",
+                    client=None,
+                    via="cli",
+                    forced=args.force,
+                    filters={k: v for k, v in filters.items() if v is not None} or None,
+                    event_ids=result.replayed,
+                )
     _log_replay(args, result)
     if args.json:
         _print_json(result.as_dict())

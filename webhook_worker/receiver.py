@@ -502,7 +502,9 @@ def _routes(settings: Settings) -> list[BaseRoute]:
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ]
-    return routes + ops_api.ops_routes(settings)
+    if settings.ops_on_receiver:  # opt-in: the admin API on the public port (README)
+        routes += ops_api.ops_routes(settings)
+    return routes
 
 
 def create_app(

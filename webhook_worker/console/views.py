@@ -1,0 +1,372 @@
+"""The console's pages and form posts. Handlers are thin: parse, call `data` / `ops` /
+`audit`, render a template. Input errors render a 400 page naming the bad filter; unknown
+ids a 404 page."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from webhook_worker import audit, ops, store
+from webhook_worker.console import data
+from webhook_worker.console.auth import (
+    LOGIN_NONCE_COOKIE,
+    Forbidden,
+    Page,
+    check_login,
+    client_of,
+    current_session,
+    log,
+    login_nonce,
+    read_form,
+    safe_next,
+)
+from webhook_worker.console.chart import COLOURS, per_minute_svg
+from webhook_worker.console.session import COOKIE_NAME
+from webhook_worker.store import EVENT_STATUSES
+
+_TRUE = {"1", "true", "on", "yes"}
+
+
+def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    session = getattr(request.state, "session", None) or current_session(request)
+    signer = request.app.state.signer
+    base = {
+        "operator": session.operator if session else None,
+        "csrf": signer.csrf_token(session) if session else "",
+        "statuses": EVENT_STATUSES,
+        "colours": COLOURS,
+    }
+    templates = request.app.state.templates
+    return templates.TemplateResponse(request, name, {**base, **context}, status_code=status)  # type: ignore[no-any-return]
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    return render(request, "error.html", {"status": status, "message": message}, status)
+
+
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "")
+
+
+# --- login -------------------------------------------------------------------------------
+
+
+async def login_page(request: Request) -> Response:
+    nonce, csrf = login_nonce(request)
+    response = render(
+        request,
+        "login.html",
+        {"login_csrf": csrf, "next": safe_next(request.query_params.get("next")), "error": None},
+    )
+    _set_nonce(request, response, nonce)
+    return response
+
+
+def _set_nonce(request: Request, response: Response, nonce: str) -> None:
+    response.set_cookie(
+        LOGIN_NONCE_COOKIE,
+        nonce,
+        max_age=3600,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+async def login(request: Request) -> Response:
+    form = await read_form(request)
+    operator = await check_login(request, form)
+    if operator is None:
+        nonce, csrf = login_nonce(request)
+        response = render(
+            request,
+            "login.html",
+            {
+                "login_csrf": csrf,
+                "next": safe_next(form.get("next")),
+                "error": "That token is not valid.",
+            },
+            401,
+        )
+        _set_nonce(request, response, nonce)
+        return response
+    cookie, _session = request.app.state.signer.issue(operator)
+    response = RedirectResponse(safe_next(form.get("next")), status_code=303)
+    response.set_cookie(
+        COOKIE_NAME,
+        cookie,
+        max_age=request.app.state.signer.lifetime,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    response.delete_cookie(LOGIN_NONCE_COOKIE)
+    return response
+
+
+async def logout(request: Request) -> Response:
+    """Guarded like every POST (a forged logout is refused); see `logout_expired` for the
+    operator whose session already ended."""
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE_NAME, httponly=True, samesite="strict")
+    return response
+
+
+async def logout_expired(request: Request) -> Response:
+    """Log out with a session already expired: nothing to end, so straight to the login
+    page instead of a 403 "session expired"."""
+    if current_session(request) is None:
+        return RedirectResponse("/login", status_code=303)
+    guarded: Page = request.app.state.guarded_logout
+    return await guarded(request)
+
+
+# --- overview / events -------------------------------------------------------------------
+
+
+async def overview(request: Request) -> Response:
+    async with store.acquire(request.app.state.pool, "reading the overview") as conn:
+        figures = await data.overview(conn)
+    chart = per_minute_svg(figures["per_minute"], figures["now"])
+    return render(request, "overview.html", {"o": figures, "chart": chart, "page": "overview"})
+
+
+async def events(request: Request) -> Response:
+    filters = data.parse_filters(request.query_params)
+    before = data.parse_cursor(request.query_params.get("before"))
+    async with store.acquire(request.app.state.pool, "listing events") as conn:
+        rows, cursor = await data.events_page(conn, filters, before)
+    next_url = None
+    if cursor:
+        next_url = "/events?" + urlencode({**filters.as_params(), "before": cursor})
+    bulk_url = "/replay?" + urlencode(filters.as_params())
+    return render(
+        request,
+        "events.html",
+        {
+            "events": rows,
+            "f": filters,
+            "next_url": next_url,
+            "first_url": "/events?" + urlencode(filters.as_params()),
+            "paged": before[0] is not None,
+            "bulk_url": bulk_url,
+            "page": "events",
+        },
+    )
+
+
+async def event(request: Request) -> Response:
+    event_id = request.path_params["event_id"]
+    async with store.acquire(request.app.state.pool, "reading an event") as conn:
+        found = await ops.show_event(conn, event_id, raw=True)
+        replays = await audit.for_event(conn, event_id) if found else []
+    if found is None:
+        return error_page(request, 404, f"No event {event_id} is stored.")
+    payload = ops.jsonable(found.pop("raw_data", None))
+    return render(
+        request,
+        "event.html",
+        {
+            "e": found,
+            "payload": payload,
+            "final": found["processing_status"] in ops.FORCED_REPLAY_STATUSES,
+            "replays": replays,
+            "page": "events",
+        },
+    )
+
+
+async def event_status(request: Request) -> Response:
+    """JSON for the event page's script: status, attempts, error and ledger rows now."""
+    event_id = request.path_params["event_id"]
+    async with store.acquire(request.app.state.pool, "reading an event") as conn:
+        status = await data.event_status(conn, event_id)
+    if status is None:
+        return JSONResponse({"error": f"event {event_id} not found"}, status_code=404)
+    return JSONResponse(ops.jsonable(status))
+
+
+async def replay_event(request: Request) -> Response:
+    event_id = request.path_params["event_id"]
+    form = await read_form(request)
+    force = form.get("force", "").lower() in _TRUE
+    result = await _replay(request, event_ids=[event_id], filters=None, force=force)
+    if result.not_found:
+        message = f"No event {event_id} is stored."
+        if _wants_json(request):
+            return JSONResponse({"error": message}, status_code=404)
+        return error_page(request, 404, message)
+    if _wants_json(request):
+        body = ops.jsonable(result.as_dict())
+        return JSONResponse(body, status_code=409 if result.skipped else 200)
+    return RedirectResponse(f"/events/{quote(event_id, safe='')}", status_code=303)
+
+
+async def _replay(
+    request: Request,
+    *,
+    event_ids: list[str],
+    filters: data.EventFilters | None,
+    force: bool,
+) -> ops.ReplayResult:
+    """Select, reset and enqueue; audit who, what, how many (dry runs are not audited)."""
+    settings = request.app.state.settings
+    async with store.acquire(request.app.state.pool, "replaying events") as conn:
+        selection = await ops.select_replay(
+            conn,
+            event_ids=event_ids,
+            status=filters.status if filters else None,
+            event_type=filters.event_type if filters else None,
+            since=filters.since if filters else None,
+            until=filters.until if filters else None,
+            force=force,
+            limit=settings.ops_replay_max,
+        )
+        result = await ops.replay_events(conn, request.app.state.redis, selection)
+        if result.replayed:
+            result_id = await audit.record_replay(
+                conn,
+                who=request.state.session.operator,
+                client=client_of(request),
+                via="console",
+                forced=force,
+                filters=filters.as_params() if filters else None,
+                event_ids=result.replayed,
+            )
+            request.state.audit_id = result_id
+    log.info(
+        "ops_replayed",
+        via="console",
+        operator=request.state.session.operator,
+        count=len(result.replayed),
+        event_ids=result.replayed[:100],
+        filters=filters.as_params() if filters else None,
+    )
+    return result
+
+
+# --- bulk replay -------------------------------------------------------------------------
+
+
+def _bulk_filters(params: Any) -> data.EventFilters:
+    filters = data.parse_filters(params)
+    if filters.q:
+        raise ops.OpsInputError("bulk replay filters by status, type and dates, not search text")
+    if filters.status is None:
+        raise ops.OpsInputError("choose the status of the events to replay (e.g. failed)")
+    return filters
+
+
+async def bulk_form(request: Request) -> Response:
+    params = dict(request.query_params)
+    params.setdefault("status", "failed")
+    params.pop("q", None)
+    filters = data.parse_filters(params)
+    return render(request, "bulk.html", {"f": filters, "preview": None, "page": "replay"})
+
+
+async def bulk_preview(request: Request) -> Response:
+    form = await read_form(request)
+    filters = _bulk_filters(form)
+    force = form.get("force", "").lower() in _TRUE
+    settings = request.app.state.settings
+    async with store.acquire(request.app.state.pool, "previewing a replay") as conn:
+        preview = await ops.select_replay(
+            conn,
+            status=filters.status,
+            event_type=filters.event_type,
+            since=filters.since,
+            until=filters.until,
+            force=force,
+            limit=settings.ops_replay_max,
+            preview=True,
+        )
+    return render(
+        request,
+        "bulk.html",
+        {"f": filters, "preview": preview, "force": force, "page": "replay"},
+    )
+
+
+async def bulk_run(request: Request) -> Response:
+    form = await read_form(request)
+    filters = _bulk_filters(form)
+    force = form.get("force", "").lower() in _TRUE
+    result = await _replay(request, event_ids=[], filters=filters, force=force)
+    audit_id = getattr(request.state, "audit_id", None)
+    if audit_id is None:
+        return render(
+            request,
+            "bulk.html",
+            {"f": filters, "preview": None, "nothing": True, "result": result, "page": "replay"},
+        )
+    return RedirectResponse(f"/replay/{audit_id}", status_code=303)
+
+
+async def bulk_result(request: Request) -> Response:
+    audit_id = _audit_id(request)
+    async with store.acquire(request.app.state.pool, "reading a replay") as conn:
+        progress = await audit.progress(conn, audit_id) if audit_id else None
+    if progress is None:
+        return error_page(request, 404, f"No replay {request.path_params['audit_id']} is recorded.")
+    return render(request, "bulk_result.html", {"p": progress, "page": "replay"})
+
+
+async def bulk_progress(request: Request) -> Response:
+    audit_id = _audit_id(request)
+    async with store.acquire(request.app.state.pool, "reading a replay") as conn:
+        progress = await audit.progress(conn, audit_id) if audit_id else None
+    if progress is None:
+        return JSONResponse({"error": "no such replay"}, status_code=404)
+    return JSONResponse(ops.jsonable(progress))
+
+
+def _audit_id(request: Request) -> int | None:
+    raw = request.path_params["audit_id"]
+    return int(raw) if raw.isdigit() and len(raw) < 18 else None
+
+
+# --- users -------------------------------------------------------------------------------
+
+
+async def user_search(request: Request) -> Response:
+    key = (request.query_params.get("q") or "").strip()
+    if not key:
+        return render(request, "user.html", {"user": None, "matches": [], "page": "users"})
+    if len(key) > 320:
+        raise ops.OpsInputError("the user key is longer than 320 characters")
+    return await _user(request, key)
+
+
+async def user(request: Request) -> Response:
+    return await _user(request, request.path_params["key"])
+
+
+async def _user(request: Request, key: str) -> Response:
+    async with store.acquire(request.app.state.pool, "finding a user") as conn:
+        matches = await data.find_users(conn, key)
+        history = await data.user_history(conn, matches[0]["id"]) if len(matches) == 1 else None
+    if not matches:
+        return error_page(request, 404, "No user has that id, UUID or email.")
+    return render(
+        request,
+        "user.html",
+        {
+            "user": matches[0] if history else None,
+            "matches": matches if history is None else [],
+            "history": history,
+            "page": "users",
+        },
+    )
+
+
+async def forbidden(request: Request, exc: Exception) -> Response:
+    message = exc.message if isinstance(exc, Forbidden) else "forbidden"
+    log.warning("console_post_refused", path=request.url.path, client=client_of(request))
+    if _wants_json(request):
+        return JSONResponse({"error": message}, status_code=403)
+    return error_page(request, 403, message)
