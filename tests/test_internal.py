@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -168,9 +168,15 @@ async def test_several_receiver_workers_share_one_listener_that_adds_them_up(
                     url, content=body, headers={"Stripe-Signature": sign(body)}
                 )
             assert response.status_code == 200
-        async with httpx.AsyncClient(timeout=10) as client:
-            metrics = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
-        assert _accepted_total(metrics.text) == 20
+
+        async def accepted() -> int:
+            async with httpx.AsyncClient(timeout=10) as client:
+                metrics = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
+            return _accepted_total(metrics.text)
+
+        # A worker counts a request once its answer is on the way: poll, then check exactly.
+        await wait_for(lambda: _at_least(accepted(), 20), timeout=10)
+        assert await accepted() == 20
         assert "internal_listener_shared" in log.read_text()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -179,6 +185,10 @@ async def test_several_receiver_workers_share_one_listener_that_adds_them_up(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+async def _at_least(count: Awaitable[int], expected: int) -> bool:
+    return bool(await count >= expected)
 
 
 def _both_workers_started(proc: subprocess.Popen[bytes], log: Path) -> bool:
