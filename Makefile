@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast test-slow lint bench clean
+.PHONY: install run test test-fast test-slow lint bench clean chromium
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -26,9 +26,20 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-## make test: install, lint, type-check and run the whole fast suite
-test: lint
+## make test: install (Debian's chromium too, for the console's browser tests), lint,
+## type-check and run the whole fast suite
+test: lint chromium
 	$(BIN)/pytest -m "not slow"
+
+## The browser tests drive Debian's chromium (never a downloaded browser); as root, install it.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq chromium; \
+	  else \
+	    echo "the console's browser tests need /usr/bin/chromium: sudo apt-get install -y chromium"; \
+	  fi; \
+	fi
 
 ## make test-slow: the long fault-injection load test
 test-slow: $(STAMP)
