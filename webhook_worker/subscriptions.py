@@ -1,0 +1,254 @@
+"""Recurring credits: what a paid invoice credits, and its one ledger row.
+
+`invoice.paid` credits the sum of its lines' credits. Each line takes the first rule that
+applies:
+
+1. `PRICE_CREDITS` (Stripe price id → credits per unit) for the line's price: before
+   `2025-03-31.basil` the line embeds `price` (an object, or an id); from basil on the line
+   names it only as `pricing.price_details.price` (with `pricing.type: price_details`).
+   Per unit: times the line's `quantity`.
+2. The line's own `metadata.credits` (Stripe copies a subscription's metadata onto its
+   lines): the credits of the whole line, NOT multiplied by the quantity (subscription
+   metadata describes the subscription, whatever its quantity).
+3. The embedded `price.metadata.credits` (versions before basil; basil lines carry no price
+   object). Per unit: times `quantity`.
+
+A line with `amount` 0 (a trial period, a free line) credits nothing; proration lines
+(`proration: true`, basil: `parent.subscription_item_details.proration`) are not credited
+yet (see README, what is left). An invoice whose lines have no rule is `ignored`
+(`no_credits_rule`), one whose ruled lines charge nothing `ignored` (`nothing_charged`).
+The total is capped by `MAX_CREDITS_PER_EVENT` like a purchase.
+
+The credit is ONE `SUBSCRIPTION_CREDIT` row per invoice (unique on `invoice_id`, migration
+0016) written under the user's advisory lock with the event's `completed` mark, in one
+transaction: a renewal is credited once however often it is delivered, replayed or
+reconciled. Renewals are monthly per subscription, far from the purchase hot path, so this
+takes an explicit transaction rather than the coalesced `ledger_credit_many` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from webhook_worker import store
+from webhook_worker.errors import PermanentError
+from webhook_worker.host import UserId, user_key
+from webhook_worker.ledger import lock_user
+from webhook_worker.queries import query
+from webhook_worker.store import Connection, translate_errors
+
+KIND = "SUBSCRIPTION_CREDIT"
+
+
+def _positive_int(raw: object) -> int | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw if raw > 0 else None
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.isascii() and text.isdigit() and len(text) <= 18:
+            value = int(text)
+            return value if value > 0 else None
+    return None
+
+
+def _get(obj: object, *path: str) -> object:
+    node = obj
+    for key in path:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
+def _id(raw: object) -> str | None:
+    if isinstance(raw, Mapping):  # an expanded object
+        raw = raw.get("id")
+    return raw.strip() if isinstance(raw, str) and raw.strip() else None
+
+
+def lines(invoice: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The invoice's line items as delivered (`lines.data`)."""
+    data = _get(invoice, "lines", "data")
+    if not isinstance(data, list):
+        raise PermanentError("invoice has no lines.data list")
+    if _get(invoice, "lines", "has_more") is True:
+        # A webhook carries the first lines only; crediting part of an invoice is wrong.
+        raise PermanentError(
+            "invoice has more lines than the event carries (lines.has_more); "
+            "nothing was credited. Credit it by hand with an ADJUSTMENT row"
+        )
+    return [line for line in data if isinstance(line, Mapping)]
+
+
+def line_price_id(line: Mapping[str, Any]) -> str | None:
+    """The line's price id in both shapes: `price` before basil, `pricing` from basil on."""
+    basil = _get(line, "pricing", "price_details", "price")
+    return _id(basil) or _id(line.get("price"))
+
+
+def is_proration(line: Mapping[str, Any]) -> bool:
+    return (
+        line.get("proration") is True
+        or _get(line, "parent", "subscription_item_details", "proration") is True
+        or _get(line, "parent", "invoice_item_details", "proration") is True
+    )
+
+
+def _quantity(line: Mapping[str, Any]) -> int:
+    quantity = line.get("quantity")
+    if quantity is None:
+        return 1
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
+        raise PermanentError(f"invoice line {_id(line.get('id'))} has no integer quantity")
+    return quantity
+
+
+def _metadata_credits(node: object, where: str) -> int | None:
+    raw = _get(node, "metadata", "credits")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    credits = _positive_int(raw)
+    if credits is None:
+        raise PermanentError(
+            f"{where} metadata.credits={str(raw)[:40]!r} is not a positive integer; fix the "
+            "metadata (or map the price in PRICE_CREDITS) and replay"
+        )
+    return credits
+
+
+@dataclass(frozen=True)
+class LineCredit:
+    line_id: str | None
+    rule: str  # price_credits | line_metadata | price_metadata
+    credits: int
+
+
+def line_credits(line: Mapping[str, Any], price_credits: Mapping[str, int]) -> LineCredit | None:
+    """The credits one line buys by the first rule that applies; None when none does."""
+    line_id = _id(line.get("id"))
+    price_id = line_price_id(line)
+    per_unit = price_credits.get(price_id) if price_id else None
+    if per_unit is not None:
+        return LineCredit(line_id, "price_credits", per_unit * _quantity(line))
+    own = _metadata_credits(line, f"invoice line {line_id}")
+    if own is not None:
+        return LineCredit(line_id, "line_metadata", own)
+    price = line.get("price")
+    if isinstance(price, Mapping):
+        per_unit = _metadata_credits(price, f"price {price_id}")
+        if per_unit is not None:
+            return LineCredit(line_id, "price_metadata", per_unit * _quantity(line))
+    return None
+
+
+def _charged(line: Mapping[str, Any]) -> bool:
+    amount = line.get("amount")
+    return not (isinstance(amount, int) and not isinstance(amount, bool) and amount <= 0)
+
+
+@dataclass(frozen=True)
+class InvoiceCredits:
+    credits: int  # 0: nothing to credit, `reason` says why
+    reason: str | None
+    lines: tuple[LineCredit, ...]
+
+
+def invoice_credits(
+    invoice: Mapping[str, Any], price_credits: Mapping[str, int], max_credits: int
+) -> InvoiceCredits:
+    """The credits a paid invoice buys, line by line (see the module docstring)."""
+    ruled: list[LineCredit] = []
+    any_rule = False
+    for line in lines(invoice):
+        credit = line_credits(line, price_credits)
+        if credit is None:
+            continue
+        any_rule = True
+        if is_proration(line) or not _charged(line):
+            continue
+        ruled.append(credit)
+    if not any_rule:
+        return InvoiceCredits(0, "no_credits_rule", ())
+    total = sum(c.credits for c in ruled)
+    if total <= 0:
+        return InvoiceCredits(0, "nothing_charged", tuple(ruled))
+    if total > max_credits:
+        raise PermanentError(
+            f"the invoice would credit {total} credits, above MAX_CREDITS_PER_EVENT="
+            f"{max_credits}; nothing was credited. Raise MAX_CREDITS_PER_EVENT if this "
+            "invoice is genuine, then replay"
+        )
+    return InvoiceCredits(total, None, tuple(ruled))
+
+
+def subscription_metadata(invoice: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The subscription's metadata copied onto the invoice: `subscription_details` before
+    basil, `parent.subscription_details` from basil on."""
+    for path in (("parent", "subscription_details"), ("subscription_details",)):
+        metadata = _get(invoice, *path, "metadata")
+        if isinstance(metadata, Mapping):
+            return metadata
+    return {}
+
+
+def subscription_id(invoice: Mapping[str, Any]) -> str | None:
+    return _id(_get(invoice, "parent", "subscription_details", "subscription")) or _id(
+        invoice.get("subscription")
+    )
+
+
+@dataclass(frozen=True)
+class InvoiceCredited:
+    applied: bool  # False: this invoice (or this event) was already credited
+    user_id: UserId
+    balance: int
+
+
+async def credit_invoice(
+    conn: Connection,
+    *,
+    user_id: UserId,
+    credits: int,
+    event_id: str,
+    invoice_id: str,
+    payment_intent_id: str | None,
+    description: str,
+) -> InvoiceCredited:
+    """One SUBSCRIPTION_CREDIT row for the invoice and the event's `completed` mark, in one
+    transaction under the user's lock. A repeat inserts nothing and changes nothing."""
+    with translate_errors("crediting an invoice"):
+        async with conn.transaction():
+            await lock_user(conn, user_id)
+            exists = await conn.fetchval(query("ledger_user_balance"), user_id)
+            if exists is None:
+                raise PermanentError(f"user {user_id} does not exist; nothing was credited")
+            row = await conn.fetchrow(
+                query("subscription_credit_apply"),
+                user_id,
+                credits,
+                event_id,
+                invoice_id,
+                payment_intent_id,
+                description,
+            )
+            applied = row is not None
+            if row is None:
+                balance = int(exists)
+            elif row["credits_balance"] != row["balance_after"]:
+                raise PermanentError(
+                    f"balance of user {user_id} moved outside the ledger lock; rolled back"
+                )
+            else:
+                balance = int(row["credits_balance"])
+            await store.finish_event(
+                conn, event_id, "completed", reason=None if applied else "already_credited"
+            )
+    return InvoiceCredited(applied, user_id, balance)
+
+
+async def user_by_customer(conn: Connection, customer: str) -> UserId | None:
+    with translate_errors("looking up a user"):
+        found = await conn.fetchval(query("user_by_stripe_customer"), customer)
+    return None if found is None else user_key(found)
