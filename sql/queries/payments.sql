@@ -4,19 +4,23 @@
 
 -- name: payment_purchase
 -- The payment's purchase: its user, session, credits and, for the captured amount when no
--- charge event has said it, the amount_total of the stored purchase event (a session's
--- amount_total, a payment intent's amount_received; NULL once pruned).
+-- charge event has said it, the amount of the stored purchase event (a session's
+-- amount_total, a payment intent's amount_received, an invoice's amount_paid; NULL once
+-- pruned). A paid invoice's SUBSCRIPTION_CREDIT is the purchase of the payment intent the
+-- invoice names (before basil), so its charge's refunds and disputes take back its share.
 SELECT t.user_id, t.checkout_session_id, totals.purchased,
        COALESCE(e.raw_data #>> '{data,object,amount_total}',
-                e.raw_data #>> '{data,object,amount_received}') AS amount_total
+                e.raw_data #>> '{data,object,amount_received}',
+                e.raw_data #>> '{data,object,amount_paid}') AS amount_total
 FROM credit_transactions t
 CROSS JOIN LATERAL (
     SELECT COALESCE(sum(p.amount), 0)::bigint AS purchased
     FROM credit_transactions p
-    WHERE p.payment_intent_id = $1 AND p.transaction_type = 'PURCHASE'
+    WHERE p.payment_intent_id = $1
+      AND p.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT')
 ) AS totals
 LEFT JOIN stripe_events e ON e.event_id = t.event_id
-WHERE t.payment_intent_id = $1 AND t.transaction_type = 'PURCHASE'
+WHERE t.payment_intent_id = $1 AND t.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT')
 ORDER BY t.id
 LIMIT 1;
 
@@ -114,7 +118,7 @@ FROM (
                THEN EXISTS (SELECT 1 FROM users u WHERE u.stripe_customer_id = w.waiting_for)
                ELSE EXISTS (SELECT 1 FROM credit_transactions t
                             WHERE t.payment_intent_id = w.waiting_for
-                              AND t.transaction_type = 'PURCHASE')
+                              AND t.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT'))
           END
     ORDER BY w.received_at
     LIMIT $1
