@@ -110,7 +110,6 @@ def test_lines_add_up_and_trial_and_proration_lines_credit_nothing(api_version: 
         invoice_line(price="price_basic", amount=900, api_version=api_version),
         invoice_line(price="price_pro", amount=2900, quantity=2, api_version=api_version),
         invoice_line(price="price_pro", amount=0, api_version=api_version),  # trial
-        invoice_line(price="price_pro", amount=-450, proration=True, api_version=api_version),
         invoice_line(price="price_none", amount=100, api_version=api_version),  # no rule
     ]
     assert invoice_credits(_invoice(api_version, *lines), PRICES, 10**6).credits == 11000
@@ -118,6 +117,48 @@ def test_lines_add_up_and_trial_and_proration_lines_credit_nothing(api_version: 
     assert invoice_credits(_invoice(api_version, trial), PRICES, 10**6).reason == (
         "nothing_charged"
     )
+
+
+def _upgrade(api_version: str, unused: int, remaining: int, **kw: Any) -> dict[str, Any]:
+    """An upgrade from basic (900 a month) to pro (2900) part-way through a period."""
+    lines = [
+        invoice_line(price="price_basic", amount=-unused, unit_amount=900, proration=True,
+                     api_version=api_version, **kw),
+        invoice_line(price="price_pro", amount=remaining, unit_amount=2900, proration=True,
+                     api_version=api_version, **kw),
+    ]  # fmt: skip
+    invoice = _invoice(api_version, *lines)
+    invoice["billing_reason"] = "subscription_update"
+    return invoice
+
+
+@VERSIONS
+@pytest.mark.parametrize(
+    ("unused", "remaining", "expected"),
+    [
+        (450, 1450, 2000),  # half-way: -500 + 2500
+        (300, 967, 1333),  # a third left: -333.33 + 1667.24, rounded down once
+        (900, 2900, 4000),  # at the very start: the whole difference
+    ],
+)
+def test_an_upgrade_credits_the_difference_the_invoice_charged(
+    api_version: str, unused: int, remaining: int, expected: int
+) -> None:
+    found = invoice_credits(_upgrade(api_version, unused, remaining), PRICES, 10**6)
+    assert (found.credits, found.reason) == (expected, None)
+    assert all(line.prorated for line in found.lines)
+
+
+@VERSIONS
+def test_a_downgrade_credits_nothing_and_takes_nothing(api_version: str) -> None:
+    lines = [
+        invoice_line(price="price_pro", amount=-1450, unit_amount=2900, proration=True,
+                     api_version=api_version),
+        invoice_line(price="price_basic", amount=450, unit_amount=900, proration=True,
+                     api_version=api_version),
+    ]  # fmt: skip
+    found = invoice_credits(_invoice(api_version, *lines), PRICES, 10**6)
+    assert (found.credits, found.reason) == (0, "nothing_charged")
 
 
 def test_bad_metadata_too_many_credits_and_truncated_lines_fail_clearly() -> None:

@@ -226,13 +226,15 @@ def invoice_line(
     proration: bool = False,
     period: tuple[int, int] = (0, 0),
     invoice: str | None = None,
+    unit_amount: int | None = None,
 ) -> dict[str, Any]:
     """One subscription line item in the shape of `api_version`: before basil it embeds the
     `price` object (and `plan`, `proration`, `subscription`); from basil on it names the
     price only under `pricing.price_details` and the subscription under `parent`.
     `price_metadata` exists only before basil (basil lines carry no price object)."""
     line: dict[str, Any] = copy.deepcopy(stripe_object("invoice")["lines"]["data"][0])
-    unit_amount = amount // quantity if quantity else 0
+    if unit_amount is None:  # a proration line charges part of it: pass the price's
+        unit_amount = amount // quantity if quantity else 0
     line.update(
         id=new_id("il"),
         invoice=invoice,

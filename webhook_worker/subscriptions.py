@@ -13,11 +13,16 @@ applies:
 3. The embedded `price.metadata.credits` (versions before basil; basil lines carry no price
    object). Per unit: times `quantity`.
 
-A line with `amount` 0 (a trial period, a free line) credits nothing; proration lines
-(`proration: true`, basil: `parent.subscription_item_details.proration`) are not credited
-yet (see README, what is left). An invoice whose lines have no rule is `ignored`
-(`no_credits_rule`), one whose ruled lines charge nothing `ignored` (`nothing_charged`).
-The total is capped by `MAX_CREDITS_PER_EVENT` like a purchase.
+A line with `amount` 0 or below (a trial period, a free line) credits nothing. Proration
+lines (`proration: true` before basil, `parent.subscription_item_details.proration` from
+basil on; an upgrade's invoice, `billing_reason: subscription_update`) credit their rule's
+credits times the share of the full period's price they charge, `amount / (unit amount x
+quantity)`: the unused time of the old plan counts negative, the remaining time of the new
+plan positive, and the invoice credits the net difference, computed exactly and rounded
+down once. A net of zero or below (a downgrade, whose unused time Stripe keeps as customer
+balance) credits nothing and takes nothing back. An invoice whose lines have no rule is
+`ignored` (`no_credits_rule`), one whose ruled lines charge nothing `ignored`
+(`nothing_charged`). The total is capped by `MAX_CREDITS_PER_EVENT` like a purchase.
 
 The credit is ONE `SUBSCRIPTION_CREDIT` row per invoice (unique on `invoice_id`, migration
 0016) written under the user's advisory lock with the event's `completed` mark, in one
@@ -28,8 +33,11 @@ takes an explicit transaction rather than the coalesced `ledger_credit_many` cal
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Any
 
 from webhook_worker import store
@@ -123,6 +131,7 @@ class LineCredit:
     line_id: str | None
     rule: str  # price_credits | line_metadata | price_metadata
     credits: int
+    prorated: bool = False
 
 
 def line_credits(line: Mapping[str, Any], price_credits: Mapping[str, int]) -> LineCredit | None:
@@ -143,9 +152,42 @@ def line_credits(line: Mapping[str, Any], price_credits: Mapping[str, int]) -> L
     return None
 
 
-def _charged(line: Mapping[str, Any]) -> bool:
+def _amount(line: Mapping[str, Any]) -> int:
     amount = line.get("amount")
-    return not (isinstance(amount, int) and not isinstance(amount, bool) and amount <= 0)
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise PermanentError(f"invoice line {_id(line.get('id'))} has no integer amount")
+    return amount
+
+
+def unit_amount(line: Mapping[str, Any]) -> Fraction | None:
+    """The price's unit amount in minor units: `price.unit_amount(_decimal)` before basil,
+    `pricing.unit_amount_decimal` from basil on."""
+    for raw in (
+        _get(line, "pricing", "unit_amount_decimal"),
+        _get(line, "price", "unit_amount_decimal"),
+        _get(line, "price", "unit_amount"),
+    ):
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return Fraction(raw)
+        if isinstance(raw, str):
+            try:
+                return Fraction(Decimal(raw.strip()))
+            except (InvalidOperation, ValueError):
+                continue
+    return None
+
+
+def _prorated(line: Mapping[str, Any], credit: LineCredit) -> Fraction:
+    """A proration line's share of its rule's credits: the share of the full period's price
+    it charges (negative for unused time given back)."""
+    unit = unit_amount(line)
+    full = unit * _quantity(line) if unit is not None else None
+    if full is None or full <= 0:
+        raise PermanentError(
+            f"proration line {credit.line_id} has no unit amount to prorate its credits by; "
+            "nothing was credited. Credit the upgrade by hand with an ADJUSTMENT row"
+        )
+    return Fraction(credit.credits * _amount(line)) / full
 
 
 @dataclass(frozen=True)
@@ -160,18 +202,25 @@ def invoice_credits(
 ) -> InvoiceCredits:
     """The credits a paid invoice buys, line by line (see the module docstring)."""
     ruled: list[LineCredit] = []
+    exact = Fraction(0)
     any_rule = False
     for line in lines(invoice):
         credit = line_credits(line, price_credits)
         if credit is None:
             continue
         any_rule = True
-        if is_proration(line) or not _charged(line):
-            continue
+        if is_proration(line):
+            share = _prorated(line, credit)
+            credit = LineCredit(credit.line_id, credit.rule, math.trunc(share), prorated=True)
+        elif _amount(line) > 0:
+            share = Fraction(credit.credits)
+        else:
+            continue  # a trial or free line: nothing charged, nothing credited
+        exact += share
         ruled.append(credit)
     if not any_rule:
         return InvoiceCredits(0, "no_credits_rule", ())
-    total = sum(c.credits for c in ruled)
+    total = math.floor(exact)  # an upgrade's lines net out; rounded down once, at the end
     if total <= 0:
         return InvoiceCredits(0, "nothing_charged", tuple(ruled))
     if total > max_credits:
