@@ -480,3 +480,123 @@ async def test_the_test_invoice_is_a_renewal_that_credits_its_user(
     await deliver(db, settings, event)
     await drain(settings)
     assert await balance(db, user) == 120
+
+
+# --- SUBSCRIPTION_CREDITS_EXPIRE -----------------------------------------------------------
+
+
+@pytest.fixture
+def expiring(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(PRICE_CREDITS="price_basic:1000", SUBSCRIPTION_CREDITS_EXPIRE="true")
+
+
+def _month_invoice(customer: str, subscription: str, m: int, version: str) -> dict[str, Any]:
+    start = 1_767_225_600 + m * 30 * 86_400
+    return invoice_paid_event(
+        customer=customer,
+        price="price_basic",
+        amount=900,
+        subscription=subscription,
+        invoice_id=f"in_exp_{subscription}_{m}",
+        created=start,
+        period=(start, start + 30 * 86_400),
+        api_version=version,
+    )
+
+
+async def _types(db: asyncpg.Connection, user: int) -> list[tuple[str, int]]:
+    return [(t, a) for t, a, _ in await _rows(db, user)]
+
+
+@VERSIONS
+async def test_unspent_credits_of_a_period_expire_when_the_next_is_credited(
+    db: asyncpg.Connection, expiring: Settings, api_version: str
+) -> None:
+    user, customer = await _linked_user(db)
+    sub = new_id("sub")
+    await deliver(db, expiring, _month_invoice(customer, sub, 0, api_version))
+    await drain(expiring)
+    await db.execute("UPDATE users SET credits_balance = credits_balance - 300 WHERE id = $1", user)
+    second = _month_invoice(customer, sub, 1, api_version)
+    await deliver(db, expiring, second)
+    await drain(expiring)
+    assert await _types(db, user) == [
+        ("SUBSCRIPTION_CREDIT", 1000),
+        ("SUBSCRIPTION_CREDIT", 1000),
+        ("EXPIRY", -700),  # 1000 credited, 300 spent
+    ]
+    assert await balance(db, user) == 1000
+    expiry = await db.fetchrow(
+        "SELECT * FROM credit_transactions WHERE transaction_type = 'EXPIRY'"
+    )
+    assert expiry["invoice_id"] == f"in_exp_{sub}_0" and expiry["event_id"] is None
+    await deliver(db, expiring, second)  # replays change nothing
+    await drain(expiring)
+    assert await balance(db, user) == 1000
+
+
+async def test_one_off_purchases_never_expire_and_late_periods_expire_at_once(
+    db: asyncpg.Connection, expiring: Settings
+) -> None:
+    user, customer = await _linked_user(db)
+    sub = new_id("sub")
+    # month 1 arrives before month 0; a one-off purchase of 500 in between
+    await deliver(db, expiring, _month_invoice(customer, sub, 1, PRE_BASIL))
+    await drain(expiring)
+    await deliver(db, expiring, checkout_session_event(credits=500, client_reference_id=str(user)))
+    await drain(expiring)
+    await deliver(db, expiring, _month_invoice(customer, sub, 0, PRE_BASIL))
+    await drain(expiring)
+    assert await _types(db, user) == [
+        ("SUBSCRIPTION_CREDIT", 1000),
+        ("PURCHASE", 500),
+        ("SUBSCRIPTION_CREDIT", 1000),
+        ("EXPIRY", -1000),  # month 0's period is already over
+    ]
+    assert await balance(db, user) == 1500 == await ledger_sum(db, user)
+    await assert_balance_after_is_running_sum(db, user)
+
+
+async def test_an_upgrade_mid_period_expires_nothing_and_expires_with_its_period(
+    db: asyncpg.Connection, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(
+        PRICE_CREDITS="price_basic:1000,price_pro:5000", SUBSCRIPTION_CREDITS_EXPIRE="true"
+    )
+    user, customer = await _linked_user(db)
+    sub = new_id("sub")
+    await deliver(db, settings, _month_invoice(customer, sub, 0, BASIL))
+    await drain(settings)
+    lines = [
+        invoice_line(price="price_basic", amount=-450, unit_amount=900, proration=True,
+                     api_version=BASIL),
+        invoice_line(price="price_pro", amount=1450, unit_amount=2900, proration=True,
+                     api_version=BASIL),
+    ]  # fmt: skip
+    upgrade = invoice_paid_event(
+        customer=customer,
+        lines=lines,
+        subscription=sub,
+        billing_reason="subscription_update",
+        created=1_767_225_600 + 15 * 86_400,
+        api_version=BASIL,
+    )
+    await deliver(db, settings, upgrade)
+    await drain(settings)
+    assert await _types(db, user) == [("SUBSCRIPTION_CREDIT", 1000), ("SUBSCRIPTION_CREDIT", 2000)]
+    await deliver(db, settings, _month_invoice(customer, sub, 1, BASIL))
+    await drain(settings)
+    assert [t for t in await _types(db, user) if t[0] == "EXPIRY"] == [
+        ("EXPIRY", -1000),
+        ("EXPIRY", -2000),
+    ]
+    assert await balance(db, user) == 1000  # month 1's price_basic credits
+
+
+async def test_expiry_is_off_by_default(db: asyncpg.Connection, priced: Settings) -> None:
+    user, customer = await _linked_user(db)
+    sub = new_id("sub")
+    for m in (0, 1):
+        await deliver(db, priced, _month_invoice(customer, sub, m, BASIL))
+    await drain(priced)
+    assert await balance(db, user) == 2000

@@ -333,6 +333,13 @@ async def _invoice_user(
         return None
 
 
+def _invoice_created(invoice: Mapping[str, Any], event: StoredEvent) -> datetime:
+    created = invoice.get("created")
+    if isinstance(created, int) and not isinstance(created, bool):
+        return datetime.fromtimestamp(created, UTC)
+    return _created(event)
+
+
 async def handle_invoice_paid(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     """`invoice.paid`: one SUBSCRIPTION_CREDIT row per invoice; waits for an unlinked
     customer (`awaiting_customer`) until its subscription's Checkout Session links it."""
@@ -373,11 +380,16 @@ async def handle_invoice_paid(ctx: HandlerContext, event: StoredEvent) -> Outcom
             invoice_id=invoice_id,
             payment_intent_id=_text(invoice, "payment_intent"),  # before basil only
             description=f"{event.type} {invoice_id}",
+            subscription=subscriptions.subscription_id(invoice),
+            invoice_created=_invoice_created(invoice, event),
+            starts_period=invoice.get("billing_reason") != "subscription_update",
+            expire=ctx.settings.subscription_credits_expire,
         )
     fields.update(
         user_id=who.user_id,
         resolved_by=who.source,
         credits=found.credits if result.applied else 0,
+        expired=result.expired,
         balance=result.balance,
     )
     if result.applied:

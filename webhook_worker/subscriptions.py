@@ -24,6 +24,15 @@ balance) credits nothing and takes nothing back. An invoice whose lines have no 
 `ignored` (`no_credits_rule`), one whose ruled lines charge nothing `ignored`
 (`nothing_charged`). The total is capped by `MAX_CREDITS_PER_EVENT` like a purchase.
 
+`SUBSCRIPTION_CREDITS_EXPIRE=true` (plans that do not roll over): when a period's invoice
+is credited, the unspent credits of the subscription's earlier periods expire, one `EXPIRY`
+debit per earlier invoice (unique), never below zero. Credits are ordered by the invoice's
+`created`; an upgrade's `subscription_update` invoice starts no period, its credits belong
+to the period it falls in. Unspent = the period's credits minus what was spent since they
+were credited (the fall of the balance not explained by other expiries), spending counting
+against the period first, capped by the balance: one-off purchases never expire with a
+period. An invoice that arrives after a later period's (out of order) expires at once.
+
 The credit is ONE `SUBSCRIPTION_CREDIT` row per invoice (unique on `invoice_id`, migration
 0016) written under the user's advisory lock with the event's `completed` mark, in one
 transaction: a renewal is credited once however often it is delivered, replayed or
@@ -36,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
@@ -253,6 +263,57 @@ class InvoiceCredited:
     applied: bool  # False: this invoice (or this event) was already credited
     user_id: UserId
     balance: int
+    expired: int = 0  # credits of earlier periods expired (SUBSCRIPTION_CREDITS_EXPIRE)
+
+
+def _moved(user_id: UserId) -> PermanentError:
+    return PermanentError(f"balance of user {user_id} moved outside the ledger lock; rolled back")
+
+
+def unspent(amount: int, balance_after: int, added: int, expired: int, balance: int) -> int:
+    """What is left of a period's `amount` credits, credited at `balance_after`: since then
+    `added` credits came in, `expired` (<= 0) expired and the balance is `balance`; the rest
+    of the fall was spent, and spending counts against the period's credits first. Never
+    more than the balance."""
+    spent = max(0, balance_after + added + expired - balance)
+    return max(0, min(amount - spent, balance))
+
+
+async def expire_previous_periods(
+    conn: Connection, user_id: UserId, subscription: str, description: str
+) -> int:
+    """SUBSCRIPTION_CREDITS_EXPIRE: EXPIRY debits for the unspent credits of the
+    subscription's periods older than its newest credited one (inside the caller's
+    transaction, under the user's lock). Returns the credits expired."""
+    total = 0
+    periods = await conn.fetch(query("subscription_periods_to_expire"), user_id, subscription)
+    for period in periods:
+        since = await conn.fetchrow(query("subscription_moves_since"), user_id, period["id"])
+        balance = int(await conn.fetchval(query("ledger_user_balance"), user_id))
+        assert since is not None
+        left = unspent(
+            int(period["amount"]),
+            int(period["balance_after"]),
+            int(since["added"]),
+            int(since["expired"]),
+            balance,
+        )
+        if left <= 0:
+            continue  # all spent: nothing to expire (the amount of a row is never 0)
+        row = await conn.fetchrow(
+            query("subscription_expiry_apply"),
+            user_id,
+            left,
+            period["invoice_id"],
+            subscription,
+            f"expiry of {period['invoice_id']} ({description})",
+        )
+        if row is None:
+            continue
+        if row["credits_balance"] != row["balance_after"]:
+            raise _moved(user_id)
+        total += left
+    return total
 
 
 async def credit_invoice(
@@ -264,9 +325,15 @@ async def credit_invoice(
     invoice_id: str,
     payment_intent_id: str | None,
     description: str,
+    subscription: str | None = None,
+    invoice_created: datetime | None = None,
+    starts_period: bool = True,
+    expire: bool = False,
 ) -> InvoiceCredited:
     """One SUBSCRIPTION_CREDIT row for the invoice and the event's `completed` mark, in one
-    transaction under the user's lock. A repeat inserts nothing and changes nothing."""
+    transaction under the user's lock. A repeat inserts nothing and changes nothing. With
+    `expire` (SUBSCRIPTION_CREDITS_EXPIRE), the unspent credits of the subscription's
+    earlier periods expire in the same transaction."""
     with translate_errors("crediting an invoice"):
         async with conn.transaction():
             await lock_user(conn, user_id)
@@ -281,20 +348,25 @@ async def credit_invoice(
                 invoice_id,
                 payment_intent_id,
                 description,
+                subscription,
+                invoice_created,
+                invoice_created if starts_period else None,
             )
             applied = row is not None
             if row is None:
                 balance = int(exists)
             elif row["credits_balance"] != row["balance_after"]:
-                raise PermanentError(
-                    f"balance of user {user_id} moved outside the ledger lock; rolled back"
-                )
+                raise _moved(user_id)
             else:
                 balance = int(row["credits_balance"])
+            expired = 0
+            if expire and applied and subscription is not None:
+                expired = await expire_previous_periods(conn, user_id, subscription, description)
+                balance -= expired
             await store.finish_event(
                 conn, event_id, "completed", reason=None if applied else "already_credited"
             )
-    return InvoiceCredited(applied, user_id, balance)
+    return InvoiceCredited(applied, user_id, balance, expired)
 
 
 async def user_by_customer(conn: Connection, customer: str) -> UserId | None:
