@@ -108,6 +108,9 @@ EXPECTED_INDEXES: dict[str, str] = {
     "users_stripe_customer_id_key": "users.stripe_customer_id unique",
     "stripe_events_status_received_at_idx": "stripe_events by status, oldest first",
     "credit_transactions_one_purchase_per_session": "one PURCHASE per checkout session",
+    "credit_transactions_one_purchase_per_payment_intent": "one PURCHASE per payment intent",
+    "credit_transactions_one_credit_per_invoice": "one SUBSCRIPTION_CREDIT per invoice",
+    "credit_transactions_one_expiry_per_invoice": "one EXPIRY per invoice",
 }
 EXPECTED_FUNCTIONS: dict[str, str] = {
     "ledger_lock_key": "the user's int4 advisory-lock key",
