@@ -34,6 +34,7 @@ from webhook_worker.sample_events import (
     checkout_session_event,
     invoice_line,
     invoice_paid_event,
+    invoice_payment_paid_event,
     new_id,
     payment_intent_succeeded_event,
 )
@@ -389,6 +390,52 @@ async def test_a_refunded_invoice_charge_takes_back_its_share_before_basil(
     ]
     assert await balance(db, user) == 500
     await assert_balance_after_is_running_sum(db, user)
+
+
+ORDERS = {
+    "invoice, link, refund": ("invoice", "link", "refund"),
+    "refund, link, invoice": ("refund", "link", "invoice"),
+    "link, refund, invoice": ("link", "refund", "invoice"),
+}
+
+
+@pytest.mark.parametrize("order", list(ORDERS), ids=list(ORDERS))
+async def test_a_refunded_basil_invoice_takes_back_its_share_through_its_invoice_payment(
+    db: asyncpg.Connection, priced: Settings, order: str
+) -> None:
+    """Basil invoices name no payment intent: `invoice_payment.paid` links it, in any
+    order; whatever waits is woken by the sweeper."""
+    user, customer = await _linked_user(db)
+    invoice = invoice_paid_event(
+        customer=customer, price="price_basic", amount=900, api_version=BASIL
+    )
+    assert "payment_intent" not in invoice["data"]["object"]
+    pi = new_id("pi")
+    invoice_id = invoice["data"]["object"]["id"]
+    events = {
+        "invoice": invoice,
+        "link": invoice_payment_paid_event(invoice=invoice_id, payment_intent=pi, amount=900),
+        "refund": charge_refunded_event(
+            payment_intent=pi, amount=900, amount_refunded=300, api_version=BASIL
+        ),
+    }
+    for name in ORDERS[order]:
+        await deliver(db, priced, events[name])
+        await drain(priced)
+    for _ in range(2):
+        await sweep(priced)
+        await drain(priced)
+    assert [r[:2] for r in await _rows(db, user)] == [
+        ("SUBSCRIPTION_CREDIT", 1000),
+        ("REFUND", -333),
+    ]
+    waiting = await db.fetchval(
+        "SELECT count(*) FROM stripe_events WHERE processing_status <> 'completed'"
+    )
+    assert waiting == 0
+    await deliver(db, priced, events["link"])  # again: nothing changes
+    await drain(priced)
+    assert await balance(db, user) == 667 == await ledger_sum(db, user)
 
 
 # --- payments without Checkout ------------------------------------------------------------

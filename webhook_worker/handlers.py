@@ -399,6 +399,34 @@ async def handle_invoice_paid(ctx: HandlerContext, event: StoredEvent) -> Outcom
     )
 
 
+async def handle_invoice_payment_paid(ctx: HandlerContext, event: StoredEvent) -> Outcome:
+    """`invoice_payment.paid` (from basil on, invoices name no payment intent): links the
+    payment intent to the invoice's SUBSCRIPTION_CREDIT row, so that `charge.refunded` and
+    disputes of its charge take back the invoice's share. Waits (`awaiting_invoice`) for an
+    invoice not credited yet."""
+    payment = event.data_object
+    invoice_id = _text(payment, "invoice")
+    details = payment.get("payment")
+    intent = _text(details, "payment_intent") if isinstance(details, Mapping) else None
+    fields: dict[str, Any] = {"invoice_id": invoice_id, "payment_intent_id": intent}
+    if invoice_id is None or intent is None:
+        return ignored("no_payment_intent", **fields)
+    async with store.acquire(ctx.pool, "linking an invoice's payment") as conn:
+        linked = await subscriptions.link_payment(conn, invoice_id, intent)
+        if linked is None:
+            await payments.wait_for(conn, event.event_id, invoice_id, "awaiting_invoice")
+    if linked is None:
+        return Outcome(
+            "waiting", "event_waiting", recorded=True, fields=fields, reason="awaiting_invoice"
+        )
+    if linked != intent:
+        fields["linked_payment_intent_id"] = linked
+        return Outcome(
+            "completed", "event_recorded", fields=fields, reason="invoice_already_linked"
+        )
+    return Outcome("completed", "event_recorded", fields=fields, reason="invoice_payment_linked")
+
+
 # --- payments without Checkout --------------------------------------------------------------
 
 
@@ -650,6 +678,7 @@ HANDLERS: dict[str, Handler] = {
     "charge.dispute.closed": handle_dispute,
     "charge.dispute.funds_reinstated": handle_dispute,
     "invoice.paid": handle_invoice_paid,
+    "invoice_payment.paid": handle_invoice_payment_paid,
     "payment_intent.succeeded": handle_payment_intent_succeeded,
 }
 

@@ -391,6 +391,30 @@ def invoice_paid_event(
     return event
 
 
+def invoice_payment_paid_event(
+    *, invoice: str, payment_intent: str, amount: int = 1000, event_id: str | None = None
+) -> dict[str, Any]:
+    """`invoice_payment.paid` (from basil on): the payment intent that paid an invoice."""
+    now = int(time.time())
+    payment = {
+        "id": new_id("inpay"),
+        "object": "invoice_payment",
+        "amount_paid": amount,
+        "amount_requested": amount,
+        "created": now,
+        "currency": "usd",
+        "invoice": invoice,
+        "is_default": True,
+        "livemode": False,
+        "payment": {"type": "payment_intent", "payment_intent": payment_intent},
+        "status": "paid",
+        "status_transitions": {"canceled_at": None, "paid_at": now},
+    }
+    event = event_envelope("invoice_payment.paid", payment, event_id=event_id)
+    event["api_version"] = BASIL
+    return event
+
+
 def payment_intent_succeeded_event(
     *,
     credits: int | None = 10,

@@ -373,3 +373,13 @@ async def user_by_customer(conn: Connection, customer: str) -> UserId | None:
     with translate_errors("looking up a user"):
         found = await conn.fetchval(query("user_by_stripe_customer"), customer)
     return None if found is None else user_key(found)
+
+
+async def link_payment(conn: Connection, invoice_id: str, payment_intent_id: str) -> str | None:
+    """The payment intent the invoice's credit row holds after linking `payment_intent_id`
+    (basil's `invoice_payment.paid`); None when the invoice is not credited (yet)."""
+    with translate_errors("linking an invoice's payment"):
+        linked = await conn.fetchval(
+            query("subscription_link_payment"), invoice_id, payment_intent_id
+        )
+    return None if linked is None else str(linked)

@@ -116,6 +116,11 @@ FROM (
       AND CASE WHEN w.status_reason = 'awaiting_customer'
                -- an invoice: its customer is now linked to a user (users_stripe_customer_id_key)
                THEN EXISTS (SELECT 1 FROM users u WHERE u.stripe_customer_id = w.waiting_for)
+               WHEN w.status_reason = 'awaiting_invoice'
+               -- an invoice payment: its invoice is now credited
+               THEN EXISTS (SELECT 1 FROM credit_transactions t
+                            WHERE t.invoice_id = w.waiting_for
+                              AND t.transaction_type = 'SUBSCRIPTION_CREDIT')
                ELSE EXISTS (SELECT 1 FROM credit_transactions t
                             WHERE t.payment_intent_id = w.waiting_for
                               AND t.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT'))

@@ -65,3 +65,22 @@ WITH inserted AS (
     RETURNING credits_balance
 )
 SELECT inserted.balance_after, moved.credits_balance FROM inserted, moved;
+
+-- name: subscription_link_payment
+-- invoice_payment.paid (basil: invoices name no payment intent): the invoice's credit row
+-- takes the payment intent that paid it, so that the charge's refunds and disputes find
+-- it (payment_purchase). Returns the row's payment intent: another one means the invoice
+-- was already linked to an earlier payment; no row, that it is not credited (yet).
+WITH linked AS (
+    UPDATE credit_transactions
+    SET payment_intent_id = $2
+    WHERE invoice_id = $1 AND transaction_type = 'SUBSCRIPTION_CREDIT'
+      AND payment_intent_id IS NULL
+    RETURNING payment_intent_id
+)
+SELECT payment_intent_id FROM linked
+UNION ALL
+SELECT payment_intent_id FROM credit_transactions
+WHERE invoice_id = $1 AND transaction_type = 'SUBSCRIPTION_CREDIT'
+  AND NOT EXISTS (SELECT 1 FROM linked)
+LIMIT 1;
