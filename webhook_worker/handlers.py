@@ -20,9 +20,18 @@ connected account that is not listed, and thin events: they never move money.
   Inquiries (`warning_*`) move nothing. Rules and limits: webhook_worker.payments.
 - A refund, refund failure or dispute before its purchase is `waiting` (no try spent);
   the sweeper wakes it once the purchase is in the ledger.
+- `invoice.paid`: one `SUBSCRIPTION_CREDIT` per invoice, credits per line (rules:
+  webhook_worker.subscriptions); an invoice whose customer no user holds yet is `waiting`
+  (`awaiting_customer`) until a `mode: subscription` Checkout Session, which credits
+  nothing, links the customer. `invoice_payment.paid` (basil) links the payment intent
+  that paid an invoice to its credit, so the charge's refunds and disputes find it.
+- `payment_intent.succeeded` with `metadata.credits`: a purchase without Checkout, one
+  PURCHASE per payment intent (a Checkout Session of the same payment intent credits
+  nothing more).
 - Every other type: `ignored` (`unhandled_type`).
 
-What a session buys (`credits_for`): only a `mode: payment` session is a credits purchase.
+What a session buys (`credits_for`): only a `mode: payment` session is a credits purchase
+(a `mode: subscription` session links its customer instead).
 `metadata.credits` (a positive integer) comes first; else, when any credit price is
 configured (`CREDIT_PRICES`, or `CENTS_PER_CREDIT` for usd), `amount_total` divided by the
 price of the session's currency, rounded down. A session with neither rule, another mode
