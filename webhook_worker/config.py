@@ -175,6 +175,35 @@ def parse_credit_prices(raw: str, name: str = "CREDIT_PRICES") -> dict[str, int]
     return prices
 
 
+_PRICE_ID = re.compile(r"price_[A-Za-z0-9_]{1,250}")
+
+
+def parse_price_credits(raw: str, name: str = "PRICE_CREDITS") -> dict[str, int]:
+    """`price_123:1000,price_456:5000`: the credits one unit of each Stripe price buys."""
+    example = f"{name}=price_1Pq0AbC:1000,price_1Pq0XyZ:5000"
+    credits: dict[str, int] = {}
+    for part in (item.strip() for item in raw.split(",")):
+        if not part:
+            continue
+        price, sep, amount = (text.strip() for text in part.partition(":"))
+        if not sep or not _PRICE_ID.fullmatch(price):
+            raise ConfigError(
+                f"{name}: {part[:60]!r} is not price_id:credits; use Stripe price ids "
+                f"(price_…) and the credits one unit buys, e.g. {example}"
+            )
+        if not (amount.isascii() and amount.isdigit()) or not 0 < int(amount) < 2**62:
+            raise ConfigError(
+                f"{name}: the credits of {price} ({amount[:20]!r}) are not a positive "
+                f"integer; e.g. {example}"
+            )
+        if price in credits:
+            raise ConfigError(
+                f"{name}: {price} is given twice; give each price once, e.g. {example}"
+            )
+        credits[price] = int(amount)
+    return credits
+
+
 def parse_connect_accounts(raw: str, name: str = "STRIPE_CONNECT_ACCOUNTS") -> frozenset[str]:
     """A comma list of connected account ids (`acct_…`)."""
     accounts = [part.strip() for part in raw.split(",") if part.strip()]
@@ -332,6 +361,9 @@ class Settings:
     # Price of one credit in each currency's minor unit; CENTS_PER_CREDIT is the usd entry.
     credit_prices: Mapping[str, int] = field(default_factory=dict, hash=False)
     max_credits_per_event: int = DEFAULT_MAX_CREDITS_PER_EVENT
+    # Credits per unit of a Stripe price (invoice lines); see webhook_worker.subscriptions.
+    price_credits: Mapping[str, int] = field(default_factory=dict, hash=False)
+    subscription_credits_expire: bool = False
     stripe_api_key: str | None = field(default=None, repr=False)
     stripe_api_base: str = DEFAULT_STRIPE_API_BASE
     reconcile_interval_seconds: int = 3600
@@ -437,6 +469,8 @@ class Settings:
             max_credits_per_event=_required_int(
                 env, "MAX_CREDITS_PER_EVENT", DEFAULT_MAX_CREDITS_PER_EVENT, minimum=1
             ),
+            price_credits=parse_price_credits(env.get("PRICE_CREDITS", "")),
+            subscription_credits_expire=_bool(env, "SUBSCRIPTION_CREDITS_EXPIRE", False),
             stripe_api_key=parse_stripe_api_key(env.get("STRIPE_API_KEY", ""), stripe_mode),
             stripe_api_base=_stripe_api_base(env),
             reconcile_interval_seconds=_required_int(

@@ -20,9 +20,18 @@ connected account that is not listed, and thin events: they never move money.
   Inquiries (`warning_*`) move nothing. Rules and limits: webhook_worker.payments.
 - A refund, refund failure or dispute before its purchase is `waiting` (no try spent);
   the sweeper wakes it once the purchase is in the ledger.
+- `invoice.paid`: one `SUBSCRIPTION_CREDIT` per invoice, credits per line (rules:
+  webhook_worker.subscriptions); an invoice whose customer no user holds yet is `waiting`
+  (`awaiting_customer`) until a `mode: subscription` Checkout Session, which credits
+  nothing, links the customer. `invoice_payment.paid` (basil) links the payment intent
+  that paid an invoice to its credit, so the charge's refunds and disputes find it.
+- `payment_intent.succeeded` with `metadata.credits`: a purchase without Checkout, one
+  PURCHASE per payment intent (a Checkout Session of the same payment intent credits
+  nothing more).
 - Every other type: `ignored` (`unhandled_type`).
 
-What a session buys (`credits_for`): only a `mode: payment` session is a credits purchase.
+What a session buys (`credits_for`): only a `mode: payment` session is a credits purchase
+(a `mode: subscription` session links its customer instead).
 `metadata.credits` (a positive integer) comes first; else, when any credit price is
 configured (`CREDIT_PRICES`, or `CENTS_PER_CREDIT` for usd), `amount_total` divided by the
 price of the session's currency, rounded down. A session with neither rule, another mode
@@ -45,7 +54,7 @@ from typing import Any, Literal
 
 import orjson
 
-from webhook_worker import ledger, payments, resolver, scope, store
+from webhook_worker import ledger, payments, resolver, scope, store, subscriptions
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
 from webhook_worker.host import UserId
@@ -262,7 +271,32 @@ async def _credit_session(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     )
 
 
+async def _link_subscription(ctx: HandlerContext, event: StoredEvent) -> Outcome:
+    """A `mode: subscription` session credits nothing: its first invoice's `invoice.paid`
+    does (one source for the first period). It links the Stripe customer to the user
+    (`stripe_customer_id`), so that invoices resolve by customer; waiting invoices of that
+    customer are woken by the sweeper."""
+    session = event.data_object
+    customer = resolver.customer_id(session)
+    fields: dict[str, Any] = {
+        "checkout_session_id": _text(session, "id"),
+        "customer": customer,
+        "subscription": _text(session, "subscription"),
+    }
+    if customer is None:
+        return ignored("no_customer_to_link", **fields)
+    try:
+        async with store.acquire(ctx.pool, "linking a subscription's customer") as conn:
+            who = await resolver.resolve_user(conn, session)
+    except resolver.UserNotFound:
+        return ignored("no_user_to_link", **fields)
+    fields.update(user_id=who.user_id, resolved_by=who.source, user_created=who.created)
+    return Outcome("completed", "event_recorded", fields=fields, reason="subscription_linked")
+
+
 async def handle_checkout_completed(ctx: HandlerContext, event: StoredEvent) -> Outcome:
+    if event.data_object.get("mode") == "subscription":
+        return await _link_subscription(ctx, event)
     payment_status = event.data_object.get("payment_status")
     if payment_status not in PAID_STATUSES:
         # Delayed payment methods: the credit comes with async_payment_succeeded.
@@ -281,6 +315,179 @@ async def handle_async_payment_failed(ctx: HandlerContext, event: StoredEvent) -
         "event_recorded",
         fields={"checkout_session_id": session_id},
         reason="async_payment_failed",
+    )
+
+
+# --- invoices (webhook_worker.subscriptions has the rules) ---------------------------------
+
+_INVOICE_USER_KEYS = ("user_id", "user_uuid")
+
+
+async def _invoice_user(
+    ctx: HandlerContext, invoice: Mapping[str, Any], customer: str | None
+) -> resolver.Resolution | None:
+    """The invoice's user: `metadata.user_id` / `user_uuid` of the subscription (copied
+    onto the invoice), else the customer linked by `users.stripe_customer_id`. An invoice
+    never creates a user (its e-mail is the customer's, not a user reference). None: no
+    user yet."""
+    metadata = subscriptions.subscription_metadata(invoice)
+    reference: dict[str, Any] = {
+        "metadata": {k: metadata[k] for k in _INVOICE_USER_KEYS if k in metadata},
+        "customer": customer,
+    }
+    try:
+        async with store.acquire(ctx.pool, "resolving an invoice's user") as conn:
+            return await resolver.resolve_user(conn, reference)
+    except resolver.UserNotFound:
+        return None
+
+
+def _invoice_created(invoice: Mapping[str, Any], event: StoredEvent) -> datetime:
+    created = invoice.get("created")
+    if isinstance(created, int) and not isinstance(created, bool):
+        return datetime.fromtimestamp(created, UTC)
+    return _created(event)
+
+
+async def handle_invoice_paid(ctx: HandlerContext, event: StoredEvent) -> Outcome:
+    """`invoice.paid`: one SUBSCRIPTION_CREDIT row per invoice; waits for an unlinked
+    customer (`awaiting_customer`) until its subscription's Checkout Session links it."""
+    invoice = event.data_object
+    invoice_id = _text(invoice, "id")
+    if invoice_id is None:
+        raise PermanentError("invoice.paid invoice has no id")
+    found = subscriptions.invoice_credits(
+        invoice, ctx.settings.price_credits, ctx.settings.max_credits_per_event
+    )
+    fields: dict[str, Any] = {
+        "invoice_id": invoice_id,
+        "billing_reason": str(invoice.get("billing_reason"))[:40],
+        "subscription": subscriptions.subscription_id(invoice),
+    }
+    if found.reason is not None:
+        return ignored(found.reason, **fields)
+    customer = resolver.customer_id(invoice)
+    who = await _invoice_user(ctx, invoice, customer)
+    if who is None:
+        if customer is None:
+            raise resolver.UserNotFound(
+                "user_not_found: the invoice has no customer and its subscription metadata "
+                "no user_id / user_uuid; set metadata.user_id on the subscription and replay"
+            )
+        async with store.acquire(ctx.pool, "parking an invoice") as conn:
+            await payments.wait_for(conn, event.event_id, customer, "awaiting_customer")
+        fields["customer"] = customer
+        return Outcome(
+            "waiting", "event_waiting", recorded=True, fields=fields, reason="awaiting_customer"
+        )
+    async with store.acquire(ctx.pool, "crediting an invoice") as conn:
+        result = await subscriptions.credit_invoice(
+            conn,
+            user_id=who.user_id,
+            credits=found.credits,
+            event_id=event.event_id,
+            invoice_id=invoice_id,
+            payment_intent_id=_text(invoice, "payment_intent"),  # before basil only
+            description=f"{event.type} {invoice_id}",
+            subscription=subscriptions.subscription_id(invoice),
+            invoice_created=_invoice_created(invoice, event),
+            starts_period=invoice.get("billing_reason") != "subscription_update",
+            expire=ctx.settings.subscription_credits_expire,
+        )
+    fields.update(
+        user_id=who.user_id,
+        resolved_by=who.source,
+        credits=found.credits if result.applied else 0,
+        expired=result.expired,
+        balance=result.balance,
+    )
+    if result.applied:
+        return Outcome("completed", "event_credited", recorded=True, fields=fields)
+    return Outcome(
+        "completed", "event_recorded", recorded=True, fields=fields, reason="already_credited"
+    )
+
+
+async def handle_invoice_payment_paid(ctx: HandlerContext, event: StoredEvent) -> Outcome:
+    """`invoice_payment.paid` (from basil on, invoices name no payment intent): links the
+    payment intent to the invoice's SUBSCRIPTION_CREDIT row, so that `charge.refunded` and
+    disputes of its charge take back the invoice's share. Waits (`awaiting_invoice`) for an
+    invoice not credited yet."""
+    payment = event.data_object
+    invoice_id = _text(payment, "invoice")
+    details = payment.get("payment")
+    intent = _text(details, "payment_intent") if isinstance(details, Mapping) else None
+    fields: dict[str, Any] = {"invoice_id": invoice_id, "payment_intent_id": intent}
+    if invoice_id is None or intent is None:
+        return ignored("no_payment_intent", **fields)
+    async with store.acquire(ctx.pool, "linking an invoice's payment") as conn:
+        linked = await subscriptions.link_payment(conn, invoice_id, intent)
+        if linked is None:
+            await payments.wait_for(conn, event.event_id, invoice_id, "awaiting_invoice")
+    if linked is None:
+        return Outcome(
+            "waiting", "event_waiting", recorded=True, fields=fields, reason="awaiting_invoice"
+        )
+    if linked != intent:
+        fields["linked_payment_intent_id"] = linked
+        return Outcome(
+            "completed", "event_recorded", fields=fields, reason="invoice_already_linked"
+        )
+    return Outcome("completed", "event_recorded", fields=fields, reason="invoice_payment_linked")
+
+
+# --- payments without Checkout --------------------------------------------------------------
+
+
+async def handle_payment_intent_succeeded(ctx: HandlerContext, event: StoredEvent) -> Outcome:
+    """A Payment Element (or API) payment with `metadata.credits` and a user reference
+    credits like a Checkout purchase: a PURCHASE keyed on the payment intent (one per
+    payment intent, migration 0016), so the Checkout Session of the same payment intent,
+    whichever comes first, never credits it twice."""
+    intent = event.data_object
+    intent_id = _text(intent, "id")
+    if intent_id is None:
+        raise PermanentError("payment_intent.succeeded payment intent has no id")
+    if _text(intent, "invoice") is not None:
+        return ignored("invoice_payment", payment_intent_id=intent_id)  # invoice.paid credits
+    raw = _metadata_credits(intent)
+    if raw is None:
+        return ignored("not_a_credit_purchase", payment_intent_id=intent_id)
+    credits = _positive_int(raw)
+    if credits is None:
+        raise PermanentError(
+            f"metadata.credits={str(raw)[:40]!r} is not a positive integer; "
+            "fix the PaymentIntent metadata and replay"
+        )
+    if credits > ctx.settings.max_credits_per_event:
+        raise PermanentError(
+            f"the payment would credit {credits} credits, above MAX_CREDITS_PER_EVENT="
+            f"{ctx.settings.max_credits_per_event}; nothing was credited. Raise "
+            "MAX_CREDITS_PER_EVENT if this purchase is genuine, then replay"
+        )
+    who = await _resolve(ctx, intent)
+    result = await ctx.credit(
+        ledger.Purchase(
+            user_id=who.user_id,
+            credits=credits,
+            event_id=event.event_id,
+            checkout_session_id=None,
+            payment_intent_id=intent_id,
+            description=f"{event.type} {intent_id}",
+        ),
+    )
+    fields: dict[str, Any] = {
+        "user_id": who.user_id,
+        "resolved_by": who.source,
+        "user_created": who.created,
+        "credits": credits if result.applied else 0,
+        "balance": result.balance,
+        "payment_intent_id": intent_id,
+    }
+    if result.applied:
+        return Outcome("completed", "event_credited", recorded=True, fields=fields)
+    return Outcome(
+        "completed", "event_recorded", recorded=True, fields=fields, reason="already_credited"
     )
 
 
@@ -479,6 +686,9 @@ HANDLERS: dict[str, Handler] = {
     "charge.dispute.funds_withdrawn": handle_dispute,
     "charge.dispute.closed": handle_dispute,
     "charge.dispute.funds_reinstated": handle_dispute,
+    "invoice.paid": handle_invoice_paid,
+    "invoice_payment.paid": handle_invoice_payment_paid,
+    "payment_intent.succeeded": handle_payment_intent_succeeded,
 }
 
 

@@ -61,7 +61,7 @@ class Purchase:
     user_id: UserId
     credits: int
     event_id: str
-    checkout_session_id: str
+    checkout_session_id: str | None  # None: a payment without Checkout (payment_intent.*)
     payment_intent_id: str | None
     description: str
 

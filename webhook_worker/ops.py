@@ -14,6 +14,7 @@ mean a completed purchase is never credited twice) but rarely what was meant.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -107,6 +108,9 @@ EXPECTED_INDEXES: dict[str, str] = {
     "users_stripe_customer_id_key": "users.stripe_customer_id unique",
     "stripe_events_status_received_at_idx": "stripe_events by status, oldest first",
     "credit_transactions_one_purchase_per_session": "one PURCHASE per checkout session",
+    "credit_transactions_one_purchase_per_payment_intent": "one PURCHASE per payment intent",
+    "credit_transactions_one_credit_per_invoice": "one SUBSCRIPTION_CREDIT per invoice",
+    "credit_transactions_one_expiry_per_invoice": "one EXPIRY per invoice",
 }
 EXPECTED_FUNCTIONS: dict[str, str] = {
     "ledger_lock_key": "the user's int4 advisory-lock key",
@@ -785,8 +789,48 @@ def build_test_event(
     user_uuid: str | None = None,
     credits: int | None = 10,
     payment_intent: str | None = None,
+    customer: str | None = None,
 ) -> dict[str, Any]:
-    """A realistic test-mode event: a checkout session, a refunded charge, or any other type."""
+    """A realistic test-mode event: a checkout session, a refunded charge, a subscription
+    renewal (`invoice.paid`), a payment without Checkout, or any other type."""
+    if event_type == "invoice.paid":
+        # A renewal (billing_reason subscription_cycle) of a monthly plan: the credits on the
+        # subscription's metadata (copied onto the invoice and its line), the user reference
+        # there too; the customer must be linked to a user unless a reference is given.
+        reference = {"user_id": user_id} if user_id else {}
+        if user_uuid:
+            reference = {"user_uuid": user_uuid}
+        plan_credits = {"credits": str(credits)} if credits is not None else {}
+        now = int(time.time())
+        subscription = sample_events.new_id("sub")
+        line = sample_events.invoice_line(
+            price=sample_events.new_id("price"),
+            amount=100 * (credits or 10),
+            subscription=subscription,
+            metadata=plan_credits,
+            period=(now, now + 30 * 86400),
+        )
+        return sample_events.invoice_paid_event(
+            customer=customer or sample_events.new_id("cus"),
+            lines=[line],
+            subscription=subscription,
+            subscription_metadata={**reference, **plan_credits},
+            payment_intent=payment_intent,
+            created=now,
+        )
+    if event_type == "payment_intent.succeeded":
+        metadata = {"user_id": user_id} if user_id else {}
+        if user_uuid:
+            metadata = {"user_uuid": user_uuid}
+        if email:
+            metadata = {"email": email}
+        return sample_events.payment_intent_succeeded_event(
+            credits=credits,
+            amount=100 * (credits or 10),
+            metadata=metadata,
+            customer=customer,
+            payment_intent=payment_intent,
+        )
     if event_type.startswith("checkout.session."):
         metadata = {"user_uuid": user_uuid} if user_uuid else {}
         return sample_events.checkout_session_event(

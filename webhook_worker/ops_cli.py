@@ -507,6 +507,7 @@ async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
         user_uuid=args.user_uuid,
         credits=args.credits,
         payment_intent=args.payment_intent,
+        customer=args.customer,
     )
     result = await ops.send_event(args.url, event, secret)
     if args.json:
@@ -558,7 +559,9 @@ def _add_send_test_event(sub: Subparsers) -> None:
     p.add_argument(
         "--type",
         default="checkout.session.completed",
-        help="event type (default: %(default)s); charge.refunded needs --payment-intent",
+        help="event type (default: %(default)s); charge.refunded needs --payment-intent; "
+        "invoice.paid is a monthly renewal crediting --credits to --user-id / --user-uuid or "
+        "to the user linked to --customer",
     )
     who = p.add_mutually_exclusive_group()
     who.add_argument("--email", help="buyer email (customer_email / customer_details.email)")
@@ -566,6 +569,7 @@ def _add_send_test_event(sub: Subparsers) -> None:
     who.add_argument("--user-uuid", help="users.uuid, sent as metadata.user_uuid")
     p.add_argument("--credits", type=int, default=10, help="metadata.credits (default: 10)")
     p.add_argument("--payment-intent", help="pi_… to use (refunds point at the purchase's)")
+    p.add_argument("--customer", help="cus_… the event names (invoice.paid: a linked customer)")
     p.add_argument(
         "--secret",
         help="sign with this whsec_… (default: the first STRIPE_WEBHOOK_SECRET, "

@@ -174,12 +174,16 @@ def plan(
     return None, 0, 0, shortfall
 
 
+async def wait_for(conn: Connection, event_id: str, waiting_for: str, reason: str) -> None:
+    """Park the event as `waiting` (no try spent): `awaiting_purchase` on a payment intent's
+    purchase, `awaiting_customer` on a Stripe customer id linked to a user."""
+    with translate_errors("parking an event"):
+        await conn.execute(query("payment_wait_event"), event_id, waiting_for, reason)
+
+
 async def wait_for_purchase(conn: Connection, event_id: str, payment_intent_id: str) -> None:
     """Park the event as `waiting` on its payment's purchase (no try spent)."""
-    with translate_errors("parking an event until its purchase"):
-        await conn.execute(
-            query("payment_wait_event"), event_id, payment_intent_id, "awaiting_purchase"
-        )
+    await wait_for(conn, event_id, payment_intent_id, "awaiting_purchase")
 
 
 async def apply(

@@ -76,8 +76,11 @@ def checkout_session_event(
     event_id: str | None = None,
     account: str | None = None,
     livemode: bool = False,
+    mode: str = "payment",
+    subscription: str | None = None,
 ) -> dict[str, Any]:
-    """A `checkout.session.*` event; `credits` goes to `metadata.credits` when given."""
+    """A `checkout.session.*` event; `credits` goes to `metadata.credits` when given. A
+    `mode="subscription"` session has a `subscription` and no `payment_intent`."""
     session = stripe_object("checkout.session")
     meta = dict(metadata or {})
     if credits is not None:
@@ -95,7 +98,10 @@ def checkout_session_event(
         customer_email=email,
         payment_intent=payment_intent or new_id("pi"),
         livemode=livemode,
+        mode=mode,
     )
+    if mode == "subscription":
+        session.update(payment_intent=None, subscription=subscription or new_id("sub"))
     session["customer_details"]["email"] = email
     return event_envelope(
         event_type, session, event_id=event_id, account=account, livemode=livemode
@@ -204,6 +210,243 @@ def dispute_event(
         "inquiry" if status.startswith("warning_") else "chargeback"
     )
     event = event_envelope(event_type, dispute, event_id=event_id, created=created)
+    event["api_version"] = api_version
+    return event
+
+
+def invoice_line(
+    *,
+    price: str,
+    amount: int,
+    quantity: int = 1,
+    api_version: str = API_VERSION,
+    subscription: str | None = None,
+    metadata: dict[str, str] | None = None,
+    price_metadata: dict[str, str] | None = None,
+    proration: bool = False,
+    period: tuple[int, int] = (0, 0),
+    invoice: str | None = None,
+    unit_amount: int | None = None,
+) -> dict[str, Any]:
+    """One subscription line item in the shape of `api_version`: before basil it embeds the
+    `price` object (and `plan`, `proration`, `subscription`); from basil on it names the
+    price only under `pricing.price_details` and the subscription under `parent`.
+    `price_metadata` exists only before basil (basil lines carry no price object)."""
+    line: dict[str, Any] = copy.deepcopy(stripe_object("invoice")["lines"]["data"][0])
+    if unit_amount is None:  # a proration line charges part of it: pass the price's
+        unit_amount = amount // quantity if quantity else 0
+    line.update(
+        id=new_id("il"),
+        invoice=invoice,
+        amount=amount,
+        subtotal=amount,
+        currency="usd",
+        description=f"{quantity} x plan ({price})",
+        metadata=dict(metadata or {}),
+        period={"start": period[0], "end": period[1]},
+        quantity=quantity,
+    )
+    if _is_basil(api_version):
+        line.pop("subscription", None)
+        line["parent"] = {
+            "type": "subscription_item_details",
+            "invoice_item_details": None,
+            "subscription_item_details": {
+                "invoice_item": None,
+                "proration": proration,
+                "proration_details": {"credited_items": None},
+                "subscription": subscription,
+                "subscription_item": new_id("si"),
+            },
+        }
+        line["pricing"] = {
+            "type": "price_details",
+            "price_details": {"price": price, "product": "prod_test_plan"},
+            "unit_amount_decimal": str(unit_amount),
+        }
+        return line
+    for key in ("parent", "pricing", "pretax_credit_amounts", "taxes"):
+        line.pop(key, None)
+    price_object = {
+        "id": price,
+        "object": "price",
+        "active": True,
+        "currency": "usd",
+        "metadata": dict(price_metadata or {}),
+        "product": "prod_test_plan",
+        "recurring": {"interval": "month", "interval_count": 1, "usage_type": "licensed"},
+        "type": "recurring",
+        "unit_amount": unit_amount,
+        "unit_amount_decimal": str(unit_amount),
+    }
+    line.update(
+        price=price_object,
+        plan={"id": price, "object": "plan", "amount": unit_amount, "interval": "month"},
+        proration=proration,
+        subscription=subscription,
+        type="subscription",
+        tax_amounts=[],
+    )
+    return line
+
+
+def _is_basil(api_version: str) -> bool:
+    return api_version[:10] >= BASIL[:10]
+
+
+def invoice_paid_event(
+    *,
+    customer: str,
+    lines: list[dict[str, Any]] | None = None,
+    price: str = "price_test_monthly",
+    amount: int = 1000,
+    quantity: int = 1,
+    subscription: str | None = None,
+    billing_reason: str = "subscription_cycle",
+    subscription_metadata: dict[str, str] | None = None,
+    invoice_id: str | None = None,
+    payment_intent: str | None = None,
+    api_version: str = API_VERSION,
+    event_id: str | None = None,
+    created: int | None = None,
+    period: tuple[int, int] | None = None,
+    account: str | None = None,
+    livemode: bool = False,
+) -> dict[str, Any]:
+    """An `invoice.paid` event for a subscription invoice (a renewal by default), in the shape
+    of `api_version`: before basil the invoice carries `subscription`, `charge`,
+    `payment_intent` and `subscription_details`; from basil on those are gone (payments
+    are invoice payments) and the subscription is under `parent.subscription_details`."""
+    invoice = stripe_object("invoice")
+    invoice_id = invoice_id or new_id("in")
+    subscription = subscription or new_id("sub")
+    now = int(time.time()) if created is None else created
+    start, end = period or (now, now + 30 * 86400)
+    if lines is None:
+        lines = [
+            invoice_line(
+                price=price,
+                amount=amount,
+                quantity=quantity,
+                api_version=api_version,
+                subscription=subscription,
+                period=(start, end),
+            )
+        ]
+    for line in lines:
+        line["invoice"] = invoice_id
+    total = sum(int(line["amount"]) for line in lines)
+    invoice.update(
+        id=invoice_id,
+        customer=customer,
+        currency="usd",
+        billing_reason=billing_reason,
+        status="paid",
+        paid=True,
+        amount_due=total,
+        amount_paid=total,
+        amount_remaining=0,
+        amount_overpaid=0,
+        subtotal=total,
+        total=total,
+        attempted=True,
+        attempt_count=1,
+        created=now,
+        period_start=start,
+        period_end=end,
+        livemode=livemode,
+        lines={
+            "object": "list",
+            "data": lines,
+            "has_more": False,
+            "total_count": len(lines),
+            "url": f"/v1/invoices/{invoice_id}/lines",
+        },
+    )
+    metadata = dict(subscription_metadata or {})
+    if _is_basil(api_version):
+        invoice["parent"] = {
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {"metadata": metadata, "subscription": subscription},
+        }
+    else:
+        invoice.pop("parent", None)
+        invoice.update(
+            subscription=subscription,
+            subscription_details={"metadata": metadata},
+            charge=new_id("ch"),
+            payment_intent=payment_intent or new_id("pi"),
+            paid=True,
+        )
+    event = event_envelope(
+        "invoice.paid",
+        invoice,
+        event_id=event_id,
+        created=now,
+        account=account,
+        livemode=livemode,
+    )
+    event["api_version"] = api_version
+    return event
+
+
+def invoice_payment_paid_event(
+    *, invoice: str, payment_intent: str, amount: int = 1000, event_id: str | None = None
+) -> dict[str, Any]:
+    """`invoice_payment.paid` (from basil on): the payment intent that paid an invoice."""
+    now = int(time.time())
+    payment = {
+        "id": new_id("inpay"),
+        "object": "invoice_payment",
+        "amount_paid": amount,
+        "amount_requested": amount,
+        "created": now,
+        "currency": "usd",
+        "invoice": invoice,
+        "is_default": True,
+        "livemode": False,
+        "payment": {"type": "payment_intent", "payment_intent": payment_intent},
+        "status": "paid",
+        "status_transitions": {"canceled_at": None, "paid_at": now},
+    }
+    event = event_envelope("invoice_payment.paid", payment, event_id=event_id)
+    event["api_version"] = BASIL
+    return event
+
+
+def payment_intent_succeeded_event(
+    *,
+    credits: int | None = 10,
+    amount: int = 1000,
+    metadata: dict[str, str] | None = None,
+    customer: str | None = None,
+    payment_intent: str | None = None,
+    invoice: str | None = None,
+    event_id: str | None = None,
+    api_version: str = API_VERSION,
+) -> dict[str, Any]:
+    """A `payment_intent.succeeded` of a Payment Element (no Checkout) payment; `credits`
+    goes to `metadata.credits` when given, the user reference in `metadata`."""
+    intent = stripe_object("payment_intent")
+    meta = dict(metadata or {})
+    if credits is not None:
+        meta.setdefault("credits", str(credits))
+    intent.update(
+        id=payment_intent or new_id("pi"),
+        amount=amount,
+        amount_received=amount,
+        amount_capturable=0,
+        currency="usd",
+        customer=customer,
+        metadata=meta,
+        status="succeeded",
+        livemode=False,
+        latest_charge=new_id("ch"),
+    )
+    if invoice is not None and not _is_basil(api_version):
+        intent["invoice"] = invoice  # before basil only: the invoice a payment pays
+    event = event_envelope("payment_intent.succeeded", intent, event_id=event_id)
     event["api_version"] = api_version
     return event
 

@@ -4,17 +4,23 @@
 
 -- name: payment_purchase
 -- The payment's purchase: its user, session, credits and, for the captured amount when no
--- charge event has said it, the amount_total of the stored purchase event (NULL once pruned).
+-- charge event has said it, the amount of the stored purchase event (a session's
+-- amount_total, a payment intent's amount_received, an invoice's amount_paid; NULL once
+-- pruned). A paid invoice's SUBSCRIPTION_CREDIT is the purchase of the payment intent the
+-- invoice names (before basil), so its charge's refunds and disputes take back its share.
 SELECT t.user_id, t.checkout_session_id, totals.purchased,
-       (e.raw_data #>> '{data,object,amount_total}') AS amount_total
+       COALESCE(e.raw_data #>> '{data,object,amount_total}',
+                e.raw_data #>> '{data,object,amount_received}',
+                e.raw_data #>> '{data,object,amount_paid}') AS amount_total
 FROM credit_transactions t
 CROSS JOIN LATERAL (
     SELECT COALESCE(sum(p.amount), 0)::bigint AS purchased
     FROM credit_transactions p
-    WHERE p.payment_intent_id = $1 AND p.transaction_type = 'PURCHASE'
+    WHERE p.payment_intent_id = $1
+      AND p.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT')
 ) AS totals
 LEFT JOIN stripe_events e ON e.event_id = t.event_id
-WHERE t.payment_intent_id = $1 AND t.transaction_type = 'PURCHASE'
+WHERE t.payment_intent_id = $1 AND t.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT')
 ORDER BY t.id
 LIMIT 1;
 
@@ -107,9 +113,18 @@ FROM (
     SELECT w.id
     FROM stripe_events w
     WHERE w.processing_status = 'waiting'
-      AND EXISTS (SELECT 1 FROM credit_transactions t
-                  WHERE t.payment_intent_id = w.waiting_for
-                    AND t.transaction_type = 'PURCHASE')
+      AND CASE WHEN w.status_reason = 'awaiting_customer'
+               -- an invoice: its customer is now linked to a user (users_stripe_customer_id_key)
+               THEN EXISTS (SELECT 1 FROM users u WHERE u.stripe_customer_id = w.waiting_for)
+               WHEN w.status_reason = 'awaiting_invoice'
+               -- an invoice payment: its invoice is now credited
+               THEN EXISTS (SELECT 1 FROM credit_transactions t
+                            WHERE t.invoice_id = w.waiting_for
+                              AND t.transaction_type = 'SUBSCRIPTION_CREDIT')
+               ELSE EXISTS (SELECT 1 FROM credit_transactions t
+                            WHERE t.payment_intent_id = w.waiting_for
+                              AND t.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT'))
+          END
     ORDER BY w.received_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -119,9 +134,19 @@ RETURNING e.event_id;
 
 -- name: payment_expire_waiting
 -- Waiting longer than WAIT_MAX_DAYS with no purchase: a payment that was never a credits
--- purchase here (or whose purchase never came). Final, `ignored`, and said why.
+-- purchase here (or whose purchase never came). Final, `ignored`, and said why. A paid
+-- invoice whose customer was never linked is money owed: `failed`, with what to do, so
+-- that it shows in the failed list and can be replayed.
 UPDATE stripe_events AS e
-SET processing_status = 'ignored', status_reason = 'no_purchase_for_payment',
+SET processing_status = CASE WHEN e.status_reason = 'awaiting_customer'
+                             THEN 'failed' ELSE 'ignored' END,
+    error_message = CASE WHEN e.status_reason = 'awaiting_customer'
+        THEN 'user_not_found: no user is linked to Stripe customer ' || e.waiting_for
+             || ' (no subscription Checkout Session linked it); set users.stripe_customer_id '
+             || 'or metadata.user_id on the subscription and replay'
+        END,
+    status_reason = CASE WHEN e.status_reason = 'awaiting_customer'
+                         THEN 'no_user_for_customer' ELSE 'no_purchase_for_payment' END,
     processed_at = now(), updated_at = now()
 FROM (
     SELECT w.id

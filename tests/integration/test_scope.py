@@ -330,10 +330,9 @@ async def test_zero_decimal_currencies_never_credit_by_a_usd_price(test_mode: De
     "session",
     [
         {"mode": "setup", "amount_total": None, "payment_status": "no_payment_required"},
-        {"mode": "subscription", "amount_total": 2000},
         {"mode": "payment", "amount_total": 0, "payment_status": "no_payment_required"},
     ],
-    ids=["setup", "subscription", "zero-amount"],
+    ids=["setup", "zero-amount"],
 )
 async def test_sessions_that_are_not_credits_purchases_are_ignored(
     test_mode: Deployment, session: dict[str, Any]
@@ -341,11 +340,28 @@ async def test_sessions_that_are_not_credits_purchases_are_ignored(
     async with connect(test_mode) as conn:
         user = await new_user(conn)
     event = priced_session(user, "usd", 0, **session)
-    if session["mode"] == "subscription":
-        event["data"]["object"]["metadata"]["credits"] = "100"  # later: recurring rules
     assert_ignored(await deliver(test_mode, event), "not_a_credit_purchase")
     async with connect(test_mode) as conn:
         assert await balance(conn, user) == 0
+
+
+async def test_a_subscription_session_links_its_customer_and_credits_nothing(
+    test_mode: Deployment,
+) -> None:
+    """Its first invoice's invoice.paid credits the first period (issue 18)."""
+    async with connect(test_mode) as conn:
+        user = await new_user(conn)
+    event = priced_session(
+        user, "usd", 2000, mode="subscription", customer=f"cus_Scope{user}", payment_intent=None
+    )
+    event["data"]["object"]["metadata"]["credits"] = "100"
+    row = await deliver(test_mode, event)
+    assert (row["processing_status"], row["status_reason"]) == ("completed", "subscription_linked")
+    assert row["ledger_rows"] == 0
+    async with connect(test_mode) as conn:
+        assert await balance(conn, user) == 0
+        linked = await conn.fetchval("SELECT stripe_customer_id FROM users WHERE id = $1", user)
+        assert linked == f"cus_Scope{user}"
 
 
 async def test_a_bad_metadata_credits_still_fails_loudly(test_mode: Deployment) -> None:

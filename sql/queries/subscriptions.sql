@@ -1,0 +1,86 @@
+-- Recurring credits (webhook_worker/subscriptions.py). Runs inside one explicit transaction
+-- that holds the user's lock (ledger_lock_user).
+
+-- name: subscription_credit_apply
+-- ledger_apply with the invoice: ON CONFLICT DO NOTHING covers the unique event_id and one
+-- SUBSCRIPTION_CREDIT per invoice (migration 0016); a repeat inserts nothing, the UPDATE
+-- touches no row and no row comes back. The UPDATE's own result is returned beside
+-- balance_after so the caller can prove nobody moved the balance without the lock.
+WITH inserted AS (
+    INSERT INTO credit_transactions
+        (user_id, amount, balance_after, transaction_type, event_id, invoice_id,
+         payment_intent_id, description, subscription_id, invoice_created, period_start)
+    SELECT u.id, $2::bigint, u.credits_balance + $2::bigint, 'SUBSCRIPTION_CREDIT', $3, $4,
+           $5, $6, $7, $8, $9
+    FROM users u
+    WHERE u.id = $1
+    ON CONFLICT DO NOTHING
+    RETURNING balance_after
+), moved AS (
+    UPDATE users
+    SET credits_balance = credits_balance + $2::bigint, updated_at = now()
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM inserted)
+    RETURNING credits_balance
+)
+SELECT inserted.balance_after, moved.credits_balance FROM inserted, moved;
+
+-- name: subscription_periods_to_expire
+-- SUBSCRIPTION_CREDITS_EXPIRE: the user's credits of this subscription from invoices older
+-- than the start of its newest credited period (an upgrade's proration invoice starts no
+-- period: its credits expire with the period it belongs to), not expired yet, oldest first.
+SELECT t.id, t.invoice_id, t.amount, t.balance_after
+FROM credit_transactions t
+WHERE t.user_id = $1 AND t.subscription_id = $2 AND t.transaction_type = 'SUBSCRIPTION_CREDIT'
+  AND t.invoice_created < (SELECT max(n.period_start) FROM credit_transactions n
+                           WHERE n.user_id = $1 AND n.subscription_id = $2
+                             AND n.transaction_type = 'SUBSCRIPTION_CREDIT')
+  AND NOT EXISTS (SELECT 1 FROM credit_transactions x
+                  WHERE x.transaction_type = 'EXPIRY' AND x.invoice_id = t.invoice_id)
+ORDER BY t.invoice_created, t.id;
+
+-- name: subscription_moves_since
+-- What came in after a period's credit (positive rows) and what expired since (EXPIRY
+-- rows, negative): the rest of the balance's fall since then was spent.
+SELECT COALESCE(sum(amount) FILTER (WHERE amount > 0), 0)::bigint AS added,
+       COALESCE(sum(amount) FILTER (WHERE transaction_type = 'EXPIRY'), 0)::bigint AS expired
+FROM credit_transactions
+WHERE user_id = $1 AND id > $2;
+
+-- name: subscription_expiry_apply
+-- One EXPIRY debit per invoice (unique, migration 0016); no event of its own (the renewal's
+-- event holds its SUBSCRIPTION_CREDIT row). balance_after >= 0 by the table's check.
+WITH inserted AS (
+    INSERT INTO credit_transactions
+        (user_id, amount, balance_after, transaction_type, event_id, invoice_id,
+         subscription_id, description)
+    SELECT u.id, -$2::bigint, u.credits_balance - $2::bigint, 'EXPIRY', NULL, $3, $4, $5
+    FROM users u
+    WHERE u.id = $1
+    ON CONFLICT DO NOTHING
+    RETURNING balance_after
+), moved AS (
+    UPDATE users
+    SET credits_balance = credits_balance - $2::bigint, updated_at = now()
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM inserted)
+    RETURNING credits_balance
+)
+SELECT inserted.balance_after, moved.credits_balance FROM inserted, moved;
+
+-- name: subscription_link_payment
+-- invoice_payment.paid (basil: invoices name no payment intent): the invoice's credit row
+-- takes the payment intent that paid it, so that the charge's refunds and disputes find
+-- it (payment_purchase). Returns the row's payment intent: another one means the invoice
+-- was already linked to an earlier payment; no row, that it is not credited (yet).
+WITH linked AS (
+    UPDATE credit_transactions
+    SET payment_intent_id = $2
+    WHERE invoice_id = $1 AND transaction_type = 'SUBSCRIPTION_CREDIT'
+      AND payment_intent_id IS NULL
+    RETURNING payment_intent_id
+)
+SELECT payment_intent_id FROM linked
+UNION ALL
+SELECT payment_intent_id FROM credit_transactions
+WHERE invoice_id = $1 AND transaction_type = 'SUBSCRIPTION_CREDIT'
+  AND NOT EXISTS (SELECT 1 FROM linked)
+LIMIT 1;
