@@ -242,14 +242,35 @@ async def _credit_session(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     if credits is None:
         return ignored("not_a_credit_purchase", mode=str(session.get("mode"))[:32])
     who = await _resolve(ctx, session)
+    return await _credit_purchase(
+        ctx,
+        event,
+        who,
+        credits,
+        session_id=session_id,
+        payment_intent_id=_text(session, "payment_intent"),
+    )
+
+
+async def _credit_purchase(
+    ctx: HandlerContext,
+    event: StoredEvent,
+    who: resolver.Resolution,
+    credits: int,
+    *,
+    session_id: str | None,
+    payment_intent_id: str | None,
+) -> Outcome:
+    """One PURCHASE through the coalesced credit call, and the outcome it leads to."""
+    reference = session_id or payment_intent_id
     result = await ctx.credit(
         ledger.Purchase(
             user_id=who.user_id,
             credits=credits,
             event_id=event.event_id,
             checkout_session_id=session_id,
-            payment_intent_id=_text(session, "payment_intent"),
-            description=f"{event.type} {session_id}",
+            payment_intent_id=payment_intent_id,
+            description=f"{event.type} {reference}",
         ),
     )
     fields: dict[str, Any] = {
@@ -258,16 +279,15 @@ async def _credit_session(ctx: HandlerContext, event: StoredEvent) -> Outcome:
         "user_created": who.created,
         "credits": credits if result.applied else 0,
         "balance": result.balance,
-        "checkout_session_id": session_id,
     }
+    if session_id is not None:
+        fields["checkout_session_id"] = session_id
+    else:
+        fields["payment_intent_id"] = payment_intent_id
     if result.applied:
         return Outcome("completed", "event_credited", recorded=True, fields=fields)
     return Outcome(
-        "completed",
-        "event_recorded",
-        recorded=True,
-        fields=fields,
-        reason="already_credited",
+        "completed", "event_recorded", recorded=True, fields=fields, reason="already_credited"
     )
 
 
@@ -466,28 +486,8 @@ async def handle_payment_intent_succeeded(ctx: HandlerContext, event: StoredEven
             "MAX_CREDITS_PER_EVENT if this purchase is genuine, then replay"
         )
     who = await _resolve(ctx, intent)
-    result = await ctx.credit(
-        ledger.Purchase(
-            user_id=who.user_id,
-            credits=credits,
-            event_id=event.event_id,
-            checkout_session_id=None,
-            payment_intent_id=intent_id,
-            description=f"{event.type} {intent_id}",
-        ),
-    )
-    fields: dict[str, Any] = {
-        "user_id": who.user_id,
-        "resolved_by": who.source,
-        "user_created": who.created,
-        "credits": credits if result.applied else 0,
-        "balance": result.balance,
-        "payment_intent_id": intent_id,
-    }
-    if result.applied:
-        return Outcome("completed", "event_credited", recorded=True, fields=fields)
-    return Outcome(
-        "completed", "event_recorded", recorded=True, fields=fields, reason="already_credited"
+    return await _credit_purchase(
+        ctx, event, who, credits, session_id=None, payment_intent_id=intent_id
     )
 
 
