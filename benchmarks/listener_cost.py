@@ -1,4 +1,4 @@
-"""Per-request cost of the listener bounds (`webhook_worker.listener`), without a network.
+"""Per-request cost of the listener bounds (`webhook_worker.receiver.listener`), without a network.
 
 `python -m benchmarks.listener_cost` feeds the same keep-alive POSTs (a ~3 KB body, like a
 Stripe event) through uvicorn's `HttpToolsProtocol` and through `BoundedHttpToolsProtocol`,
@@ -21,7 +21,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from webhook_worker.listener import BoundedHttpToolsProtocol
+from webhook_worker.receiver.listener import BoundedHttpToolsProtocol
 
 REQUESTS = 20_000
 ROUNDS = 7

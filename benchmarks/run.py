@@ -36,10 +36,10 @@ import psutil
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from benchmarks.loadgen import LoadResult, render_request, run_load
-from webhook_worker import migrations
-from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from webhook_worker.queue import enqueue_events
-from webhook_worker.sample_events import checkout_session_event, encode_event, sign_payload
+from webhook_worker.db import migrations
+from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from webhook_worker.job_queue import enqueue_events
+from webhook_worker.ops.sample_events import checkout_session_event, encode_event, sign_payload
 
 HERE = Path(__file__).parent
 SECRET = "whsec_benchmark_secret_0123456789"  # noqa: S105 - a benchmark-only secret

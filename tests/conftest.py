@@ -27,11 +27,11 @@ import structlog
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from webhook_worker import migrations
 from webhook_worker.config import Settings
-from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis
+from webhook_worker.db import migrations
+from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from webhook_worker.log import configure_logging
-from webhook_worker.sample_events import sign_payload
+from webhook_worker.ops.sample_events import sign_payload
 
 # Property tests share a 2-core machine with real servers: no wall-clock deadline or
 # generation-speed checks, which would fail for load rather than for a bug.

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from webhook_worker.embedded import free_port
+from webhook_worker.dev.embedded import free_port
 
 API_KEY = "rk_test_fake_reconcile_key_0001"
 _INDEXED = re.compile(r"^types\[\d*\]$")

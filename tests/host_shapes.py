@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from webhook_worker.host import UserId, user_key
+from webhook_worker.db.host import UserId, user_key
 
 
 @dataclass(frozen=True)

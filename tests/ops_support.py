@@ -19,9 +19,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.worker_support import stop_worker as stop_process
-from webhook_worker import cli, sample_events
-from webhook_worker.embedded import free_port
-from webhook_worker.queue import QUEUE_NAME
+from webhook_worker import cli
+from webhook_worker.dev.embedded import free_port
+from webhook_worker.job_queue import QUEUE_NAME
+from webhook_worker.ops import sample_events
 
 
 @dataclass

@@ -16,7 +16,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import func
 
 from tests.conftest import wait_for
-from webhook_worker.arq_worker import ArqWorker
+from webhook_worker.worker.arq_worker import ArqWorker
 
 QUEUE = "test:arq-worker"
 

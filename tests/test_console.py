@@ -13,10 +13,10 @@ import pytest
 
 from tests.console_support import ALICE, TOKEN, console_client, csrf_of, log_in
 from tests.ops_support import credit, event_row, insert_event, insert_user, queued_jobs
-from webhook_worker import receiver
 from webhook_worker.config import Settings
 from webhook_worker.console.session import COOKIE_NAME, Signer
 from webhook_worker.errors import ConfigError
+from webhook_worker.receiver import app as receiver
 
 PAGES = [
     "/",

@@ -27,7 +27,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from tests.console_support import TOKEN
 from tests.ops_support import credit, insert_event, insert_user
 from tests.worker_support import spawn_worker, stop_worker, worker_env
-from webhook_worker.embedded import free_port
+from webhook_worker.dev.embedded import free_port
 
 # Debian's package; the variable exists only so the test below can prove a missing browser
 # fails the suite.

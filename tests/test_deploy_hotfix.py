@@ -16,8 +16,9 @@ import pytest
 from tests.conftest import base_env, wait_for
 from tests.host_shapes import SHAPES, Shape, insert_user, snapshot
 from tests.ops_support import receiver_healthy, running_receiver
-from webhook_worker import migrations, ops
-from webhook_worker.embedded import free_port
+from webhook_worker.db import migrations
+from webhook_worker.dev.embedded import free_port
+from webhook_worker.ops import test_events
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "deploy_hotfix.py"
@@ -204,7 +205,7 @@ async def test_smoke_test_against_a_running_receiver_passes(
     assert run.code == 0, run.out
     assert "smoke test" in run.out and "deploy PASSED" in run.out
     stored = await db.fetch(
-        "SELECT event_id, livemode FROM stripe_events WHERE type = $1", ops.SMOKE_EVENT_TYPE
+        "SELECT event_id, livemode FROM stripe_events WHERE type = $1", test_events.SMOKE_EVENT_TYPE
     )
     assert len(stored) == 1
     assert stored[0]["event_id"] in run.out

@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 
 from tests.conftest import wait_for
-from webhook_worker.embedded import free_port
+from webhook_worker.dev.embedded import free_port
 
 
 def _listening(port: int) -> bool:
@@ -102,7 +102,7 @@ async def test_dev_runs_the_whole_service_and_stops_cleanly(tmp_path: Path) -> N
 
 
 def test_the_cli_ignores_a_services_file_in_production_or_of_a_dead_dev(tmp_path: Path) -> None:
-    from webhook_worker import devservices
+    from webhook_worker.dev import services_file as devservices
 
     (tmp_path / "services.json").write_text(
         json.dumps(

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from webhook_worker.envelope import parse_envelope
 from webhook_worker.errors import PayloadError
-from webhook_worker.events import parse_envelope
-from webhook_worker.sample_events import checkout_session_event, encode_event
+from webhook_worker.ops.sample_events import checkout_session_event, encode_event
 
 
 def _reason(body: bytes) -> str:

@@ -22,11 +22,13 @@ from tests.worker_support import (
     status_of,
     store_events,
 )
-from webhook_worker import ledger, migrations, ops, resolver
 from webhook_worker.config import Settings
+from webhook_worker.db import migrations
+from webhook_worker.db.host import UserId, lock_key
 from webhook_worker.errors import MigrationError
-from webhook_worker.host import UserId, lock_key
-from webhook_worker.sample_events import charge_refunded_event, checkout_session_event
+from webhook_worker.ops import verify
+from webhook_worker.ops.sample_events import charge_refunded_event, checkout_session_event
+from webhook_worker.worker import ledger, resolver
 
 CONCURRENT = 100
 
@@ -39,7 +41,7 @@ def _settings(database_url: str, redis_url: str, shape: Shape) -> Settings:
 
 
 async def _verify_as_expected(conn: asyncpg.Connection, shape: Shape) -> None:
-    report = await ops.verify(conn, stale_after_seconds=3600, tenant_column=shape.tenant_env)
+    report = await verify.verify(conn, stale_after_seconds=3600, tenant_column=shape.tenant_env)
     problems = {check.name: check.detail for check in report.problems}
     if shape.required:
         assert set(problems) == {"users by email"}, problems
@@ -288,8 +290,8 @@ async def test_verify_reports_a_tenant_column_that_differs_from_the_install(
     try:
         await conn.execute("CREATE TABLE users (id BIGSERIAL PRIMARY KEY, org_id TEXT, email TEXT)")
         await migrations.migrate_up(conn)
-        assert (await ops.verify(conn, stale_after_seconds=3600)).ok
-        report = await ops.verify(conn, stale_after_seconds=3600, tenant_column="org_id")
+        assert (await verify.verify(conn, stale_after_seconds=3600)).ok
+        report = await verify.verify(conn, stale_after_seconds=3600, tenant_column="org_id")
         problems = {check.name: check.detail for check in report.problems}
         assert "emails are scoped by users.org_id now" in problems["host shape recorded"]
         assert "installed with no tenant column" in problems["host shape recorded"]

@@ -15,11 +15,13 @@ import pytest
 
 from tests.conftest import base_env, sign, wait_for
 from tests.worker_support import spawn_worker, stop_worker, worker_env
-from webhook_worker import internal, queue, store
+from webhook_worker import internal_listener as internal
+from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
-from webhook_worker.embedded import free_port
+from webhook_worker.db import store
+from webhook_worker.dev.embedded import free_port
 from webhook_worker.errors import ConfigError
-from webhook_worker.sample_events import encode_event, event_envelope, new_id
+from webhook_worker.ops.sample_events import encode_event, event_envelope, new_id
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from tests.worker_support import (
     status_of,
     store_events,
 )
-from webhook_worker import ledger, payments
 from webhook_worker.errors import PermanentError
-from webhook_worker.sample_events import charge_refunded_event, checkout_session_event, new_id
+from webhook_worker.ops.sample_events import charge_refunded_event, checkout_session_event, new_id
+from webhook_worker.worker import ledger, payments
 
 
 async def _stored_purchase_event(db: asyncpg.Connection, session_id: str | None = None) -> str:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 
 import pytest
 import structlog
 
+from webhook_worker.config import Settings
+from webhook_worker.db import store
 from webhook_worker.log import configure_logging, get_logger, redact_text
 
 SECRET = "whsec_supersecretvalue123456"
@@ -77,3 +80,26 @@ def test_e2e_bypass_is_stamped_on_every_line() -> None:
     finally:
         structlog.reset_defaults()
         logging.getLogger().handlers[:] = []
+
+
+@pytest.mark.parametrize("echo", [True, False])
+async def test_db_echo_logs_each_statement_at_debug_but_never_its_arguments(
+    captured: io.StringIO, make_settings: Callable[..., Settings], echo: bool
+) -> None:
+    sql_logger = logging.getLogger("webhook_worker.sql")
+    sql_logger.setLevel(logging.DEBUG)
+    try:
+        pool = await store.create_pool(make_settings(DB_ECHO=str(echo).lower()))
+        async with store.acquire(pool, "testing DB_ECHO") as conn:
+            assert await conn.fetchval("SELECT lower($1::text)", EMAIL) == EMAIL.lower()
+        await pool.close()
+    finally:
+        sql_logger.setLevel(logging.NOTSET)
+    statements = [line for line in _lines(captured) if line["event"] == "sql"]
+    if not echo:
+        assert statements == []
+        return
+    echoed = [line for line in statements if "lower($1::text)" in str(line["statement"])]
+    assert len(echoed) == 1 and echoed[0]["level"] == "debug"
+    assert isinstance(echoed[0]["duration_ms"], float)
+    assert "jane.doe" not in captured.getvalue().lower()

@@ -10,8 +10,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from webhook_worker import migrations, ops, queries
+from webhook_worker.db import migrations, queries
 from webhook_worker.errors import MigrationError
+from webhook_worker.ops import verify
 
 ALL_VERSIONS = [m.version for m in migrations.load_migrations()]
 
@@ -260,7 +261,7 @@ async def test_an_install_made_with_the_released_files_migrates_up_cleanly(
         monkeypatch.setattr(migrations, "sql_dir", current)
         applied = await migrations.migrate_up(conn)
         assert [m.version for m in applied] == [v for v in ALL_VERSIONS if v > 6]
-        report = await ops.verify(conn, stale_after_seconds=3600)
+        report = await verify.verify(conn, stale_after_seconds=3600)
         assert report.ok, [(c.name, c.detail) for c in report.problems]
         assert "recorded: key integer, ledger bigint, lock low32, tenant none" in report.host_shape
         await conn.execute("INSERT INTO stripe_events (event_id, type) VALUES ('evt_new', 't')")

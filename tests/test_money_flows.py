@@ -3,7 +3,7 @@ flow: partial captures in both API shapes, failed and canceled refunds, disputes
 deliveries. Each row lists the events in delivery order and what the ledger must hold
 after (rows of type, amount, balance_after), the balance and every event's status.
 
-The fixtures are Stripe's own objects (webhook_worker/data/stripe_objects.json) with the
+The fixtures are Stripe's own objects (webhook_worker/ops/data/stripe_objects.json) with the
 fields a flow needs, per API version: before `2025-03-31.basil` a partial capture raises
 `amount_refunded` by the released remainder and sends `charge.refunded`; from basil on
 `amount_refunded` counts real refunds only.
@@ -35,10 +35,8 @@ from tests.worker_support import (
     status_of,
     sweep,
 )
-from webhook_worker import payments
 from webhook_worker.config import Settings
-from webhook_worker.handlers import charge_snapshot
-from webhook_worker.sample_events import (
+from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
     charge_refunded_event,
@@ -47,6 +45,8 @@ from webhook_worker.sample_events import (
     new_id,
     refund_event,
 )
+from webhook_worker.worker import payments
+from webhook_worker.worker.handlers import charge_snapshot
 
 T0 = 1_750_000_000  # every flow's clock: Stripe's `created`, in seconds
 Ids = dict[str, str]

@@ -11,16 +11,17 @@ import httpx
 import pytest
 
 from tests.ops_support import credit, event_row, insert_event, insert_user, queued_jobs
-from webhook_worker import receiver
+from webhook_worker import entrypoints
 from webhook_worker.config import Settings
-from webhook_worker.ops_api import AuthThrottle
+from webhook_worker.ops import http_api
+from webhook_worker.ops.http_api import AuthThrottle
 
 TOKEN = "ops-token-0123456789abcdef0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = receiver.create_app(settings)
+    app = entrypoints.receiver_with_options(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ops.test") as client:
@@ -370,10 +371,10 @@ async def test_repeated_401s_from_one_address_are_slowed_down(
 ) -> None:
     throttle = AuthThrottle(free=2, base=0.2)
     settings = make_settings(OPS_TOKEN=TOKEN, OPS_ON_RECEIVER="true")
-    app = receiver.create_app(settings)
+    app = entrypoints.receiver_with_options(settings)
     app.router.routes = [
         *[r for r in app.router.routes if not getattr(r, "path", "").startswith("/ops")],
-        *receiver.ops_api.ops_routes(settings, throttle),
+        *http_api.ops_routes(settings, throttle),
     ]
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

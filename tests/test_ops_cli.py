@@ -299,7 +299,7 @@ async def test_replay_without_redis_leaves_events_received_for_the_sweeper(
     database_url: str,
     db: asyncpg.Connection,
 ) -> None:
-    from webhook_worker.embedded import free_port
+    from webhook_worker.dev.embedded import free_port
 
     env = base_env(database_url, f"redis://127.0.0.1:{free_port()}/0")
     event_id = await insert_event(db, status="failed")
@@ -614,7 +614,7 @@ async def test_send_test_event_falls_back_to_the_dev_secret(
 
 
 async def test_send_test_event_exits_1_when_nothing_listens(cli: Cli) -> None:
-    from webhook_worker.embedded import free_port
+    from webhook_worker.dev.embedded import free_port
 
     result = await cli(
         "send-test-event", "--url", f"http://127.0.0.1:{free_port()}/webhooks/stripe"

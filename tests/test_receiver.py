@@ -21,19 +21,14 @@ from prometheus_client import REGISTRY
 from tests.conftest import SECOND_SECRET, TEST_SECRET, sign
 from webhook_worker.cli import main as cli_main
 from webhook_worker.config import Settings
-from webhook_worker.embedded import free_port
+from webhook_worker.dev.embedded import free_port
+from webhook_worker.entrypoints import receiver_from_env
 from webhook_worker.errors import ConfigError
-from webhook_worker.receiver import (
-    SMALL_BODY,
-    WEBHOOK_PATHS,
-    AfterCommitHook,
-    BodyBudget,
-    Overloaded,
-    create_app,
-    create_app_from_env,
-    read_body,
-)
-from webhook_worker.sample_events import checkout_session_event, encode_event
+from webhook_worker.ops.sample_events import checkout_session_event, encode_event
+from webhook_worker.receiver.app import create_app
+from webhook_worker.receiver.body import SMALL_BODY, BodyBudget, Overloaded, read_body
+from webhook_worker.receiver.endpoint import WEBHOOK_PATHS
+from webhook_worker.receiver.group_commit import AfterCommitHook
 
 URL = "/webhooks/stripe"
 MakeSettings = Callable[..., Settings]
@@ -650,7 +645,7 @@ def test_e2e_mode_in_production_is_refused_by_the_uvicorn_factory(
     monkeypatch.setenv("DATABASE_URL", settings.database_url or "")
     monkeypatch.setenv("REDIS_URL", settings.redis_url or "")
     with pytest.raises(ConfigError, match="set APP_ENV=development or APP_ENV=test"):
-        create_app_from_env()
+        receiver_from_env()
 
 
 def test_e2e_mode_in_production_makes_serve_exit_2(

@@ -28,14 +28,16 @@ from tests.worker_support import (
     sweep,
     worker_env,
 )
-from webhook_worker import queue, reconcile, store
+from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
-from webhook_worker.receiver import create_app
-from webhook_worker.sample_events import (
+from webhook_worker.db import store
+from webhook_worker.ops.sample_events import (
     charge_refunded_event,
     checkout_session_event,
     encode_event,
 )
+from webhook_worker.receiver.app import create_app
+from webhook_worker.worker import reconcile
 
 HOUR = 3600
 
@@ -182,7 +184,7 @@ async def test_only_the_types_the_worker_handles_are_asked_for(
 
 
 def test_the_reconciled_types_are_the_handled_types() -> None:
-    from webhook_worker.handlers import HANDLERS
+    from webhook_worker.worker.handlers import HANDLERS
 
     assert set(reconcile.RECONCILED_TYPES) == set(HANDLERS)
 

@@ -11,16 +11,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.worker_support import new_user
-from webhook_worker import resolver
 from webhook_worker.errors import PermanentError
-from webhook_worker.resolver import (
+from webhook_worker.ops.sample_events import checkout_session_event
+from webhook_worker.worker import resolver
+from webhook_worker.worker.resolver import (
     Candidate,
     UserNotFound,
     candidates,
     classify,
     resolve_user,
 )
-from webhook_worker.sample_events import checkout_session_event
 
 KNOWN_UUID = "5f1c8a52-8a2e-4d55-9a53-0e2d9b1d3c7a"
 

@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 
 from tests.conftest import SECOND_SECRET, TEST_SECRET, sign
 from webhook_worker.errors import SignatureError
-from webhook_worker.signature import REASONS, compute_signature, parse_header, verify_signature
+from webhook_worker.receiver.signature import (
+    REASONS,
+    compute_signature,
+    parse_header,
+    verify_signature,
+)
 
 BODY = b'{"id":"evt_test_1","type":"checkout.session.completed"}'
 SECRETS = (TEST_SECRET,)

@@ -26,8 +26,7 @@ from tests.worker_support import (
 )
 from webhook_worker.config import ConfigError, Settings, parse_price_credits
 from webhook_worker.errors import PermanentError
-from webhook_worker.ops import build_test_event
-from webhook_worker.sample_events import (
+from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
     charge_refunded_event,
@@ -38,7 +37,8 @@ from webhook_worker.sample_events import (
     new_id,
     payment_intent_succeeded_event,
 )
-from webhook_worker.subscriptions import invoice_credits, line_price_id
+from webhook_worker.ops.test_events import build_test_event
+from webhook_worker.worker.subscriptions import invoice_credits, line_price_id
 
 VERSIONS = pytest.mark.parametrize("api_version", [PRE_BASIL, BASIL])
 PRICES = {"price_basic": 1000, "price_pro": 5000}

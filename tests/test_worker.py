@@ -25,14 +25,17 @@ from tests.worker_support import (
     status_of,
     store_events,
 )
-from webhook_worker import handlers, ledger, queue, store, worker_batches
+from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
+from webhook_worker.db import store
 from webhook_worker.errors import TransientError
-from webhook_worker.sample_events import (
+from webhook_worker.ops.sample_events import (
     checkout_session_event,
     event_envelope,
 )
-from webhook_worker.worker import (
+from webhook_worker.worker import batching as worker_batches
+from webhook_worker.worker import handlers, ledger
+from webhook_worker.worker.jobs import (
     cron_jobs,
     prune_old_events,
     retry_delay,

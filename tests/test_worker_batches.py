@@ -19,11 +19,12 @@ from tests.worker_support import (
     status_of,
     store_events,
 )
-from webhook_worker import ledger, resolver, store
 from webhook_worker.config import Settings
+from webhook_worker.db import store
 from webhook_worker.errors import PermanentError
-from webhook_worker.sample_events import checkout_session_event, new_id
-from webhook_worker.worker_batches import WorkerBatches
+from webhook_worker.ops.sample_events import checkout_session_event, new_id
+from webhook_worker.worker import ledger, resolver
+from webhook_worker.worker.batching import WorkerBatches
 
 
 def _credit_batches() -> tuple[float, float]:

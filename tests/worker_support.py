@@ -16,13 +16,14 @@ import asyncpg
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
-from webhook_worker import queue, store
+from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
-from webhook_worker.sample_events import encode_event
-from webhook_worker.worker import build_worker, sweep_stale_events
+from webhook_worker.db import store
+from webhook_worker.ops.sample_events import encode_event
+from webhook_worker.worker.jobs import build_worker, sweep_stale_events
 
 try:
-    from webhook_worker.events import parse_envelope
+    from webhook_worker.envelope import parse_envelope
 except ImportError:  # pragma: no cover - the receiver's module is not there yet
     parse_envelope = None  # type: ignore[assignment]
 

@@ -16,16 +16,13 @@ from typing import Any
 
 import asyncpg
 
-from webhook_worker import devservices
 from webhook_worker.config import Settings
+from webhook_worker.dev import services_file as devservices
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
+from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from webhook_worker.log import configure_logging
-from webhook_worker.ops_cli import OPS_REGISTRARS
-from webhook_worker.reconcile_cli import add_reconcile
-
-EXIT_OK = 0
-EXIT_PROBLEM = 1
-EXIT_USAGE = 2
+from webhook_worker.ops.cli import OPS_REGISTRARS
+from webhook_worker.ops.reconcile_cli import add_reconcile
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -38,7 +35,7 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from webhook_worker import migrations
+    from webhook_worker.db import migrations
 
     conn = await asyncpg.connect(settings.require_database(), timeout=10)
     try:
@@ -83,14 +80,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     _prepare_multiprocess_metrics(settings, args.workers)
     _raise_open_files_limit(settings.max_connections)
     uvicorn.run(
-        "webhook_worker.receiver:create_app_from_env",
+        "webhook_worker.entrypoints:receiver_from_env",
         factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         # uvicorn's httptools protocol plus header-size and header/body-time bounds.
-        http="webhook_worker.listener:BoundedHttpToolsProtocol",
+        http="webhook_worker.receiver.listener:BoundedHttpToolsProtocol",
         # Open connections and running requests per process; beyond them uvicorn answers 503.
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.keepalive_timeout_seconds,
@@ -170,7 +167,7 @@ def _add_console(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _work(args: argparse.Namespace, settings: Settings) -> int:
-    from webhook_worker.worker import run_worker
+    from webhook_worker.worker.jobs import run_worker
 
     settings.require_database()
     settings.require_redis()
@@ -185,7 +182,7 @@ def _add_work(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
-    from webhook_worker.dev import run_dev
+    from webhook_worker.dev.run import run_dev
 
     return run_dev(port=args.port, data_dir=args.data_dir, console_port=args.console_port)
 

@@ -341,9 +341,19 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def refuse_e2e_outside_development(app_env: str, e2e_test_mode: bool) -> None:
+    """The one E2E guard: signature checks may be skipped only in development and tests."""
+    if e2e_test_mode and app_env not in ("development", "test"):
+        raise ConfigError(
+            f"E2E_TEST_MODE=true skips signature verification and is refused with "
+            f"APP_ENV={app_env}; set APP_ENV=development or APP_ENV=test, "
+            "or E2E_TEST_MODE=false"
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of DESIGN.md, typed. `from_env` is the only parser."""
+    """Every setting of README "Configuration", typed. `from_env` is the only parser."""
 
     webhook_secrets: tuple[str, ...] = ()
     webhook_tolerance: int = 300
@@ -361,7 +371,7 @@ class Settings:
     # Price of one credit in each currency's minor unit; CENTS_PER_CREDIT is the usd entry.
     credit_prices: Mapping[str, int] = field(default_factory=dict, hash=False)
     max_credits_per_event: int = DEFAULT_MAX_CREDITS_PER_EVENT
-    # Credits per unit of a Stripe price (invoice lines); see webhook_worker.subscriptions.
+    # Credits per unit of a Stripe price (invoice lines); see webhook_worker.worker.subscriptions.
     price_credits: Mapping[str, int] = field(default_factory=dict, hash=False)
     subscription_credits_expire: bool = False
     stripe_api_key: str | None = field(default=None, repr=False)
@@ -416,12 +426,7 @@ class Settings:
         env = os.environ if env is None else env
         app_env = _choice(env, "APP_ENV", "production", ("production", "development", "test"))
         e2e = _bool(env, "E2E_TEST_MODE", False)
-        if e2e and app_env not in ("development", "test"):
-            raise ConfigError(
-                f"E2E_TEST_MODE=true skips signature verification and is refused with "
-                f"APP_ENV={app_env}; set APP_ENV=development or APP_ENV=test, "
-                "or E2E_TEST_MODE=false"
-            )
+        refuse_e2e_outside_development(app_env, e2e)
         default_mode = "live" if app_env == "production" else "test"
         stripe_mode = _choice(env, "STRIPE_MODE", default_mode, ("live", "test"))
         if e2e and stripe_mode == "live":
@@ -552,6 +557,7 @@ class Settings:
 
     def require_receiver(self) -> None:
         """What the receiver needs before it may accept a single request."""
+        refuse_e2e_outside_development(self.app_env, self.e2e_test_mode)
         self.require_database()
         self.require_redis()
         if not self.webhook_secrets and not self.e2e_test_mode:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.worker_support import stop_worker as stop_process
-from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 
 @dataclass

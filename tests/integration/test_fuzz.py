@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import sign
 from webhook_worker.config import Settings
-from webhook_worker.receiver import create_app
+from webhook_worker.receiver.app import create_app
 
 URL = "/webhooks/stripe"
 FUZZ = settings(

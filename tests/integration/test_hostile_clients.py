@@ -28,8 +28,8 @@ import psutil
 import pytest
 
 from tests.conftest import base_env, create_database, drop_database, sign
-from webhook_worker.embedded import free_port
-from webhook_worker.sample_events import encode_event, event_envelope, new_id
+from webhook_worker.dev.embedded import free_port
+from webhook_worker.ops.sample_events import encode_event, event_envelope, new_id
 
 RSS_LIMIT_MB = 150
 TIMEOUT_S = 2

@@ -23,9 +23,9 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import TEST_SECRET, sign, wait_for
 from webhook_worker.config import Settings
-from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from webhook_worker.receiver import create_app
-from webhook_worker.sample_events import checkout_session_event, encode_event
+from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from webhook_worker.ops.sample_events import checkout_session_event, encode_event
+from webhook_worker.receiver.app import create_app
 
 MakeSettings = Callable[..., Settings]
 CLI = str(Path(sys.executable).parent / "webhook-worker")

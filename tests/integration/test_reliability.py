@@ -24,8 +24,8 @@ from tests.integration.invariants import (
     unfinished_events,
 )
 from tests.integration.stripe_model import StripeModel
-from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis
-from webhook_worker.sample_events import (
+from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from webhook_worker.ops.sample_events import (
     charge_refunded_event,
     checkout_session_event,
     compute_signature,
@@ -307,7 +307,7 @@ _CRASHING_RECEIVER = """
 import os, sys
 import uvicorn
 from webhook_worker.config import Settings
-from webhook_worker.receiver import create_app
+from webhook_worker.receiver.app import create_app
 
 async def die_after_commit(event_ids):
     os._exit(137)  # killed after the INSERT committed, before the enqueue
@@ -323,7 +323,7 @@ async def test_receiver_killed_between_commit_and_enqueue_sweeper_processes_it(
     import subprocess
     import sys
 
-    from webhook_worker.embedded import free_port
+    from webhook_worker.dev.embedded import free_port
 
     port = free_port()
     log = (cluster.log_dir / "crashing-receiver.log").open("ab")

@@ -26,7 +26,7 @@ from tests.conftest import TEST_SECRET, create_database, drop_database, sign, wa
 from tests.ops_support import receiver_healthy, running_receiver
 from tests.stripe_currencies import ZERO_DECIMAL
 from tests.worker_support import spawn_worker, stop_worker, worker_env
-from webhook_worker.sample_events import checkout_session_event, encode_event
+from webhook_worker.ops.sample_events import checkout_session_event, encode_event
 
 ALLOWED_ACCOUNT = "acct_1AllowedPartner01"
 PRICES = "usd:100,eur:95,jpy:150,krw:1300"

@@ -40,7 +40,7 @@ import pytest
 from tests.conftest import TEST_SECRET, create_database, drop_database, sign, wait_for
 from tests.ops_support import receiver_healthy, running_receiver
 from tests.worker_support import spawn_worker, stop_worker, worker_env
-from webhook_worker.sample_events import (
+from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
     charge_refunded_event,

@@ -20,8 +20,8 @@ from tests.worker_support import (
     worker_env,
 )
 from webhook_worker.config import Settings
-from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis
-from webhook_worker.sample_events import checkout_session_event
+from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from webhook_worker.ops.sample_events import checkout_session_event
 
 
 async def test_postgres_restart_under_the_worker_retries_then_completes(

@@ -23,9 +23,9 @@ from tests.worker_support import (
     store_events,
     worker_env,
 )
-from webhook_worker import ledger
 from webhook_worker.config import Settings
-from webhook_worker.sample_events import checkout_session_event
+from webhook_worker.ops.sample_events import checkout_session_event
+from webhook_worker.worker import ledger
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 

@@ -21,13 +21,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from webhook_worker import ops_api, queue, store
+from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
 from webhook_worker.console import views
 from webhook_worker.console.auth import Forbidden, require_session
 from webhook_worker.console.session import Signer
+from webhook_worker.db import store
 from webhook_worker.errors import ConfigError, TransientError
 from webhook_worker.log import configure_logging
+from webhook_worker.ops import http_api as ops_api
 
 _HERE = Path(__file__).resolve().parent
 CSP = (

@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse, Response
 
 from webhook_worker.console.session import COOKIE_NAME, Session, Signer
 from webhook_worker.log import get_logger
-from webhook_worker.ops_api import AuthThrottle, match_operator
+from webhook_worker.ops.http_api import AuthThrottle, match_operator
 
 log = get_logger("webhook_worker.console")
 Page = Callable[[Request], Awaitable[Response]]

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from webhook_worker import ops
-from webhook_worker.queries import query
-from webhook_worker.store import EVENT_STATUSES, Connection, translate_errors
+from webhook_worker.db.queries import query
+from webhook_worker.db.store import EVENT_STATUSES, Connection, translate_errors
+from webhook_worker.ops import stats, values
 
 PAGE_SIZE = 50
 USER_ROWS = 200
@@ -28,11 +28,11 @@ class EventFilters:
 
     @property
     def since(self) -> datetime | None:
-        return ops.parse_since(self.since_text, name="from")
+        return values.parse_since(self.since_text, name="from")
 
     @property
     def until(self) -> datetime | None:
-        return ops.parse_since(self.until_text, name="to")
+        return values.parse_since(self.until_text, name="to")
 
     def as_params(self) -> dict[str, str]:
         pairs = {
@@ -48,14 +48,14 @@ class EventFilters:
 def _text(params: Any, name: str) -> str | None:
     value = (params.get(name) or "").strip()
     if len(value) > _MAX_TEXT:
-        raise ops.OpsInputError(f"{name} is longer than {_MAX_TEXT} characters")
+        raise values.OpsInputError(f"{name} is longer than {_MAX_TEXT} characters")
     return value or None
 
 
 def parse_filters(params: Any) -> EventFilters:
     """From query or form parameters; bad values raise OpsInputError (a 400 page)."""
     filters = EventFilters(
-        status=ops.check_status(_text(params, "status")),
+        status=values.check_status(_text(params, "status")),
         event_type=_text(params, "type"),
         since_text=_text(params, "since"),
         until_text=_text(params, "until"),
@@ -63,7 +63,7 @@ def parse_filters(params: Any) -> EventFilters:
     )
     since, until = filters.since, filters.until  # parsed now, so errors are 400s
     if since and until and since >= until:
-        raise ops.OpsInputError("from must be before to")
+        raise values.OpsInputError("from must be before to")
     return filters
 
 
@@ -76,9 +76,9 @@ def parse_cursor(raw: str | None) -> tuple[datetime | None, int | None]:
         at = datetime.fromisoformat(stamp)
         number = int(row_id)
     except ValueError:
-        raise ops.OpsInputError("the page cursor `before` is malformed; start again") from None
+        raise values.OpsInputError("the page cursor `before` is malformed; start again") from None
     if at.tzinfo is None:
-        raise ops.OpsInputError("the page cursor `before` has no time zone; start again")
+        raise values.OpsInputError("the page cursor `before` has no time zone; start again")
     return at, number
 
 
@@ -97,7 +97,7 @@ async def events_page(
             *before,
             PAGE_SIZE + 1,
         )
-    events = [ops.redact_row(dict(row)) for row in rows[:PAGE_SIZE]]
+    events = [values.redact_row(dict(row)) for row in rows[:PAGE_SIZE]]
     cursor = None
     if len(rows) > PAGE_SIZE:
         last = rows[PAGE_SIZE - 1]
@@ -108,7 +108,7 @@ async def events_page(
 async def overview(conn: Connection, now: datetime | None = None) -> dict[str, Any]:
     """The Overview page's figures: status windows, backlog, reasons, reconcile, chart rows."""
     now = now or datetime.now(UTC)
-    stats = await ops.collect_stats(conn)
+    figures = await stats.collect_stats(conn)
     with translate_errors("reading the overview"):
         hour = await conn.fetch(query("console_status_window"), now - timedelta(hours=1))
         day = await conn.fetch(query("console_status_window"), now - timedelta(days=1))
@@ -122,7 +122,7 @@ async def overview(conn: Connection, now: datetime | None = None) -> dict[str, A
         return {status: found.get(status, 0) for status in EVENT_STATUSES}
 
     return {
-        "stats": stats,
+        "stats": figures,
         "last_hour": window(hour),
         "last_day": window(day),
         "per_minute": [dict(row) for row in minutes],
@@ -140,7 +140,7 @@ async def event_status(conn: Connection, event_id: str) -> dict[str, Any] | None
         if row is None:
             return None
         ledger = await conn.fetch(query("ops_event_ledger"), event_id)
-    return {**ops.redact_row(dict(row)), "ledger": [dict(r) for r in ledger]}
+    return {**values.redact_row(dict(row)), "ledger": [dict(r) for r in ledger]}
 
 
 async def find_users(conn: Connection, key: str) -> list[dict[str, Any]]:

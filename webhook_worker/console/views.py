@@ -10,7 +10,6 @@ from urllib.parse import quote, urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from webhook_worker import audit, ops, store
 from webhook_worker.console import data
 from webhook_worker.console.auth import (
     LOGIN_NONCE_COOKIE,
@@ -26,7 +25,9 @@ from webhook_worker.console.auth import (
 )
 from webhook_worker.console.chart import COLOURS, per_minute_svg
 from webhook_worker.console.session import COOKIE_NAME
-from webhook_worker.store import EVENT_STATUSES
+from webhook_worker.db import store
+from webhook_worker.db.store import EVENT_STATUSES
+from webhook_worker.ops import audit, listing, replay, values
 
 _TRUE = {"1", "true", "on", "yes"}
 
@@ -162,18 +163,18 @@ async def events(request: Request) -> Response:
 async def event(request: Request) -> Response:
     event_id = request.path_params["event_id"]
     async with store.acquire(request.app.state.pool, "reading an event") as conn:
-        found = await ops.show_event(conn, event_id, raw=True)
+        found = await listing.show_event(conn, event_id, raw=True)
         replays = await audit.for_event(conn, event_id) if found else []
     if found is None:
         return error_page(request, 404, f"No event {event_id} is stored.")
-    payload = ops.jsonable(found.pop("raw_data", None))
+    payload = values.jsonable(found.pop("raw_data", None))
     return render(
         request,
         "event.html",
         {
             "e": found,
             "payload": payload,
-            "final": found["processing_status"] in ops.FORCED_REPLAY_STATUSES,
+            "final": found["processing_status"] in replay.FORCED_REPLAY_STATUSES,
             "replays": replays,
             "page": "events",
         },
@@ -187,7 +188,7 @@ async def event_status(request: Request) -> Response:
         status = await data.event_status(conn, event_id)
     if status is None:
         return JSONResponse({"error": f"event {event_id} not found"}, status_code=404)
-    return JSONResponse(ops.jsonable(status))
+    return JSONResponse(values.jsonable(status))
 
 
 async def replay_event(request: Request) -> Response:
@@ -201,7 +202,7 @@ async def replay_event(request: Request) -> Response:
             return JSONResponse({"error": message}, status_code=404)
         return error_page(request, 404, message)
     if _wants_json(request):
-        body = ops.jsonable(result.as_dict())
+        body = values.jsonable(result.as_dict())
         return JSONResponse(body, status_code=409 if result.skipped else 200)
     return RedirectResponse(f"/events/{quote(event_id, safe='')}", status_code=303)
 
@@ -212,11 +213,11 @@ async def _replay(
     event_ids: list[str],
     filters: data.EventFilters | None,
     force: bool,
-) -> ops.ReplayResult:
+) -> replay.ReplayResult:
     """Select, reset and enqueue; audit who, what, how many (dry runs are not audited)."""
     settings = request.app.state.settings
     async with store.acquire(request.app.state.pool, "replaying events") as conn:
-        selection = await ops.select_replay(
+        selection = await replay.select_replay(
             conn,
             event_ids=event_ids,
             status=filters.status if filters else None,
@@ -226,7 +227,7 @@ async def _replay(
             force=force,
             limit=settings.ops_replay_max,
         )
-        result = await ops.replay_events(conn, request.app.state.redis, selection)
+        result = await replay.replay_events(conn, request.app.state.redis, selection)
         if result.replayed:
             result_id = await audit.record_replay(
                 conn,
@@ -255,9 +256,9 @@ async def _replay(
 def _bulk_filters(params: Any) -> data.EventFilters:
     filters = data.parse_filters(params)
     if filters.q:
-        raise ops.OpsInputError("bulk replay filters by status, type and dates, not search text")
+        raise values.OpsInputError("bulk replay filters by status, type and dates, not search text")
     if filters.status is None:
-        raise ops.OpsInputError("choose the status of the events to replay (e.g. failed)")
+        raise values.OpsInputError("choose the status of the events to replay (e.g. failed)")
     return filters
 
 
@@ -275,7 +276,7 @@ async def bulk_preview(request: Request) -> Response:
     force = form.get("force", "").lower() in _TRUE
     settings = request.app.state.settings
     async with store.acquire(request.app.state.pool, "previewing a replay") as conn:
-        preview = await ops.select_replay(
+        preview = await replay.select_replay(
             conn,
             status=filters.status,
             event_type=filters.event_type,
@@ -322,7 +323,7 @@ async def bulk_progress(request: Request) -> Response:
         progress = await audit.progress(conn, audit_id) if audit_id else None
     if progress is None:
         return JSONResponse({"error": "no such replay"}, status_code=404)
-    return JSONResponse(ops.jsonable(progress))
+    return JSONResponse(values.jsonable(progress))
 
 
 def _audit_id(request: Request) -> int | None:
@@ -338,7 +339,7 @@ async def user_search(request: Request) -> Response:
     if not key:
         return render(request, "user.html", {"user": None, "matches": [], "page": "users"})
     if len(key) > 320:
-        raise ops.OpsInputError("the user key is longer than 320 characters")
+        raise values.OpsInputError("the user key is longer than 320 characters")
     return await _user(request, key)
 
 

@@ -26,8 +26,9 @@ import orjson
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from webhook_worker import metrics, store
+from webhook_worker import metrics
 from webhook_worker.config import Settings
+from webhook_worker.db import store
 from webhook_worker.errors import ConfigError
 from webhook_worker.log import get_logger
 
@@ -38,7 +39,7 @@ _HEAD_TIMEOUT_SECONDS = 5.0
 _MAX_CONNECTIONS = 32
 _PING_TIMEOUT_SECONDS = 2.0
 
-log = get_logger("webhook_worker.internal")
+log = get_logger("webhook_worker.internal_listener")
 
 
 def _response(status: str, content_type: str, body: bytes) -> bytes:

@@ -9,7 +9,7 @@ insert nothing, and then nothing else changes either. Money is `int` everywhere.
 
 Purchases run as one server-side call (`ledger_credit`, migration 0005): one round trip and
 one autocommit transaction, the lock held only inside the server. Refunds, refund failures
-and disputes, rare and with more logic, use an explicit transaction (webhook_worker.payments)
+and disputes, rare and with more logic, use an explicit transaction (webhook_worker.worker.payments)
 and the statements in sql/queries/ledger.sql and payments.sql.
 """
 
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from webhook_worker.db.host import UserId
+from webhook_worker.db.host import lock_key as lock_key  # re-exported: the user's int4 lock key
+from webhook_worker.db.queries import query
+from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import PermanentError
-from webhook_worker.host import UserId
-from webhook_worker.host import lock_key as lock_key  # re-exported: the user's int4 lock key
-from webhook_worker.queries import query
-from webhook_worker.store import Connection, translate_errors
 
 # "WWLG" as an int4: the ledger's advisory-lock space. Migrations use the one-bigint form,
 # a different lock space altogether.

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from webhook_worker.queries import query
+from webhook_worker.db.queries import query
 
 KeyFamily = Literal["integer", "uuid", "text"]
 UserId = int | str  # an integer key as int; uuid and text keys as their text

@@ -25,12 +25,16 @@ import structlog
 from arq import Retry, Worker, cron, func
 from arq.cron import CronJob
 
-from webhook_worker import handlers, internal, metrics, payments, queue, reconcile, runtime, store
-from webhook_worker.arq_worker import ArqWorker
+from webhook_worker import internal_listener as internal
+from webhook_worker import job_queue as queue
+from webhook_worker import metrics, runtime
 from webhook_worker.config import Settings
+from webhook_worker.db import store
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger, redact_text
-from webhook_worker.worker_batches import WorkerBatches
+from webhook_worker.worker import handlers, payments, reconcile
+from webhook_worker.worker.arq_worker import ArqWorker
+from webhook_worker.worker.batching import WorkerBatches
 
 log = get_logger("webhook_worker.worker")
 

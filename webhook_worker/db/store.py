@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,9 +24,13 @@ from tenacity import (
 )
 
 from webhook_worker.config import Settings
+from webhook_worker.db.queries import query
+from webhook_worker.envelope import EnvelopeRow as EnvelopeRow
 from webhook_worker.errors import PermanentError, TransientError
-from webhook_worker.events import EnvelopeRow as EnvelopeRow
-from webhook_worker.queries import query
+from webhook_worker.log import get_logger
+
+_sql_log = get_logger("webhook_worker.sql")
+_ECHO_CHARS = 500
 
 Pool = asyncpg.Pool
 # A plain connection or one lent by the pool: both run statements the same way.
@@ -69,9 +74,27 @@ def translate_errors(action: str) -> Iterator[None]:
         raise PermanentError(f"{action}: {type(exc).__name__}: {exc}") from exc
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # jsonb arrives and leaves as text; the callers decide when to parse (orjson).
-    await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
+def _connection_setup(echo: bool) -> Callable[[asyncpg.Connection], Coroutine[Any, Any, None]]:
+    async def init(conn: asyncpg.Connection) -> None:
+        # jsonb arrives and leaves as text; the callers decide when to parse (orjson).
+        await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
+        if echo:
+            conn.add_query_logger(log_statement)
+
+    return init
+
+
+def log_statement(record: Any) -> None:
+    """DB_ECHO: each statement and its duration at debug level; never its arguments, which
+    carry emails and payloads (asyncpg's `LoggedQuery`)."""
+    if not logging.getLogger("webhook_worker.sql").isEnabledFor(logging.DEBUG):
+        return
+    _sql_log.debug(
+        "sql",
+        statement=" ".join(str(record.query).split())[:_ECHO_CHARS],
+        duration_ms=round(float(record.elapsed) * 1000, 3),
+        failed=type(record.exception).__name__ if record.exception else None,
+    )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -100,7 +123,7 @@ async def create_pool(
                 dsn,
                 min_size=settings.db_pool_min if min_size is None else min_size,
                 max_size=settings.db_pool_max if max_size is None else max_size,
-                init=_init_connection,
+                init=_connection_setup(settings.db_echo),
                 reset=_keep_session,
                 # 0 behind PgBouncer in transaction mode (no named prepared statements).
                 statement_cache_size=settings.db_statement_cache_size,

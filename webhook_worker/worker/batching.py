@@ -19,10 +19,12 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from webhook_worker import ledger, metrics, resolver, store
+from webhook_worker import metrics
 from webhook_worker.coalesce import Coalescer
+from webhook_worker.db import store
+from webhook_worker.db.host import UserId
 from webhook_worker.errors import PermanentError, TransientError
-from webhook_worker.host import UserId
+from webhook_worker.worker import ledger, resolver
 
 Row = dict[str, Any] | None
 Item = TypeVar("Item")

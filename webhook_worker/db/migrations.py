@@ -14,9 +14,9 @@ from pathlib import Path
 
 import asyncpg
 
-from webhook_worker import host
+from webhook_worker.db import host
+from webhook_worker.db.queries import query, sql_dir
 from webhook_worker.errors import MigrationError
-from webhook_worker.queries import query, sql_dir
 
 # Fixed advisory-lock key for migrations ("wwmigrat" as bytes); the ledger uses another space.
 MIGRATION_LOCK_KEY = 0x77776D6967726174

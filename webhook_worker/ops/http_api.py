@@ -37,11 +37,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from webhook_worker import audit, ops, store
 from webhook_worker.config import Settings
+from webhook_worker.db import store
 from webhook_worker.errors import ConfigError, PermanentError, TransientError
+from webhook_worker.ops import audit, listing, values
+from webhook_worker.ops import replay as event_replay
 
-log = structlog.get_logger("webhook_worker.ops_api")
+log = structlog.get_logger("webhook_worker.ops.http_api")
 Endpoint = Callable[[Request], Awaitable[Response]]
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -50,7 +52,7 @@ class _JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(ops.jsonable(content))
+        return orjson.dumps(values.jsonable(content))
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -155,11 +157,11 @@ def _flag(value: Any) -> bool:
 
 def _limit(raw: str | None) -> int:
     if raw is None:
-        return ops.DEFAULT_LIST_LIMIT
+        return listing.DEFAULT_LIST_LIMIT
     try:
         return int(raw)
     except ValueError:
-        raise ops.OpsInputError(f"limit {raw!r} is not an integer") from None
+        raise values.OpsInputError(f"limit {raw!r} is not an integer") from None
 
 
 _MAX_BODY_BYTES = 2 * 1024 * 1024  # 10,000 event ids fit with room to spare
@@ -173,7 +175,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
     async for chunk in request.stream():
         size += len(chunk)
         if size > _MAX_BODY_BYTES:
-            raise ops.OpsInputError("the body is over 2 MiB; send fewer event ids per call")
+            raise values.OpsInputError("the body is over 2 MiB; send fewer event ids per call")
         chunks.append(chunk)
     body = b"".join(chunks)
     if not body.strip():
@@ -181,19 +183,19 @@ async def _json_body(request: Request) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise ops.OpsInputError("the body is not JSON") from None
+        raise values.OpsInputError("the body is not JSON") from None
     if not isinstance(data, dict):
-        raise ops.OpsInputError("the body must be a JSON object")
+        raise values.OpsInputError("the body must be a JSON object")
     return data
 
 
 async def list_events(request: Request) -> Response:
     params = request.query_params
-    since = ops.parse_since(params.get("since"), name="since")
+    since = values.parse_since(params.get("since"), name="since")
     async with store.acquire(request.app.state.pool, "listing events") as conn:
-        events = await ops.list_events(
+        events = await listing.list_events(
             conn,
-            status=ops.check_status(params.get("status")),
+            status=values.check_status(params.get("status")),
             event_type=params.get("type") or None,
             since=since,
             reason=params.get("reason") or None,
@@ -206,7 +208,7 @@ async def show_event(request: Request) -> Response:
     event_id = request.path_params["event_id"]
     raw = _flag(request.query_params.get("raw", "false"))
     async with store.acquire(request.app.state.pool, "reading an event") as conn:
-        event = await ops.show_event(conn, event_id, raw=raw)
+        event = await listing.show_event(conn, event_id, raw=raw)
     if event is None:
         return _error(404, f"event {event_id} not found")
     return _JSON(event)
@@ -222,21 +224,23 @@ async def _replay(
     until: str | None,
     force: bool,
     dry_run: bool,
-) -> ops.ReplayResult:
+) -> event_replay.ReplayResult:
     settings: Settings = request.state.settings
     async with store.acquire(request.app.state.pool, "replaying events") as conn:
-        selection = await ops.select_replay(
+        selection = await event_replay.select_replay(
             conn,
             event_ids=event_ids,
-            status=ops.check_status(status),
+            status=values.check_status(status),
             event_type=event_type,
-            since=ops.parse_since(since, name="since"),
-            until=ops.parse_since(until, name="until"),
+            since=values.parse_since(since, name="since"),
+            until=values.parse_since(until, name="until"),
             force=force,
             limit=settings.ops_replay_max,
             preview=dry_run,
         )
-        result = await ops.replay_events(conn, request.app.state.redis, selection, dry_run=dry_run)
+        result = await event_replay.replay_events(
+            conn, request.app.state.redis, selection, dry_run=dry_run
+        )
         filters = {"status": status, "type": event_type, "since": since, "until": until}
         used = {k: v for k, v in filters.items() if v is not None}
         if not dry_run and result.replayed:
@@ -256,7 +260,9 @@ async def _replay(
 _LOGGED_IDS = 100
 
 
-def _log_replay(request: Request, result: ops.ReplayResult, filters: dict[str, str]) -> None:
+def _log_replay(
+    request: Request, result: event_replay.ReplayResult, filters: dict[str, str]
+) -> None:
     """Who (token name, client address), when, and which events: the ids, or filter + count."""
     ids = result.replayed if not result.dry_run else [e["event_id"] for e in result.selected]
     fields: dict[str, Any] = {
@@ -296,10 +302,10 @@ async def replay(request: Request) -> Response:
     body = await _json_body(request)
     event_ids = body.get("event_ids") or []
     if not isinstance(event_ids, list) or not all(isinstance(i, str) for i in event_ids):
-        raise ops.OpsInputError("event_ids must be a list of event id strings")
+        raise values.OpsInputError("event_ids must be a list of event id strings")
     for key in ("status", "type", "since", "until"):
         if body.get(key) is not None and not isinstance(body[key], str):
-            raise ops.OpsInputError(f"{key} must be a string")
+            raise values.OpsInputError(f"{key} must be a string")
     result = await _replay(
         request,
         event_ids=event_ids,

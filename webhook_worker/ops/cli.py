@@ -1,6 +1,7 @@
 """Ops subcommands of `webhook-worker`: events, replay, stats, verify, send-test-event, prune.
 
-Thin argparse front ends over `webhook_worker.ops`; `cli.py` registers `OPS_REGISTRARS`.
+Thin argparse front ends over the ops command modules (`listing`, `replay`, `stats`,
+`verify`, `prune`, `test_events`); `cli.py` registers `OPS_REGISTRARS`.
 Exit codes as in `cli.py`: 0 ok, 1 the command ran and found a problem (event not found,
 failed check, non-200 answer), 2 bad usage or configuration. `--json` prints one JSON
 document on stdout for scripts; otherwise `rich` tables.
@@ -12,46 +13,44 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from webhook_worker import audit, ops, queue, store
+from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
+from webhook_worker.db import store
 from webhook_worker.errors import TransientError
+from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM
 from webhook_worker.log import get_logger
+from webhook_worker.ops import (
+    audit,
+    listing,
+    prune,
+    replay,
+    stats,
+    terminal,
+    test_events,
+    values,
+    verify,
+)
 
-EXIT_OK = 0
-EXIT_PROBLEM = 1
-EXIT_USAGE = 2
 _PROGRESS_FROM = 50
-_log = get_logger("webhook_worker.ops_cli")
+_log = get_logger("webhook_worker.ops.cli")
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 AsyncHandler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
 
 def _sync(handler: AsyncHandler) -> Callable[[argparse.Namespace, Settings], int]:
     return lambda args, settings: asyncio.run(handler(args, settings))
-
-
-def _console() -> Console:
-    """stdout at call time (so capture works); wide when not a terminal, so ids never wrap."""
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-
-
-def _print_json(value: Any) -> None:
-    print(orjson.dumps(ops.jsonable(value), option=orjson.OPT_INDENT_2).decode())
 
 
 @contextlib.asynccontextmanager
@@ -100,10 +99,10 @@ def _events_table(events: list[dict[str, Any]], title: str) -> Table:
 
 
 async def _events_list(args: argparse.Namespace, settings: Settings) -> int:
-    since = ops.parse_since(args.since)
-    ops.check_status(args.status)
+    since = values.parse_since(args.since)
+    values.check_status(args.status)
     async with _connection(settings) as conn:
-        events = await ops.list_events(
+        events = await listing.list_events(
             conn,
             status=args.status,
             event_type=args.type,
@@ -112,25 +111,25 @@ async def _events_list(args: argparse.Namespace, settings: Settings) -> int:
             limit=args.limit,
         )
     if args.json:
-        _print_json(events)
+        terminal.print_json(events)
         return EXIT_OK
     if not events:
         print("no events match")
         return EXIT_OK
-    _console().print(_events_table(events, f"{len(events)} event(s), newest first"))
+    terminal.console().print(_events_table(events, f"{len(events)} event(s), newest first"))
     return EXIT_OK
 
 
 async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
     async with _connection(settings) as conn:
-        event = await ops.show_event(conn, args.event_id, raw=args.raw)
+        event = await listing.show_event(conn, args.event_id, raw=args.raw)
     if event is None:
         print(f"event {args.event_id} not found", file=sys.stderr)
         return EXIT_PROBLEM
     if args.json:
-        _print_json(event)
+        terminal.print_json(event)
         return EXIT_OK
-    console = _console()
+    console = terminal.console()
     fields = (
         "event_id",
         "type",
@@ -177,7 +176,7 @@ async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _add_events(sub: Subparsers) -> None:
+def _add_events(sub: terminal.Subparsers) -> None:
     p = sub.add_parser("events", help="list and inspect stored Stripe events")
     events = p.add_subparsers(dest="events_command", required=True, metavar="ACTION")
     lst = events.add_parser("list", help="list events, newest first")
@@ -187,7 +186,7 @@ def _add_events(sub: Subparsers) -> None:
     lst.add_argument(
         "--reason", help="only this status reason, e.g. livemode_mismatch (see README)"
     )
-    lst.add_argument("--limit", type=int, default=ops.DEFAULT_LIST_LIMIT, help="at most N rows")
+    lst.add_argument("--limit", type=int, default=listing.DEFAULT_LIST_LIMIT, help="at most N rows")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     lst.set_defaults(handler=_sync(_events_list))
     show = events.add_parser(
@@ -210,21 +209,21 @@ async def _connect_redis(settings: Settings) -> ArqRedis | None:
 
 
 async def _replay_with_progress(
-    conn: store.Connection, redis: ArqRedis | None, selection: ops.ReplayResult, show: bool
-) -> ops.ReplayResult:
+    conn: store.Connection, redis: ArqRedis | None, selection: replay.ReplayResult, show: bool
+) -> replay.ReplayResult:
     if not show:
-        return await ops.replay_events(conn, redis, selection)
+        return await replay.replay_events(conn, redis, selection)
     with Progress(
-        TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), console=_console()
+        TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), console=terminal.console()
     ) as progress:
         task = progress.add_task("replay", total=len(selection.selected))
-        return await ops.replay_events(
+        return await replay.replay_events(
             conn, redis, selection, on_progress=lambda n: progress.advance(task, n)
         )
 
 
-def _print_replay(result: ops.ReplayResult) -> None:
-    console = _console()
+def _print_replay(result: replay.ReplayResult) -> None:
+    console = terminal.console()
     if result.dry_run:
         if result.selected:
             total = max(result.count, len(result.selected))
@@ -261,10 +260,10 @@ def _print_replay(result: ops.ReplayResult) -> None:
 
 
 async def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    since = ops.parse_since(args.since)
-    until = ops.parse_since(args.until, name="--until")
+    since = values.parse_since(args.since)
+    until = values.parse_since(args.until, name="--until")
     async with _connection(settings) as conn:
-        selection = await ops.select_replay(
+        selection = await replay.select_replay(
             conn,
             event_ids=args.event_ids,
             status=args.status,
@@ -276,7 +275,7 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
             preview=args.dry_run,
         )
         if args.dry_run or not selection.selected:
-            result = await ops.replay_events(conn, None, selection, dry_run=args.dry_run)
+            result = await replay.replay_events(conn, None, selection, dry_run=args.dry_run)
         else:
             redis = await _connect_redis(settings)
             try:
@@ -299,13 +298,13 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
                 )
     _log_replay(args, result)
     if args.json:
-        _print_json(result.as_dict())
+        terminal.print_json(result.as_dict())
     else:
         _print_replay(result)
     return EXIT_OK if result.ok else EXIT_PROBLEM
 
 
-def _log_replay(args: argparse.Namespace, result: ops.ReplayResult) -> None:
+def _log_replay(args: argparse.Namespace, result: replay.ReplayResult) -> None:
     """Who (the OS user of the CLI), when, and which events: ids, or the filters and count."""
     filters = {"status": args.status, "type": args.type, "since": args.since, "until": args.until}
     ids = result.replayed if not result.dry_run else [e["event_id"] for e in result.selected]
@@ -321,7 +320,7 @@ def _log_replay(args: argparse.Namespace, result: ops.ReplayResult) -> None:
     )
 
 
-def _add_replay(sub: Subparsers) -> None:
+def _add_replay(sub: terminal.Subparsers) -> None:
     p = sub.add_parser(
         "replay",
         help="put events back to received and enqueue them again (fresh job id)",
@@ -360,7 +359,7 @@ def _age(seconds: float | None) -> str:
 
 
 def _print_stats(stats: dict[str, Any]) -> None:
-    console = _console()
+    console = terminal.console()
     status_table = Table(title="events by status", title_justify="left")
     status_table.add_column("status")
     status_table.add_column("events", justify="right")
@@ -410,15 +409,15 @@ def _print_stats(stats: dict[str, Any]) -> None:
 
 async def _stats(args: argparse.Namespace, settings: Settings) -> int:
     async with _connection(settings) as conn:
-        stats = await ops.collect_stats(conn)
+        figures = await stats.collect_stats(conn)
     if args.json:
-        _print_json(stats)
+        terminal.print_json(figures)
     else:
-        _print_stats(stats)
+        _print_stats(figures)
     return EXIT_OK
 
 
-def _add_stats(sub: Subparsers) -> None:
+def _add_stats(sub: terminal.Subparsers) -> None:
     p = sub.add_parser(
         "stats", help="events by status and type, backlog age, failures, credit totals"
     )
@@ -429,9 +428,9 @@ def _add_stats(sub: Subparsers) -> None:
 # --- verify ------------------------------------------------------------------------------
 
 
-def print_verify_report(report: ops.VerifyReport) -> None:
+def print_verify_report(report: verify.VerifyReport) -> None:
     """A checklist, then the problems again as a list (also used by deploy_hotfix.py)."""
-    console = _console()
+    console = terminal.console()
     for line in report.host_shape:
         console.print(f"host: {line}", markup=False)
     for check in report.checks:
@@ -449,20 +448,20 @@ def print_verify_report(report: ops.VerifyReport) -> None:
 
 async def _verify(args: argparse.Namespace, settings: Settings) -> int:
     async with _connection(settings) as conn:
-        report = await ops.verify(
+        report = await verify.verify(
             conn,
             stale_after_seconds=settings.stale_after_seconds,
             tenant_column=settings.users_tenant_column,
             settings=settings,
         )
     if args.json:
-        _print_json(report.as_dict())
+        terminal.print_json(report.as_dict())
     else:
         print_verify_report(report)
     return EXIT_OK if report.ok else EXIT_PROBLEM
 
 
-def _add_verify(sub: Subparsers) -> None:
+def _add_verify(sub: terminal.Subparsers) -> None:
     p = sub.add_parser(
         "verify",
         help="deployment check: schema per contract, balances match ledgers, no stuck events",
@@ -479,11 +478,6 @@ def _default_url() -> str:
     return f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/webhooks/stripe"
 
 
-def quiet_http_logs() -> None:
-    """httpx logs each request at info on stdout; the command prints its own result."""
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 def _dev_secret() -> str | None:
     """The secret `webhook-worker dev` created and printed, when run from the same folder."""
     path = Path(os.environ.get("DATA_DIR", ".data")) / "dev_webhook_secret"
@@ -493,14 +487,14 @@ def _dev_secret() -> str | None:
 
 
 async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
-    secret = ops.pick_secret(
+    secret = test_events.pick_secret(
         settings, args.secret or (None if settings.webhook_secrets else _dev_secret())
     )
-    quiet_http_logs()
+    terminal.quiet_http_logs()
     if args.credits is not None and args.credits < 1:
-        raise ops.OpsInputError("--credits must be a positive integer")
+        raise values.OpsInputError("--credits must be a positive integer")
     event_type = _allowed_test_type(args.type, settings, allow_credit=args.allow_credit)
-    event = ops.build_test_event(
+    event = test_events.build_test_event(
         event_type,
         email=args.email,
         user_id=args.user_id,
@@ -509,9 +503,9 @@ async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
         payment_intent=args.payment_intent,
         customer=args.customer,
     )
-    result = await ops.send_event(args.url, event, secret)
+    result = await test_events.send_event(args.url, event, secret)
     if args.json:
-        _print_json(
+        terminal.print_json(
             {
                 "event_id": result.event_id,
                 "type": result.event_type,
@@ -528,7 +522,7 @@ async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
 def _allowed_test_type(event_type: str, settings: Settings, *, allow_credit: bool) -> str:
     """With APP_ENV=production only the smoke-test type goes out (the worker ignores it), unless
     --allow-credit: one command must not mint credits in production by accident."""
-    if settings.app_env != "production" or event_type == ops.SMOKE_EVENT_TYPE:
+    if settings.app_env != "production" or event_type == test_events.SMOKE_EVENT_TYPE:
         return event_type
     if allow_credit:
         print(
@@ -538,20 +532,20 @@ def _allowed_test_type(event_type: str, settings: Settings, *, allow_credit: boo
         )
         return event_type
     print(
-        f"APP_ENV=production: sending {ops.SMOKE_EVENT_TYPE} instead of {event_type} (it "
+        f"APP_ENV=production: sending {test_events.SMOKE_EVENT_TYPE} instead of {event_type} (it "
         "credits nothing); pass --allow-credit to send credit-bearing types",
         file=sys.stderr,
     )
-    return ops.SMOKE_EVENT_TYPE
+    return test_events.SMOKE_EVENT_TYPE
 
 
-def _add_send_test_event(sub: Subparsers) -> None:
+def _add_send_test_event(sub: terminal.Subparsers) -> None:
     p = sub.add_parser(
         "send-test-event",
         help="POST a signed test-mode Stripe event to a receiver (like `stripe trigger`)",
         description=(
             "Exit 0 on HTTP 200, 1 otherwise. The email and secret are never printed. With "
-            f"APP_ENV=production only {ops.SMOKE_EVENT_TYPE} is sent (it credits nothing) "
+            f"APP_ENV=production only {test_events.SMOKE_EVENT_TYPE} is sent (it credits nothing) "
             "unless --allow-credit is given."
         ),
     )
@@ -590,9 +584,9 @@ def _add_send_test_event(sub: Subparsers) -> None:
 async def _prune(args: argparse.Namespace, settings: Settings) -> int:
     days = args.older_than if args.older_than is not None else settings.retention_days
     async with _connection(settings) as conn:
-        count = await ops.prune(conn, days, dry_run=args.dry_run)
+        count = await prune.prune(conn, days, dry_run=args.dry_run)
     if args.json:
-        _print_json({"dry_run": args.dry_run, "older_than_days": days, "events": count})
+        terminal.print_json({"dry_run": args.dry_run, "older_than_days": days, "events": count})
     elif args.dry_run:
         print(f"dry run: would prune the raw payload of {count} event(s) older than {days} days")
     else:
@@ -600,7 +594,7 @@ async def _prune(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _add_prune(sub: Subparsers) -> None:
+def _add_prune(sub: terminal.Subparsers) -> None:
     p = sub.add_parser(
         "prune",
         help="drop raw payloads of old completed/ignored events (ids, status, ledger stay)",
@@ -611,7 +605,7 @@ def _add_prune(sub: Subparsers) -> None:
     p.set_defaults(handler=_sync(_prune))
 
 
-OPS_REGISTRARS: list[Callable[[Subparsers], None]] = [
+OPS_REGISTRARS: list[Callable[[terminal.Subparsers], None]] = [
     _add_events,
     _add_replay,
     _add_stats,

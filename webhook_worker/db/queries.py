@@ -16,11 +16,11 @@ _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 def sql_dir() -> Path:
     """`sql/` beside the package in a checkout, or inside it in an installed wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "sql", here.parent / "sql"):
+    package = Path(__file__).resolve().parent.parent  # webhook_worker/
+    for candidate in (package / "sql", package.parent / "sql"):
         if (candidate / "migrations").is_dir():
             return candidate
-    raise FileNotFoundError(f"no sql/ folder found beside {here}")
+    raise FileNotFoundError(f"no sql/ folder found in or beside {package}")
 
 
 def parse_queries(text: str, source: str = "<string>") -> dict[str, str]:

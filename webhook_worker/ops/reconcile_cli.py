@@ -15,31 +15,33 @@ from typing import Any
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from webhook_worker import ops, reconcile, store
 from webhook_worker.config import STRIPE_EVENTS_HISTORY_SECONDS, Settings
-from webhook_worker.ops_cli import EXIT_OK, Subparsers, _console, _print_json, quiet_http_logs
-from webhook_worker.queue import connect_redis_lazily
+from webhook_worker.db import store
+from webhook_worker.exit_codes import EXIT_OK
+from webhook_worker.job_queue import connect_redis_lazily
+from webhook_worker.ops import terminal, values
+from webhook_worker.worker import reconcile
 
 
 def _window(args: argparse.Namespace) -> tuple[datetime, datetime]:
     now = datetime.now(UTC)
-    since = ops.parse_since(args.since, now=now) or now - timedelta(days=3)
-    until = ops.parse_since(args.until, now=now) or now
+    since = values.parse_since(args.since, now=now) or now - timedelta(days=3)
+    until = values.parse_since(args.until, now=now) or now
     oldest = now - timedelta(seconds=STRIPE_EVENTS_HISTORY_SECONDS)
     if since < oldest:
-        raise ops.OpsInputError(
+        raise values.OpsInputError(
             f"--since {args.since} is more than 30 days ago; Stripe's List Events API keeps 30 "
             "days of events (use e.g. --since 30d)"
         )
     if since >= until:
-        raise ops.OpsInputError(f"--since {args.since} is not before --until {args.until}")
+        raise values.OpsInputError(f"--since {args.since} is not before --until {args.until}")
     return since, until
 
 
 def _types(args: argparse.Namespace) -> list[str]:
     types = list(dict.fromkeys(args.type or reconcile.RECONCILED_TYPES))
     if len(types) > 20:
-        raise ops.OpsInputError("Stripe filters at most 20 event types per request")
+        raise values.OpsInputError("Stripe filters at most 20 event types per request")
     return types
 
 
@@ -64,7 +66,7 @@ async def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_stripe_api()
     # The command prints its own report; the run's log lines (and httpx's per request) would
     # only repeat it on stdout, and break --json. Retries still show as warnings.
-    quiet_http_logs()
+    terminal.quiet_http_logs()
     logging.getLogger("webhook_worker.reconcile").setLevel(
         logging.ERROR if args.json else logging.WARNING
     )
@@ -75,7 +77,7 @@ async def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
         SpinnerColumn(),
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
-        console=_console(),
+        console=terminal.console(),
         transient=True,
         disable=args.json or not sys.stdout.isatty(),
     )
@@ -106,7 +108,7 @@ async def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
             await redis.aclose()
         await pool.close()
     if args.json:
-        _print_json(_summary(result))
+        terminal.print_json(_summary(result))
         return EXIT_OK
     verb = "would store" if result.dry_run else "stored"
     print(
@@ -123,7 +125,7 @@ async def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def add_reconcile(sub: Subparsers) -> None:
+def add_reconcile(sub: terminal.Subparsers) -> None:
     p = sub.add_parser(
         "reconcile",
         help="recover events Stripe never delivered, from its List Events API (30 days)",

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import orjson
 
-from webhook_worker.queries import query
-from webhook_worker.store import Connection, translate_errors
+from webhook_worker.db.queries import query
+from webhook_worker.db.store import Connection, translate_errors
 
 Via = Literal["console", "api", "cli"]
 

@@ -17,11 +17,11 @@ connected account that is not listed, and thin events: they never move money.
   `canceled` gives back what it took (`REFUND_REVERSAL`); other statuses are recorded.
 - `charge.dispute.created` / `.funds_withdrawn`: take the disputed share (`DISPUTE`);
   `.closed` won and `.funds_reinstated` give it back (`DISPUTE_REVERSAL`); lost keeps it.
-  Inquiries (`warning_*`) move nothing. Rules and limits: webhook_worker.payments.
+  Inquiries (`warning_*`) move nothing. Rules and limits: webhook_worker.worker.payments.
 - A refund, refund failure or dispute before its purchase is `waiting` (no try spent);
   the sweeper wakes it once the purchase is in the ledger.
 - `invoice.paid`: one `SUBSCRIPTION_CREDIT` per invoice, credits per line (rules:
-  webhook_worker.subscriptions); an invoice whose customer no user holds yet is `waiting`
+  webhook_worker.worker.subscriptions); an invoice whose customer no user holds yet is `waiting`
   (`awaiting_customer`) until a `mode: subscription` Checkout Session, which credits
   nothing, links the customer. `invoice_payment.paid` (basil) links the payment intent
   that paid an invoice to its credit, so the charge's refunds and disputes find it.
@@ -54,10 +54,11 @@ from typing import Any, Literal
 
 import orjson
 
-from webhook_worker import ledger, payments, resolver, scope, store, subscriptions
 from webhook_worker.config import Settings
+from webhook_worker.db import store
+from webhook_worker.db.host import UserId
 from webhook_worker.errors import PermanentError
-from webhook_worker.host import UserId
+from webhook_worker.worker import ledger, payments, resolver, scope, subscriptions
 
 Status = Literal["completed", "ignored", "waiting"]
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
@@ -338,7 +339,7 @@ async def handle_async_payment_failed(ctx: HandlerContext, event: StoredEvent) -
     )
 
 
-# --- invoices (webhook_worker.subscriptions has the rules) ---------------------------------
+# --- invoices (webhook_worker.worker.subscriptions has the rules) ---------------------------------
 
 _INVOICE_USER_KEYS = ("user_id", "user_uuid")
 
@@ -491,7 +492,7 @@ async def handle_payment_intent_succeeded(ctx: HandlerContext, event: StoredEven
     )
 
 
-# --- refunds, refund failures, disputes (webhook_worker.payments has the rules) -----------
+# --- refunds, refund failures, disputes (webhook_worker.worker.payments has the rules) -----------
 
 BASIL = "2025-03-31"  # from this API version on, releasing an authorization is no refund
 FAILED_REFUND_STATUSES = frozenset({"failed", "canceled"})

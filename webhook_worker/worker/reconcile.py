@@ -38,12 +38,15 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from webhook_worker import handlers, metrics, queue, store
+from webhook_worker import job_queue as queue
+from webhook_worker import metrics
 from webhook_worker.config import STRIPE_EVENTS_HISTORY_SECONDS, Settings
+from webhook_worker.db import store
+from webhook_worker.db.queries import query
+from webhook_worker.envelope import EnvelopeRow, parse_envelope
 from webhook_worker.errors import PayloadError, TransientError, WebhookWorkerError
-from webhook_worker.events import EnvelopeRow, parse_envelope
 from webhook_worker.log import get_logger
-from webhook_worker.queries import query
+from webhook_worker.worker import handlers
 
 log = get_logger("webhook_worker.reconcile")
 

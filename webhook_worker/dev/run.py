@@ -20,25 +20,26 @@ from pathlib import Path
 
 import asyncpg
 
-from webhook_worker import devservices, migrations
-from webhook_worker.embedded import EmbeddedPostgres, EmbeddedRedis
+from webhook_worker.db import migrations
+from webhook_worker.dev import services_file as devservices
+from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+
+
+def _machine_secret(path: Path, new_value: str) -> str:
+    """A secret of this machine's dev set-up: created once (mode 0600), then read back."""
+    if not path.exists():
+        path.write_text(f"{new_value}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def _dev_secret(data_dir: Path) -> str:
-    path = data_dir / "dev_webhook_secret"
-    if not path.exists():
-        path.write_text(f"whsec_dev{secrets.token_hex(16)}\n")
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return _machine_secret(data_dir / "dev_webhook_secret", f"whsec_dev{secrets.token_hex(16)}")
 
 
 def _dev_ops_token(data_dir: Path) -> str:
-    """A console token for this machine, created once (0600) like the dev secret."""
-    path = data_dir / "dev_ops_token"
-    if not path.exists():
-        path.write_text(f"{secrets.token_hex(32)}\n")
-        path.chmod(0o600)
-    return path.read_text().strip()
+    """A console token for this machine, created once like the dev secret."""
+    return _machine_secret(data_dir / "dev_ops_token", secrets.token_hex(32))
 
 
 def _port_file(data_dir: Path, name: str, default: int) -> int:
@@ -76,14 +77,14 @@ def run_dev(port: int = 8000, data_dir: str = ".data", console_port: int = 8081)
     env.setdefault("LOG_FORMAT", "console")
     services: list[EmbeddedPostgres | EmbeddedRedis] = []
     if not env.get("DATABASE_URL"):
-        from webhook_worker.embedded import free_port
+        from webhook_worker.dev.embedded import free_port
 
         pg = EmbeddedPostgres(folder / "postgres", _port_file(folder, "postgres", free_port()))
         services.append(pg.start())
         env["DATABASE_URL"] = pg.url
         print(f"embedded Postgres: {pg.url} (data in {pg.data_dir})")
     if not env.get("REDIS_URL"):
-        from webhook_worker.embedded import free_port
+        from webhook_worker.dev.embedded import free_port
 
         redis = EmbeddedRedis(folder / "redis", _port_file(folder, "redis", free_port()))
         services.append(redis.start())

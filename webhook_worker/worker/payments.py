@@ -38,12 +38,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from webhook_worker import store
+from webhook_worker.db import store
+from webhook_worker.db.host import UserId, user_key
+from webhook_worker.db.queries import query
+from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import PermanentError
-from webhook_worker.host import UserId, user_key
-from webhook_worker.ledger import apply_row, lock_user
-from webhook_worker.queries import query
-from webhook_worker.store import Connection, translate_errors
+from webhook_worker.worker.ledger import apply_row, lock_user
 
 Family = Literal["refund", "dispute"]
 

@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import asyncpg
 
+from webhook_worker.db.host import UserId, user_key
+from webhook_worker.db.queries import query
+from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import PermanentError
-from webhook_worker.host import UserId, user_key
-from webhook_worker.queries import query
-from webhook_worker.store import Connection, translate_errors
 
 Kind = Literal["email", "uuid", "integer", "opaque", "placeholder"]
 

@@ -1,0 +1,6 @@
+"""Exit codes of every command: 0 done, 1 a problem was found or a step failed, 2 bad
+configuration or usage (the message says which variable or option, and a good value)."""
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
