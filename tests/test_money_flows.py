@@ -1,7 +1,9 @@
-"""Stripe's money flows through the real worker and Postgres (issue 16), one table row per
-flow: partial captures in both API shapes, failed and canceled refunds, disputes, stale
-deliveries. Each row lists the events in delivery order and what the ledger must hold
-after (rows of type, amount, balance_after), the balance and every event's status.
+"""Stripe's money flows through the real worker and Postgres (issue 16), one row of
+`tests/money_cases.FLOWS` per flow (the unit tier, tests/test_money_rules.py, runs the
+same table through the in-memory store): partial captures in both API shapes, failed and
+canceled refunds, disputes, stale deliveries. Each row lists the events in delivery order
+and what the ledger must hold after (rows of type, amount, balance_after), the balance and
+every event's status.
 
 The fixtures are Stripe's own objects (webhook_worker/ops/data/stripe_objects.json) with the
 fields a flow needs, per API version: before `2025-03-31.basil` a partial capture raises
@@ -16,7 +18,6 @@ max(0, purchase - spent - share(net refunded + disputes not won)).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -25,6 +26,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from tests.money_cases import (
+    CLOSED,
+    CREATED,
+    FLOWS,
+    REINSTATED,
+    Flow,
+    Ids,
+    disputed,
+    refund_failed,
+    refunded,
+)
 from tests.worker_support import (
     assert_balance_after_is_running_sum,
     balance,
@@ -39,222 +51,11 @@ from webhook_worker.config import Settings
 from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
-    charge_refunded_event,
     checkout_session_event,
-    dispute_event,
     new_id,
-    refund_event,
 )
 from webhook_worker.worker import payments
 from webhook_worker.worker.handlers import charge_snapshot
-
-T0 = 1_750_000_000  # every flow's clock: Stripe's `created`, in seconds
-Ids = dict[str, str]
-Build = Callable[[Ids], dict[str, Any]]
-
-
-def refunded(
-    at: int,
-    amount_refunded: int,
-    *,
-    amount: int = 1000,
-    amount_captured: int | None = None,
-    **kw: Any,
-) -> Build:
-    return lambda ids: charge_refunded_event(
-        payment_intent=ids["pi"],
-        amount=amount,
-        amount_captured=amount_captured,
-        amount_refunded=amount_refunded,
-        created=T0 + at,
-        **kw,
-    )
-
-
-def refund_failed(
-    at: int, amount: int, *, refund: str = "re", created: int = 0, **kw: Any
-) -> Build:
-    return lambda ids: refund_event(
-        payment_intent=ids["pi"],
-        refund_id=ids.setdefault(refund, new_id("re")),
-        amount=amount,
-        refund_created=T0 + created,
-        created=T0 + at,
-        **kw,
-    )
-
-
-def disputed(at: int, amount: int, event_type: str, status: str) -> Build:
-    return lambda ids: dispute_event(
-        payment_intent=ids["pi"],
-        dispute_id=ids.setdefault("dp", new_id("dp")),
-        amount=amount,
-        status=status,
-        event_type=event_type,
-        created=T0 + at,
-    )
-
-
-CREATED, CLOSED = "charge.dispute.created", "charge.dispute.closed"
-REINSTATED = "charge.dispute.funds_reinstated"
-DONE = ("completed", None)
-STALE = ("completed", "stale_event")
-
-
-@dataclass(frozen=True)
-class Flow:
-    name: str
-    events: list[Build]
-    rows: list[tuple[str, int, int]]  # (type, amount, balance_after) after the PURCHASE
-    statuses: list[tuple[str, str | None]]  # per event: (status, status_reason)
-    credits: int = 100
-    amount_total: int = 1000
-    spent: int = 0  # credits the user spends before the events
-
-
-FLOWS = [
-    Flow(
-        "full refund, basil",
-        [refunded(10, 1000, api_version=BASIL)],
-        [("REFUND", -100, 0)],
-        [DONE],
-    ),
-    Flow(
-        "pre-basil partial capture 600 of 1000 releases 400: nothing was refunded",
-        [refunded(10, 400, amount_captured=600, api_version=PRE_BASIL)],
-        [],
-        [DONE],
-        credits=500,
-    ),
-    Flow(
-        "pre-basil partial capture, then a real refund of 300 of the 600 captured",
-        [
-            refunded(10, 400, amount_captured=600, api_version=PRE_BASIL),
-            refunded(20, 700, amount_captured=600, api_version=PRE_BASIL),
-        ],
-        [("REFUND", -250, 250)],
-        [DONE, DONE],
-        credits=500,
-    ),
-    Flow(
-        "basil partial capture 600 of 1000, a real refund of 300",
-        [refunded(20, 300, amount_captured=600, api_version=BASIL)],
-        [("REFUND", -250, 250)],
-        [DONE],
-        credits=500,
-    ),
-    Flow(
-        "basil partial capture then a dispute: charge.captured tells the captured amount",
-        [
-            disputed(30, 600, CREATED, "needs_response"),
-            refunded(20, 0, amount_captured=600, api_version=BASIL, event_type="charge.captured"),
-        ],
-        [("DISPUTE", -300, 200), ("DISPUTE", -200, 0)],
-        [DONE, DONE],
-        credits=500,
-    ),
-    Flow(
-        "pre-basil cancelled authorization (captured false, refunded true)",
-        [refunded(10, 1000, amount_captured=0, captured=False, api_version=PRE_BASIL)],
-        [],
-        [DONE],
-    ),
-    Flow(
-        "refund 50 %, it fails, refund 30 %: net debit 30 %",
-        [
-            refunded(10, 500),
-            refund_failed(20, 500, created=10),
-            refunded(30, 300),
-        ],
-        [("REFUND", -50, 50), ("REFUND_REVERSAL", 50, 100), ("REFUND", -30, 70)],
-        [DONE, DONE, DONE],
-    ),
-    Flow(
-        "out of order: newest refund first, then the stale snapshot and the old failure",
-        [
-            refunded(30, 300),
-            refunded(10, 500),
-            refund_failed(20, 500, created=10),
-        ],
-        [("REFUND", -30, 70)],
-        [DONE, STALE, DONE],
-    ),
-    Flow(
-        "one failure sent three ways (charge.refund.updated, refund.updated, refund.failed)",
-        [
-            refunded(10, 400),
-            refund_failed(20, 400, created=10, event_type="charge.refund.updated"),
-            refund_failed(20, 400, created=10, event_type="refund.updated"),
-            refund_failed(21, 400, created=10, event_type="refund.failed"),
-        ],
-        [("REFUND", -40, 60), ("REFUND_REVERSAL", 40, 100)],
-        [DONE, DONE, STALE, STALE],
-    ),
-    Flow(
-        "a canceled refund gives back too; a succeeded refund.updated moves nothing",
-        [
-            refunded(10, 200),
-            refund_failed(15, 200, created=10, status="succeeded", event_type="refund.updated"),
-            refund_failed(20, 200, created=10, status="canceled"),
-        ],
-        [("REFUND", -20, 80), ("REFUND_REVERSAL", 20, 100)],
-        [DONE, ("completed", "refund_not_failed"), DONE],
-    ),
-    Flow(
-        "dispute opened then won",
-        [disputed(10, 1000, CREATED, "needs_response"), disputed(50, 1000, CLOSED, "won")],
-        [("DISPUTE", -100, 0), ("DISPUTE_REVERSAL", 100, 100)],
-        [DONE, DONE],
-    ),
-    Flow(
-        "dispute opened then lost: nothing more",
-        [disputed(10, 1000, CREATED, "needs_response"), disputed(50, 1000, CLOSED, "lost")],
-        [("DISPUTE", -100, 0)],
-        [DONE, DONE],
-    ),
-    Flow(
-        "dispute lost delivered before its created: the created is stale",
-        [disputed(50, 1000, CLOSED, "lost"), disputed(10, 1000, CREATED, "needs_response")],
-        [("DISPUTE", -100, 0)],
-        [DONE, STALE],
-    ),
-    Flow(
-        "funds reinstated give the dispute back once",
-        [
-            disputed(10, 1000, CREATED, "needs_response"),
-            disputed(60, 1000, REINSTATED, "won"),
-            disputed(50, 1000, CLOSED, "won"),
-        ],
-        [("DISPUTE", -100, 0), ("DISPUTE_REVERSAL", 100, 100)],
-        [DONE, DONE, STALE],
-    ),
-    Flow(
-        "an inquiry withdraws nothing",
-        [disputed(10, 1000, CREATED, "warning_needs_response")],
-        [],
-        [("completed", "dispute_inquiry")],
-    ),
-    Flow(
-        "dispute of spent credits: never below zero, the shortfall is given up when won",
-        [disputed(10, 1000, CREATED, "needs_response"), disputed(50, 1000, CLOSED, "won")],
-        [("DISPUTE", -20, 0), ("DISPUTE_REVERSAL", 20, 20)],
-        [DONE, DONE],
-        spent=80,
-    ),
-    Flow(
-        "refund 40 % then a dispute of the whole charge: never more than the purchase",
-        [refunded(10, 400), disputed(20, 1000, CREATED, "needs_response")],
-        [("REFUND", -40, 60), ("DISPUTE", -60, 0)],
-        [DONE, DONE],
-    ),
-    Flow(
-        "refund of spent credits, then it fails: the shortfall goes first",
-        [refunded(10, 1000), refund_failed(20, 1000, created=10)],
-        [("REFUND", -30, 0), ("REFUND_REVERSAL", 30, 30)],
-        [DONE, DONE],
-        spent=70,
-    ),
-]
 
 
 async def _purchase(

@@ -48,6 +48,11 @@ SET processing_status = $2, error_message = $3, status_reason = $4, processed_at
     updated_at = now()
 WHERE event_id = $1 AND processing_status NOT IN ('completed', 'ignored');
 
+-- name: note_event_reason
+UPDATE stripe_events
+SET status_reason = $2
+WHERE event_id = $1 AND processing_status = 'completed' AND status_reason IS NULL;
+
 -- name: release_event
 UPDATE stripe_events
 SET processing_status = 'received', error_message = $2, updated_at = now()

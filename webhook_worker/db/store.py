@@ -214,6 +214,13 @@ async def finish_event(
         await conn.execute(query("finish_event"), event_id, status, error_message, reason)
 
 
+async def note_reason(conn: Connection, event_id: str, reason: str) -> None:
+    """Why a final event changed nothing (`already_credited`), when the statement that
+    finished it could not say so (the ledger's server-side credit call)."""
+    with translate_errors("recording an event's reason"):
+        await conn.execute(query("note_event_reason"), event_id, reason)
+
+
 async def release_event(conn: Connection, event_id: str, error_message: str) -> None:
     """Back to `received` after a transient fault, so the next try (or the sweeper) runs it."""
     with translate_errors("releasing an event"):

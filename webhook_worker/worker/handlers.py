@@ -55,10 +55,9 @@ from typing import Any, Literal
 import orjson
 
 from webhook_worker.config import Settings
-from webhook_worker.db import store
-from webhook_worker.db.host import UserId
 from webhook_worker.errors import PermanentError
-from webhook_worker.worker import ledger, payments, resolver, scope, subscriptions
+from webhook_worker.worker import payments, resolver, scope, subscriptions
+from webhook_worker.worker.money_store import InvoiceCredit, MoneyStore, Purchase
 
 Status = Literal["completed", "ignored", "waiting"]
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
@@ -121,15 +120,11 @@ def ignored(reason: str, **fields: Any) -> Outcome:
 
 @dataclass(frozen=True)
 class HandlerContext:
-    """What a job works with: settings, the pool, and the event claim, the ledger's credit
-    call and a user lookup, which the worker coalesces with those of concurrent jobs. Built
-    once per worker process."""
+    """What a handler works with: the settings and the money store (`MoneyStore`: Postgres
+    in the service, memory in the unit tier). Built once per worker process."""
 
     settings: Settings
-    pool: store.Pool
-    claim: Callable[[str], Awaitable[dict[str, Any] | None]]
-    credit: Callable[[ledger.Purchase], Awaitable[ledger.CreditResult]]
-    lookup: Callable[[resolver.Candidate], Awaitable[UserId | None]]
+    money: MoneyStore
 
 
 Handler = Callable[[HandlerContext, StoredEvent], Awaitable[Outcome]]
@@ -227,11 +222,10 @@ async def _resolve(ctx: HandlerContext, session: Mapping[str, Any]) -> resolver.
     first = resolver.first_candidate(session)
     if first is not None and resolver.customer_id(session) is None:
         source, candidate = first
-        user_id = await ctx.lookup(candidate)
+        user_id = await ctx.money.find_user(candidate)
         if user_id is not None:
             return resolver.Resolution(user_id, source)
-    async with store.acquire(ctx.pool, "resolving a user") as conn:
-        return await resolver.resolve_user(conn, session)
+    return await ctx.money.resolve_user(session)
 
 
 async def _credit_session(ctx: HandlerContext, event: StoredEvent) -> Outcome:
@@ -264,8 +258,8 @@ async def _credit_purchase(
 ) -> Outcome:
     """One PURCHASE through the coalesced credit call, and the outcome it leads to."""
     reference = session_id or payment_intent_id
-    result = await ctx.credit(
-        ledger.Purchase(
+    result = await ctx.money.credit_purchase(
+        Purchase(
             user_id=who.user_id,
             credits=credits,
             event_id=event.event_id,
@@ -307,8 +301,7 @@ async def _link_subscription(ctx: HandlerContext, event: StoredEvent) -> Outcome
     if customer is None:
         return ignored("no_customer_to_link", **fields)
     try:
-        async with store.acquire(ctx.pool, "linking a subscription's customer") as conn:
-            who = await resolver.resolve_user(conn, session)
+        who = await ctx.money.resolve_user(session)
     except resolver.UserNotFound:
         return ignored("no_user_to_link", **fields)
     fields.update(user_id=who.user_id, resolved_by=who.source, user_created=who.created)
@@ -357,8 +350,7 @@ async def _invoice_user(
         "customer": customer,
     }
     try:
-        async with store.acquire(ctx.pool, "resolving an invoice's user") as conn:
-            return await resolver.resolve_user(conn, reference)
+        return await ctx.money.resolve_user(reference)
     except resolver.UserNotFound:
         return None
 
@@ -395,15 +387,13 @@ async def handle_invoice_paid(ctx: HandlerContext, event: StoredEvent) -> Outcom
                 "user_not_found: the invoice has no customer and its subscription metadata "
                 "no user_id / user_uuid; set metadata.user_id on the subscription and replay"
             )
-        async with store.acquire(ctx.pool, "parking an invoice") as conn:
-            await payments.wait_for(conn, event.event_id, customer, "awaiting_customer")
+        await ctx.money.park(event.event_id, customer, "awaiting_customer")
         fields["customer"] = customer
         return Outcome(
             "waiting", "event_waiting", recorded=True, fields=fields, reason="awaiting_customer"
         )
-    async with store.acquire(ctx.pool, "crediting an invoice") as conn:
-        result = await subscriptions.credit_invoice(
-            conn,
+    result = await ctx.money.credit_invoice(
+        InvoiceCredit(
             user_id=who.user_id,
             credits=found.credits,
             event_id=event.event_id,
@@ -415,6 +405,7 @@ async def handle_invoice_paid(ctx: HandlerContext, event: StoredEvent) -> Outcom
             starts_period=invoice.get("billing_reason") != "subscription_update",
             expire=ctx.settings.subscription_credits_expire,
         )
+    )
     fields.update(
         user_id=who.user_id,
         resolved_by=who.source,
@@ -441,11 +432,9 @@ async def handle_invoice_payment_paid(ctx: HandlerContext, event: StoredEvent) -
     fields: dict[str, Any] = {"invoice_id": invoice_id, "payment_intent_id": intent}
     if invoice_id is None or intent is None:
         return ignored("no_payment_intent", **fields)
-    async with store.acquire(ctx.pool, "linking an invoice's payment") as conn:
-        linked = await subscriptions.link_payment(conn, invoice_id, intent)
-        if linked is None:
-            await payments.wait_for(conn, event.event_id, invoice_id, "awaiting_invoice")
+    linked = await ctx.money.link_invoice_payment(invoice_id, intent)
     if linked is None:
+        await ctx.money.park(event.event_id, invoice_id, "awaiting_invoice")
         return Outcome(
             "waiting", "event_waiting", recorded=True, fields=fields, reason="awaiting_invoice"
         )
@@ -578,10 +567,9 @@ async def _apply_change(
     description: str,
 ) -> Outcome:
     pi = change.payment_intent_id
-    async with store.acquire(ctx.pool, "applying a payment change") as conn:
-        result = await payments.apply(conn, event.event_id, family, change, description)
-        if result is None:
-            await payments.wait_for_purchase(conn, event.event_id, pi)
+    result = await ctx.money.apply_payment_change(event.event_id, family, change, description)
+    if result is None:
+        await ctx.money.park(event.event_id, pi, "awaiting_purchase")
     return _applied_outcome(result, pi)
 
 

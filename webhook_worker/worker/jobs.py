@@ -35,6 +35,7 @@ from webhook_worker.log import get_logger, redact_text
 from webhook_worker.worker import handlers, payments, reconcile
 from webhook_worker.worker.arq_worker import ArqWorker
 from webhook_worker.worker.batching import WorkerBatches
+from webhook_worker.worker.postgres_money_store import PostgresMoneyStore
 
 log = get_logger("webhook_worker.worker")
 
@@ -108,6 +109,7 @@ class _Job:
         self.settings: Settings = ctx["settings"]
         self.pool: store.Pool = ctx["pool"]
         self.handler_context: handlers.HandlerContext = ctx["handler_context"]
+        self.batches: WorkerBatches = ctx["batches"]
         self.event_id = event_id
         self.job_try = int(ctx.get("job_try") or 1)
         self.started = time.perf_counter()
@@ -127,7 +129,7 @@ class _Job:
 
     async def run(self) -> str:
         async with asyncio.timeout(_deadline(self.settings)):
-            row = await self.handler_context.claim(self.event_id)
+            row = await self.batches.claim(self.event_id)
             if row is None:
                 self._line("event_skipped", reason="already_final_or_unknown")
                 return "skipped"
@@ -262,7 +264,7 @@ async def _on_startup(ctx: dict[str, Any]) -> None:
     )
     ctx["batches"] = batches
     ctx["handler_context"] = handlers.HandlerContext(
-        settings, ctx["pool"], batches.claim, batches.credit, batches.lookup
+        settings, PostgresMoneyStore(ctx["pool"], batches)
     )
     pool = ctx["pool"]
     ctx["internal_listener"] = await internal.start(

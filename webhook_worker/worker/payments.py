@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+import asyncpg
+
 from webhook_worker.db import store
 from webhook_worker.db.host import UserId, user_key
 from webhook_worker.db.queries import query
@@ -186,61 +188,104 @@ async def wait_for_purchase(conn: Connection, event_id: str, payment_intent_id: 
     await wait_for(conn, event_id, payment_intent_id, "awaiting_purchase")
 
 
+@dataclass(frozen=True)
+class PaymentView:
+    """One payment as the rule sees it, after the event's change was recorded, whichever
+    store holds it (Postgres: payment_states and friends; the unit tier: memory)."""
+
+    purchased: int  # credits its PURCHASE / SUBSCRIPTION_CREDIT rows gave
+    captured: int | None  # from charge events; None: none seen yet
+    purchase_amount: object  # the purchase event's amount_total (the fallback for captured)
+    refunded: int | None  # newest snapshot less the refunds that failed since; None: none
+    disputed: int  # open or lost disputes
+    legacy_taken: int  # refunds taken before migration 0015
+    taken: int  # credits taken back so far (including shortfall)
+    shortfall: int  # what could not be taken because it was spent
+    balance: int  # the user's balance now
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What the ledger must do to follow the payment's new state."""
+
+    target: int  # credits taken back, per Stripe's newest state
+    delta: int  # target - taken: > 0 take more, < 0 give back
+    kind: str | None  # the ledger row's type, None: no row
+    moved: int  # credits the row moves (negative: taken)
+    added_shortfall: int
+    shortfall: int  # shortfall after
+
+
+def settle(view: PaymentView, family: Family, change: Change, payment_intent_id: str) -> Settlement:
+    """The money rule for refunds and disputes, pure: one place for both stores."""
+    captured = view.captured
+    if captured is None:
+        captured = _positive(view.purchase_amount)
+    if captured is None:
+        raise PermanentError(
+            f"the captured amount of payment {payment_intent_id} is unknown: no charge event "
+            "was seen and the purchase event's payload was pruned; nothing was taken back"
+        )
+    if isinstance(change, ChargeSnapshot) and not view.refunded and view.disputed:
+        # A charge that refunds nothing but tells the captured amount (basil's
+        # charge.captured) can only move the disputes' share.
+        family = "dispute"
+    target = target_taken(
+        view.purchased, int(captured), view.refunded, view.disputed, view.legacy_taken
+    )
+    delta = target - view.taken
+    kind, moved, added, shortfall = plan(delta, view.balance, view.shortfall, family)
+    return Settlement(target, delta, kind, moved, added, shortfall)
+
+
+async def _view(
+    conn: Connection, pi: str, purchase: asyncpg.Record, user_id: UserId
+) -> PaymentView:
+    state = await conn.fetchrow(query("payment_state_get"), pi)
+    targets = await conn.fetchrow(query("payment_targets"), pi)
+    assert state is not None and targets is not None
+    return PaymentView(
+        purchased=int(purchase["purchased"]),
+        captured=None if state["captured"] is None else int(state["captured"]),
+        purchase_amount=purchase["amount_total"],
+        refunded=None if state["refunded"] is None else int(targets["refunded"]),
+        disputed=int(targets["disputed"]),
+        legacy_taken=int(state["legacy_taken"]),
+        taken=int(state["taken"]),
+        shortfall=int(state["shortfall"]),
+        balance=int(await conn.fetchval(query("ledger_user_balance"), user_id)),
+    )
+
+
 async def apply(
     conn: Connection, event_id: str, family: Family, change: Change, description: str
 ) -> Applied | None:
-    """Record `change` and bring the payment's ledger to its target; mark the event
-    `completed`. None (nothing done) when the payment's purchase is not in the ledger."""
+    """Record `change` and bring the payment's ledger to its target (`settle`); mark the
+    event `completed`. None (nothing done) when the payment's purchase is not in the ledger."""
     pi = change.payment_intent_id
     with translate_errors("finding a payment's purchase"):
         purchase = await conn.fetchrow(query("payment_purchase"), pi)
     if purchase is None:
         return None
     user_id = user_key(purchase["user_id"])
-    purchased = int(purchase["purchased"])
     with translate_errors("taking back a payment's credits"):
         async with conn.transaction():
             await lock_user(conn, user_id)
             await conn.execute(query("payment_state_create"), pi)
             advanced = await _record(conn, change, event_id)
-            state = await conn.fetchrow(query("payment_state_get"), pi)
-            targets = await conn.fetchrow(query("payment_targets"), pi)
-            assert state is not None and targets is not None
-            captured = state["captured"]
-            if captured is None:
-                captured = _positive(purchase["amount_total"])
-            if captured is None:
-                raise PermanentError(
-                    f"the captured amount of payment {pi} is unknown: no charge event was "
-                    "seen and the purchase event's payload was pruned; nothing was taken back"
-                )
-            refunded = None if state["refunded"] is None else int(targets["refunded"])
-            if isinstance(change, ChargeSnapshot) and not refunded and targets["disputed"]:
-                # A charge that refunds nothing but tells the captured amount (basil's
-                # charge.captured) can only move the disputes' share.
-                family = "dispute"
-            target = target_taken(
-                purchased,
-                int(captured),
-                refunded,
-                int(targets["disputed"]),
-                int(state["legacy_taken"]),
-            )
-            balance = int(await conn.fetchval(query("ledger_user_balance"), user_id))
-            delta = target - int(state["taken"])
-            kind, moved, added_shortfall, shortfall = plan(
-                delta, balance, int(state["shortfall"]), family
-            )
-            if added_shortfall:
+            view = await _view(conn, pi, purchase, user_id)
+            plan_ = settle(view, family, change, pi)
+            balance = view.balance
+            if plan_.added_shortfall:
                 await conn.execute(
-                    query("ledger_insert_shortfall"), event_id, user_id, pi, added_shortfall
+                    query("ledger_insert_shortfall"), event_id, user_id, pi, plan_.added_shortfall
                 )
-            if kind is not None:
+            if plan_.kind is not None:
                 applied = await apply_row(
                     conn,
                     user_id,
-                    moved,
-                    kind,
+                    plan_.moved,
+                    plan_.kind,
                     event_id,
                     purchase["checkout_session_id"],
                     pi,
@@ -252,16 +297,16 @@ async def apply(
                         "again; rolled back"
                     )
                 balance = applied
-            if delta:
-                await conn.execute(query("payment_state_taken"), pi, target, shortfall)
+            if plan_.delta:
+                await conn.execute(query("payment_state_taken"), pi, plan_.target, plan_.shortfall)
             reason = None if advanced else "stale_event"
             await store.finish_event(conn, event_id, "completed", reason=reason)
     return Applied(
         user_id=user_id,
         advanced=advanced,
-        transaction_type=kind,
-        amount=moved,
-        shortfall=added_shortfall,
+        transaction_type=plan_.kind,
+        amount=plan_.moved,
+        shortfall=plan_.added_shortfall,
         balance=balance,
     )
 

@@ -23,7 +23,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import asyncpg
 
@@ -234,34 +234,75 @@ async def _remember_customer(conn: Connection, user_id: UserId, customer: str) -
         await conn.fetchval(query("user_remember_stripe_customer"), user_id, customer)
 
 
-async def resolve_user(conn: Connection, session: Mapping[str, Any]) -> Resolution:
-    """The user a checkout session belongs to; raises UserNotFound when there is none."""
+class UserDirectory(Protocol):
+    """The four user statements the resolution rule needs (Postgres: `PostgresUsers`;
+    the unit tier: `memory_money_store.InMemoryMoneyStore`)."""
+
+    async def match(self, candidate: Candidate) -> UserId | None: ...
+
+    async def by_customer(self, customer: str) -> UserId | None: ...
+
+    async def create_by_email(self, email: str, tenant: str | None) -> tuple[UserId, bool] | None:
+        """(user id, created) — None when a multi-tenant host has no tenant for it."""
+        ...
+
+    async def remember_customer(self, user_id: UserId, customer: str) -> None: ...
+
+
+async def resolve(users: UserDirectory, session: Mapping[str, Any]) -> Resolution:
+    """The user a checkout session (or invoice reference) belongs to, by the contract's
+    order; raises UserNotFound when there is none. The one place the order is written."""
     customer = customer_id(session)
     first_email: Candidate | None = None
     resolution: Resolution | None = None
     for source, candidate in candidates(session):
         if candidate.kind == "placeholder":
             continue
-        user_id = await lookup_user(conn, candidate)
+        user_id = await users.match(candidate)
         if user_id is not None:
             resolution = Resolution(user_id, source)
             break
         if candidate.kind == "email" and first_email is None:
             first_email = candidate
     if resolution is None and customer is not None:
-        with translate_errors("looking up a user"):
-            found = await conn.fetchval(query("user_by_stripe_customer"), customer)
+        found = await users.by_customer(customer)
         if found is not None:
-            return Resolution(user_key(found), CUSTOMER_SOURCE)
+            return Resolution(found, CUSTOMER_SOURCE)
     if resolution is None and first_email is not None:
-        row = await _create_by_email(conn, first_email.value, first_email.tenant)
-        if row is None:  # a multi-tenant host and no (usable) tenant: nobody is created
+        created = await users.create_by_email(first_email.value, first_email.tenant)
+        if created is None:  # a multi-tenant host and no (usable) tenant: nobody is created
             raise UserNotFound(_NO_TENANT)
-        resolution = Resolution(
-            user_key(row["user_id"]), UPSERT_SOURCE, created=bool(row["created"])
-        )
+        resolution = Resolution(created[0], UPSERT_SOURCE, created=created[1])
     if resolution is None:
         raise UserNotFound()
     if customer is not None:
-        await _remember_customer(conn, resolution.user_id, customer)
+        await users.remember_customer(resolution.user_id, customer)
     return resolution
+
+
+class PostgresUsers:
+    """`UserDirectory` on one connection: the host's users table (migration 0008's
+    `users_match` for its key type)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def match(self, candidate: Candidate) -> UserId | None:
+        return await lookup_user(self._conn, candidate)
+
+    async def by_customer(self, customer: str) -> UserId | None:
+        with translate_errors("looking up a user"):
+            found = await self._conn.fetchval(query("user_by_stripe_customer"), customer)
+        return None if found is None else user_key(found)
+
+    async def create_by_email(self, email: str, tenant: str | None) -> tuple[UserId, bool] | None:
+        row = await _create_by_email(self._conn, email, tenant)
+        return None if row is None else (user_key(row["user_id"]), bool(row["created"]))
+
+    async def remember_customer(self, user_id: UserId, customer: str) -> None:
+        await _remember_customer(self._conn, user_id, customer)
+
+
+async def resolve_user(conn: Connection, session: Mapping[str, Any]) -> Resolution:
+    """`resolve` against Postgres on `conn`."""
+    return await resolve(PostgresUsers(conn), session)

@@ -259,6 +259,22 @@ def subscription_id(invoice: Mapping[str, Any]) -> str | None:
 
 
 @dataclass(frozen=True)
+class InvoiceCredit:
+    """One paid invoice's credit, as `credit_invoice` applies it."""
+
+    user_id: UserId
+    credits: int
+    event_id: str
+    invoice_id: str
+    payment_intent_id: str | None  # before basil only; later linked by invoice_payment.paid
+    description: str
+    subscription: str | None = None
+    invoice_created: datetime | None = None
+    starts_period: bool = True  # False for an upgrade's proration invoice
+    expire: bool = False  # SUBSCRIPTION_CREDITS_EXPIRE
+
+
+@dataclass(frozen=True)
 class InvoiceCredited:
     applied: bool  # False: this invoice (or this event) was already credited
     user_id: UserId

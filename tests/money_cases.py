@@ -1,0 +1,409 @@
+"""One table of money cases for both tiers: the unit tier (tests/test_money_rules.py, the
+in-memory store, no service) and the integration tier (tests/test_money_flows.py and
+tests/test_money_rules_postgres.py: real deliveries, worker and Postgres).
+
+`FLOWS`: refunds, refund failures and disputes after one purchase, in delivery order, with
+the ledger rows, balances and statuses they must leave. `PURCHASES`: which user a paid
+event credits and how many credits, by the resolver's order and the credit rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook_worker.ops.sample_events import (
+    BASIL,
+    PRE_BASIL,
+    charge_refunded_event,
+    checkout_session_event,
+    dispute_event,
+    invoice_line,
+    invoice_paid_event,
+    new_id,
+    payment_intent_succeeded_event,
+    refund_event,
+)
+
+T0 = 1_750_000_000  # every flow's clock: Stripe's `created`, in seconds
+Ids = dict[str, str]
+Build = Callable[[Ids], dict[str, Any]]
+
+
+def refunded(
+    at: int,
+    amount_refunded: int,
+    *,
+    amount: int = 1000,
+    amount_captured: int | None = None,
+    **kw: Any,
+) -> Build:
+    return lambda ids: charge_refunded_event(
+        payment_intent=ids["pi"],
+        amount=amount,
+        amount_captured=amount_captured,
+        amount_refunded=amount_refunded,
+        created=T0 + at,
+        **kw,
+    )
+
+
+def refund_failed(
+    at: int, amount: int, *, refund: str = "re", created: int = 0, **kw: Any
+) -> Build:
+    return lambda ids: refund_event(
+        payment_intent=ids["pi"],
+        refund_id=ids.setdefault(refund, new_id("re")),
+        amount=amount,
+        refund_created=T0 + created,
+        created=T0 + at,
+        **kw,
+    )
+
+
+def disputed(at: int, amount: int, event_type: str, status: str) -> Build:
+    return lambda ids: dispute_event(
+        payment_intent=ids["pi"],
+        dispute_id=ids.setdefault("dp", new_id("dp")),
+        amount=amount,
+        status=status,
+        event_type=event_type,
+        created=T0 + at,
+    )
+
+
+CREATED, CLOSED = "charge.dispute.created", "charge.dispute.closed"
+REINSTATED = "charge.dispute.funds_reinstated"
+DONE = ("completed", None)
+STALE = ("completed", "stale_event")
+
+
+@dataclass(frozen=True)
+class Flow:
+    name: str
+    events: list[Build]
+    rows: list[tuple[str, int, int]]  # (type, amount, balance_after) after the PURCHASE
+    statuses: list[tuple[str, str | None]]  # per event: (status, status_reason)
+    credits: int = 100
+    amount_total: int = 1000
+    spent: int = 0  # credits the user spends before the events
+
+
+FLOWS = [
+    Flow(
+        "refund a third: the share is rounded down, in integers (33 of 100)",
+        [refunded(10, 333)],
+        [("REFUND", -33, 67)],
+        [DONE],
+    ),
+    Flow(
+        "full refund, basil",
+        [refunded(10, 1000, api_version=BASIL)],
+        [("REFUND", -100, 0)],
+        [DONE],
+    ),
+    Flow(
+        "pre-basil partial capture 600 of 1000 releases 400: nothing was refunded",
+        [refunded(10, 400, amount_captured=600, api_version=PRE_BASIL)],
+        [],
+        [DONE],
+        credits=500,
+    ),
+    Flow(
+        "pre-basil partial capture, then a real refund of 300 of the 600 captured",
+        [
+            refunded(10, 400, amount_captured=600, api_version=PRE_BASIL),
+            refunded(20, 700, amount_captured=600, api_version=PRE_BASIL),
+        ],
+        [("REFUND", -250, 250)],
+        [DONE, DONE],
+        credits=500,
+    ),
+    Flow(
+        "basil partial capture 600 of 1000, a real refund of 300",
+        [refunded(20, 300, amount_captured=600, api_version=BASIL)],
+        [("REFUND", -250, 250)],
+        [DONE],
+        credits=500,
+    ),
+    Flow(
+        "basil partial capture then a dispute: charge.captured tells the captured amount",
+        [
+            disputed(30, 600, CREATED, "needs_response"),
+            refunded(20, 0, amount_captured=600, api_version=BASIL, event_type="charge.captured"),
+        ],
+        [("DISPUTE", -300, 200), ("DISPUTE", -200, 0)],
+        [DONE, DONE],
+        credits=500,
+    ),
+    Flow(
+        "pre-basil cancelled authorization (captured false, refunded true)",
+        [refunded(10, 1000, amount_captured=0, captured=False, api_version=PRE_BASIL)],
+        [],
+        [DONE],
+    ),
+    Flow(
+        "refund 50 %, it fails, refund 30 %: net debit 30 %",
+        [
+            refunded(10, 500),
+            refund_failed(20, 500, created=10),
+            refunded(30, 300),
+        ],
+        [("REFUND", -50, 50), ("REFUND_REVERSAL", 50, 100), ("REFUND", -30, 70)],
+        [DONE, DONE, DONE],
+    ),
+    Flow(
+        "out of order: newest refund first, then the stale snapshot and the old failure",
+        [
+            refunded(30, 300),
+            refunded(10, 500),
+            refund_failed(20, 500, created=10),
+        ],
+        [("REFUND", -30, 70)],
+        [DONE, STALE, DONE],
+    ),
+    Flow(
+        "one failure sent three ways (charge.refund.updated, refund.updated, refund.failed)",
+        [
+            refunded(10, 400),
+            refund_failed(20, 400, created=10, event_type="charge.refund.updated"),
+            refund_failed(20, 400, created=10, event_type="refund.updated"),
+            refund_failed(21, 400, created=10, event_type="refund.failed"),
+        ],
+        [("REFUND", -40, 60), ("REFUND_REVERSAL", 40, 100)],
+        [DONE, DONE, STALE, STALE],
+    ),
+    Flow(
+        "a canceled refund gives back too; a succeeded refund.updated moves nothing",
+        [
+            refunded(10, 200),
+            refund_failed(15, 200, created=10, status="succeeded", event_type="refund.updated"),
+            refund_failed(20, 200, created=10, status="canceled"),
+        ],
+        [("REFUND", -20, 80), ("REFUND_REVERSAL", 20, 100)],
+        [DONE, ("completed", "refund_not_failed"), DONE],
+    ),
+    Flow(
+        "dispute opened then won",
+        [disputed(10, 1000, CREATED, "needs_response"), disputed(50, 1000, CLOSED, "won")],
+        [("DISPUTE", -100, 0), ("DISPUTE_REVERSAL", 100, 100)],
+        [DONE, DONE],
+    ),
+    Flow(
+        "dispute opened then lost: nothing more",
+        [disputed(10, 1000, CREATED, "needs_response"), disputed(50, 1000, CLOSED, "lost")],
+        [("DISPUTE", -100, 0)],
+        [DONE, DONE],
+    ),
+    Flow(
+        "dispute lost delivered before its created: the created is stale",
+        [disputed(50, 1000, CLOSED, "lost"), disputed(10, 1000, CREATED, "needs_response")],
+        [("DISPUTE", -100, 0)],
+        [DONE, STALE],
+    ),
+    Flow(
+        "funds reinstated give the dispute back once",
+        [
+            disputed(10, 1000, CREATED, "needs_response"),
+            disputed(60, 1000, REINSTATED, "won"),
+            disputed(50, 1000, CLOSED, "won"),
+        ],
+        [("DISPUTE", -100, 0), ("DISPUTE_REVERSAL", 100, 100)],
+        [DONE, DONE, STALE],
+    ),
+    Flow(
+        "an inquiry withdraws nothing",
+        [disputed(10, 1000, CREATED, "warning_needs_response")],
+        [],
+        [("completed", "dispute_inquiry")],
+    ),
+    Flow(
+        "dispute of spent credits: never below zero, the shortfall is given up when won",
+        [disputed(10, 1000, CREATED, "needs_response"), disputed(50, 1000, CLOSED, "won")],
+        [("DISPUTE", -20, 0), ("DISPUTE_REVERSAL", 20, 20)],
+        [DONE, DONE],
+        spent=80,
+    ),
+    Flow(
+        "refund 40 % then a dispute of the whole charge: never more than the purchase",
+        [refunded(10, 400), disputed(20, 1000, CREATED, "needs_response")],
+        [("REFUND", -40, 60), ("DISPUTE", -60, 0)],
+        [DONE, DONE],
+    ),
+    Flow(
+        "refund of spent credits, then it fails: the shortfall goes first",
+        [refunded(10, 1000), refund_failed(20, 1000, created=10)],
+        [("REFUND", -30, 0), ("REFUND_REVERSAL", 30, 30)],
+        [DONE, DONE],
+        spent=70,
+    ),
+]
+
+
+# --- purchases: who is credited, and how many credits ---------------------------------------
+
+Refs = dict[str, str]  # u0, uuid0, email0, … of the users that exist before the events
+Event = Callable[[Refs], dict[str, Any]]
+FAILED = ("failed", None)
+
+
+def session(**kw: Any) -> Event:
+    return lambda refs: checkout_session_event(**{k: _ref(v, refs) for k, v in kw.items()})
+
+
+def _ref(value: Any, refs: Refs) -> Any:
+    """`"{u0}"`-style placeholders filled with the users' real ids, uuids and emails."""
+    if isinstance(value, str):
+        return value.format(**refs)
+    if isinstance(value, dict):
+        return {k: _ref(v, refs) for k, v in value.items()}
+    return value
+
+
+def in_currency(build: Event, currency: str) -> Event:
+    def built(refs: Refs) -> dict[str, Any]:
+        event = build(refs)
+        event["data"]["object"]["currency"] = currency
+        return event
+
+    return built
+
+
+def same_session(first: Event, event_type: str) -> list[Event]:
+    """A session's event, then another event of the same session (same ids, new event id)."""
+    kept: dict[str, Any] = {}
+
+    def one(refs: Refs) -> dict[str, Any]:
+        kept["event"] = first(refs)
+        return kept["event"]
+
+    def other(refs: Refs) -> dict[str, Any]:
+        event = {**kept["event"], "id": new_id("evt"), "type": event_type}
+        event["data"] = {"object": {**kept["event"]["data"]["object"], "payment_status": "paid"}}
+        return event
+
+    return [one, other]
+
+
+def intent_then_session(credits: int) -> list[Event]:
+    pi = new_id("pi")
+    return [
+        lambda refs: payment_intent_succeeded_event(
+            credits=credits, payment_intent=pi, metadata={"user_id": refs["u0"]}
+        ),
+        lambda refs: checkout_session_event(
+            credits=credits, payment_intent=pi, client_reference_id=refs["u0"]
+        ),
+    ]
+
+
+def invoice(api_version: str, **kw: Any) -> Event:
+    def built(refs: Refs) -> dict[str, Any]:
+        price = kw.pop("price_id", "price_monthly")
+        line = invoice_line(
+            price=price,
+            amount=1000,
+            api_version=api_version,
+            price_metadata=kw.pop("price_metadata", None),
+        )
+        return invoice_paid_event(
+            customer=new_id("cus"),
+            lines=[line],
+            api_version=api_version,
+            subscription_metadata={"user_id": refs["u0"]},
+        )
+
+    return built
+
+
+@dataclass(frozen=True)
+class PurchaseCase:
+    name: str
+    users: list[str | None]  # the emails of the users that exist before the events
+    events: list[Event]
+    balances: dict[str, int]  # "u0"… or the email of a user the events create
+    statuses: list[tuple[str, str | None]]  # per event, in delivery order
+    env: dict[str, str] = field(default_factory=dict)  # settings beyond the defaults
+
+
+PURCHASES = [
+    PurchaseCase(
+        "client_reference_id comes before every email",
+        ["a@example.com", "b@example.com"],
+        [session(client_reference_id="{u1}", email="a@example.com", credits=10)],
+        {"u0": 0, "u1": 10},
+        [DONE],
+    ),
+    PurchaseCase(
+        "a template placeholder is skipped; metadata.user_uuid matches",
+        ["a@example.com"],
+        [session(client_reference_id="{{CHECKOUT_SESSION_ID}}", metadata={"user_uuid": "{uuid0}"})],
+        {"u0": 10},
+        [DONE],
+    ),
+    PurchaseCase(
+        "no user: one is created by email, matched case-insensitively the next time",
+        [],
+        [session(email="New.Buyer@Example.com", credits=5), session(email="new.buyer@example.com")],
+        {"new.buyer@example.com": 15},
+        [DONE, DONE],
+    ),
+    PurchaseCase(
+        "unpaid at completion, paid later: credited once, by the async event",
+        ["a@example.com"],
+        same_session(
+            session(client_reference_id="{u0}", payment_status="unpaid"),
+            "checkout.session.async_payment_succeeded",
+        ),
+        {"u0": 10},
+        [("ignored", "awaiting_payment"), DONE],
+    ),
+    PurchaseCase(
+        "the same session twice (completed and async succeeded): credited once",
+        ["a@example.com"],
+        same_session(
+            session(client_reference_id="{u0}"), "checkout.session.async_payment_succeeded"
+        ),
+        {"u0": 10},
+        [DONE, ("completed", "already_credited")],
+    ),
+    PurchaseCase(
+        "by price: amount_total // the currency's price, zero-decimal jpy",
+        ["a@example.com"],
+        [in_currency(session(client_reference_id="{u0}", credits=None, amount_total=1000), "jpy")],
+        {"u0": 6},
+        [DONE],
+        env={"CREDIT_PRICES": "usd:100,jpy:150"},
+    ),
+    PurchaseCase(
+        "a payment intent and its Checkout Session: one purchase",
+        ["a@example.com"],
+        intent_then_session(7),
+        {"u0": 7},
+        [DONE, ("completed", "already_credited")],
+    ),
+    PurchaseCase(
+        "above MAX_CREDITS_PER_EVENT: failed, nothing credited",
+        ["a@example.com"],
+        [session(client_reference_id="{u0}", credits=5000)],
+        {"u0": 0},
+        [FAILED],
+        env={"MAX_CREDITS_PER_EVENT": "1000"},
+    ),
+    PurchaseCase(
+        "invoice.paid from basil on: the line's price id through PRICE_CREDITS",
+        ["a@example.com"],
+        [invoice(BASIL, price_id="price_pro")],
+        {"u0": 1000},
+        [DONE],
+        env={"PRICE_CREDITS": "price_pro:1000"},
+    ),
+    PurchaseCase(
+        "invoice.paid before basil: the embedded price's metadata.credits",
+        ["a@example.com"],
+        [invoice(PRE_BASIL, price_metadata={"credits": "300"})],
+        {"u0": 300},
+        [DONE],
+    ),
+]

@@ -1,0 +1,142 @@
+"""The money rules' unit tier: the table of `tests/money_cases.py` through the real handlers
+and the in-memory store (`InMemoryMoneyStore`) — no Postgres, Redis or arq, milliseconds a
+case. The integration tier (tests/test_money_flows.py, tests/test_money_rules_postgres.py)
+runs the same table through real deliveries, the worker and Postgres.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.money_cases import FLOWS, PURCHASES, Flow, Ids, PurchaseCase
+from webhook_worker.config import Settings
+from webhook_worker.errors import PermanentError
+from webhook_worker.ops.sample_events import checkout_session_event, new_id
+from webhook_worker.worker import handlers, payments
+from webhook_worker.worker.memory_money_store import InMemoryMoneyStore, LedgerRow
+
+BASE_ENV = {"APP_ENV": "test"}
+
+
+def _context(
+    store: InMemoryMoneyStore, env: dict[str, str] | None = None
+) -> handlers.HandlerContext:
+    return handlers.HandlerContext(Settings.from_env({**BASE_ENV, **(env or {})}), store)
+
+
+async def process(ctx: handlers.HandlerContext, store: InMemoryMoneyStore, event_id: str) -> None:
+    """What the worker's job does with one claimed event, minus the queue and the database."""
+    stored = store.events[event_id]
+    if stored.status in ("completed", "ignored", "failed"):
+        return
+    stored.status = "processing"
+    row = {
+        "event_id": event_id,
+        "type": stored.payload["type"],
+        "raw_data": orjson.dumps(stored.payload).decode(),
+    }
+    try:
+        outcome = await handlers.handle_event(ctx, handlers.StoredEvent.from_row(row))
+    except PermanentError as exc:
+        stored.status, stored.reason = "failed", str(exc)[:80]
+        return
+    if not outcome.recorded:
+        store.finish(event_id, outcome.status, outcome.reason)
+
+
+async def deliver_all(
+    ctx: handlers.HandlerContext, store: InMemoryMoneyStore, events: list[dict[str, Any]]
+) -> list[str]:
+    """Each event stored and processed in order; then, as the sweeper does, waiting events
+    run again until none is left waiting on something that now exists."""
+    ids = []
+    for event in events:
+        ids.append(store.store_event(event))
+        await process(ctx, store, ids[-1])
+    waiting = [i for i in ids if store.events[i].status == "waiting"]
+    while waiting:
+        for event_id in waiting:
+            store.events[event_id].status = "received"
+            await process(ctx, store, event_id)
+        still = [i for i in ids if store.events[i].status == "waiting"]
+        if still == waiting:
+            break
+        waiting = still
+    return ids
+
+
+def _status(store: InMemoryMoneyStore, event_id: str) -> tuple[str, str | None]:
+    event = store.events[event_id]
+    return (event.status, None if event.status == "failed" else event.reason)
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=[flow.name for flow in FLOWS])
+async def test_money_flow_in_memory(flow: Flow) -> None:
+    store = InMemoryMoneyStore()
+    ctx = _context(store)
+    user = store.add_user(f"{new_id('u')}@example.com")
+    pi = new_id("pi")
+    await deliver_all(
+        ctx,
+        store,
+        [
+            checkout_session_event(
+                credits=flow.credits,
+                amount_total=flow.amount_total,
+                client_reference_id=str(user.id),
+                payment_intent=pi,
+            )
+        ],
+    )
+    assert user.credits_balance == flow.credits
+    if flow.spent:
+        user.credits_balance -= flow.spent
+        store.ledger.append(LedgerRow(user.id, -flow.spent, user.credits_balance, "USAGE", ""))
+    ids: Ids = {"pi": pi}
+    event_ids = await deliver_all(ctx, store, [build(ids) for build in flow.events])
+    assert [_status(store, e) for e in event_ids] == flow.statuses
+    moved = [
+        (r.transaction_type, r.amount, r.balance_after)
+        for r in store.ledger
+        if r.payment_intent_id == pi and r.transaction_type != "PURCHASE"
+    ]
+    assert moved == flow.rows
+    final = flow.rows[-1][2] if flow.rows else flow.credits - flow.spent
+    assert user.credits_balance == final == sum(r.amount for r in store.ledger)
+
+
+@pytest.mark.parametrize("case", PURCHASES, ids=[case.name for case in PURCHASES])
+async def test_purchase_in_memory(case: PurchaseCase) -> None:
+    store = InMemoryMoneyStore()
+    refs: dict[str, str] = {}
+    for index, email in enumerate(case.users):
+        user = store.add_user(email)
+        refs |= {f"u{index}": str(user.id), f"uuid{index}": user.uuid, f"email{index}": str(email)}
+    event_ids = await deliver_all(
+        _context(store, case.env), store, [build(refs) for build in case.events]
+    )
+    assert [_status(store, e) for e in event_ids] == case.statuses
+    by_name = {f"u{i}": store.users[int(refs[f"u{i}"])] for i in range(len(case.users))}
+    by_name |= {u.email.lower(): u for u in store.users.values() if u.email}
+    assert {name: by_name[name].credits_balance for name in case.balances} == case.balances
+    assert sum(store.balances().values()) == sum(case.balances.values())
+
+
+def test_the_settle_rule_never_takes_more_than_was_bought_nor_below_zero() -> None:
+    view = payments.PaymentView(
+        purchased=100,
+        captured=1000,
+        purchase_amount=None,
+        refunded=1000,
+        disputed=1000,
+        legacy_taken=0,
+        taken=0,
+        shortfall=0,
+        balance=30,
+    )
+    change = payments.ChargeSnapshot("pi_1", 1000, 1000, created=None)  # type: ignore[arg-type]
+    plan = payments.settle(view, "refund", change, "pi_1")
+    assert (plan.target, plan.kind, plan.moved, plan.added_shortfall) == (100, "REFUND", -30, 70)

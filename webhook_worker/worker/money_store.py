@@ -1,0 +1,75 @@
+"""The seam between the money rules and storage: everything a handler may ask of a store.
+
+Handlers decide (which user, how many credits, what a refund takes back); a `MoneyStore`
+keeps users, the ledger and each payment's state, and applies every change exactly once,
+marking the event `completed` with it. Two implementations:
+- `PostgresMoneyStore` (worker/postgres_money_store.py): the service, on the pool and the
+  worker's coalesced statements;
+- `InMemoryMoneyStore` (worker/memory_money_store.py): the unit tier, no service at all.
+`tests/money_cases.py` runs one table of cases through both.
+
+The shared rules are written once, outside any store: `resolver.resolve` (who paid),
+`handlers.credits_for` / `subscriptions.invoice_credits` (how many credits) and
+`payments.settle` (what a refund or a dispute takes back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from webhook_worker.db.host import UserId
+from webhook_worker.worker.ledger import CreditResult, Purchase
+from webhook_worker.worker.payments import Applied, Change, Family
+from webhook_worker.worker.resolver import Candidate, Resolution
+from webhook_worker.worker.subscriptions import InvoiceCredit, InvoiceCredited
+
+__all__ = [
+    "Applied",
+    "Candidate",
+    "Change",
+    "CreditResult",
+    "Family",
+    "InvoiceCredit",
+    "InvoiceCredited",
+    "MoneyStore",
+    "Purchase",
+    "Resolution",
+    "UserId",
+]
+
+
+class MoneyStore(Protocol):
+    """Users, the ledger and payment state, as the handlers see them."""
+
+    async def find_user(self, candidate: Candidate) -> UserId | None:
+        """The user one resolver candidate matches (the common case, coalesced)."""
+        ...
+
+    async def resolve_user(self, reference: Mapping[str, Any]) -> Resolution:
+        """`resolver.resolve` on this store: may create the user by email and remember the
+        Stripe customer; raises `resolver.UserNotFound`."""
+        ...
+
+    async def credit_purchase(self, purchase: Purchase) -> CreditResult:
+        """One PURCHASE row, once per event, checkout session and payment intent."""
+        ...
+
+    async def credit_invoice(self, credit: InvoiceCredit) -> InvoiceCredited:
+        """One SUBSCRIPTION_CREDIT row per invoice (and expiry, when asked)."""
+        ...
+
+    async def link_invoice_payment(self, invoice_id: str, payment_intent_id: str) -> str | None:
+        """The payment intent the invoice's credit holds after linking; None: not credited."""
+        ...
+
+    async def apply_payment_change(
+        self, event_id: str, family: Family, change: Change, description: str
+    ) -> Applied | None:
+        """Record a refund / refund failure / dispute change and settle the ledger
+        (`payments.settle`); None when the payment's purchase is not in the ledger."""
+        ...
+
+    async def park(self, event_id: str, waiting_for: str, reason: str) -> None:
+        """The event waits (no try spent) until `waiting_for` exists."""
+        ...
