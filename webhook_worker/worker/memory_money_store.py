@@ -129,17 +129,9 @@ class InMemoryMoneyStore:
         if self._purchased(purchase):
             self.finish(purchase.event_id, "completed", "already_credited")
             return CreditResult(applied=False, balance=user.credits_balance)
-        self._apply(
-            LedgerRow(
-                user.id,
-                purchase.credits,
-                0,
-                "PURCHASE",
-                purchase.event_id,
-                checkout_session_id=purchase.checkout_session_id,
-                payment_intent_id=purchase.payment_intent_id,
-            )
-        )
+        refs = {"checkout_session_id": purchase.checkout_session_id}
+        refs["payment_intent_id"] = purchase.payment_intent_id
+        self._move(user.id, purchase.credits, "PURCHASE", purchase.event_id, **refs)
         self.finish(purchase.event_id, "completed")
         return CreditResult(applied=True, balance=user.credits_balance)
 
@@ -156,17 +148,8 @@ class InMemoryMoneyStore:
             for row in self.ledger
         )
         if not repeat:
-            self._apply(
-                LedgerRow(
-                    user.id,
-                    credit.credits,
-                    0,
-                    "SUBSCRIPTION_CREDIT",
-                    credit.event_id,
-                    payment_intent_id=credit.payment_intent_id,
-                    invoice_id=credit.invoice_id,
-                )
-            )
+            refs = {"invoice_id": credit.invoice_id, "payment_intent_id": credit.payment_intent_id}
+            self._move(user.id, credit.credits, "SUBSCRIPTION_CREDIT", credit.event_id, **refs)
         self.finish(credit.event_id, "completed", "already_credited" if repeat else None)
         return InvoiceCredited(not repeat, user.id, user.credits_balance)
 
@@ -198,9 +181,9 @@ class InMemoryMoneyStore:
                     f"event {event_id} already has a ledger row but moved payment {pi} "
                     "again; rolled back"
                 )
-            row = LedgerRow(user.id, plan.moved, 0, plan.kind, event_id, payment_intent_id=pi)
-            row.checkout_session_id = bought[0].checkout_session_id
-            self._apply(row)
+            session = bought[0].checkout_session_id
+            refs = {"payment_intent_id": pi, "checkout_session_id": session}
+            self._move(user.id, plan.moved, plan.kind, event_id, **refs)
         if plan.delta:
             payment.taken, payment.shortfall = plan.target, plan.shortfall
         self.finish(event_id, "completed", None if advanced else "stale_event")
@@ -236,13 +219,15 @@ class InMemoryMoneyStore:
                 return True
         return False
 
-    def _apply(self, row: LedgerRow) -> None:
-        user = self.users[row.user_id]
-        if row.amount == 0 or user.credits_balance + row.amount < 0:
+    def _move(
+        self, user_id: int, amount: int, kind: str, event_id: str, **refs: str | None
+    ) -> None:
+        """One ledger row and the balance it moves (credits_balance_nonneg, amount <> 0)."""
+        user = self.users[user_id]
+        if amount == 0 or user.credits_balance + amount < 0:
             raise PermanentError("a ledger row must move a balance that stays >= 0")
-        user.credits_balance += row.amount
-        row.balance_after = user.credits_balance
-        self.ledger.append(row)
+        user.credits_balance += amount
+        self.ledger.append(LedgerRow(user_id, amount, user.credits_balance, kind, event_id, **refs))
 
     def _view(self, payment: _Payment, bought: list[LedgerRow], user: User) -> PaymentView:
         event = self.events.get(bought[0].event_id)
