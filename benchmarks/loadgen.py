@@ -8,7 +8,6 @@ Content-Length. Several processes share the work; each reports per-request laten
 from __future__ import annotations
 
 import asyncio
-import gc
 import multiprocessing as mp
 import os
 import time
@@ -153,9 +152,6 @@ def _worker(
     host, port, requests, connections, seconds, rate, process = args
     if cpus:
         os.sched_setaffinity(0, cpus)
-    if os.environ.get("BENCH_LOADGEN_GC") == "freeze":
-        gc.collect()
-        gc.freeze()
     if uvloop is not None:
         uvloop.install()
     queue.put(asyncio.run(_drive(host, port, requests, connections, seconds, rate, process)))

@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import psutil
@@ -80,6 +83,45 @@ class CpuMeter:
         return out
 
 
+class OthersShare:
+    """The share of the machine's CPU taken during a step by processes outside the benchmark
+    (other jobs on a shared machine): busy CPU minus this process and its children (load
+    generator, pgbench, receiver, workers, Redis) and the `extra` roles (Postgres)."""
+
+    def __init__(self, extra: Roles) -> None:
+        self._extra = extra
+        self._start = (0.0, 0.0, 0.0, 0.0)
+
+    def _read(self) -> tuple[float, float, float, float]:
+        times = psutil.cpu_times()
+        busy = times.user + times.nice + times.system + times.irq + times.softirq
+        me = psutil.Process()
+        procs = {p.pid: p for p in [*me.children(recursive=True)]}
+        for role in self._extra.values():
+            procs.update((p.pid, p) for p in role())
+        ours = 0.0
+        for proc in [me, *procs.values()]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                # With the children it has reaped: pgbench's and the drain's Postgres
+                # backends end within the step and only show in the postmaster's times.
+                ours += sum(proc.cpu_times()[:4])
+        return time.monotonic(), busy, ours, getattr(times, "steal", 0.0)
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def since_start(self) -> dict[str, float]:
+        """`others`: their share of all cores' time; `steal`: the hypervisor's (a VM's
+        neighbours)."""
+        wall, busy, ours, steal = self._read()
+        capacity = (wall - self._start[0]) * (os.cpu_count() or 1) or 1.0
+        others = (busy - self._start[1]) - (ours - self._start[2])
+        return {
+            "others": max(0.0, others / capacity),
+            "steal": (steal - self._start[3]) / capacity,
+        }
+
+
 def cpu_line(label: str, per_event: dict[str, float]) -> str:
     parts = ", ".join(f"{role} {us:.0f}" for role, us in per_event.items())
     return f"  CPU per event, {label} (µs): {parts}"
@@ -92,22 +134,32 @@ def budget(by_role: dict[str, float]) -> dict[str, float]:
     return {"total_us": total, "rate_if_all_cores_busy": cores * 1e6 / total if total else 0.0}
 
 
-_SERVER_COUNTERS = """
-SELECT (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter) AS checkpoints,
-       (SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)
-          FROM pg_stat_all_tables) AS autovacuums,
-       (SELECT count(*) FROM pg_stat_activity
-         WHERE backend_type = 'autovacuum worker') AS autovacuum_workers
+_CHECKPOINTS = "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+_AUTOVACUUMS = """
+SELECT relname, autovacuum_count + autoanalyze_count AS runs FROM pg_stat_all_tables
+ WHERE autovacuum_count + autoanalyze_count > 0
+"""
+_AUTOVACUUM_WORKERS = """
+SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'
 """
 
 
-async def _server_counters(dsn: str) -> dict[str, int]:
+@dataclass
+class _Counters:
+    checkpoints: int
+    autovacuums: dict[str, int]  # table -> autovacuum and autoanalyze runs so far
+    autovacuum_workers: int
+
+
+async def _server_counters(dsn: str) -> _Counters:
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = await conn.fetchrow(_SERVER_COUNTERS)
-        assert row is not None
-        return {key: int(value) for key, value in row.items()}
+        rows = await conn.fetch(_AUTOVACUUMS)
+        return _Counters(
+            int(await conn.fetchval(_CHECKPOINTS)),
+            {row["relname"]: int(row["runs"]) for row in rows},
+            int(await conn.fetchval(_AUTOVACUUM_WORKERS)),
+        )
     finally:
         await conn.close()
 
@@ -118,17 +170,24 @@ class ServerEvents:
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
-        self._start: dict[str, int] = {}
+        self._start = _Counters(0, {}, 0)
 
     def start(self) -> None:
         self._start = asyncio.run(_server_counters(self._dsn))
 
-    def since_start(self) -> dict[str, int]:
+    def since_start(self) -> dict[str, Any]:
         """Checkpoints and autovacuum runs finished since `start` (counted when they end),
-        and the autovacuum workers running now (one still under way)."""
+        the tables those ran on, and the autovacuum workers running now (one still under
+        way)."""
         end = asyncio.run(_server_counters(self._dsn))
+        tables = sorted(
+            name
+            for name, runs in end.autovacuums.items()
+            if runs > self._start.autovacuums.get(name, 0)
+        )
         return {
-            "checkpoints": end["checkpoints"] - self._start["checkpoints"],
-            "autovacuums": end["autovacuums"] - self._start["autovacuums"],
-            "autovacuum_workers": end["autovacuum_workers"],
+            "checkpoints": end.checkpoints - self._start.checkpoints,
+            "autovacuums": sum(end.autovacuums.values()) - sum(self._start.autovacuums.values()),
+            "autovacuum_workers": end.autovacuum_workers,
+            "autovacuumed": tables,
         }

@@ -67,19 +67,20 @@ def _repetition_rows(reps: list[dict[str, Any]]) -> list[str]:
     lines = [
         "\n| rep | insert c32 | ingest c32 | ingest_ratio | ledger random | credit random "
         "| ratio | ledger hot | credit hot | ratio | p99 half load | checkpoints / autovacuums "
-        "in measured steps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "in measured steps | CPU taken by others (most in a step) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for number, rep in enumerate(reps, start=1):
         events = [*rep["server_events_ingest"].values(), *rep["server_events_credit"].values()]
         checkpoints = sum(e["checkpoints"] for e in events)
         autovacuums = sum(e["autovacuums"] + e["autovacuum_workers"] for e in events)
+        others = max((e.get("others", 0.0) + e.get("steal", 0.0) for e in events), default=0.0)
         lines.append(
             f"| {number} | {rep['insert_c32']:.0f} | {rep['ingest_c32']:.0f} "
             f"| {rep['ingest_ratio']:.2f} | {rep['ledger_random']:.0f} "
             f"| {rep['credit_random']:.0f} | {rep['credit_ratio_random']:.2f} "
             f"| {rep['ledger_hot']:.0f} | {rep['credit_hot']:.0f} | {rep['credit_ratio_hot']:.2f} "
-            f"| {rep['p99_ms_half_load']:.1f} | {checkpoints} / {autovacuums} |"
+            f"| {rep['p99_ms_half_load']:.1f} | {checkpoints} / {autovacuums} | {others:.0%} |"
         )
     return lines
 

@@ -34,7 +34,7 @@ from benchmarks import report
 from benchmarks.ceilings import measure_insert, measure_ledger, prepare_insert
 from benchmarks.credit import Workers, load_events
 from benchmarks.ingest import Receiver, point_at, rate_at
-from benchmarks.meters import Roles, ServerEvents, budget
+from benchmarks.meters import OthersShare, Roles, ServerEvents, budget
 from benchmarks.services import (
     Servers,
     drop_phase_database,
@@ -52,23 +52,32 @@ T = TypeVar("T")
 @dataclass
 class Steps:
     """Runs the measured steps of one repetition on one database: settled first (unless
-    told not to), with the checkpoints and autovacuum runs that happened during each."""
+    told not to), with what disturbed each: checkpoints, autovacuum runs, and the CPU
+    taken by processes outside the benchmark."""
 
     dsn: str
     settle_first: bool
+    roles: Roles
 
     def __post_init__(self) -> None:
-        self.server_events: dict[str, dict[str, int]] = {}
+        self.server_events: dict[str, dict[str, Any]] = {}
 
     def run(self, label: str, measure: Callable[[], T]) -> T:
         if self.settle_first:
             settle(self.dsn)
-        events = ServerEvents(self.dsn)
+        events, others = ServerEvents(self.dsn), OthersShare(self.roles)
         events.start()
+        others.start()
         value = measure()
-        self.server_events[label] = seen = events.since_start()
-        if any(seen.values()):
+        share = others.since_start()
+        self.server_events[label] = seen = {**events.since_start(), **share}
+        if any(seen[key] for key in ("checkpoints", "autovacuums", "autovacuum_workers")):
             print(f"    during {label}: {seen}")
+        if share["others"] + share["steal"] > 0.1:
+            print(
+                f"    during {label}: other processes took {share['others']:.0%} of the CPU, "
+                f"the hypervisor {share['steal']:.0%}"
+            )
         return value
 
 
@@ -151,7 +160,7 @@ def measure_ingest(
         receiver.warm_up()
         for index in range(args.repetitions):
             print(f"ingest, repetition {index + 1} of {args.repetitions}:")
-            steps = Steps(dsn, args.settle)
+            steps = Steps(dsn, args.settle, roles)
             rep = _ingest_repetition(index, receiver, steps, args)
             reps.append({**rep, "server_events_ingest": steps.server_events})
     # A fresh database and an empty queue for the next phase: these jobs were never run.
@@ -169,7 +178,7 @@ def measure_credit(
     with Workers(env, args.worker_processes, logs, roles) as workers:
         for index in range(args.repetitions):
             print(f"end to end, repetition {index + 1} of {args.repetitions}:")
-            steps = Steps(dsn, args.settle)
+            steps = Steps(dsn, args.settle, roles)
             reps.append(_credit_repetition(index, workers, steps, args))
             reps[-1]["server_events_credit"] = steps.server_events
     rss = workers.rss_mb
