@@ -94,7 +94,7 @@ class OthersShare:
 
     def _read(self) -> tuple[float, float, float, float]:
         times = psutil.cpu_times()
-        busy = times.user + times.nice + times.system + times.irq + times.softirq
+        busy = times.user + times.nice + times.system  # interrupts: the loopback's, ours too
         me = psutil.Process()
         procs = {p.pid: p for p in [*me.children(recursive=True)]}
         for role in self._extra.values():
