@@ -16,10 +16,10 @@ import psutil
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from benchmarks.meters import CpuMeter, Roles, cpu_line, process_tree, rss_mb, this_process
-from benchmarks.services import USERS, stop
+from benchmarks.services import USERS
 from webhook_worker.queue import enqueue_events
 from webhook_worker.sample_events import checkout_session_event
-from webhook_worker.servicekit import spawn_command
+from webhook_worker.servicekit import spawn_command, stop_processes
 
 START_UP_SECONDS = 2.0  # arq start-up (pools, cron registration) before the clock starts
 
@@ -109,7 +109,7 @@ class Workers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        stop(self._children)
+        stop_processes(self._children, timeout=20)
 
     def drain(self, label: str, ids: list[str]) -> dict[str, Any]:
         """Enqueue `ids` and time them until all are credited: events/s and CPU by role."""

@@ -14,10 +14,10 @@ import psutil
 
 from benchmarks.loadgen import LoadResult, render_request, run_load
 from benchmarks.meters import CpuMeter, Roles, cpu_line, process_tree, rss_mb, this_process
-from benchmarks.services import SECRET, USERS, stop
+from benchmarks.services import SECRET, USERS
 from webhook_worker.embedded import free_port
 from webhook_worker.sample_events import checkout_session_event, encode_event, sign_payload
-from webhook_worker.servicekit import spawn_command, wait_http_ok
+from webhook_worker.servicekit import spawn_command, stop_processes, wait_http_ok
 
 WARM_UP_SECONDS = 2.0
 
@@ -98,7 +98,7 @@ class Receiver:
 
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None:
-            stop([self._proc])
+            stop_processes([self._proc], timeout=20)
 
     def _run(
         self, connections: int, seconds: float, rate: float, count: int, meter: CpuMeter | None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from webhook_worker.servicekit import (
     create_migrated_database,
     drop_database,
     dsn_with_database,
-    stop_process,
 )
 
 SECRET = "whsec_benchmark_secret_0123456789"  # noqa: S105 - a benchmark-only secret
@@ -134,10 +132,3 @@ def service_env(dsn: str, redis_url: str) -> dict[str, str]:
         "DB_POOL_MAX": "20",
         "SWEEP_INTERVAL_SECONDS": "60",
     }
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        stop_process(proc, timeout=20)

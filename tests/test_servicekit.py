@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import uuid
@@ -16,6 +17,7 @@ from webhook_worker.servicekit import (
     create_migrated_database,
     drop_database,
     dsn_with_database,
+    stop_processes,
     wait_for,
     wait_http_ok,
 )
@@ -72,3 +74,21 @@ def test_waiting_for_http_fails_early_with_the_log_when_the_server_exits(tmp_pat
     proc.wait()
     with pytest.raises(NotReadyError, match="exited with 3\naddress already in use"):
         wait_http_ok("http://127.0.0.1:9/healthz", process=proc, log=log, timeout=30)
+
+
+IGNORE_TERM = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_stopping_terminates_each_and_kills_one_that_ignores_the_signal() -> None:
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stubborn = subprocess.Popen([sys.executable, "-c", IGNORE_TERM], stdout=subprocess.PIPE)
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+    stop_processes([polite, stubborn], timeout=0.5)
+    assert polite.returncode == -signal.SIGTERM
+    assert stubborn.returncode == -signal.SIGKILL
+    stubborn.stdout.close()

@@ -97,15 +97,23 @@ def spawn_command(args: list[str], env: dict[str, str], log: Path) -> subprocess
         )
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
-    if proc.poll() is None:
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 15) -> None:
+    """SIGTERM to each (all at once, so they shut down side by side), then SIGKILL to any
+    that has not exited within `timeout` seconds."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
         proc.send_signal(signal.SIGTERM)
+    for proc in running:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    stop_processes([proc], timeout)
 
 
 # --- readiness -----------------------------------------------------------------------------
