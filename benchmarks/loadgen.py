@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import time
 from dataclasses import dataclass
 
@@ -146,8 +147,11 @@ async def _drive(
 def _worker(
     args: tuple[str, int, list[bytes], int, float, float, tuple[int, int]],
     queue: mp.Queue,  # type: ignore[type-arg]
+    cpus: set[int] | None,
 ) -> None:
     host, port, requests, connections, seconds, rate, process = args
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     if uvloop is not None:
         uvloop.install()
     queue.put(asyncio.run(_drive(host, port, requests, connections, seconds, rate, process)))
@@ -162,8 +166,10 @@ def run_load(
     seconds: float,
     processes: int = 2,
     rate: float = 0.0,
+    cpus: set[int] | None = None,
 ) -> LoadResult:
-    """Drive `requests` (each used once) for `seconds`; `rate` > 0 paces an open-loop load."""
+    """Drive `requests` (each used once) for `seconds`; `rate` > 0 paces an open-loop load.
+    `cpus` pins the generator's processes to those cores."""
     processes = max(1, min(processes, connections))
     share = len(requests) // processes
     queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
@@ -180,7 +186,7 @@ def run_load(
             rate / processes if rate else 0.0,
             (index, processes),
         )
-        proc = mp.Process(target=_worker, args=(args, queue))
+        proc = mp.Process(target=_worker, args=(args, queue, cpus))
         proc.start()
         workers.append(proc)
     parts = [queue.get() for _ in workers]

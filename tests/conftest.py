@@ -17,8 +17,6 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -28,8 +26,14 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from webhook_worker.config import Settings
-from webhook_worker.db import migrations
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from webhook_worker.dev.servicekit import (
+    create_database,
+    create_migrated_database,
+    drop_database,
+    migrate_database,
+)
+from webhook_worker.dev.servicekit import wait_for as wait_for  # re-exported for the test modules
 from webhook_worker.log import configure_logging
 from webhook_worker.ops.sample_events import sign_payload
 
@@ -42,25 +46,6 @@ hypothesis_settings.load_profile("service")
 
 TEST_SECRET = "whsec_test_secret_0123456789abcdef"
 SECOND_SECRET = "whsec_second_secret_fedcba9876543210"
-
-
-def _with_database(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
-async def _create_template(admin_dsn: str, name: str) -> None:
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(_with_database(admin_dsn, name))
-    try:
-        await migrations.migrate_up(conn)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -97,38 +82,9 @@ def redis_url(services_dir: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def template_database(postgres_admin_dsn: str) -> Iterator[str]:
     name = f"ww_template_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_create_template(postgres_admin_dsn, name))
+    dsn = asyncio.run(create_migrated_database(postgres_admin_dsn, name))
     yield name
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(postgres_admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(drop())
-
-
-async def create_database(admin_dsn: str, template: str | None = None) -> str:
-    """A new database (empty, or copied from `template`); returns its DSN."""
-    name = f"ww_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        suffix = f' TEMPLATE "{template}"' if template else ""
-        await admin.execute(f'CREATE DATABASE "{name}"{suffix}')
-    finally:
-        await admin.close()
-    return _with_database(admin_dsn, name)
-
-
-async def drop_database(admin_dsn: str, dsn: str) -> None:
-    name = urlsplit(dsn).path.lstrip("/")
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    asyncio.run(drop_database(postgres_admin_dsn, dsn))
 
 
 @pytest.fixture
@@ -204,15 +160,7 @@ def sign(
 def own_postgres(services_dir: Path) -> Iterator[EmbeddedPostgres]:
     """A Postgres this test may stop, kill and restart; migrated database `postgres`."""
     server = EmbeddedPostgres(services_dir / f"pg-{uuid.uuid4().hex[:8]}").start()
-
-    async def migrate() -> None:
-        conn = await asyncpg.connect(server.url)
-        try:
-            await migrations.migrate_up(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(migrate())
+    asyncio.run(migrate_database(server.url))
     yield server
     server.destroy()
 
@@ -223,22 +171,6 @@ def own_redis(services_dir: Path) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(services_dir / f"redis-{uuid.uuid4().hex[:8]}").start()
     yield server
     server.destroy()
-
-
-async def wait_for(
-    predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05
-) -> Any:
-    """Poll an async or sync predicate until it returns a truthy value, or fail at the deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""The benchmark's own instruments: CPU per event by process role, the CPU budget, and the
-load generator's open-loop latency."""
+"""The benchmark's own instruments (CPU per event by process role, the CPU budget, the load
+generator's open-loop latency) and how a run turns its repetitions into figures."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import contextlib
 import os
 import subprocess
 import sys
+from typing import Any
 
 import psutil
+import pytest
 
+from benchmarks import report
 from benchmarks.loadgen import _drive, render_request
-from benchmarks.run import CpuMeter, _budget
+from benchmarks.meters import CpuMeter, budget
+from benchmarks.run import _alternate, summarise
 from tests.conftest import wait_for
 
 SPIN = "import time\nend = time.process_time() + 5\nwhile time.process_time() < end: pass\n"
@@ -35,9 +39,9 @@ async def test_cpu_meter_charges_a_role_with_the_cpu_its_processes_spent() -> No
 
 
 def test_the_budget_is_every_role_summed_and_the_rate_all_cores_could_carry() -> None:
-    budget = _budget({"receiver": 400.0, "postgres": 300.0, "redis": 50.0, "load": 250.0})
+    by_role_budget = budget({"receiver": 400.0, "postgres": 300.0, "redis": 50.0, "load": 250.0})
     cores = os.cpu_count() or 1
-    assert budget == {"total_us": 1000.0, "rate_if_all_cores_busy": cores * 1000.0}
+    assert by_role_budget == {"total_us": 1000.0, "rate_if_all_cores_busy": cores * 1000.0}
 
 
 STALL_S = 0.3
@@ -85,3 +89,60 @@ async def test_open_loop_latency_counts_a_stall_against_the_requests_scheduled_b
     # Each waited at least the stall less how late in the schedule it was due.
     for position, latency in enumerate(result.latencies_ms[1:], start=1):
         assert latency >= STALL_S * 1000 - position * 20, (position, result.latencies_ms)
+
+
+def test_a_repetition_alternates_which_side_of_a_ratio_is_measured_first() -> None:
+    order: list[str] = []
+    for index in range(3):
+        _alternate(index, lambda: order.append("ceiling"), lambda: order.append("service"))
+    assert order == ["ceiling", "service", "service", "ceiling", "ceiling", "service"]
+
+
+def _ingest_rep(ratio: float, p99: float) -> dict[str, Any]:
+    point = {"connections": 32, "rate": ratio * 1000, "p99_ms": p99,
+             "cpu_us_per_event_by_role": {"receiver": 300.0}}  # fmt: skip
+    return {
+        "ceilings": {"insert_c1": 900.0, "insert_c8": 950.0, "insert_c32": 1000.0},
+        "points": [point], "best": point, "half_load": {"p99_ms": p99},
+        "insert_c32": 1000.0, "ingest_c32": ratio * 1000, "ingest_rate": ratio * 1000,
+        "ingest_ratio": ratio, "p99_ms_half_load": p99, "server_events_ingest": {},
+    }  # fmt: skip
+
+
+def _credit_rep(ratio: float) -> dict[str, Any]:
+    by_role = {"workers": 200.0, "postgres": 100.0}
+    return {
+        "ledger_random": 1000.0, "credit_random": ratio * 1000, "credit_ratio_random": ratio,
+        "ledger_hot": 500.0, "credit_hot": ratio * 1500, "credit_ratio_hot": ratio * 3,
+        "cpu_us_per_event_by_role_random": by_role, "cpu_us_per_event_by_role_hot": by_role,
+        "server_events_credit": {"credit_random": {"checkpoints": 1, "autovacuums": 0,
+                                                   "autovacuum_workers": 0}},
+    }  # fmt: skip
+
+
+def test_results_keep_their_keys_with_the_median_and_add_each_spread() -> None:
+    results = summarise(
+        [_ingest_rep(0.7, 12.0), _ingest_rep(0.5, 30.0), _ingest_rep(0.6, 9.0)],
+        [_credit_rep(0.9), _credit_rep(0.6), _credit_rep(0.8)],
+        {"receiver": 58.0, "worker": 57.0},
+        {"1": 2400.0},
+    )
+    assert results["ingest_ratio"] == 0.6
+    assert results["ingest_ratio_spread"] == [0.5, 0.7]
+    assert results["p99_ms_half_load"] == 12.0
+    assert results["p99_ms_half_load_spread"] == [9.0, 30.0]
+    assert results["credit_ratio_random"] == 0.8
+    assert results["credit_ratio_hot"] == pytest.approx(2.4)
+    assert results["ceilings"]["insert_c32"] == 1000.0
+    # The typical repetition's CPU (the median ratio's) goes into the budget.
+    assert results["cpu_budget"]["ingest_c32"]["total_us"] == 300.0
+    assert [rep["ingest_ratio"] for rep in results["repetitions"]] == [0.7, 0.5, 0.6]
+    assert "points" not in results["repetitions"][0]
+    report.print_report(results)  # every figure it prints is there
+
+
+def test_a_target_holds_in_a_repetition_only_on_its_side_of_the_bound() -> None:
+    assert report.meets("ingest_ratio", 0.5) and not report.meets("ingest_ratio", 0.49)
+    assert report.meets("p99_ms_half_load", 24.9) and not report.meets("p99_ms_half_load", 25)
+    assert report.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+    assert report.median_index([3.0, 1.0, 2.0]) == 2

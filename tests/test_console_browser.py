@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
@@ -28,6 +27,7 @@ from tests.console_support import TOKEN
 from tests.ops_support import credit, insert_event, insert_user
 from tests.worker_support import spawn_worker, stop_worker, worker_env
 from webhook_worker.dev.embedded import free_port
+from webhook_worker.dev.servicekit import spawn_command, wait_http_ok
 
 # Debian's package; the variable exists only so the test below can prove a missing browser
 # fails the suite.
@@ -72,35 +72,14 @@ def services_env(database_url: str, clean_redis_url: str) -> dict[str, str]:
 def console_url(services_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """`webhook-worker console` as a real process on a free port."""
     port = free_port()
-    log = (tmp_path / "console.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "webhook_worker.cli", "console", "--port", str(port)],
-        env=services_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = tmp_path / "console.log"
+    process = spawn_command(["console", "--port", str(port)], services_env, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process, tmp_path / "console.log")
+        wait_http_ok(f"{url}/healthz", process=process, log=log, interval=0.1)
         yield url
     finally:
         stop_worker(process)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    import time
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)  # polling a child's start-up with a deadline, not synchronising
-    raise AssertionError(f"the console did not answer within 30 s:\n{log.read_text()}")
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ real arq workers (in-process burst workers, or `webhook-worker work` processes).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from arq.worker import Worker
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
 from webhook_worker.db import store
+from webhook_worker.dev.servicekit import spawn_command, stop_process
 from webhook_worker.ops.sample_events import encode_event
 from webhook_worker.worker.jobs import build_worker, sweep_stale_events
 
@@ -173,24 +172,10 @@ def worker_env(database_url: str, redis_url: str, **overrides: str) -> dict[str,
 
 def spawn_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """A real `webhook-worker work` process (its own session, so signals stay local)."""
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "webhook_worker.cli", "work"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    return spawn_command(["work"], env, log_path)
 
 
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+stop_worker = stop_process  # SIGTERM, then SIGKILL after 15 s
 
 
 async def redis_client(settings: Settings) -> ArqRedis:

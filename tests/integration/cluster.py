@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from tests.worker_support import stop_worker as stop_process
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from webhook_worker.dev.servicekit import spawn_command, stop_process, wait_http_ok
 
 
 @dataclass
@@ -49,14 +47,7 @@ class Cluster:
         return env
 
     def _spawn(self, args: list[str], name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}.log").open("ab")
-        return subprocess.Popen(
-            [sys.executable, "-m", "webhook_worker.cli", *args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        return spawn_command(args, env, self.log_dir / f"{name}.log")
 
     def start_receiver(self, **env: str) -> str:
         port = free_port()
@@ -66,7 +57,7 @@ class Cluster:
             self.env(**env),
         )
         self.receivers.append((port, proc))
-        _wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=proc)
         return f"http://127.0.0.1:{port}/webhooks/stripe"
 
     def restart_receiver(self, index: int, **env: str) -> str:
@@ -78,7 +69,7 @@ class Cluster:
             self.env(**env),
         )
         self.receivers[index] = (port, new)
-        _wait_http(f"http://127.0.0.1:{port}/healthz", new)
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=new)
         return f"http://127.0.0.1:{port}/webhooks/stripe"
 
     def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
@@ -103,20 +94,6 @@ class Cluster:
             f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
             for path in sorted(self.log_dir.glob("*.log"))
         )
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
 async def post_event(

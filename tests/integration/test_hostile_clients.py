@@ -15,7 +15,6 @@ import contextlib
 import os
 import resource
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -29,6 +28,7 @@ import pytest
 
 from tests.conftest import base_env, create_database, drop_database, sign
 from webhook_worker.dev.embedded import free_port
+from webhook_worker.dev.servicekit import spawn_command, stop_process, wait_http_ok
 from webhook_worker.ops.sample_events import encode_event, event_envelope, new_id
 
 RSS_LIMIT_MB = 150
@@ -67,25 +67,13 @@ def _serving(
         **overrides,
     }
     log = log_dir / f"serve-{port}.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "webhook_worker.cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn_command(["serve", "--port", str(port)], env, log)
     server = Server(port, metrics_port, proc, log)
     try:
-        _wait_healthy(server)
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=proc, log=log)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         asyncio.run(drop_database(postgres_admin_dsn, dsn))
 
 
@@ -107,18 +95,6 @@ def server(
     log_dir = tmp_path_factory.mktemp("hostile")
     with _serving(postgres_admin_dsn, template_database, redis_url, log_dir) as running:
         yield running
-
-
-def _wait_healthy(server: Server, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"serve exited: {server.log.read_text()[-2000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise RuntimeError("serve did not answer /healthz")
 
 
 def _refused(server: Server) -> dict[str, float]:
