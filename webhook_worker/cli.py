@@ -170,7 +170,7 @@ def _add_console(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _work(args: argparse.Namespace, settings: Settings) -> int:
-    from webhook_worker.worker import run_worker
+    from webhook_worker.worker_supervisor import run_worker
 
     settings.require_database()
     settings.require_redis()
