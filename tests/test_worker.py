@@ -34,8 +34,8 @@ from webhook_worker.sample_events import (
 )
 from webhook_worker.worker import (
     cron_jobs,
-    prune_old_events,
     lease_seconds,
+    prune_old_events,
     retry_delay,
     sweep_stale_events,
     worker_options,

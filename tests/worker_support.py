@@ -60,6 +60,18 @@ async def enqueue(settings: Settings, event_ids: Sequence[str]) -> int:
         await redis.aclose()
 
 
+async def queued_event_ids(redis: ArqRedis) -> list[str]:
+    """The event ids the queued `process_stripe_events` jobs carry, sorted (a duplicate
+    twice), through arq's public `queued_jobs`."""
+    jobs = await redis.queued_jobs(queue_name=queue.QUEUE_NAME)
+    return sorted(
+        event_id
+        for job in jobs
+        if job.function == queue.PROCESS_EVENTS_JOB
+        for event_id in job.args[0]
+    )
+
+
 async def deliver(
     conn: asyncpg.Connection, settings: Settings, *events: dict[str, Any]
 ) -> list[str]:

@@ -75,7 +75,8 @@ async def test_1000_events_for_100_users_across_3_workers(
         )
     ids = await store_events(db, events)
     for _ in range(3):
-        spawn(WORKER_MAX_JOBS="20", LOG_LEVEL="info")
+        # Two jobs (of 100 events) at a time: the first poll cannot take all ten.
+        spawn(WORKER_MAX_JOBS="2", LOG_LEVEL="info")
     logs = sorted(tmp_path.glob("worker-*.log"))
     await wait_for(lambda: all("worker_started" in p.read_text() for p in logs), timeout=30)
     await enqueue(settings, ids)
