@@ -1,16 +1,17 @@
-"""The worker's coalesced statements: concurrent jobs share one claim, lookup and credit call.
+"""The worker's coalesced statements: concurrent events share one claim, lookup and credit.
 
-Under load a worker runs up to `WORKER_MAX_JOBS` jobs at once. Claiming their events,
-looking up their users and crediting their purchases one statement per job costs a round
-trip (and a commit) each, and on a hot user every credit waits for the previous one's
-commit under the user's lock. Here the claims of one event-loop iteration become one
+Under load a worker processes many events at once (the events of each
+`process_stripe_events` job, up to `WORKER_MAX_JOBS` jobs). Claiming them, looking up their
+users and crediting their purchases one statement per event costs a round trip (and a
+commit) each, and on a hot user every credit waits for the previous one's commit under the
+user's lock. Here the claims of one event-loop iteration become one
 `claim_events` statement, the users' first lookups one `users_match`, and the credits
 one `ledger_credit_many` call: one commit for the batch, the hot user's lock taken once.
 
 Nothing about the semantics changes: each purchase is still its own ledger row, applied at
 most once, and marked `completed` in the transaction that credits it. When a batch fails,
 each of its callers retries its own item alone, concurrently: a bad purchase fails alone,
-and a user whose lock is held elsewhere keeps only its own jobs waiting.
+and a user whose lock is held elsewhere keeps only its own events waiting.
 """
 
 from __future__ import annotations

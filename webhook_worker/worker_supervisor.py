@@ -205,7 +205,7 @@ class WorkerSupervisor:
             log.warning("redis_unavailable_at_shutdown", error=_fault_text(exc))
         if generation.pool is not None:  # close() did not get as far as closing it
             with contextlib.suppress(*REDIS_FAULTS):
-                await generation.pool.close(close_connection_pool=True)
+                await generation.pool.aclose(close_connection_pool=True)
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:
