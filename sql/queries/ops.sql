@@ -169,11 +169,13 @@ ORDER BY u.id
 LIMIT $1;
 
 -- name: ops_stuck_events
+-- A retry waiting for its backoff (next_attempt_at ahead) is not stuck until it is overdue.
 SELECT event_id, processing_status, updated_at,
        extract(epoch FROM now() - updated_at)::float8 AS age
 FROM stripe_events
 WHERE processing_status IN ('received', 'processing')
   AND updated_at < now() - make_interval(secs => $1)
+  AND (next_attempt_at IS NULL OR next_attempt_at < now() - make_interval(secs => $1))
 ORDER BY updated_at
 LIMIT $2;
 
