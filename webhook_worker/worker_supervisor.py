@@ -152,7 +152,9 @@ class WorkerSupervisor:
         main = asyncio.create_task(generation.main())
         stop = asyncio.create_task(self._stop.wait())
         try:
-            done, _ = await asyncio.wait({main, stop}, timeout=RUNNING_AFTER_S)
+            done, _ = await asyncio.wait(
+                {main, stop}, timeout=RUNNING_AFTER_S, return_when=asyncio.FIRST_COMPLETED
+            )
             if not done and self.redis_failures:  # polling again for a while: back
                 log.info("redis_recovered", after_failures=self.redis_failures)
                 self.redis_failures = 0
