@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 
 from tests.worker_support import stop_worker as stop_process
 from webhook_worker import cli
@@ -142,14 +142,19 @@ async def event_row(db: asyncpg.Connection, event_id: str) -> dict[str, Any]:
     return dict(row)
 
 
-async def queued_jobs(redis_url: str) -> list[str]:
-    """Job ids waiting in the arq queue."""
-    client = aioredis.from_url(redis_url)
+async def queued_jobs(redis_url: str) -> list[list[str]]:
+    """The event ids of each job waiting in the arq queue (arq's public `queued_jobs`)."""
+    client = ArqRedis.from_url(redis_url)
     try:
-        members: Sequence[bytes] = await client.zrange(QUEUE_NAME, 0, -1)
+        jobs = await client.queued_jobs(queue_name=QUEUE_NAME)
     finally:
         await client.aclose()
-    return [member.decode() for member in members]
+    return [list(job.args[0]) for job in sorted(jobs, key=lambda job: job.score or 0)]
+
+
+async def queued_event_ids(redis_url: str) -> list[str]:
+    """Every event id the queued jobs carry, sorted."""
+    return sorted(event_id for job in await queued_jobs(redis_url) for event_id in job)
 
 
 async def run_burst_worker(env: dict[str, str]) -> None:

@@ -10,7 +10,14 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.ops_support import credit, event_row, insert_event, insert_user, queued_jobs
+from tests.ops_support import (
+    credit,
+    event_row,
+    insert_event,
+    insert_user,
+    queued_event_ids,
+    queued_jobs,
+)
 from webhook_worker import entrypoints
 from webhook_worker.config import Settings
 from webhook_worker.ops import http_api
@@ -179,8 +186,7 @@ async def test_replay_one_event_resets_and_enqueues(
     assert response.json()["enqueued"] == 1
     row = await event_row(db, event_id)
     assert (row["processing_status"], row["attempts"]) == ("received", 8)
-    [job] = await queued_jobs(clean_redis_url)
-    assert job.startswith(f"{event_id}:")
+    assert await queued_jobs(clean_redis_url) == [[event_id]]
 
 
 async def test_replay_unknown_event_is_404(client: httpx.AsyncClient) -> None:
@@ -222,7 +228,7 @@ async def test_bulk_replay_dry_run_then_for_real(
     assert set(done.json()["replayed"]) == set(ids)
     assert {(await event_row(db, i))["processing_status"] for i in ids} == {"received"}
     assert (await event_row(db, other))["processing_status"] == "failed"
-    assert {job.split(":")[0] for job in await queued_jobs(clean_redis_url)} == set(ids)
+    assert await queued_event_ids(clean_redis_url) == sorted(ids)
 
 
 async def test_bulk_replay_by_ids(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:

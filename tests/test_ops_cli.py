@@ -15,6 +15,7 @@ from tests.ops_support import (
     event_row,
     insert_event,
     insert_user,
+    queued_event_ids,
     queued_jobs,
     receiver_healthy,
     run_burst_worker,
@@ -188,12 +189,11 @@ async def test_replay_by_id_resets_a_failed_event_and_enqueues_a_fresh_job(
     assert row["processing_status"] == "received"
     assert row["attempts"] == 8  # kept
     assert row["error_message"] == "user_not_found"  # kept until the worker's new outcome
-    jobs = await queued_jobs(clean_redis_url)
-    assert len(jobs) == 1 and jobs[0].startswith(f"{event_id}:")  # fresh id, not the event id
+    assert await queued_jobs(clean_redis_url) == [[event_id]]
 
     again = await cli("replay", event_id)  # received events replay again, another fresh job
     assert again.code == 0
-    assert len(await queued_jobs(clean_redis_url)) == 2
+    assert await queued_jobs(clean_redis_url) == [[event_id], [event_id]]
     audit = await db.fetch("SELECT who, via, event_ids FROM ops_audit ORDER BY id")
     assert [(r["via"], r["event_ids"]) for r in audit] == [("cli", [event_id])] * 2
     assert all(r["who"].startswith("cli:") for r in audit)
@@ -216,7 +216,7 @@ async def test_replay_by_status_with_type_and_since(
     assert (await event_row(db, recent))["processing_status"] == "received"
     for untouched, status in ((old, "failed"), (other_type, "failed"), (completed, "completed")):
         assert (await event_row(db, untouched))["processing_status"] == status
-    assert [job.split(":")[0] for job in await queued_jobs(clean_redis_url)] == [recent]
+    assert await queued_event_ids(clean_redis_url) == [recent]
 
 
 async def test_replay_dry_run_changes_nothing(
@@ -290,7 +290,7 @@ async def test_replay_of_many_events_shows_progress_and_enqueues_each(
     assert "replaying" in result.out  # the progress bar
     assert "replayed 260 event(s)" in result.out
     assert "260 job(s) enqueued" in result.out
-    assert {job.split(":")[0] for job in await queued_jobs(clean_redis_url)} == set(ids)
+    assert await queued_event_ids(clean_redis_url) == sorted(ids)
 
 
 async def test_replay_without_redis_leaves_events_received_for_the_sweeper(

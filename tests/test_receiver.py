@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import logging
-import pickle
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -15,10 +14,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 from prometheus_client import REGISTRY
 
 from tests.conftest import SECOND_SECRET, TEST_SECRET, sign
+from tests.worker_support import queued_event_ids
+from webhook_worker import job_queue as queue
 from webhook_worker.cli import main as cli_main
 from webhook_worker.config import Settings
 from webhook_worker.dev.embedded import free_port
@@ -53,8 +54,8 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def redis_client(clean_redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.from_url(clean_redis_url)
+async def redis_client(clean_redis_url: str) -> AsyncIterator[ArqRedis]:
+    r = ArqRedis.from_url(clean_redis_url)
     yield r
     await r.aclose()
 
@@ -359,14 +360,12 @@ async def test_each_alias_route_accepts_events(
 
 
 async def test_an_accepted_event_has_its_arq_job_in_redis(
-    client: httpx.AsyncClient, redis_client: aioredis.Redis
+    client: httpx.AsyncClient, redis_client: ArqRedis
 ) -> None:
     event_id, body = _body()
     assert (await post_signed(client, body)).status_code == 200
-    assert await redis_client.zscore("arq:queue", event_id) is not None
-    job = pickle.loads(await redis_client.get(f"arq:job:{event_id}"))  # noqa: S301 - our own job
-    assert (job["f"], job["a"], job["k"]) == ("process_stripe_event", (event_id,), {})
-    assert 0 < await redis_client.pttl(f"arq:job:{event_id}") <= 86_400_000
+    [job] = await redis_client.queued_jobs(queue_name=queue.QUEUE_NAME)
+    assert (job.function, job.args, job.kwargs) == ("process_stripe_events", ([event_id],), {})
 
 
 async def test_a_duplicate_is_answered_duplicate_and_changes_nothing(
@@ -383,17 +382,17 @@ async def test_a_duplicate_is_answered_duplicate_and_changes_nothing(
 
 
 async def test_a_duplicate_of_an_event_still_received_is_enqueued_again(
-    client: httpx.AsyncClient, redis_client: aioredis.Redis
+    client: httpx.AsyncClient, redis_client: ArqRedis
 ) -> None:
     event_id, body = _body()
     await post_signed(client, body)
     await redis_client.flushdb()  # the job was lost (Redis restarted empty)
     assert (await post_signed(client, body)).json()["duplicate"] is True
-    assert await redis_client.zscore("arq:queue", event_id) is not None
+    assert await queued_event_ids(redis_client) == [event_id]
 
 
 async def test_a_duplicate_of_a_completed_event_is_not_enqueued(
-    client: httpx.AsyncClient, db: asyncpg.Connection, redis_client: aioredis.Redis
+    client: httpx.AsyncClient, db: asyncpg.Connection, redis_client: ArqRedis
 ) -> None:
     event_id, body = _body()
     await post_signed(client, body)
@@ -402,18 +401,18 @@ async def test_a_duplicate_of_a_completed_event_is_not_enqueued(
     )
     await redis_client.flushdb()
     assert (await post_signed(client, body)).json()["duplicate"] is True
-    assert await redis_client.zscore("arq:queue", event_id) is None
+    assert await queued_event_ids(redis_client) == []
 
 
-async def test_a_job_still_queued_is_not_enqueued_twice(
-    client: httpx.AsyncClient, redis_client: aioredis.Redis
+async def test_a_duplicate_still_received_gets_a_second_job_the_claim_absorbs(
+    client: httpx.AsyncClient, redis_client: ArqRedis
 ) -> None:
+    """Job ids are fresh, so nothing dedups in Redis: the worker's claim takes the event
+    once (tests/test_worker.py, two jobs per event)."""
     event_id, body = _body()
     await post_signed(client, body)
-    score = await redis_client.zscore("arq:queue", event_id)
     await post_signed(client, body)
-    assert await redis_client.zscore("arq:queue", event_id) == score
-    assert await redis_client.zcard("arq:queue") == 1
+    assert await queued_event_ids(redis_client) == [event_id, event_id]
 
 
 # --- group commit ------------------------------------------------------------------------------
@@ -491,7 +490,7 @@ async def test_a_failed_batch_answers_every_request_in_it_with_503(
 
 
 async def test_a_batch_failing_after_commit_is_503_and_a_retry_is_a_duplicate_and_enqueued(
-    settings: Settings, db: asyncpg.Connection, redis_client: aioredis.Redis
+    settings: Settings, db: asyncpg.Connection, redis_client: ArqRedis
 ) -> None:
     """Simulates "killed after the insert, before the enqueue": Stripe retries."""
     crash = True
@@ -503,12 +502,12 @@ async def test_a_batch_failing_after_commit_is_503_and_a_retry_is_a_duplicate_an
     event_id, body = _body()
     async with serve(settings, after_commit_hook=crash_once) as client:
         assert (await post_signed(client, body)).status_code == 503
-        assert await redis_client.zscore("arq:queue", event_id) is None
+        assert await queued_event_ids(redis_client) == []
         crash = False
         retry = await post_signed(client, body)
     assert retry.json() == {"received": True, "duplicate": True}
     assert await count_rows(db) == 1
-    assert await redis_client.zscore("arq:queue", event_id) is not None
+    assert await queued_event_ids(redis_client) == [event_id]
 
 
 # --- body bytes in flight ----------------------------------------------------------------------

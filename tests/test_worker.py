@@ -37,6 +37,7 @@ from webhook_worker.worker import batching as worker_batches
 from webhook_worker.worker import handlers, ledger
 from webhook_worker.worker.jobs import (
     cron_jobs,
+    lease_seconds,
     prune_old_events,
     retry_delay,
     sweep_stale_events,
@@ -74,9 +75,10 @@ def test_worker_options_follow_the_settings() -> None:
     assert options["job_timeout"] == 20
     assert options["max_jobs"] == 7
     assert options["poll_delay"] == 0.2
-    assert options["keep_result"] == 0  # a finished job's id is free for the sweeper/replays
+    assert options["keep_result"] == 0  # job ids are never reused; Postgres has the outcome
+    assert options["handle_signals"] is False  # the supervisor handles signals
     assert options["queue_name"] == queue.QUEUE_NAME
-    assert [f.name for f in options["functions"]] == [queue.PROCESS_EVENT_JOB]
+    assert [f.name for f in options["functions"]] == [queue.PROCESS_EVENTS_JOB]
     assert {job.name for job in options["cron_jobs"]} == {
         "cron:sweep_stale_events",
         "cron:prune_old_events",
@@ -92,8 +94,13 @@ def test_sweeper_runs_every_sweep_interval() -> None:
 
 
 def test_default_job_timeout_brings_a_killed_job_back_within_a_minute() -> None:
-    # arq's in-progress key lives job_timeout + 10 s; then another worker runs the job again.
-    assert Settings().job_timeout_seconds + 10 <= 60
+    # arq's in-progress key lives job_timeout + 10 s; then another worker runs the job again,
+    # and the lease of the events it claimed (job_timeout + 5 s) has run out by then.
+    settings = Settings()
+    assert (
+        settings.job_timeout_seconds < lease_seconds(settings) < settings.job_timeout_seconds + 10
+    )
+    assert settings.job_timeout_seconds + 10 <= 60
 
 
 def test_retry_delay_is_exponential_and_capped() -> None:
@@ -112,7 +119,7 @@ async def test_same_event_processed_twice_in_a_row_credits_once(
     user = await new_user(db, "twice@example.com")
     [event_id] = await deliver(db, settings, checkout_session_event(client_reference_id=str(user)))
     await drain(settings)
-    assert await enqueue(settings, [event_id], fresh=True) == 1  # a replay-style second job
+    assert await enqueue(settings, [event_id]) == 1  # a replay-style second job
     await drain(settings)
     assert await balance(db, user) == 10
     assert await db.fetchval("SELECT count(*) FROM credit_transactions") == 1
@@ -127,9 +134,11 @@ async def test_same_events_processed_by_two_workers_at_once_credit_once(
         checkout_session_event(credits=3, client_reference_id=str(users[i % 5])) for i in range(60)
     ]
     ids = await store_events(db, events)
-    await enqueue(settings, ids)
-    await enqueue(settings, ids, fresh=True)  # every event has two jobs
-    first, second = in_process_worker(settings), in_process_worker(settings)
+    for _ in range(2):  # every event is in two jobs; 12 jobs of 10 events
+        for start in range(0, 60, 10):
+            await enqueue(settings, ids[start : start + 10])
+    # Two jobs at a time each: neither worker can take every job in its first poll.
+    first, second = (in_process_worker(settings, max_jobs=2) for _ in range(2))
     try:
         await asyncio.gather(first.async_run(), second.async_run())
     finally:
@@ -337,7 +346,7 @@ async def test_claim_rides_out_two_connection_blips(
     calls: list[str] = []
     sleeps: list[float] = []
 
-    async def claim(conn: Any, event_id: str) -> dict[str, Any] | None:
+    async def claim(conn: Any, event_id: str, *, lease_seconds: float) -> dict[str, Any] | None:
         calls.append(event_id)
         if len(calls) <= blips:
             raise TransientError("connection lost")

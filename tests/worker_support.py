@@ -12,14 +12,14 @@ from typing import Any
 
 import asyncpg
 from arq.connections import ArqRedis
-from arq.worker import Worker
 
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
 from webhook_worker.db import store
 from webhook_worker.dev.servicekit import spawn_command, stop_process
 from webhook_worker.ops.sample_events import encode_event
-from webhook_worker.worker.jobs import build_worker, sweep_stale_events
+from webhook_worker.worker.jobs import sweep_stale_events
+from webhook_worker.worker.supervisor import WorkerSupervisor
 
 try:
     from webhook_worker.envelope import parse_envelope
@@ -51,12 +51,25 @@ async def store_events(conn: asyncpg.Connection, events: Iterable[dict[str, Any]
     return [row.event_id for row in rows]
 
 
-async def enqueue(settings: Settings, event_ids: Sequence[str], *, fresh: bool = False) -> int:
+async def enqueue(settings: Settings, event_ids: Sequence[str]) -> int:
+    """Enqueue jobs for `event_ids` (each call under fresh job ids); how many events."""
     redis = await queue.create_redis(settings)
     try:
-        return await queue.enqueue_events(redis, event_ids, fresh=fresh)
+        return await queue.enqueue_events(redis, event_ids)
     finally:
         await redis.aclose()
+
+
+async def queued_event_ids(redis: ArqRedis) -> list[str]:
+    """The event ids the queued `process_stripe_events` jobs carry, sorted (a duplicate
+    twice), through arq's public `queued_jobs`."""
+    jobs = await redis.queued_jobs(queue_name=queue.QUEUE_NAME)
+    return sorted(
+        event_id
+        for job in jobs
+        if job.function == queue.PROCESS_EVENTS_JOB
+        for event_id in job.args[0]
+    )
 
 
 async def deliver(
@@ -80,18 +93,14 @@ async def sweep(settings: Settings) -> int:
         await pool.close()
 
 
-def in_process_worker(settings: Settings, **overrides: Any) -> Worker:
-    options: dict[str, Any] = {
-        "burst": True,
-        "poll_delay": 0,
-        "handle_signals": False,
-        "with_cron": False,
-    }
+def in_process_worker(settings: Settings, **overrides: Any) -> WorkerSupervisor:
+    """The worker `webhook-worker work --burst` runs, in this process (no signal handlers)."""
+    options: dict[str, Any] = {"burst": True, "poll_delay": 0, "with_cron": False}
     options.update(overrides)
-    return build_worker(settings, **options)
+    return WorkerSupervisor(settings, **options)
 
 
-async def drain(settings: Settings, **overrides: Any) -> Worker:
+async def drain(settings: Settings, **overrides: Any) -> WorkerSupervisor:
     """Run an in-process burst worker until the queue is empty."""
     worker = in_process_worker(settings, **overrides)
     try:

@@ -167,7 +167,7 @@ def _add_console(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _work(args: argparse.Namespace, settings: Settings) -> int:
-    from webhook_worker.worker.jobs import run_worker
+    from webhook_worker.worker.supervisor import run_worker
 
     settings.require_database()
     settings.require_redis()

@@ -2,45 +2,33 @@
 the worker. Redis carries only wake-ups; Postgres holds the truth, so a lost enqueue is
 recovered by the sweeper and enqueue failures are reported, not fatal.
 
-Jobs are written exactly as arq's `ArqRedis.enqueue_job` writes them (`serialize_job`, the
-job key `arq:job:<id>` with a PSETEX expiry, a ZADD to the queue, skipped while the job key
-or its kept result exists), but a whole batch goes in one Lua script: one round trip and
-atomic, where `enqueue_job` costs a WATCH/MULTI round trip per job.
+One job, `process_stripe_events(event_ids)`, carries the ids one caller produced together
+(a receiver group commit, a sweep, a replay chunk), at most `EVENTS_PER_JOB` per job, through
+arq's own `ArqRedis.enqueue_job`. Every job gets a fresh id: an id is never reused, so a
+replay is never swallowed by arq's `_job_id` dedup of a finished job's kept result. Two jobs
+may therefore name the same event; the worker's claim takes an event only when it is due
+and not held by a live job, so the second one is a no-op.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import cast
+from collections.abc import Sequence
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
-from arq.jobs import serialize_job
-from arq.utils import timestamp_ms
+from arq.constants import default_queue_name
 from redis.exceptions import RedisError
 
 from webhook_worker.config import Settings
 from webhook_worker.errors import TransientError
 
-PROCESS_EVENT_JOB = "process_stripe_event"
+PROCESS_EVENTS_JOB = "process_stripe_events"
 QUEUE_NAME: str = default_queue_name
-
-# KEYS: queue, then (job key, result key) per job; ARGV: expiry ms, score, then
-# (job id, serialized job) per job. Returns the ids that were queued.
-_ENQUEUE_SCRIPT = """
-local queued = {}
-for i = 1, (#KEYS - 1) / 2 do
-  local job_key, result_key = KEYS[2 * i], KEYS[2 * i + 1]
-  if redis.call('EXISTS', job_key, result_key) == 0 then
-    redis.call('PSETEX', job_key, ARGV[1], ARGV[2 + 2 * i])
-    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1 + 2 * i])
-    queued[#queued + 1] = ARGV[1 + 2 * i]
-  end
-end
-return queued
-"""
+# Large enough that arq's per-job cost (~4 round trips to start, 1 to finish) is spread
+# over many events, small enough that one drain spreads over several worker processes.
+EVENTS_PER_JOB = 100
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -73,49 +61,63 @@ def connect_redis_lazily(settings: Settings, *, timeout: float = 2.0) -> ArqRedi
     return client
 
 
-def job_id_for(event_id: str, *, fresh: bool = False) -> str:
-    """One job per event while it waits in the queue; replays take a fresh id."""
-    return f"{event_id}:{uuid.uuid4().hex[:12]}" if fresh else event_id
+def new_job_id() -> str:
+    """A job id never used before (see the module doc)."""
+    return f"events:{uuid.uuid4().hex}"
 
 
 async def enqueue_events(
-    redis: ArqRedis, event_ids: Sequence[str], *, fresh: bool = False, defer_seconds: float = 0
+    redis: ArqRedis, event_ids: Sequence[str], *, defer_seconds: float = 0
 ) -> int:
-    """Enqueue `process_stripe_event` for each id; return how many new jobs were queued.
+    """Enqueue `event_ids` in jobs of at most `EVENTS_PER_JOB`; return how many events.
 
     Raises TransientError when Redis cannot be reached.
     """
-    return len(await enqueue_event_jobs(redis, event_ids, fresh=fresh, defer_seconds=defer_seconds))
+    jobs = await enqueue_event_jobs(redis, event_ids, defer_seconds=defer_seconds)
+    return sum(len(ids) for ids in jobs.values())
 
 
 async def enqueue_event_jobs(
-    redis: ArqRedis, event_ids: Sequence[str], *, fresh: bool = False, defer_seconds: float = 0
-) -> list[str]:
-    """Enqueue a batch in one round trip; return the job ids actually queued.
+    redis: ArqRedis,
+    event_ids: Sequence[str],
+    *,
+    defer_seconds: float = 0,
+    job_try: int | None = None,
+) -> dict[str, list[str]]:
+    """Enqueue `process_stripe_events` jobs for `event_ids`, deferred by `defer_seconds`
+    (arq's `_job_try` = `job_try` when given); return each queued job's id and its event
+    ids. The jobs are written concurrently.
 
-    A job whose id is still queued, running or has a kept result is skipped, as arq's own
-    `_job_id` dedup does. Raises TransientError when Redis cannot be reached.
+    Raises TransientError when Redis cannot be reached.
     """
-    if not event_ids:
-        return []
-    now_ms = timestamp_ms()
-    defer_ms = round(defer_seconds * 1000)
-    keys: list[str] = [QUEUE_NAME]
-    args: list[str | bytes | int] = [defer_ms + redis.expires_extra_ms, now_ms + defer_ms]
-    for event_id in event_ids:
-        job_id = job_id_for(event_id, fresh=fresh)
-        keys += [job_key_prefix + job_id, result_key_prefix + job_id]
-        job = serialize_job(
-            PROCESS_EVENT_JOB, (event_id,), {}, None, now_ms, serializer=redis.job_serializer
-        )
-        args += [job_id, job]
+    chunks = [
+        list(event_ids[start : start + EVENTS_PER_JOB])
+        for start in range(0, len(event_ids), EVENTS_PER_JOB)
+    ]
+    if not chunks:
+        return {}
+    job_ids = [new_job_id() for _ in chunks]
     try:
-        # redis-py types EVAL arguments as str; it sends bytes and ints as they are.
-        run_script = cast(Callable[..., Awaitable[list[bytes]]], redis.eval)
-        queued = await run_script(_ENQUEUE_SCRIPT, len(keys), *keys, *args)
+        jobs = await asyncio.gather(
+            *(
+                redis.enqueue_job(
+                    PROCESS_EVENTS_JOB,
+                    chunk,
+                    _job_id=job_id,
+                    _queue_name=QUEUE_NAME,
+                    _defer_by=defer_seconds or None,
+                    _job_try=job_try,
+                )
+                for job_id, chunk in zip(job_ids, chunks, strict=True)
+            )
+        )
     except (RedisError, OSError) as exc:
         raise TransientError(f"enqueueing to Redis: {type(exc).__name__}") from exc
-    return [item.decode() if isinstance(item, bytes) else str(item) for item in queued]
+    return {
+        job_id: chunk
+        for job_id, chunk, job in zip(job_ids, chunks, jobs, strict=True)
+        if job is not None
+    }
 
 
 async def queue_depth(redis: ArqRedis) -> int:

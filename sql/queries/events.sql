@@ -21,23 +21,36 @@ FROM stripe_events
 WHERE event_id = $1;
 
 -- name: claim_event
+-- $2: the lease in seconds (the job timeout and a margin). A `received` event is claimed once
+-- it is due (a released event waits for its backoff, within a second of clock skew); a
+-- `processing` one only when its lease ran out (its worker died). Final events never.
 UPDATE stripe_events
-SET processing_status = 'processing', attempts = attempts + 1, updated_at = now()
-WHERE event_id = $1 AND processing_status IN ('received', 'processing')
+SET processing_status = 'processing', attempts = attempts + 1, next_attempt_at = NULL,
+    updated_at = now()
+WHERE event_id = $1
+  AND ((processing_status = 'received'
+        AND (next_attempt_at IS NULL OR next_attempt_at <= now() + interval '1 second'))
+       OR (processing_status = 'processing' AND updated_at < now() - make_interval(secs => $2)))
 RETURNING event_id, type, livemode, account, raw_data, attempts, received_at;
 
 -- name: claim_events
--- claim_event for many events in one statement (the worker coalesces concurrent claims);
--- rows are locked in event id order so two concurrent batches cannot deadlock.
+-- claim_event for many events in one statement (one job's batch, and the claims of the
+-- jobs that run at once); rows are locked in event id order so two concurrent batches
+-- cannot deadlock, and re-checked after the lock so two jobs never both claim one event.
 WITH claimable AS (
     SELECT event_id
     FROM stripe_events
-    WHERE event_id = ANY($1::text[]) AND processing_status IN ('received', 'processing')
+    WHERE event_id = ANY($1::text[])
+      AND ((processing_status = 'received'
+            AND (next_attempt_at IS NULL OR next_attempt_at <= now() + interval '1 second'))
+           OR (processing_status = 'processing'
+               AND updated_at < now() - make_interval(secs => $2)))
     ORDER BY event_id
     FOR UPDATE
 )
 UPDATE stripe_events AS e
-SET processing_status = 'processing', attempts = e.attempts + 1, updated_at = now()
+SET processing_status = 'processing', attempts = e.attempts + 1, next_attempt_at = NULL,
+    updated_at = now()
 FROM claimable
 WHERE e.event_id = claimable.event_id
 RETURNING e.event_id, e.type, e.livemode, e.account, e.raw_data, e.attempts, e.received_at;
@@ -54,17 +67,35 @@ SET status_reason = $2
 WHERE event_id = $1 AND processing_status = 'completed' AND status_reason IS NULL;
 
 -- name: release_event
+-- Back to `received` after a transient fault, due again in $3 seconds (its backoff).
 UPDATE stripe_events
-SET processing_status = 'received', error_message = $2, updated_at = now()
+SET processing_status = 'received', error_message = $2,
+    next_attempt_at = now() + make_interval(secs => $3), updated_at = now()
 WHERE event_id = $1 AND processing_status = 'processing';
 
--- name: events_to_sweep
-SELECT event_id
-FROM stripe_events
-WHERE processing_status IN ('received', 'processing')
-  AND updated_at < now() - make_interval(secs => $1)
-ORDER BY processing_status, received_at
-LIMIT $2;
+-- name: take_stale_events
+-- Events to enqueue again: `received` for longer than $1 seconds since it was due (Redis
+-- lost its job), or `processing` untouched for longer than $1 and than the lease $2 (its
+-- worker died and no job ran it again). An event whose deferred retry is not yet due is left
+-- to its job. Each is set `received`, due now, and touched, so the next sweeps leave it to
+-- the job enqueued now for another $1 seconds rather than enqueue it again and again.
+WITH stale AS (
+    SELECT id
+    FROM stripe_events
+    WHERE processing_status IN ('received', 'processing')
+      AND updated_at < now() - make_interval(secs => $1)
+      AND (processing_status = 'received'
+           OR updated_at < now() - make_interval(secs => $2))
+      AND (next_attempt_at IS NULL OR next_attempt_at < now() - make_interval(secs => $1))
+    ORDER BY processing_status, received_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE stripe_events AS e
+SET processing_status = 'received', next_attempt_at = NULL, updated_at = now()
+FROM stale
+WHERE e.id = stale.id
+RETURNING e.event_id;
 
 -- name: prune_events
 -- One chunk, oldest first from $2 (a received_at cursor), at most $3 rows, each chunk its own

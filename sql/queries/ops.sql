@@ -55,10 +55,12 @@ FROM (
 
 -- name: ops_reset_for_replay
 -- Back to `received` so the worker claims it again; attempts and the last error are kept
--- (the worker overwrites the error with the new outcome). Guarded by the statuses that
--- were selected, so an event that moved meanwhile is left alone.
+-- (the worker overwrites the error with the new outcome); due at once (a pending retry's
+-- backoff is dropped). Guarded by the statuses that were selected, so an event that moved
+-- meanwhile is left alone.
 UPDATE stripe_events
-SET processing_status = 'received', status_reason = NULL, updated_at = now()
+SET processing_status = 'received', status_reason = NULL, next_attempt_at = NULL,
+    updated_at = now()
 WHERE event_id = ANY($1::text[]) AND processing_status = ANY($2::text[])
 RETURNING event_id;
 
@@ -167,11 +169,13 @@ ORDER BY u.id
 LIMIT $1;
 
 -- name: ops_stuck_events
+-- A retry waiting for its backoff (next_attempt_at ahead) is not stuck until it is overdue.
 SELECT event_id, processing_status, updated_at,
        extract(epoch FROM now() - updated_at)::float8 AS age
 FROM stripe_events
 WHERE processing_status IN ('received', 'processing')
   AND updated_at < now() - make_interval(secs => $1)
+  AND (next_attempt_at IS NULL OR next_attempt_at < now() - make_interval(secs => $1))
 ORDER BY updated_at
 LIMIT $2;
 

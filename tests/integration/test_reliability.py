@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 
 from tests.conftest import wait_for
 from tests.integration.cluster import Cluster, post_event
@@ -24,6 +25,7 @@ from tests.integration.invariants import (
     unfinished_events,
 )
 from tests.integration.stripe_model import StripeModel
+from tests.worker_support import queued_event_ids
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from webhook_worker.ops.sample_events import (
     charge_refunded_event,
@@ -160,9 +162,9 @@ async def test_redis_flushed_with_jobs_in_it_sweeper_recovers(cluster: Cluster) 
             expected[event["data"]["object"]["id"]] = 3
             body = encode_event(event)
             assert (await post_event(client, url, body, sign_payload(body, OLD_SECRET))).is_success
-    redis = aioredis.from_url(cluster.redis.url)
+    redis = ArqRedis.from_url(cluster.redis.url)
     try:
-        assert await redis.zcard("arq:queue") == 40  # the jobs were there…
+        assert len(await queued_event_ids(redis)) == 40  # the jobs were there…
         await redis.flushall()  # …and Redis lost them
     finally:
         await redis.aclose()

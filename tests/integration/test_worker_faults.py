@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import asyncpg
+from prometheus_client import REGISTRY
 
 from tests.conftest import base_env, wait_for
 from tests.worker_support import (
@@ -22,6 +23,10 @@ from tests.worker_support import (
 from webhook_worker.config import Settings
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from webhook_worker.ops.sample_events import checkout_session_event
+
+
+def _retries() -> float:
+    return REGISTRY.get_sample_value("worker_retries_total", {"reason": "database"}) or 0.0
 
 
 async def test_postgres_restart_under_the_worker_retries_then_completes(
@@ -43,11 +48,12 @@ async def test_postgres_restart_under_the_worker_retries_then_completes(
 
     worker = in_process_worker(settings, burst=False)
     task = asyncio.create_task(worker.async_run())
+    retries_before = _retries()
     try:
-        await wait_for(lambda: "pool" in worker.ctx)  # on_startup connected
+        await wait_for(lambda: worker.worker is not None)  # the pool is open, arq polls
         await asyncio.to_thread(own_postgres.stop)
         await enqueue(settings, [event_id])
-        await wait_for(lambda: worker.jobs_retried >= 1, timeout=30)  # a transient fault
+        await wait_for(lambda: _retries() > retries_before, timeout=30)  # a transient fault
         await asyncio.to_thread(own_postgres.start)
 
         async def completed() -> bool:
@@ -73,8 +79,8 @@ async def test_postgres_restart_under_the_worker_retries_then_completes(
 async def test_worker_process_outlives_a_redis_outage_and_resumes(
     db: asyncpg.Connection, database_url: str, own_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    """arq's poll loop exits on a Redis connection error; ours waits it out. Before the fix,
-    a Redis restart stopped every worker process and nothing was credited again."""
+    """arq's main() raises on a Redis connection error; the supervisor waits it out. Before
+    issue 9, a Redis restart stopped every worker process and nothing was credited again."""
     env = worker_env(database_url, own_redis.url, LOG_LEVEL="info", SWEEP_INTERVAL_SECONDS="1")
     settings = Settings.from_env(env)
     user = await db.fetchval("INSERT INTO users (email) VALUES ('redis@example.com') RETURNING id")
@@ -101,7 +107,7 @@ async def test_worker_process_outlives_a_redis_outage_and_resumes(
 
         await wait_for(completed, timeout=30, interval=0.1)
         assert proc.poll() is None, log_path.read_text(errors="replace")
-        assert "redis_recovered" in log_path.read_text(errors="replace")
+        await wait_for(lambda: "redis_recovered" in log_path.read_text(errors="replace"))
         assert re.search(r'"gc_frozen_objects": [1-9]', log_path.read_text(errors="replace"))
     finally:
         stop_worker(proc)
@@ -111,8 +117,8 @@ async def test_worker_process_outlives_a_redis_outage_and_resumes(
 async def test_worker_stopped_during_a_redis_outage_shuts_down_cleanly(
     database_url: str, own_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    """arq deletes its health-check key before on_shutdown: with Redis away that raised, the
-    process exited 1 and the Postgres pool was never closed. Now SIGTERM still ends in 0."""
+    """With Redis away arq's close() fails (it deletes its health-check key first): the
+    process once exited 1 with the Postgres pool open. Now SIGTERM still ends in 0."""
     env = worker_env(database_url, own_redis.url, LOG_LEVEL="info")
     log_path = tmp_path / "worker.log"
     proc = spawn_worker(env, log_path)
@@ -126,5 +132,5 @@ async def test_worker_stopped_during_a_redis_outage_shuts_down_cleanly(
         stop_worker(proc)
     text = log_path.read_text(errors="replace")
     assert returncode == 0, text
-    assert "redis_unavailable_at_shutdown" in text
-    assert "worker_stopped" in text  # on_shutdown ran: the Postgres pool was closed
+    assert "worker_stopping" in text  # the supervisor's own signal handler
+    assert "worker_stopped" in text  # the Postgres pool was closed

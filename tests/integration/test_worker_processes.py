@@ -75,10 +75,13 @@ async def test_1000_events_for_100_users_across_3_workers(
         )
     ids = await store_events(db, events)
     for _ in range(3):
-        spawn(WORKER_MAX_JOBS="20", LOG_LEVEL="info")
+        # Two jobs at a time, 100 jobs of 10 events: no worker can take them all at once,
+        # and each keeps polling for more while the others work.
+        spawn(WORKER_MAX_JOBS="2", LOG_LEVEL="info")
     logs = sorted(tmp_path.glob("worker-*.log"))
     await wait_for(lambda: all("worker_started" in p.read_text() for p in logs), timeout=30)
-    await enqueue(settings, ids)
+    for start in range(0, len(ids), 10):
+        await enqueue(settings, ids[start : start + 10])
 
     try:
         await wait_for(lambda: _all_completed(db, 1000), timeout=90, interval=0.2)

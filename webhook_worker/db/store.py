@@ -179,24 +179,36 @@ async def get_event(conn: Connection, event_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-async def claim_event(conn: Connection, event_id: str) -> dict[str, Any] | None:
-    """Mark a `received`/`failed`/stale event `processing` and count the attempt.
+# How long a `processing` event belongs to the job that claimed it, beyond which another
+# job may claim it (its worker died). The worker passes its job timeout + LEASE_MARGIN_S:
+# longer than a live job can hold it, shorter than arq's in-progress key (timeout + 10 s),
+# so the job arq runs again after a SIGKILL finds the event free.
+LEASE_MARGIN_S = 5
+DEFAULT_LEASE_S = 30 + LEASE_MARGIN_S
 
-    Returns None when the event is already final (completed/ignored) or unknown, so a
+
+async def claim_event(
+    conn: Connection, event_id: str, *, lease_seconds: float = DEFAULT_LEASE_S
+) -> dict[str, Any] | None:
+    """Mark a due `received` event, or one whose lease ran out, `processing`; count the try.
+
+    Returns None otherwise (final, unknown, not yet due, or held by a live job), so a
     duplicate job is a no-op.
     """
     with translate_errors("claiming an event"):
-        row = await conn.fetchrow(query("claim_event"), event_id)
+        row = await conn.fetchrow(query("claim_event"), event_id, lease_seconds)
     return dict(row) if row else None
 
 
-async def claim_events(conn: Connection, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+async def claim_events(
+    conn: Connection, event_ids: Sequence[str], *, lease_seconds: float = DEFAULT_LEASE_S
+) -> dict[str, dict[str, Any]]:
     """`claim_event` for many events in one statement: the claimed rows by event id.
 
-    An id missing from the result is final or unknown, as when `claim_event` returns None.
+    An id missing from the result was not claimed, as when `claim_event` returns None.
     """
     with translate_errors("claiming events"):
-        rows = await conn.fetch(query("claim_events"), sorted(set(event_ids)))
+        rows = await conn.fetch(query("claim_events"), sorted(set(event_ids)), lease_seconds)
     return {row["event_id"]: dict(row) for row in rows}
 
 
@@ -221,17 +233,24 @@ async def note_reason(conn: Connection, event_id: str, reason: str) -> None:
         await conn.execute(query("note_event_reason"), event_id, reason)
 
 
-async def release_event(conn: Connection, event_id: str, error_message: str) -> None:
-    """Back to `received` after a transient fault, so the next try (or the sweeper) runs it."""
+async def release_event(
+    conn: Connection, event_id: str, error_message: str, *, delay_seconds: float = 0
+) -> None:
+    """Back to `received` after a transient fault, due again in `delay_seconds`."""
     with translate_errors("releasing an event"):
-        await conn.execute(query("release_event"), event_id, error_message)
+        await conn.execute(query("release_event"), event_id, error_message, delay_seconds)
 
 
-async def events_to_sweep(conn: Connection, stale_after_seconds: int, limit: int) -> list[str]:
-    """Ids of events left `received` or stuck `processing` for longer than the deadline."""
+async def take_stale_events(
+    conn: Connection, stale_after_seconds: int, limit: int, *, lease_seconds: float
+) -> list[str]:
+    """Ids of events left `received` (since due) or stuck `processing` (past the lease too)
+    for longer than `stale_after_seconds`, set `received` and touched (see the query)."""
     with translate_errors("finding stale events"):
-        rows = await conn.fetch(query("events_to_sweep"), stale_after_seconds, limit)
-    return [row["event_id"] for row in rows]
+        rows = await conn.fetch(
+            query("take_stale_events"), stale_after_seconds, lease_seconds, limit
+        )
+    return sorted(row["event_id"] for row in rows)
 
 
 PRUNE_CHUNK = 1000

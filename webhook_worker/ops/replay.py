@@ -160,7 +160,7 @@ async def replay_events(
     dry_run: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> ReplayResult:
-    """Reset the selected events to `received` and enqueue each under a fresh job id.
+    """Reset the selected events to `received` and enqueue them (jobs under fresh ids).
 
     Rows are reset before the enqueue: if Redis fails half way, the events wait as
     `received` and the worker's stale-event sweeper enqueues them later.
@@ -185,7 +185,7 @@ async def replay_events(
         selection.replayed.extend(replayed)
         if redis is not None and selection.enqueue_error is None and replayed:
             try:
-                selection.enqueued += await queue.enqueue_events(redis, replayed, fresh=True)
+                selection.enqueued += await queue.enqueue_events(redis, replayed)
             except TransientError as exc:
                 selection.enqueue_error = (
                     f"{exc}; the events are `received` and the sweeper will enqueue them"

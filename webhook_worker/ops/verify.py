@@ -40,6 +40,7 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "source",
         "waiting_for",
         "attempts",
+        "next_attempt_at",
         "error_message",
         "processed_at",
         "updated_at",

@@ -123,7 +123,7 @@ class GroupCommitter:
             statuses = await store.event_statuses(conn, duplicates) if duplicates else {}
         for row in rows:
             result.duplicate[row.event_id] = row.event_id not in new_ids
-        # A duplicate never processed yet is enqueued again; arq's job-id dedup absorbs it.
+        # A duplicate never processed yet is enqueued again; the worker's claim absorbs it.
         result.to_enqueue = [r.event_id for r in rows if r.event_id in new_ids] + [
             event_id for event_id in duplicates if statuses.get(event_id) == "received"
         ]

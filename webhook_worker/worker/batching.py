@@ -1,16 +1,17 @@
-"""The worker's coalesced statements: concurrent jobs share one claim, lookup and credit call.
+"""The worker's coalesced statements: concurrent events share one claim, lookup and credit.
 
-Under load a worker runs up to `WORKER_MAX_JOBS` jobs at once. Claiming their events,
-looking up their users and crediting their purchases one statement per job costs a round
-trip (and a commit) each, and on a hot user every credit waits for the previous one's
-commit under the user's lock. Here the claims of one event-loop iteration become one
+Under load a worker processes many events at once (the events of each
+`process_stripe_events` job, up to `WORKER_MAX_JOBS` jobs). Claiming them, looking up their
+users and crediting their purchases one statement per event costs a round trip (and a
+commit) each, and on a hot user every credit waits for the previous one's commit under the
+user's lock. Here the claims of one event-loop iteration become one
 `claim_events` statement, the users' first lookups one `users_match`, and the credits
 one `ledger_credit_many` call: one commit for the batch, the hot user's lock taken once.
 
 Nothing about the semantics changes: each purchase is still its own ledger row, applied at
 most once, and marked `completed` in the transaction that credits it. When a batch fails,
 each of its callers retries its own item alone, concurrently: a bad purchase fails alone,
-and a user whose lock is held elsewhere keeps only its own jobs waiting.
+and a user whose lock is held elsewhere keeps only its own events waiting.
 """
 
 from __future__ import annotations
@@ -39,14 +40,16 @@ def _interrupted() -> Exception:
     return TransientError("worker shutting down: batch interrupted")
 
 
-async def claim_one(conn: store.Connection, event_id: str) -> Row:
+async def claim_one(
+    conn: store.Connection, event_id: str, *, lease_seconds: float = store.DEFAULT_LEASE_S
+) -> Row:
     """Claim with a few quick tries: a connection blip should not cost a whole job retry.
 
     Backoff 50 ms, then 100 ms; a plain loop, so the happy path costs one awaited statement.
     """
     for attempt in range(1, _CLAIM_TRIES + 1):
         try:
-            return await store.claim_event(conn, event_id)
+            return await store.claim_event(conn, event_id, lease_seconds=lease_seconds)
         except TransientError:
             if attempt == _CLAIM_TRIES:
                 raise
@@ -115,29 +118,47 @@ class _Coalesced(Generic[Item, Result]):
             raise _RetryAlone() from exc
 
 
-async def _claim_many(conn: store.Connection, event_ids: list[str]) -> list[Row]:
-    rows = await store.claim_events(conn, event_ids)
-    return [rows.get(event_id) for event_id in event_ids]
+class _Claims:
+    """The claim statements with this worker's lease (see `store.LEASE_MARGIN_S`)."""
+
+    def __init__(self, lease_seconds: float) -> None:
+        self.lease_seconds = lease_seconds
+
+    async def one(self, conn: store.Connection, event_id: str) -> Row:
+        return await claim_one(conn, event_id, lease_seconds=self.lease_seconds)
+
+    async def many(self, conn: store.Connection, event_ids: list[str]) -> list[Row]:
+        rows = await store.claim_events(conn, event_ids, lease_seconds=self.lease_seconds)
+        return [rows.get(event_id) for event_id in event_ids]
 
 
 class WorkerBatches:
     """The coalesced statements of one worker process, on its pool.
 
     `claim(event_id)`: the claimed row (`processing`, attempts + 1), or None if the event is
-    final or unknown. `lookup(candidate)`: the user id a resolver candidate matches, or None.
+    final, unknown, not yet due or held by a live job (`lease_seconds`).
+    `lookup(candidate)`: the user id a resolver candidate matches, or None.
     `credit(purchase)`: credit once and mark the event completed, in the same commit.
     `max_batch` = 1 gives every event its own statements and transaction (no batching);
-    then as many run at once as the worker runs jobs.
+    then as many run at once as the worker runs events.
     """
 
-    def __init__(self, pool: store.Pool, *, max_batch: int = 256, max_jobs: int = 100) -> None:
+    def __init__(
+        self,
+        pool: store.Pool,
+        *,
+        max_batch: int = 256,
+        max_jobs: int = 100,
+        lease_seconds: float = store.DEFAULT_LEASE_S,
+    ) -> None:
         self._pool = pool
+        claims = _Claims(lease_seconds)
         sizes = {
             "max_batch": max_batch,
             "max_inflight": max(_INFLIGHT, -(-max_jobs // max(1, max_batch))),
         }
         self.claim: _Coalesced[str, Row] = _Coalesced(
-            pool, "claim", "claiming events", claim_one, _claim_many, **sizes
+            pool, "claim", "claiming events", claims.one, claims.many, **sizes
         )
         self.lookup: _Coalesced[resolver.Candidate, UserId | None] = _Coalesced(
             pool, "lookup", "looking up users", resolver.lookup_user, resolver.lookup_users, **sizes

@@ -1,28 +1,34 @@
-"""The arq worker: `process_stripe_event(ctx, event_id)`, the stale-event sweeper and the pruner.
+"""The arq jobs: `process_stripe_events(ctx, event_ids)`, the stale-event sweeper and the
+pruner, and the process resources they share.
 
-A job claims the stored event (`processing`, attempts + 1; a final event is a no-op),
-dispatches on its type through `handlers.HANDLERS` and records the outcome. Credits and
-debits mark the event `completed` inside the ledger transaction. Transient faults release
-the event (back to `received`) and raise arq's `Retry` with exponential backoff until
-`MAX_TRIES`, then the event is `failed` with its error; permanent faults fail at once.
+A job processes its batch of stored events concurrently, each on its own: the claims of the
+batch (and of the jobs running beside it) share one `claim_events` statement, their user
+lookups one statement and their credits one `ledger_credit_many` call (`worker_batches`).
+An event is claimed only when it is due and not held by a live job (`processing`, attempts
++ 1; otherwise the job skips it), dispatched on its type through `handlers.HANDLERS` and its
+outcome recorded. Credits and debits mark the event `completed` inside the ledger
+transaction. A transient fault puts that event alone back to `received`, due after a
+backoff, and enqueues a job for it deferred by the same delay; at `MAX_TRIES` (counted in
+`stripe_events.attempts`) it is `failed` with its error. A permanent fault fails it at once.
+The job itself always ends normally: arq's `Retry` is not used.
 
-Settings are data: `build_worker(settings, **overrides)` gives an `arq.Worker` for any
-database and Redis (the tests build in-process workers this way); `run_worker` is what
-`webhook-worker work` runs. Pools live in `ctx`, opened in on_startup, closed on_shutdown.
+Settings are data: `worker_options(settings)` gives the `arq.Worker` arguments and
+`open_resources` / `close_resources` the Postgres pool and the coalesced statements, which
+`webhook_worker.worker_supervisor` holds for the process lifetime around arq's `main()`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from arq import Retry, Worker, cron, func
+from arq import cron, func
 from arq.cron import CronJob
 
 from webhook_worker import internal_listener as internal
@@ -33,7 +39,6 @@ from webhook_worker.db import store
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger, redact_text
 from webhook_worker.worker import handlers, payments, reconcile
-from webhook_worker.worker.arq_worker import ArqWorker
 from webhook_worker.worker.batching import WorkerBatches
 from webhook_worker.worker.postgres_money_store import PostgresMoneyStore
 
@@ -94,18 +99,27 @@ async def _record_failure(pool: store.Pool, event_id: str, message: str) -> bool
         return False
 
 
-async def _release(pool: store.Pool, event_id: str, message: str) -> None:
+async def _release(pool: store.Pool, event_id: str, message: str, delay_seconds: float = 0) -> bool:
     try:
         async with store.acquire(pool, "releasing an event") as conn:
-            await store.release_event(conn, event_id, message)
+            await store.release_event(conn, event_id, message, delay_seconds=delay_seconds)
+        return True
     except (TransientError, PermanentError) as exc:
+        # Left `processing`: once its lease runs out a job (or the sweeper) takes it again.
         log.warning("event_release_failed", error=_error_text(exc))
+        return False
 
 
-class _Job:
-    """One run of `process_stripe_event`: its state for the canonical log line."""
+def lease_seconds(settings: Settings) -> float:
+    """How long a claimed event belongs to its job (see `store.LEASE_MARGIN_S`)."""
+    return settings.job_timeout_seconds + store.LEASE_MARGIN_S
+
+
+class _EventRun:
+    """One event of a `process_stripe_events` job: its state for the canonical log line."""
 
     def __init__(self, ctx: dict[str, Any], event_id: str) -> None:
+        self.ctx = ctx
         self.settings: Settings = ctx["settings"]
         self.pool: store.Pool = ctx["pool"]
         self.handler_context: handlers.HandlerContext = ctx["handler_context"]
@@ -115,6 +129,8 @@ class _Job:
         self.started = time.perf_counter()
         self.event: handlers.StoredEvent | None = None
         self.event_type = "unknown"
+        self.claimed = False
+        self.finished = False
 
     def _line(self, action: str, level: str = "info", **fields: Any) -> None:
         duration_ms = round((time.perf_counter() - self.started) * 1000, 2)
@@ -131,8 +147,10 @@ class _Job:
         async with asyncio.timeout(_deadline(self.settings)):
             row = await self.batches.claim(self.event_id)
             if row is None:
-                self._line("event_skipped", reason="already_final_or_unknown")
+                self.finished = True
+                self._line("event_skipped", reason="final_unknown_not_due_or_held")
                 return "skipped"
+            self.claimed = True
             self.event_type = str(row.get("type") or "unknown")
             self.event = handlers.StoredEvent.from_row(row)
             outcome = await handlers.handle_event(self.handler_context, self.event)
@@ -141,6 +159,7 @@ class _Job:
                     await store.finish_event(
                         conn, self.event_id, outcome.status, reason=outcome.reason
                     )
+            self.finished = True
         _observe_final(self.event, outcome.status, _type_label(self.event_type))
         if outcome.status == "ignored":
             metrics.EVENTS_IGNORED.labels(outcome.reason or "unknown").inc()
@@ -148,6 +167,7 @@ class _Job:
         return outcome.status
 
     async def fail(self, exc: BaseException) -> str:
+        self.finished = True
         message = _error_text(exc)
         await _record_failure(self.pool, self.event_id, message)
         _observe_final(self.event, "failed", _type_label(self.event_type))
@@ -155,30 +175,65 @@ class _Job:
         return "failed"
 
     async def retry_or_fail(self, exc: BaseException) -> str:
-        if self.job_try >= self.settings.max_tries:
+        """This event alone goes back, due after its backoff, with a deferred job of its own."""
+        # A claimed event's tries are its attempts; one that could not even be claimed
+        # (Postgres away) counts the tries of the jobs that carried it alone.
+        tries = self.event.attempts if self.event is not None else self.job_try
+        if self.claimed and tries >= self.settings.max_tries:
             return await self.fail(exc)
+        self.finished = True
         message = _error_text(exc)
-        await _release(self.pool, self.event_id, message)
+        delay = retry_delay(self.settings, tries)
+        if self.claimed:
+            await _release(self.pool, self.event_id, message, delay)
         reason = _retry_reason(exc)
         metrics.RETRIES.labels(reason).inc()
-        delay = retry_delay(self.settings, self.job_try)
         self._line("event_retried", "warning", reason=reason, retry_in_s=delay, error=message)
-        raise Retry(defer=delay)
+        # Unclaimed, the next job's arq try number carries the count (`_job_try`).
+        job_try = None if self.claimed else min(tries + 1, self.settings.max_tries)
+        try:
+            await queue.enqueue_event_jobs(
+                self.ctx["redis"], [self.event_id], defer_seconds=delay, job_try=job_try
+            )
+        except TransientError as exc:  # the sweeper enqueues it once it is overdue
+            log.warning("retry_enqueue_failed", error=_error_text(exc))
+        return "retried"
+
+    async def release_unfinished(self) -> None:
+        """The job was cancelled (shutdown): a claimed event goes back, due at once, so the
+        run arq starts again takes it without waiting for its lease to run out."""
+        if self.claimed and not self.finished:
+            await _release(self.pool, self.event_id, "worker stopped during the job")
 
 
-async def process_stripe_event(ctx: dict[str, Any], event_id: str) -> str:
-    """arq job: process one stored event; returns the outcome (`completed`, `failed`, …)."""
-    job = _Job(ctx, event_id)
+async def _process_event(ctx: dict[str, Any], event_id: str) -> str:
+    run = _EventRun(ctx, event_id)
     with structlog.contextvars.bound_contextvars(stripe_event_id=event_id):
         try:
-            return await job.run()
+            return await run.run()
         except (TransientError, TimeoutError) as exc:
-            return await job.retry_or_fail(exc)
+            return await run.retry_or_fail(exc)
         except PermanentError as exc:
-            return await job.fail(exc)
+            return await run.fail(exc)
+        except asyncio.CancelledError:
+            # Shielded: a second cancellation must not leave the release half done.
+            await asyncio.shield(run.release_unfinished())
+            raise
         except Exception as exc:  # a bug: fail the event visibly rather than retry forever
-            log.exception("event_handler_crashed", event_type=job.event_type)
-            return await job.fail(RuntimeError(f"internal error: {type(exc).__name__}: {exc}"))
+            log.exception("event_handler_crashed", event_type=run.event_type)
+            return await run.fail(RuntimeError(f"internal error: {type(exc).__name__}: {exc}"))
+
+
+async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> dict[str, int]:
+    """arq job: process stored events concurrently, each on its own; outcome counts.
+
+    Each event's own outcome (`completed`, `ignored`, `waiting`, `failed`, `retried`, or
+    `skipped` when another job has it or it is final) never affects the others.
+    """
+    outcomes = await asyncio.gather(
+        *(_process_event(ctx, event_id) for event_id in dict.fromkeys(event_ids))
+    )
+    return dict(Counter(outcomes))
 
 
 # --- cron: sweeper and pruner --------------------------------------------------------------
@@ -189,15 +244,20 @@ async def sweep_stale_events(ctx: dict[str, Any]) -> int:
     `waiting` events whose purchase is now in the ledger and end those that waited longer
     than WAIT_MAX_DAYS (`ignored`, `no_purchase_for_payment`).
 
-    Jobs are enqueued under the event id, so an event whose job still waits in Redis (a
-    deferred retry, a job whose worker died and that arq will re-run) is not doubled.
+    An event whose deferred retry is not yet due is left to its job, and a swept event is
+    touched, so the next sweeps leave it to the job enqueued now (see `take_stale_events`).
     """
     settings: Settings = ctx["settings"]
     try:
         async with store.acquire(ctx["pool"], "sweeping stale events") as conn:
             woken = await payments.wake_waiting(conn, SWEEP_BATCH)
             expired = await payments.expire_waiting(conn, settings.wait_max_days, SWEEP_BATCH)
-            stale = await store.events_to_sweep(conn, settings.stale_after_seconds, SWEEP_BATCH)
+            stale = await store.take_stale_events(
+                conn,
+                settings.stale_after_seconds,
+                SWEEP_BATCH,
+                lease_seconds=lease_seconds(settings),
+            )
             backlog = await store.event_backlog_counts(conn)
         event_ids = woken + sorted(set(stale) - set(woken))
         queued = await queue.enqueue_events(ctx["redis"], event_ids) if event_ids else 0
@@ -253,14 +313,20 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     ]
 
 
-# --- the worker ----------------------------------------------------------------------------
+# --- the process's resources and arq's arguments ------------------------------------------
 
 
-async def _on_startup(ctx: dict[str, Any]) -> None:
+async def open_resources(ctx: dict[str, Any]) -> None:
+    """Fill `ctx` with what the jobs share for the process lifetime: the Postgres pool, the
+    coalesced statements and the handlers' context; start the internal listener and the
+    reconcile loop. `ctx` holds `settings`, and `redis` for the listener's readiness."""
     settings: Settings = ctx["settings"]
     ctx["pool"] = await store.create_pool(settings)
     batches = WorkerBatches(
-        ctx["pool"], max_batch=settings.worker_batch_max, max_jobs=settings.worker_max_jobs
+        ctx["pool"],
+        max_batch=settings.worker_batch_max,
+        max_jobs=settings.worker_max_jobs,
+        lease_seconds=lease_seconds(settings),
     )
     ctx["batches"] = batches
     ctx["handler_context"] = handlers.HandlerContext(
@@ -282,7 +348,8 @@ async def _on_startup(ctx: dict[str, Any]) -> None:
     )
 
 
-async def _on_shutdown(ctx: dict[str, Any]) -> None:
+async def close_resources(ctx: dict[str, Any]) -> None:
+    """Undo `open_resources`; idempotent (it pops what it closes)."""
     reconciling: asyncio.Task[None] | None = ctx.pop("reconcile_task", None)
     if reconciling is not None:
         reconciling.cancel()
@@ -300,63 +367,24 @@ async def _on_shutdown(ctx: dict[str, Any]) -> None:
 
 
 def worker_options(settings: Settings, *, with_cron: bool = True) -> dict[str, Any]:
-    """Keyword arguments for `arq.Worker`, all derived from `settings`."""
+    """Keyword arguments for `arq.Worker`, all derived from `settings` (no ctx, no hooks:
+    the supervisor adds the shared ctx; arq's on_startup/on_shutdown are not used)."""
     redis = replace(queue.redis_settings(settings), conn_retries=5, conn_retry_delay=1)
     return {
-        "functions": [func(process_stripe_event, name=queue.PROCESS_EVENT_JOB)],
+        "functions": [func(process_stripe_events, name=queue.PROCESS_EVENTS_JOB)],
         "cron_jobs": cron_jobs(settings) if with_cron else None,
         "redis_settings": redis,
         "queue_name": queue.QUEUE_NAME,
-        "on_startup": _on_startup,
-        "on_shutdown": _on_shutdown,
-        # The reconcile loop runs beside the cron jobs (only with STRIPE_API_KEY).
-        "ctx": {"settings": settings, "reconcile_cron": with_cron},
         "max_jobs": settings.worker_max_jobs,
         "poll_delay": settings.worker_poll_delay,
-        # arq re-runs a job whose worker died once its in-progress key expires, which is
-        # job_timeout + 10 s: the default 30 s brings a SIGKILLed job back within ~40 s.
+        # arq runs a job again once its in-progress key expires (job_timeout + 10 s) when its
+        # worker died; its events are claimable again by then (the lease is job_timeout + 5 s).
         "job_timeout": settings.job_timeout_seconds,
-        # The job itself turns the last transient fault into `failed` (job_try == max_tries),
-        # so arq's own limit only bites when a worker died during the last try; the sweeper
-        # then finds the event still `processing` and enqueues it afresh.
+        # Jobs never raise Retry (an event's tries are its attempts); arq's count only grows
+        # when a job is cancelled (shutdown) or its worker dies, and past it arq drops the
+        # job: the sweeper then finds its events.
         "max_tries": settings.max_tries,
-        # No results are kept: a finished job's id (the event id) is free again at once, so
-        # the sweeper and the receiver can enqueue that event again; Postgres has the outcome.
+        # Results are not kept: job ids are never reused, and Postgres has the outcome.
         "keep_result": 0,
+        "handle_signals": False,  # the supervisor handles SIGINT/SIGTERM
     }
-
-
-def build_worker(settings: Settings, *, with_cron: bool = True, **overrides: Any) -> Worker:
-    """An arq Worker for these settings; overrides go to `arq.Worker` (burst, poll_delay…).
-
-    Tests: `build_worker(settings, burst=True, poll_delay=0, handle_signals=False,
-    with_cron=False)` then `await worker.async_run()` and `await worker.close()`.
-    """
-    options = worker_options(settings, with_cron=with_cron)
-    options.update(overrides)
-    return ArqWorker(**options)
-
-
-def run_worker(settings: Settings, *, burst: bool = False) -> None:
-    """`webhook-worker work`: run until SIGINT/SIGTERM (or until the queue is empty)."""
-    # One canonical line per job is ours; arq's own per-job start/finish lines would triple it.
-    logging.getLogger("arq.worker").setLevel(logging.WARNING)
-    loop = _new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        # A burst run drains the queue and exits: cron jobs would keep it waiting.
-        worker = build_worker(settings, burst=burst, with_cron=not burst)
-        worker.ctx["freeze_heap"] = True  # a process of its own (see runtime.freeze_startup_heap)
-        worker.run()
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-
-
-def _new_event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - Windows
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
