@@ -9,12 +9,12 @@ workers and Postgres.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import pytest
 
+from tests.money_cases import NOTE_CASES, NoteCase, note_step
 from tests.worker_support import (
     assert_balance_after_is_running_sum,
     balance,
@@ -40,7 +40,6 @@ from webhook_worker.ops.sample_events import (
     invoice_payment_paid_event,
     new_id,
     payment_intent_succeeded_event,
-    refund_event,
 )
 from webhook_worker.ops.test_events import build_test_event
 from webhook_worker.worker.payments import target_taken
@@ -507,144 +506,10 @@ def test_credit_notes_and_the_charge_count_the_larger_never_the_sum(
     assert target_taken(1000, 900, snapshot, 0, 0, noted) == expected
 
 
-@dataclass(frozen=True)
-class NoteCase:
-    """Steps after a paid invoice of 900 (1000 credits): `invoice`, `link` (basil's
-    invoice_payment.paid; nothing before basil), `note:<refunded>:<refund>` (a credit note of
-    that amount refunding it all), `charge:<cumulative refunded>`, `fail:<refund>:<amount>`,
-    `again:<step>` (the same delivery), `resend:<step>` (a new event id), `replay:<step>`
-    (forced). `rows`: the ledger after SUBSCRIPTION_CREDIT, other than USAGE."""
-
-    name: str
-    steps: list[str]
-    rows: list[tuple[str, int]]
-    balance: int
-    spent: int = 0
-
-
-NOTE_CASES = [
-    NoteCase("full", ["invoice", "link", "note:900:re_a"], [("REFUND", -1000)], 0),
-    NoteCase("partial", ["invoice", "link", "note:300:re_a"], [("REFUND", -333)], 667),
-    NoteCase(
-        "two credit notes add up",
-        ["invoice", "link", "note:300:re_a", "note:300:re_b"],
-        [("REFUND", -333), ("REFUND", -333)],
-        334,
-    ),
-    NoteCase(
-        "never below zero: 800 credits were spent",
-        ["invoice", "link", "note:900:re_a", "again:2"],
-        [("REFUND", -200)],
-        0,
-        spent=800,
-    ),
-    NoteCase(
-        "delivered twice, resent and replayed: once",
-        ["invoice", "link", "note:300:re_a", "again:2", "resend:2", "replay:2"],
-        [("REFUND", -333)],
-        667,
-    ),
-    NoteCase(
-        "before its invoice: waits, then applies",
-        ["note:300:re_a", "invoice", "link"],
-        [("REFUND", -333)],
-        667,
-    ),
-    NoteCase(
-        "before its invoice payment is linked: waits, then applies",
-        ["invoice", "note:300:re_a", "link"],
-        [("REFUND", -333)],
-        667,
-    ),
-    NoteCase(
-        "credit note, then charge.refunded of the same refund: once",
-        ["invoice", "link", "note:300:re_a", "charge:300"],
-        [("REFUND", -333)],
-        667,
-    ),
-    NoteCase(
-        "charge.refunded, then the credit note of the same refund: once",
-        ["invoice", "link", "charge:300", "note:300:re_a"],
-        [("REFUND", -333)],
-        667,
-    ),
-    NoteCase(
-        "a refund without a credit note, then a credit note: the next charge catches up",
-        ["invoice", "link", "charge:300", "note:300:re_b", "charge:600"],
-        [("REFUND", -333), ("REFUND", -333)],
-        334,
-    ),
-    NoteCase(
-        "the credit note's refund fails before any charge event: given back",
-        ["invoice", "link", "note:300:re_a", "fail:re_a:300"],
-        [("REFUND", -333), ("REFUND_REVERSAL", 333)],
-        1000,
-    ),
-    NoteCase(
-        "the credit note's refund fails: given back",
-        ["invoice", "link", "note:300:re_a", "charge:300", "fail:re_a:300"],
-        [("REFUND", -333), ("REFUND_REVERSAL", 333)],
-        1000,
-    ),
-]
-
-
 async def _replay(db: asyncpg.Connection, settings: Settings, event_id: str) -> None:
     selection = await replay.select_replay(db, event_ids=[event_id], force=True)
     await replay.replay_events(db, None, selection)
     await enqueue(settings, [event_id], fresh=True)
-
-
-NOTE_TIME = 1_767_225_600
-
-
-def _note_step(
-    step: str, n: int, invoice: dict[str, Any], pi: str, sent: list[dict[str, Any]]
-) -> dict[str, Any] | None:
-    """The event one NoteCase step delivers; None: nothing to deliver."""
-    kind, _, arg = step.partition(":")
-    obj = invoice["data"]["object"]
-    version = invoice["api_version"]
-    created = NOTE_TIME + n  # later steps are newer
-    if kind == "invoice":
-        return invoice
-    if kind == "link":
-        if version != BASIL:
-            return None  # before basil the invoice names its payment intent
-        return invoice_payment_paid_event(invoice=obj["id"], payment_intent=pi, amount=900)
-    if kind == "note":
-        refunded, refund_id = arg.split(":")
-        return credit_note_event(
-            invoice=obj["id"],
-            amount=int(refunded),
-            refund_id=refund_id,
-            credit_note_id=f"cn_{refund_id}_{obj['id']}",
-            customer=obj["customer"],
-            api_version=version,
-            created=created,
-        )
-    if kind == "charge":
-        return charge_refunded_event(
-            payment_intent=pi,
-            amount=900,
-            amount_refunded=int(arg),
-            created=created,
-            api_version=version,
-        )
-    if kind == "fail":
-        refund_id, amount = arg.split(":")
-        return refund_event(
-            payment_intent=pi,
-            refund_id=refund_id,
-            amount=int(amount),
-            event_type="refund.failed",
-            refund_created=NOTE_TIME,
-            created=created,
-        )
-    if kind == "again":
-        return sent[int(arg)]
-    assert kind == "resend"
-    return {**sent[int(arg)], "id": new_id("evt")}
 
 
 async def _spend(db: asyncpg.Connection, user: int, credits: int) -> None:
@@ -675,7 +540,7 @@ async def test_a_credit_note_takes_back_the_refunded_share_once(
             await _replay(db, priced, sent[int(step.split(":")[1])]["id"])
             event = None
         else:
-            event = _note_step(step, n, invoice, pi, sent)
+            event = note_step(step, n, invoice, pi, sent)
         sent.append(event or {})
         if event is not None:
             await deliver(db, priced, event)
