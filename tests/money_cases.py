@@ -303,12 +303,12 @@ def intent_then_session(credits: int) -> list[Event]:
 
 def invoice(api_version: str, **kw: Any) -> Event:
     def built(refs: Refs) -> dict[str, Any]:
-        price = kw.pop("price_id", "price_monthly")
+        price = kw.get("price_id", "price_monthly")
         line = invoice_line(
             price=price,
             amount=1000,
             api_version=api_version,
-            price_metadata=kw.pop("price_metadata", None),
+            price_metadata=kw.get("price_metadata"),
         )
         return invoice_paid_event(
             customer=new_id("cus"),
