@@ -5,6 +5,7 @@ tests/test_money_rules_postgres.py: real deliveries, worker and Postgres).
 `FLOWS`: refunds, refund failures and disputes after one purchase, in delivery order, with
 the ledger rows, balances and statuses they must leave. `PURCHASES`: which user a paid
 event credits and how many credits, by the resolver's order and the credit rules.
+`NOTE_CASES`: credit notes (and the charge events of their refunds) after a paid invoice.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from webhook_worker.ops.sample_events import (
     PRE_BASIL,
     charge_refunded_event,
     checkout_session_event,
+    credit_note_event,
     dispute_event,
     invoice_line,
     invoice_paid_event,
+    invoice_payment_paid_event,
     new_id,
     payment_intent_succeeded_event,
     refund_event,
@@ -300,12 +303,12 @@ def intent_then_session(credits: int) -> list[Event]:
 
 def invoice(api_version: str, **kw: Any) -> Event:
     def built(refs: Refs) -> dict[str, Any]:
-        price = kw.pop("price_id", "price_monthly")
+        price = kw.get("price_id", "price_monthly")
         line = invoice_line(
             price=price,
             amount=1000,
             api_version=api_version,
-            price_metadata=kw.pop("price_metadata", None),
+            price_metadata=kw.get("price_metadata"),
         )
         return invoice_paid_event(
             customer=new_id("cus"),
@@ -407,3 +410,140 @@ PURCHASES = [
         [DONE],
     ),
 ]
+
+
+# --- credit notes (tests/test_subscriptions.py on Postgres, tests/test_money_rules.py in memory)
+
+
+@dataclass(frozen=True)
+class NoteCase:
+    """Steps after a paid invoice of 900 (1000 credits): `invoice`, `link` (basil's
+    invoice_payment.paid; nothing before basil), `note:<refunded>:<refund>` (a credit note of
+    that amount refunding it all), `charge:<cumulative refunded>`, `fail:<refund>:<amount>`,
+    `again:<step>` (the same delivery), `resend:<step>` (a new event id), `replay:<step>`
+    (forced). `rows`: the ledger after SUBSCRIPTION_CREDIT, other than USAGE."""
+
+    name: str
+    steps: list[str]
+    rows: list[tuple[str, int]]
+    balance: int
+    spent: int = 0
+
+
+NOTE_CASES = [
+    NoteCase("full", ["invoice", "link", "note:900:re_a"], [("REFUND", -1000)], 0),
+    NoteCase("partial", ["invoice", "link", "note:300:re_a"], [("REFUND", -333)], 667),
+    NoteCase(
+        "two credit notes add up",
+        ["invoice", "link", "note:300:re_a", "note:300:re_b"],
+        [("REFUND", -333), ("REFUND", -333)],
+        334,
+    ),
+    NoteCase(
+        "never below zero: 800 credits were spent",
+        ["invoice", "link", "note:900:re_a", "again:2"],
+        [("REFUND", -200)],
+        0,
+        spent=800,
+    ),
+    NoteCase(
+        "delivered twice, resent and replayed: once",
+        ["invoice", "link", "note:300:re_a", "again:2", "resend:2", "replay:2"],
+        [("REFUND", -333)],
+        667,
+    ),
+    NoteCase(
+        "before its invoice: waits, then applies",
+        ["note:300:re_a", "invoice", "link"],
+        [("REFUND", -333)],
+        667,
+    ),
+    NoteCase(
+        "before its invoice payment is linked: waits, then applies",
+        ["invoice", "note:300:re_a", "link"],
+        [("REFUND", -333)],
+        667,
+    ),
+    NoteCase(
+        "credit note, then charge.refunded of the same refund: once",
+        ["invoice", "link", "note:300:re_a", "charge:300"],
+        [("REFUND", -333)],
+        667,
+    ),
+    NoteCase(
+        "charge.refunded, then the credit note of the same refund: once",
+        ["invoice", "link", "charge:300", "note:300:re_a"],
+        [("REFUND", -333)],
+        667,
+    ),
+    NoteCase(
+        "a refund without a credit note, then a credit note: the next charge catches up",
+        ["invoice", "link", "charge:300", "note:300:re_b", "charge:600"],
+        [("REFUND", -333), ("REFUND", -333)],
+        334,
+    ),
+    NoteCase(
+        "the credit note's refund fails before any charge event: given back",
+        ["invoice", "link", "note:300:re_a", "fail:re_a:300"],
+        [("REFUND", -333), ("REFUND_REVERSAL", 333)],
+        1000,
+    ),
+    NoteCase(
+        "the credit note's refund fails: given back",
+        ["invoice", "link", "note:300:re_a", "charge:300", "fail:re_a:300"],
+        [("REFUND", -333), ("REFUND_REVERSAL", 333)],
+        1000,
+    ),
+]
+
+
+NOTE_TIME = 1_767_225_600
+
+
+def note_step(
+    step: str, n: int, invoice: dict[str, Any], pi: str, sent: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The event one NoteCase step delivers; None: nothing to deliver."""
+    kind, _, arg = step.partition(":")
+    obj = invoice["data"]["object"]
+    version = invoice["api_version"]
+    created = NOTE_TIME + n  # later steps are newer
+    if kind == "invoice":
+        return invoice
+    if kind == "link":
+        if version != BASIL:
+            return None  # before basil the invoice names its payment intent
+        return invoice_payment_paid_event(invoice=obj["id"], payment_intent=pi, amount=900)
+    if kind == "note":
+        refunded, refund_id = arg.split(":")
+        return credit_note_event(
+            invoice=obj["id"],
+            amount=int(refunded),
+            refund_id=refund_id,
+            credit_note_id=f"cn_{refund_id}_{obj['id']}",
+            customer=obj["customer"],
+            api_version=version,
+            created=created,
+        )
+    if kind == "charge":
+        return charge_refunded_event(
+            payment_intent=pi,
+            amount=900,
+            amount_refunded=int(arg),
+            created=created,
+            api_version=version,
+        )
+    if kind == "fail":
+        refund_id, amount = arg.split(":")
+        return refund_event(
+            payment_intent=pi,
+            refund_id=refund_id,
+            amount=int(amount),
+            event_type="refund.failed",
+            refund_created=NOTE_TIME,
+            created=created,
+        )
+    if kind == "again":
+        return sent[int(arg)]
+    assert kind == "resend"
+    return {**sent[int(arg)], "id": new_id("evt")}

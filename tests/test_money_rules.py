@@ -11,10 +11,25 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.money_cases import FLOWS, PURCHASES, Flow, Ids, PurchaseCase
+from tests.money_cases import (
+    FLOWS,
+    NOTE_CASES,
+    PURCHASES,
+    Flow,
+    Ids,
+    NoteCase,
+    PurchaseCase,
+    note_step,
+)
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
-from webhook_worker.ops.sample_events import checkout_session_event, new_id
+from webhook_worker.ops.sample_events import (
+    BASIL,
+    PRE_BASIL,
+    checkout_session_event,
+    invoice_paid_event,
+    new_id,
+)
 from webhook_worker.worker import handlers, payments
 from webhook_worker.worker.memory_money_store import InMemoryMoneyStore, LedgerRow
 
@@ -123,6 +138,53 @@ async def test_purchase_in_memory(case: PurchaseCase) -> None:
     by_name |= {u.email.lower(): u for u in store.users.values() if u.email}
     assert {name: by_name[name].credits_balance for name in case.balances} == case.balances
     assert sum(store.balances().values()) == sum(case.balances.values())
+
+
+async def _wake(ctx: handlers.HandlerContext, store: InMemoryMoneyStore) -> None:
+    """The sweeper: waiting events run again until none moves."""
+    while True:
+        waiting = [i for i, e in store.events.items() if e.status == "waiting"]
+        for event_id in waiting:
+            store.events[event_id].status = "received"
+            await process(ctx, store, event_id)
+        if [i for i, e in store.events.items() if e.status == "waiting"] == waiting:
+            return
+
+
+@pytest.mark.parametrize("api_version", [PRE_BASIL, BASIL])
+@pytest.mark.parametrize("case", NOTE_CASES, ids=[case.name for case in NOTE_CASES])
+async def test_credit_note_in_memory(case: NoteCase, api_version: str) -> None:
+    store = InMemoryMoneyStore()
+    ctx = _context(store, {"PRICE_CREDITS": "price_basic:1000"})
+    user = store.add_user(f"{new_id('u')}@example.com")
+    user.stripe_customer_id = new_id("cus").replace("_test_", "_")  # Stripe's id shape
+    invoice = invoice_paid_event(
+        customer=user.stripe_customer_id,
+        price="price_basic",
+        amount=900,
+        api_version=api_version,
+    )
+    pi = invoice["data"]["object"].get("payment_intent") or new_id("pi")
+    sent: list[dict[str, Any]] = []
+    for n, step in enumerate(case.steps):
+        event = None
+        if step.startswith("replay:"):  # forced: back to received, run again
+            replayed = sent[int(step.split(":")[1])]["id"]
+            store.events[replayed].status = "received"
+            await process(ctx, store, replayed)
+        else:
+            event = note_step(step, n, invoice, pi, sent)
+        sent.append(event or {})
+        if event is not None:
+            await process(ctx, store, store.store_event(event))
+        if step == "invoice" and case.spent:
+            user.credits_balance -= case.spent
+            store.ledger.append(LedgerRow(user.id, -case.spent, user.credits_balance, "USAGE", ""))
+    await _wake(ctx, store)
+    rows = [(r.transaction_type, r.amount) for r in store.ledger if r.transaction_type != "USAGE"]
+    assert rows == [("SUBSCRIPTION_CREDIT", 1000), *case.rows]
+    assert user.credits_balance == case.balance == sum(r.amount for r in store.ledger)
+    assert {e.status for e in store.events.values()} == {"completed"}
 
 
 def test_the_settle_rule_never_takes_more_than_was_bought_nor_below_zero() -> None:

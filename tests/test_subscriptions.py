@@ -14,11 +14,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.money_cases import NOTE_CASES, NoteCase, note_step
 from tests.worker_support import (
     assert_balance_after_is_running_sum,
     balance,
     deliver,
     drain,
+    enqueue,
     ledger_sum,
     new_user,
     status_of,
@@ -26,11 +28,13 @@ from tests.worker_support import (
 )
 from webhook_worker.config import ConfigError, Settings, parse_price_credits
 from webhook_worker.errors import PermanentError
+from webhook_worker.ops import replay
 from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
     charge_refunded_event,
     checkout_session_event,
+    credit_note_event,
     invoice_line,
     invoice_paid_event,
     invoice_payment_paid_event,
@@ -38,7 +42,8 @@ from webhook_worker.ops.sample_events import (
     payment_intent_succeeded_event,
 )
 from webhook_worker.ops.test_events import build_test_event
-from webhook_worker.worker.subscriptions import invoice_credits, line_price_id
+from webhook_worker.worker.payments import target_taken
+from webhook_worker.worker.subscriptions import credit_note_refunds, invoice_credits, line_price_id
 
 VERSIONS = pytest.mark.parametrize("api_version", [PRE_BASIL, BASIL])
 PRICES = {"price_basic": 1000, "price_pro": 5000}
@@ -436,6 +441,166 @@ async def test_a_refunded_basil_invoice_takes_back_its_share_through_its_invoice
     await deliver(db, priced, events["link"])  # again: nothing changes
     await drain(priced)
     assert await balance(db, user) == 667 == await ledger_sum(db, user)
+
+
+# --- credit notes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("api_version", "amount", "refunded", "expected"),
+    [
+        (BASIL, 900, 900, 900),  # a full credit note
+        (BASIL, 900, 300, 300),  # part refunded, the rest to the customer's balance
+        (BASIL, 900, 0, None),  # all to the customer's balance: no_refund
+        (PRE_BASIL, 900, 900, 900),
+        (PRE_BASIL, 300, 300, 300),  # a partial credit note: 300 of a 900 invoice
+        (PRE_BASIL, 900, 300, None),  # part to the balance: refund_amount_unknown
+        (PRE_BASIL, 900, 0, None),
+    ],
+)
+def test_a_credit_note_names_its_refunds_in_both_shapes(
+    api_version: str, amount: int, refunded: int, expected: int | None
+) -> None:
+    note = credit_note_event(
+        invoice="in_1", amount=amount, refunded=refunded, api_version=api_version
+    )["data"]["object"]
+    basil = api_version == BASIL
+    assert ("refunds" in note, "refund" in note) == (basil, not basil)
+    found = credit_note_refunds(note)
+    if expected is None:
+        assert found.refunds == ()
+        assert found.reason == ("refund_amount_unknown" if refunded else "no_refund")
+    else:
+        [(refund_id, amount_refunded)] = found.refunds
+        assert refund_id.startswith("re_") and amount_refunded == expected
+        assert found.reason is None
+
+
+def test_a_basil_credit_note_adds_a_split_refund_and_skips_payment_record_refunds() -> None:
+    note = credit_note_event(invoice="in_1", amount=900, api_version=BASIL)["data"]["object"]
+    note["refunds"] = [
+        {"amount_refunded": 200, "refund": "re_1", "type": "refund"},
+        {"amount_refunded": 100, "refund": {"id": "re_1", "object": "refund"}, "type": None},
+        {"amount_refunded": 600, "refund": None, "type": "payment_record_refund"},
+        {"amount_refunded": 0, "refund": "re_2", "type": "refund"},
+    ]
+    assert credit_note_refunds(note).refunds == (("re_1", 300),)
+    note["refunds"][0]["amount_refunded"] = "200"
+    with pytest.raises(PermanentError, match="re_1"):
+        credit_note_refunds(note)
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "noted", "expected"),
+    [
+        (None, 300, 333),  # a credit note, no charge event yet
+        (300, 0, 333),  # a charge event, no credit note
+        (300, 300, 333),  # both name the same refund: once
+        (600, 300, 666),  # the charge has another refund too
+        (300, 600, 666),  # the charge is older than a second credit note: it lags
+    ],
+)
+def test_credit_notes_and_the_charge_count_the_larger_never_the_sum(
+    snapshot: int | None, noted: int, expected: int
+) -> None:
+    assert target_taken(1000, 900, snapshot, 0, 0, noted) == expected
+
+
+async def _replay(db: asyncpg.Connection, settings: Settings, event_id: str) -> None:
+    selection = await replay.select_replay(db, event_ids=[event_id], force=True)
+    await replay.replay_events(db, None, selection)
+    await enqueue(settings, [event_id], fresh=True)
+
+
+async def _spend(db: asyncpg.Connection, user: int, credits: int) -> None:
+    """The host application spends credits (a USAGE row and the balance, together)."""
+    await db.execute(
+        "WITH spend AS (UPDATE users SET credits_balance = credits_balance - $2 WHERE id = $1 "
+        "RETURNING credits_balance) INSERT INTO credit_transactions "
+        "(user_id, amount, balance_after, transaction_type) "
+        "SELECT $1, -$2::bigint, credits_balance, 'USAGE' FROM spend",
+        user,
+        credits,
+    )
+
+
+@VERSIONS
+@pytest.mark.parametrize("case", NOTE_CASES, ids=[case.name for case in NOTE_CASES])
+async def test_a_credit_note_takes_back_the_refunded_share_once(
+    db: asyncpg.Connection, priced: Settings, api_version: str, case: NoteCase
+) -> None:
+    user, customer = await _linked_user(db)
+    invoice = invoice_paid_event(
+        customer=customer, price="price_basic", amount=900, api_version=api_version
+    )
+    pi = invoice["data"]["object"].get("payment_intent") or new_id("pi")
+    sent: list[dict[str, Any]] = []
+    for n, step in enumerate(case.steps):
+        if step.startswith("replay:"):
+            await _replay(db, priced, sent[int(step.split(":")[1])]["id"])
+            event = None
+        else:
+            event = note_step(step, n, invoice, pi, sent)
+        sent.append(event or {})
+        if event is not None:
+            await deliver(db, priced, event)
+        await drain(priced)
+        if step == "invoice" and case.spent:
+            await _spend(db, user, case.spent)
+    for _ in range(2):
+        await sweep(priced)
+        await drain(priced)
+    rows = [r[:2] for r in await _rows(db, user) if r[0] != "USAGE"]
+    assert rows == [("SUBSCRIPTION_CREDIT", 1000), *case.rows]
+    assert await balance(db, user) == case.balance == await ledger_sum(db, user)
+    await assert_balance_after_is_running_sum(db, user)
+    pending = await db.fetch(
+        "SELECT type, processing_status, status_reason FROM stripe_events "
+        "WHERE processing_status <> 'completed'"
+    )
+    assert pending == []
+    state = await db.fetchrow(
+        "SELECT taken, shortfall FROM payment_states WHERE payment_intent_id = $1", pi
+    )
+    assert state["taken"] - state["shortfall"] == -sum(amount for _, amount in case.rows)
+
+
+async def test_a_credit_note_without_a_refund_or_invoice_moves_nothing(
+    db: asyncpg.Connection, priced: Settings
+) -> None:
+    user, customer = await _linked_user(db)
+    invoice = invoice_paid_event(customer=customer, price="price_basic", amount=900)
+    invoice_id = invoice["data"]["object"]["id"]
+    balance_only = credit_note_event(invoice=invoice_id, refunded=0, customer=customer)
+    unknown = credit_note_event(invoice=invoice_id, amount=900, refunded=300, customer=customer)
+    ids = await deliver(db, priced, invoice, balance_only, unknown)
+    await drain(priced)
+    reasons = [(await status_of(db, i))["status_reason"] for i in ids[1:]]
+    assert reasons == ["no_refund", "refund_amount_unknown"]
+    assert await balance(db, user) == 1000
+
+
+async def test_a_credit_note_of_an_invoice_never_credited_is_ignored_after_wait_max_days(
+    db: asyncpg.Connection, priced: Settings
+) -> None:
+    note = credit_note_event(invoice=new_id("in"), amount=900, api_version=BASIL)
+    [event_id] = await deliver(db, priced, note)
+    await drain(priced)
+    status = await status_of(db, event_id)
+    assert (status["processing_status"], status["status_reason"]) == (
+        "waiting",
+        "awaiting_invoice_payment",
+    )
+    await db.execute(
+        "UPDATE stripe_events SET received_at = now() - interval '8 days' WHERE event_id = $1",
+        event_id,
+    )
+    await sweep(priced)
+    status = await status_of(db, event_id)
+    assert (status["processing_status"], status["status_reason"]) == (
+        "ignored",
+        "no_purchase_for_payment",
+    )
 
 
 # --- payments without Checkout ------------------------------------------------------------

@@ -23,16 +23,22 @@ FROM ledger_credit_many($1, $2::bigint[], $3::text[], $4::text[], $5::text[],
 SELECT pg_advisory_xact_lock($1::int, ledger_lock_key($2));
 
 -- name: ledger_apply
--- One round trip under the lock: the ledger row and the balance move together.
--- ON CONFLICT DO NOTHING covers both the unique event_id and the one-PURCHASE-per-session
--- index: a repeat inserts nothing, the UPDATE then touches no row, and no row comes back.
+-- One round trip under the lock: the ledger row and the balance move together. Every row
+-- written outside ledger_credit goes through here: refunds, disputes and their reversals,
+-- an invoice's SUBSCRIPTION_CREDIT ($8 invoice, $9 subscription, $10 invoice created, $11
+-- period start) and EXPIRY (no event of its own: $4 NULL).
+-- ON CONFLICT DO NOTHING covers the unique event_id, one PURCHASE per session and one
+-- SUBSCRIPTION_CREDIT / EXPIRY per invoice (0016): a repeat inserts nothing, the UPDATE then
+-- touches no row, and no row comes back.
 -- balance_after is computed from the balance read under the lock; the UPDATE's own result
 -- is returned beside it so the caller can prove nobody moved the balance without the lock.
 WITH inserted AS (
     INSERT INTO credit_transactions
         (user_id, amount, balance_after, transaction_type, event_id, checkout_session_id,
-         payment_intent_id, description)
-    SELECT u.id, $2::bigint, u.credits_balance + $2::bigint, $3, $4, $5, $6, $7
+         payment_intent_id, description, invoice_id, subscription_id, invoice_created,
+         period_start)
+    SELECT u.id, $2::bigint, u.credits_balance + $2::bigint, $3, $4, $5, $6, $7, $8, $9,
+           $10::timestamptz, $11::timestamptz
     FROM users u
     WHERE u.id = $1
     ON CONFLICT DO NOTHING

@@ -72,10 +72,21 @@ SET amount = EXCLUDED.amount, stage = EXCLUDED.stage, status = EXCLUDED.status,
 WHERE payment_disputes.stage < EXCLUDED.stage
 RETURNING dispute_id;
 
+-- name: payment_credit_note_refunds
+-- The refunds one credit note names ($4, $5: parallel arrays of refund ids and amounts); a
+-- second event for the same credit note inserts nothing. Returns the rows inserted.
+INSERT INTO credit_note_refunds
+    (credit_note_id, refund_id, payment_intent_id, invoice_id, amount, event_id)
+SELECT $1, r.refund_id, $2, $3, r.amount, $6
+FROM unnest($4::text[], $5::bigint[]) AS r (refund_id, amount)
+ON CONFLICT (credit_note_id, refund_id) DO NOTHING
+RETURNING refund_id;
+
 -- name: payment_targets
 -- What Stripe's newest state says for the payment: the net refunded amount (the snapshot
--- less the refunds that failed after it and were in it) and the amount disputed and not
--- given back (stage 1 open, or closed lost with status 'lost').
+-- less the refunds that failed after it and were in it), the amount disputed and not
+-- given back (stage 1 open, or closed lost with status 'lost') and the refunds credit notes
+-- name (`noted`, less those that failed): the same money as the snapshot's, never added to it.
 SELECT
     GREATEST(s.refunded - COALESCE((
         SELECT sum(f.amount) FROM payment_refund_failures f
@@ -86,7 +97,12 @@ SELECT
     COALESCE((
         SELECT sum(d.amount) FROM payment_disputes d
         WHERE d.payment_intent_id = $1 AND (d.stage = 1 OR (d.stage = 2 AND d.status = 'lost'))
-    ), 0)::bigint AS disputed
+    ), 0)::bigint AS disputed,
+    COALESCE((
+        SELECT sum(n.amount) FROM credit_note_refunds n
+        WHERE n.payment_intent_id = $1
+          AND NOT EXISTS (SELECT 1 FROM payment_refund_failures f WHERE f.refund_id = n.refund_id)
+    ), 0)::bigint AS noted
 FROM payment_states s
 WHERE s.payment_intent_id = $1;
 
@@ -121,6 +137,13 @@ FROM (
                THEN EXISTS (SELECT 1 FROM credit_transactions t
                             WHERE t.invoice_id = w.waiting_for
                               AND t.transaction_type = 'SUBSCRIPTION_CREDIT')
+               WHEN w.status_reason = 'awaiting_invoice_payment'
+               -- a credit note: its invoice is credited and names the payment intent that
+               -- paid it (before basil the invoice does; from basil on invoice_payment.paid)
+               THEN EXISTS (SELECT 1 FROM credit_transactions t
+                            WHERE t.invoice_id = w.waiting_for
+                              AND t.transaction_type = 'SUBSCRIPTION_CREDIT'
+                              AND t.payment_intent_id IS NOT NULL)
                ELSE EXISTS (SELECT 1 FROM credit_transactions t
                             WHERE t.payment_intent_id = w.waiting_for
                               AND t.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT'))

@@ -1,28 +1,6 @@
 -- Recurring credits (webhook_worker/subscriptions.py). Runs inside one explicit transaction
--- that holds the user's lock (ledger_lock_user).
-
--- name: subscription_credit_apply
--- ledger_apply with the invoice: ON CONFLICT DO NOTHING covers the unique event_id and one
--- SUBSCRIPTION_CREDIT per invoice (migration 0016); a repeat inserts nothing, the UPDATE
--- touches no row and no row comes back. The UPDATE's own result is returned beside
--- balance_after so the caller can prove nobody moved the balance without the lock.
-WITH inserted AS (
-    INSERT INTO credit_transactions
-        (user_id, amount, balance_after, transaction_type, event_id, invoice_id,
-         payment_intent_id, description, subscription_id, invoice_created, period_start)
-    SELECT u.id, $2::bigint, u.credits_balance + $2::bigint, 'SUBSCRIPTION_CREDIT', $3, $4,
-           $5, $6, $7, $8, $9
-    FROM users u
-    WHERE u.id = $1
-    ON CONFLICT DO NOTHING
-    RETURNING balance_after
-), moved AS (
-    UPDATE users
-    SET credits_balance = credits_balance + $2::bigint, updated_at = now()
-    WHERE id = $1 AND EXISTS (SELECT 1 FROM inserted)
-    RETURNING credits_balance
-)
-SELECT inserted.balance_after, moved.credits_balance FROM inserted, moved;
+-- that holds the user's lock (ledger_lock_user); the ledger rows themselves (SUBSCRIPTION_CREDIT,
+-- EXPIRY) are written by ledger_apply (sql/queries/ledger.sql).
 
 -- name: subscription_periods_to_expire
 -- SUBSCRIPTION_CREDITS_EXPIRE: the user's credits of this subscription from invoices older
@@ -46,26 +24,6 @@ SELECT COALESCE(sum(amount) FILTER (WHERE amount > 0), 0)::bigint AS added,
 FROM credit_transactions
 WHERE user_id = $1 AND id > $2;
 
--- name: subscription_expiry_apply
--- One EXPIRY debit per invoice (unique, migration 0016); no event of its own (the renewal's
--- event holds its SUBSCRIPTION_CREDIT row). balance_after >= 0 by the table's check.
-WITH inserted AS (
-    INSERT INTO credit_transactions
-        (user_id, amount, balance_after, transaction_type, event_id, invoice_id,
-         subscription_id, description)
-    SELECT u.id, -$2::bigint, u.credits_balance - $2::bigint, 'EXPIRY', NULL, $3, $4, $5
-    FROM users u
-    WHERE u.id = $1
-    ON CONFLICT DO NOTHING
-    RETURNING balance_after
-), moved AS (
-    UPDATE users
-    SET credits_balance = credits_balance - $2::bigint, updated_at = now()
-    WHERE id = $1 AND EXISTS (SELECT 1 FROM inserted)
-    RETURNING credits_balance
-)
-SELECT inserted.balance_after, moved.credits_balance FROM inserted, moved;
-
 -- name: subscription_link_payment
 -- invoice_payment.paid (basil: invoices name no payment intent): the invoice's credit row
 -- takes the payment intent that paid it, so that the charge's refunds and disputes find
@@ -84,3 +42,9 @@ SELECT payment_intent_id FROM credit_transactions
 WHERE invoice_id = $1 AND transaction_type = 'SUBSCRIPTION_CREDIT'
   AND NOT EXISTS (SELECT 1 FROM linked)
 LIMIT 1;
+
+-- name: subscription_invoice_payment_intent
+-- The payment intent that paid a credited invoice (before basil from the invoice, from basil
+-- on linked by invoice_payment.paid); no row: not credited (yet), NULL: not linked (yet).
+SELECT payment_intent_id FROM credit_transactions
+WHERE invoice_id = $1 AND transaction_type = 'SUBSCRIPTION_CREDIT';

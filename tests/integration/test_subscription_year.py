@@ -10,8 +10,10 @@ shape (before and from `2025-03-31.basil`). Users by `i % 5`:
    lines: -500 + 2,500 credits), then pro;
 2. pro for six months, then a downgrade (a proration invoice that charges nothing and
    credits nothing), then basic;
-3. basic, and month 6 is refunded in full (`charge.refunded` on the invoice's payment
-   intent, before basil): its 1,000 credits are taken back;
+3. basic, and month 6 is refunded in full through a credit note: `credit_note.created`
+   (its refund) and that refund's `charge.refunded` on the invoice's payment intent (from
+   basil on linked by `invoice_payment.paid`) are the same money: its 1,000 credits are
+   taken back once, by whichever arrives first;
 4. basic, cancelled after month 8 (`customer.subscription.deleted`, which moves nothing).
 
 Every event is POSTed signed, shuffled, a third of them twice: invoices that arrive before
@@ -45,10 +47,12 @@ from webhook_worker.ops.sample_events import (
     PRE_BASIL,
     charge_refunded_event,
     checkout_session_event,
+    credit_note_event,
     encode_event,
     event_envelope,
     invoice_line,
     invoice_paid_event,
+    invoice_payment_paid_event,
 )
 
 USERS = 50
@@ -126,9 +130,42 @@ def _proration(plan: Plan, subscription: str, m: int, old: str, new: str) -> dic
     return event
 
 
+def _refund_month(plan: Plan, invoice: dict[str, Any], m: int, price: str) -> None:
+    """A credit note refunding the month in full, and the refund's own charge.refunded."""
+    cents = PLANS[price][0]
+    paid = invoice["data"]["object"]
+    intent = paid.get("payment_intent") or f"pi_year_{plan.user_id}_{m}"
+    if plan.api_version == BASIL:  # basil invoices name no payment intent
+        plan.events.append(
+            invoice_payment_paid_event(invoice=paid["id"], payment_intent=intent, amount=cents)
+        )
+    refunded_at = _month(m)[0] + 10 * DAY
+    plan.events.append(
+        credit_note_event(
+            invoice=paid["id"],
+            amount=cents,
+            refund_id=f"re_year_{plan.user_id}_{m}",
+            customer=plan.customer,
+            api_version=plan.api_version,
+            created=refunded_at,
+        )
+    )
+    plan.events.append(
+        charge_refunded_event(
+            payment_intent=intent,
+            amount=cents,
+            amount_refunded=cents,
+            created=refunded_at + 1,
+            api_version=plan.api_version,
+        )
+    )
+    plan.credits -= PLANS[price][1]
+    plan.refunds += 1
+
+
 def year_of(user_id: int, i: int) -> Plan:
     kind = i % 5
-    version = PRE_BASIL if kind == 3 or i % 2 else BASIL
+    version = PRE_BASIL if i % 2 else BASIL
     plan = Plan(user_id, f"cus_Year{user_id:05d}x{i}", version)
     subscription = f"sub_year_{user_id}"
     plan.events.append(
@@ -155,18 +192,7 @@ def year_of(user_id: int, i: int) -> Plan:
             price = "price_basic"
         invoice = _renewal(plan, subscription, m, price)
         if kind == 3 and m == 5:
-            cents = PLANS[price][0]
-            plan.events.append(
-                charge_refunded_event(
-                    payment_intent=invoice["data"]["object"]["payment_intent"],
-                    amount=cents,
-                    amount_refunded=cents,
-                    created=_month(m)[0] + 10 * DAY,
-                    api_version=PRE_BASIL,
-                )
-            )
-            plan.credits -= PLANS[price][1]
-            plan.refunds += 1
+            _refund_month(plan, invoice, m, price)
     if kind == 4:
         cancelled = {"id": subscription, "object": "subscription", "status": "canceled",
                      "customer": plan.customer}  # fmt: skip
@@ -269,6 +295,11 @@ async def test_a_year_of_a_monthly_plan_for_50_users(
             "WHERE processing_status = 'failed'"
         )
         assert [tuple(r) for r in failed] == []
+        notes = await conn.fetchval(
+            "SELECT count(*) FROM stripe_events WHERE type = 'credit_note.created' "
+            "AND processing_status = 'completed'"
+        )
+        assert notes == USERS // 5
         for plan in plans:
             balance = await conn.fetchval(
                 "SELECT credits_balance FROM users WHERE id = $1", plan.user_id

@@ -1,7 +1,8 @@
 """Realistic test-mode Stripe events built from Stripe's own sample objects, and signing.
 
 `data/stripe_objects.json` is a copy of Stripe's OpenAPI fixtures (see ../shared); the
-builders wrap a `checkout.session`, `charge`, `refund` or `dispute` in the `event` envelope
+builders wrap a `checkout.session`, `charge`, `refund`, `dispute`, `invoice` or `credit_note`
+in the `event` envelope
 and set the fields a scenario needs. `sign_payload` signs exact bytes the way Stripe does, for
 `send-test-event`, the smoke test, benchmarks and the test suite.
 """
@@ -45,6 +46,7 @@ def event_envelope(
     created: int | None = None,
     livemode: bool = False,
     account: str | None = None,
+    api_version: str = API_VERSION,
 ) -> dict[str, Any]:
     event = stripe_object("event")
     event.update(
@@ -52,7 +54,7 @@ def event_envelope(
         type=event_type,
         created=created if created is not None else int(time.time()),
         livemode=livemode,
-        api_version=API_VERSION,
+        api_version=api_version,
         data={"object": data_object},
         pending_webhooks=1,
     )
@@ -148,9 +150,39 @@ def charge_refunded_event(
         currency="usd",
         livemode=False,
     )
-    event = event_envelope(event_type, charge, event_id=event_id, created=created)
-    event["api_version"] = api_version
-    return event
+    return event_envelope(
+        event_type, charge, event_id=event_id, created=created, api_version=api_version
+    )
+
+
+def _charge_child_event(
+    kind: str,
+    event_type: str,
+    fields: dict[str, Any],
+    *,
+    payment_intent: str,
+    object_id: str | None,
+    amount: int,
+    status: str,
+    created: int | None,
+    event_id: str | None,
+    api_version: str,
+) -> dict[str, Any]:
+    """An event about an object that hangs off a charge (a `refund`, a `dispute`): Stripe's
+    sample object with its id, amount, status, payment intent and `fields` set."""
+    obj = stripe_object(kind)
+    obj.update(
+        id=object_id or new_id("re" if kind == "refund" else "dp"),
+        amount=amount,
+        status=status,
+        payment_intent=payment_intent,
+        charge=new_id("ch"),
+        currency="usd",
+        **fields,
+    )
+    return event_envelope(
+        event_type, obj, event_id=event_id, created=created, api_version=api_version
+    )
 
 
 def refund_event(
@@ -166,21 +198,23 @@ def refund_event(
     api_version: str = API_VERSION,
 ) -> dict[str, Any]:
     """A `charge.refund.updated` / `refund.updated` / `refund.failed` event (a Refund)."""
-    refund = stripe_object("refund")
-    refund.update(
-        id=refund_id or new_id("re"),
+    fields: dict[str, Any] = {
+        "created": refund_created if refund_created is not None else int(time.time())
+    }
+    if status == "failed":
+        fields["failure_reason"] = "expired_or_canceled_card"
+    return _charge_child_event(
+        "refund",
+        event_type,
+        fields,
+        payment_intent=payment_intent,
+        object_id=refund_id,
         amount=amount,
         status=status,
-        payment_intent=payment_intent,
-        charge=new_id("ch"),
-        currency="usd",
-        created=refund_created if refund_created is not None else int(time.time()),
+        created=created,
+        event_id=event_id,
+        api_version=api_version,
     )
-    if status == "failed":
-        refund["failure_reason"] = "expired_or_canceled_card"
-    event = event_envelope(event_type, refund, event_id=event_id, created=created)
-    event["api_version"] = api_version
-    return event
 
 
 def dispute_event(
@@ -195,22 +229,21 @@ def dispute_event(
     api_version: str = API_VERSION,
 ) -> dict[str, Any]:
     """A `charge.dispute.*` event (a Dispute); `status` as Stripe sets it for that event."""
-    dispute = stripe_object("dispute")
-    dispute.update(
-        id=dispute_id or new_id("dp"),
+    inquiry = status.startswith("warning_")
+    event = _charge_child_event(
+        "dispute",
+        event_type,
+        {"is_charge_refundable": inquiry, "livemode": False},
+        payment_intent=payment_intent,
+        object_id=dispute_id,
         amount=amount,
         status=status,
-        payment_intent=payment_intent,
-        charge=new_id("ch"),
-        currency="usd",
-        is_charge_refundable=status.startswith("warning_"),
-        livemode=False,
+        created=created,
+        event_id=event_id,
+        api_version=api_version,
     )
-    dispute["payment_method_details"]["card"]["case_type"] = (
-        "inquiry" if status.startswith("warning_") else "chargeback"
-    )
-    event = event_envelope(event_type, dispute, event_id=event_id, created=created)
-    event["api_version"] = api_version
+    card = event["data"]["object"]["payment_method_details"]["card"]
+    card["case_type"] = "inquiry" if inquiry else "chargeback"
     return event
 
 
@@ -379,16 +412,15 @@ def invoice_paid_event(
             payment_intent=payment_intent or new_id("pi"),
             paid=True,
         )
-    event = event_envelope(
+    return event_envelope(
         "invoice.paid",
         invoice,
         event_id=event_id,
         created=now,
         account=account,
         livemode=livemode,
+        api_version=api_version,
     )
-    event["api_version"] = api_version
-    return event
 
 
 def invoice_payment_paid_event(
@@ -410,9 +442,86 @@ def invoice_payment_paid_event(
         "status": "paid",
         "status_transitions": {"canceled_at": None, "paid_at": now},
     }
-    event = event_envelope("invoice_payment.paid", payment, event_id=event_id)
-    event["api_version"] = BASIL
-    return event
+    return event_envelope("invoice_payment.paid", payment, event_id=event_id, api_version=BASIL)
+
+
+def credit_note_event(
+    *,
+    invoice: str,
+    amount: int = 1000,
+    refunded: int | None = None,
+    refund_id: str | None = None,
+    customer: str | None = None,
+    credit_note_id: str | None = None,
+    api_version: str = API_VERSION,
+    event_id: str | None = None,
+    created: int | None = None,
+) -> dict[str, Any]:
+    """A `credit_note.created` for a paid invoice (`post_payment`), refunding `refunded` of
+    its `amount` (default: all of it; 0: a credit to the customer's balance, no refund), in
+    the shape of `api_version`: from basil on `refunds: [{refund, amount_refunded}]` (and
+    `post_payment_amount`); before basil one `refund` id and no refund amount, the rest of
+    the amount in `customer_balance_transaction`."""
+    note = stripe_object("credit_note")
+    refunded = amount if refunded is None else refunded
+    note_id = credit_note_id or new_id("cn")
+    refund = refund_id or new_id("re") if refunded else None
+    line = note["lines"]["data"][0]
+    line.update(
+        id=new_id("cnli"),
+        amount=amount,
+        invoice_line_item=new_id("il"),
+        tax_rates=[],
+        pretax_credit_amounts=[],
+    )
+    now = int(time.time()) if created is None else created
+    note.update(
+        id=note_id,
+        amount=amount,
+        subtotal=amount,
+        subtotal_excluding_tax=amount,
+        total=amount,
+        total_excluding_tax=amount,
+        created=now,
+        effective_at=now,
+        currency="usd",
+        customer=customer or new_id("cus"),
+        customer_balance_transaction=new_id("cbtxn") if refunded < amount else None,
+        invoice=invoice,
+        out_of_band_amount=None,
+        reason="requested_by_customer",
+        status="issued",
+        type="post_payment",
+        voided_at=None,
+        shipping_cost=None,
+        pretax_credit_amounts=[],
+        lines={
+            "object": "list",
+            "data": [line],
+            "has_more": False,
+            "url": f"/v1/credit_notes/{note_id}/lines",
+        },
+    )
+    if _is_basil(api_version):
+        note.update(
+            refunds=(
+                [{"amount_refunded": refunded, "refund": refund, "type": "refund"}]
+                if refund
+                else []
+            ),
+            pre_payment_amount=0,
+            post_payment_amount=amount,
+            total_taxes=[],
+        )
+    else:
+        for key in ("refunds", "pre_payment_amount", "post_payment_amount", "total_taxes"):
+            note.pop(key, None)
+        line.pop("taxes", None)
+        line.update(tax_amounts=[], amount_excluding_tax=amount)
+        note.update(refund=refund, tax_amounts=[])
+    return event_envelope(
+        "credit_note.created", note, event_id=event_id, created=now, api_version=api_version
+    )
 
 
 def payment_intent_succeeded_event(
@@ -446,9 +555,9 @@ def payment_intent_succeeded_event(
     )
     if invoice is not None and not _is_basil(api_version):
         intent["invoice"] = invoice  # before basil only: the invoice a payment pays
-    event = event_envelope("payment_intent.succeeded", intent, event_id=event_id)
-    event["api_version"] = api_version
-    return event
+    return event_envelope(
+        "payment_intent.succeeded", intent, event_id=event_id, api_version=api_version
+    )
 
 
 def encode_event(event: dict[str, Any]) -> bytes:

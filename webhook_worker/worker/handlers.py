@@ -25,6 +25,10 @@ connected account that is not listed, and thin events: they never move money.
   (`awaiting_customer`) until a `mode: subscription` Checkout Session, which credits
   nothing, links the customer. `invoice_payment.paid` (basil) links the payment intent
   that paid an invoice to its credit, so the charge's refunds and disputes find it.
+- `credit_note.created` with a refund: takes back the refunded share of its invoice's
+  credits on the invoice payment's state, the same money as that charge's
+  `charge.refunded` (counted once: the larger of the two, never their sum); it waits
+  (`awaiting_invoice_payment`) until the invoice is credited and linked to its payment.
 - `payment_intent.succeeded` with `metadata.credits`: a purchase without Checkout, one
   PURCHASE per payment intent (a Checkout Session of the same payment intent credits
   nothing more).
@@ -446,6 +450,38 @@ async def handle_invoice_payment_paid(ctx: HandlerContext, event: StoredEvent) -
     return Outcome("completed", "event_recorded", fields=fields, reason="invoice_payment_linked")
 
 
+async def handle_credit_note_created(ctx: HandlerContext, event: StoredEvent) -> Outcome:
+    """`credit_note.created` with a refund takes back the refunded share of its invoice's
+    credits, as `charge.refunded` does and on the same payment state: the credit note's
+    refunds and the charge's are the same money, counted once (webhook_worker.worker.payments).
+    A credit note without a refund (a credit to the customer's balance, outside Stripe or
+    before payment) moves nothing. One whose invoice is not credited, or from basil on not
+    yet linked to its payment intent, waits (`awaiting_invoice_payment`)."""
+    note = event.data_object
+    note_id = _text(note, "id")
+    invoice_id = _text(note, "invoice")
+    if note_id is None:
+        raise PermanentError("credit_note.created credit note has no id")
+    fields: dict[str, Any] = {"credit_note_id": note_id, "invoice_id": invoice_id}
+    found = subscriptions.credit_note_refunds(note)
+    if found.reason is not None:
+        return ignored(found.reason, **fields)
+    if invoice_id is None:
+        return ignored("no_invoice", **fields)
+    intent = await ctx.money.invoice_payment_intent(invoice_id)
+    if intent is None:
+        await ctx.money.park(event.event_id, invoice_id, "awaiting_invoice_payment")
+        return Outcome(
+            "waiting",
+            "event_waiting",
+            recorded=True,
+            fields=fields,
+            reason="awaiting_invoice_payment",
+        )
+    change = payments.CreditNoteRefunds(intent, note_id, invoice_id, found.refunds)
+    return await _apply_change(ctx, event, "refund", change, f"{event.type} {note_id}")
+
+
 # --- payments without Checkout --------------------------------------------------------------
 
 
@@ -677,6 +713,7 @@ HANDLERS: dict[str, Handler] = {
     "charge.dispute.funds_reinstated": handle_dispute,
     "invoice.paid": handle_invoice_paid,
     "invoice_payment.paid": handle_invoice_payment_paid,
+    "credit_note.created": handle_credit_note_created,
     "payment_intent.succeeded": handle_payment_intent_succeeded,
 }
 

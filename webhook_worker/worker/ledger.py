@@ -8,15 +8,17 @@ index make any repeat (duplicate delivery, replay, a second worker, a crash and 
 insert nothing, and then nothing else changes either. Money is `int` everywhere.
 
 Purchases run as one server-side call (`ledger_credit`, migration 0005): one round trip and
-one autocommit transaction, the lock held only inside the server. Refunds, refund failures
-and disputes, rare and with more logic, use an explicit transaction (webhook_worker.worker.payments)
-and the statements in sql/queries/ledger.sql and payments.sql.
+one autocommit transaction, the lock held only inside the server. Refunds, refund failures,
+disputes, credit notes and invoices, rare and with more logic, use an explicit transaction
+(webhook_worker.worker.payments, webhook_worker.worker.subscriptions) and write their rows with
+`apply_row` (sql/queries/ledger.sql).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -72,17 +74,29 @@ class CreditResult:
     balance: int
 
 
+@dataclass(frozen=True)
+class InvoiceColumns:
+    """What a SUBSCRIPTION_CREDIT or EXPIRY row records of its invoice (migration 0016)."""
+
+    invoice_id: str
+    subscription_id: str | None = None
+    invoice_created: datetime | None = None
+    period_start: datetime | None = None  # set on the invoices that start a period
+
+
 async def apply_row(
     conn: Connection,
     user_id: UserId,
     amount: int,
     kind: str,
-    event_id: str,
+    event_id: str | None,
     checkout_session_id: str | None,
     payment_intent_id: str | None,
     description: str,
+    invoice: InvoiceColumns | None = None,
 ) -> int | None:
-    """Insert one ledger row and move the balance; None when the row already existed."""
+    """Insert one ledger row and move the balance (`ledger_apply`, the one statement every
+    row outside `ledger_credit` goes through); None when the row already existed."""
     row = await conn.fetchrow(
         query("ledger_apply"),
         user_id,
@@ -92,6 +106,10 @@ async def apply_row(
         checkout_session_id,
         payment_intent_id,
         description,
+        invoice.invoice_id if invoice else None,
+        invoice.subscription_id if invoice else None,
+        invoice.invoice_created if invoice else None,
+        invoice.period_start if invoice else None,
     )
     if row is None:
         return None

@@ -25,6 +25,7 @@ from webhook_worker.worker.payments import (
     Applied,
     Change,
     ChargeSnapshot,
+    CreditNoteRefunds,
     DisputeStage,
     Family,
     PaymentView,
@@ -78,6 +79,7 @@ class _Payment:
     shortfall: int = 0
     failures: dict[str, RefundFailure] = field(default_factory=dict)
     disputes: dict[str, DisputeStage] = field(default_factory=dict)
+    noted: dict[tuple[str, str], int] = field(default_factory=dict)  # credit_note_refunds
 
 
 class InMemoryMoneyStore:
@@ -157,6 +159,12 @@ class InMemoryMoneyStore:
         for row in self.ledger:
             if row.transaction_type == "SUBSCRIPTION_CREDIT" and row.invoice_id == invoice_id:
                 row.payment_intent_id = row.payment_intent_id or payment_intent_id
+                return row.payment_intent_id
+        return None
+
+    async def invoice_payment_intent(self, invoice_id: str) -> str | None:
+        for row in self.ledger:
+            if row.transaction_type == "SUBSCRIPTION_CREDIT" and row.invoice_id == invoice_id:
                 return row.payment_intent_id
         return None
 
@@ -250,6 +258,11 @@ class InMemoryMoneyStore:
             taken=payment.taken,
             shortfall=payment.shortfall,
             balance=user.credits_balance,
+            noted=sum(
+                amount
+                for (_, refund_id), amount in payment.noted.items()
+                if refund_id not in payment.failures
+            ),
         )
 
 
@@ -264,8 +277,9 @@ def _matches(user: User, candidate: Candidate) -> bool:
 
 
 def _record(payment: _Payment, change: Change) -> bool:
-    """payment_state_charge / payment_refund_failed / payment_dispute_stage: True when the
-    event moved the payment's state (the newest state wins)."""
+    """payment_state_charge / payment_refund_failed / payment_credit_note_refunds /
+    payment_dispute_stage: True when the event moved the payment's state (the newest state
+    wins)."""
     if isinstance(change, ChargeSnapshot):
         payment.captured = change.captured
         as_of = payment.refunded_as_of
@@ -282,6 +296,14 @@ def _record(payment: _Payment, change: Change) -> bool:
             return False
         payment.failures[change.refund_id] = change
         return True
+    if isinstance(change, CreditNoteRefunds):
+        new = {
+            (change.credit_note_id, refund_id): amount
+            for refund_id, amount in change.refunds
+            if (change.credit_note_id, refund_id) not in payment.noted
+        }
+        payment.noted.update(new)
+        return bool(new)
     held = payment.disputes.get(change.dispute_id)
     if held is not None and held.stage >= change.stage:
         return False

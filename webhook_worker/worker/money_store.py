@@ -63,10 +63,15 @@ class MoneyStore(Protocol):
         """The payment intent the invoice's credit holds after linking; None: not credited."""
         ...
 
+    async def invoice_payment_intent(self, invoice_id: str) -> str | None:
+        """The payment intent that paid a credited invoice; None: not credited, or (basil)
+        not linked by `invoice_payment.paid` yet."""
+        ...
+
     async def apply_payment_change(
         self, event_id: str, family: Family, change: Change, description: str
     ) -> Applied | None:
-        """Record a refund / refund failure / dispute change and settle the ledger
+        """Record a refund / refund failure / dispute / credit note change and settle the ledger
         (`payments.settle`); None when the payment's purchase is not in the ledger."""
         ...
 

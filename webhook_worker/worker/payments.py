@@ -1,4 +1,5 @@
-"""Refunds, failed refunds and disputes: the credits taken back follow Stripe's newest state.
+"""Refunds, failed refunds, disputes and credit notes: the credits taken back follow Stripe's
+newest state.
 
 Each event updates a per-payment high-water state (migration 0015) and then the ledger is
 brought to what that state asks for, in ONE transaction under the purchase's user lock:
@@ -15,6 +16,16 @@ brought to what that state asks for, in ONE transaction under the purchase's use
   `charge.dispute.funds_withdrawn`), 2 closed (`won` or `lost`), 3 funds reinstated. Open
   and lost disputes count as taken back; won and reinstated do not. Inquiries
   (`warning_*` statuses) withdraw no money and count for nothing.
+
+- a credit note with refunds (`credit_note.created`, from the invoice it credits to the
+  payment intent that paid it) records each refund it names once per credit note and
+  refund id (migration 0019). Those refunds are refunds of that same charge: the money a
+  `charge.refunded` snapshot already counts, or will. So the refunded amount is the LARGER
+  of the two, never their sum: max(snapshot, credit notes' refunds not failed). A credit
+  note that arrives first takes its share back at once; the `charge.refunded` of the same
+  refund then moves nothing, and the other way round. A snapshot older than a credit note's
+  refund may lag behind until the charge's next event (Stripe sends one per refund): the
+  credits follow the larger of what is known, never more than was refunded.
 
 Target credits taken back = purchased * min(captured, refunded + disputed) // captured,
 rounded down: disputes and refunds together never take back more than the purchase. The
@@ -85,7 +96,17 @@ class DisputeStage:
     status: str
 
 
-Change = ChargeSnapshot | RefundFailure | DisputeStage
+@dataclass(frozen=True)
+class CreditNoteRefunds:
+    """What a credit note says: refunds (id, amount) of the payment that paid its invoice."""
+
+    payment_intent_id: str
+    credit_note_id: str
+    invoice_id: str
+    refunds: tuple[tuple[str, int], ...]
+
+
+Change = ChargeSnapshot | RefundFailure | DisputeStage | CreditNoteRefunds
 
 
 @dataclass(frozen=True)
@@ -108,13 +129,21 @@ def share(purchased: int, captured: int, amount: int) -> int:
 
 
 def target_taken(
-    purchased: int, captured: int, refunded: int | None, disputed: int, legacy: int
+    purchased: int,
+    captured: int,
+    refunded: int | None,
+    disputed: int,
+    legacy: int,
+    noted: int = 0,
 ) -> int:
     """The credits Stripe's state says are taken back. `refunded` None: no charge snapshot
-    yet, the refunds taken before 0015 (`legacy`) stand for the refunded part."""
-    if refunded is None:
-        return min(purchased, legacy + share(purchased, captured, disputed))
-    return share(purchased, captured, refunded + disputed)
+    yet, the refunds taken before 0015 (`legacy`) stand for the refunded part. `noted`: the
+    refunds credit notes name, the same money as the charge's refunds: the larger of the
+    two counts, never their sum."""
+    if refunded is None and legacy:
+        refunds = max(legacy, share(purchased, captured, noted))
+        return min(purchased, refunds + share(purchased, captured, disputed))
+    return share(purchased, captured, max(refunded or 0, noted) + disputed)
 
 
 def _positive(raw: object) -> int | None:
@@ -147,6 +176,17 @@ async def _record(conn: Connection, change: Change, event_id: str) -> bool:
             event_id,
         )
         return inserted is not None
+    if isinstance(change, CreditNoteRefunds):
+        inserted = await conn.fetch(
+            query("payment_credit_note_refunds"),
+            change.credit_note_id,
+            pi,
+            change.invoice_id,
+            [refund_id for refund_id, _ in change.refunds],
+            [amount for _, amount in change.refunds],
+            event_id,
+        )
+        return bool(inserted)
     moved = await conn.fetchval(
         query("payment_dispute_stage"),
         change.dispute_id,
@@ -202,6 +242,7 @@ class PaymentView:
     taken: int  # credits taken back so far (including shortfall)
     shortfall: int  # what could not be taken because it was spent
     balance: int  # the user's balance now
+    noted: int = 0  # refunds credit notes name, less failed ones (the same money as refunded)
 
 
 @dataclass(frozen=True)
@@ -231,7 +272,12 @@ def settle(view: PaymentView, family: Family, change: Change, payment_intent_id:
         # charge.captured) can only move the disputes' share.
         family = "dispute"
     target = target_taken(
-        view.purchased, int(captured), view.refunded, view.disputed, view.legacy_taken
+        view.purchased,
+        int(captured),
+        view.refunded,
+        view.disputed,
+        view.legacy_taken,
+        view.noted,
     )
     delta = target - view.taken
     kind, moved, added, shortfall = plan(delta, view.balance, view.shortfall, family)
@@ -254,6 +300,7 @@ async def _view(
         taken=int(state["taken"]),
         shortfall=int(state["shortfall"]),
         balance=int(await conn.fetchval(query("ledger_user_balance"), user_id)),
+        noted=int(targets["noted"]),
     )
 
 

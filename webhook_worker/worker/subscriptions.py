@@ -34,10 +34,15 @@ against the period first, capped by the balance: one-off purchases never expire 
 period. An invoice that arrives after a later period's (out of order) expires at once.
 
 The credit is ONE `SUBSCRIPTION_CREDIT` row per invoice (unique on `invoice_id`, migration
-0016) written under the user's advisory lock with the event's `completed` mark, in one
-transaction: a renewal is credited once however often it is delivered, replayed or
-reconciled. Renewals are monthly per subscription, far from the purchase hot path, so this
-takes an explicit transaction rather than the coalesced `ledger_credit_many` call.
+0016) written by the ledger's one row statement (`ledger.apply_row`) under the user's
+advisory lock with the event's `completed` mark, in one transaction: a renewal is credited
+once however often it is delivered, replayed or reconciled. Renewals are monthly per
+subscription, far from the purchase hot path, so this takes an explicit transaction rather
+than the coalesced `ledger_credit_many` call.
+
+A credit note with a refund (`credit_note_refunds`) takes back the refunded share of its
+invoice's credits through the payment state of the payment intent that paid the invoice
+(webhook_worker.worker.payments), where `charge.refunded` of the same refund counts the same money.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from webhook_worker.db.host import UserId, user_key
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import PermanentError
-from webhook_worker.worker.ledger import lock_user
+from webhook_worker.worker.ledger import InvoiceColumns, apply_row, lock_user
 
 KIND = "SUBSCRIPTION_CREDIT"
 
@@ -282,10 +287,6 @@ class InvoiceCredited:
     expired: int = 0  # credits of earlier periods expired (SUBSCRIPTION_CREDITS_EXPIRE)
 
 
-def _moved(user_id: UserId) -> PermanentError:
-    return PermanentError(f"balance of user {user_id} moved outside the ledger lock; rolled back")
-
-
 def unspent(amount: int, balance_after: int, added: int, expired: int, balance: int) -> int:
     """What is left of a period's `amount` credits, credited at `balance_after`: since then
     `added` credits came in, `expired` (<= 0) expired and the balance is `balance`; the rest
@@ -316,18 +317,19 @@ async def expire_previous_periods(
         )
         if left <= 0:
             continue  # all spent: nothing to expire (the amount of a row is never 0)
-        row = await conn.fetchrow(
-            query("subscription_expiry_apply"),
+        moved = await apply_row(
+            conn,
             user_id,
-            left,
-            period["invoice_id"],
-            subscription,
+            -left,
+            "EXPIRY",
+            None,  # no event of its own: the renewal's event holds its SUBSCRIPTION_CREDIT
+            None,
+            None,
             f"expiry of {period['invoice_id']} ({description})",
+            InvoiceColumns(period["invoice_id"], subscription),
         )
-        if row is None:
-            continue
-        if row["credits_balance"] != row["balance_after"]:
-            raise _moved(user_id)
+        if moved is None:
+            continue  # this invoice's credits already expired
         total += left
     return total
 
@@ -356,25 +358,24 @@ async def credit_invoice(
             exists = await conn.fetchval(query("ledger_user_balance"), user_id)
             if exists is None:
                 raise PermanentError(f"user {user_id} does not exist; nothing was credited")
-            row = await conn.fetchrow(
-                query("subscription_credit_apply"),
+            credited = await apply_row(
+                conn,
                 user_id,
                 credits,
+                KIND,
                 event_id,
-                invoice_id,
+                None,
                 payment_intent_id,
                 description,
-                subscription,
-                invoice_created,
-                invoice_created if starts_period else None,
+                InvoiceColumns(
+                    invoice_id,
+                    subscription,
+                    invoice_created,
+                    invoice_created if starts_period else None,
+                ),
             )
-            applied = row is not None
-            if row is None:
-                balance = int(exists)
-            elif row["credits_balance"] != row["balance_after"]:
-                raise _moved(user_id)
-            else:
-                balance = int(row["credits_balance"])
+            applied = credited is not None
+            balance = int(exists) if credited is None else credited
             expired = 0
             if expire and applied and subscription is not None:
                 expired = await expire_previous_periods(conn, user_id, subscription, description)
@@ -399,3 +400,64 @@ async def link_payment(conn: Connection, invoice_id: str, payment_intent_id: str
             query("subscription_link_payment"), invoice_id, payment_intent_id
         )
     return None if linked is None else str(linked)
+
+
+async def invoice_payment_intent(conn: Connection, invoice_id: str) -> str | None:
+    """The payment intent that paid a credited invoice; None when the invoice is not
+    credited (yet) or, from basil on, not linked by `invoice_payment.paid` (yet)."""
+    with translate_errors("finding an invoice's payment"):
+        found = await conn.fetchval(query("subscription_invoice_payment_intent"), invoice_id)
+    return None if found is None else str(found)
+
+
+# --- credit notes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreditNoteRefunds:
+    refunds: tuple[tuple[str, int], ...]  # (refund id, the part of it this note refunds)
+    reason: str | None  # no refunds: why (`no_refund`, `refund_amount_unknown`)
+
+
+def credit_note_refunds(note: Mapping[str, Any]) -> CreditNoteRefunds:
+    """The Stripe refunds a credit note makes, in both shapes.
+
+    From `2025-03-31.basil` on, `refunds` lists `{refund, amount_refunded}` (a refund may be
+    split across credit notes; entries of `type: payment_record_refund` refund a payment
+    recorded outside Stripe, have no Stripe refund and are not counted). Before basil,
+    `refund` names one refund and no amount: it is the note's `amount` less
+    `out_of_band_amount` when nothing went to the customer's balance
+    (`customer_balance_transaction` null) and the note is all `post_payment`; otherwise it
+    cannot be told (`refund_amount_unknown`) and the refund's own `charge.refunded`, which
+    before basil always finds the invoice by its payment intent, takes the share back.
+    """
+    refunds: dict[str, int] = {}
+    listed = note.get("refunds")
+    if isinstance(listed, list):
+        for entry in listed:
+            refund_id = _id(_get(entry, "refund"))
+            if refund_id is None or _get(entry, "type") == "payment_record_refund":
+                continue
+            amount = _get(entry, "amount_refunded")
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+                raise PermanentError(f"credit note refund {refund_id} has no integer amount")
+            if amount:
+                refunds[refund_id] = refunds.get(refund_id, 0) + amount
+        reason = None if refunds else "no_refund"
+        return CreditNoteRefunds(tuple(refunds.items()), reason)
+    refund_id = _id(note.get("refund"))
+    if refund_id is None:
+        return CreditNoteRefunds((), "no_refund")
+    amount = note.get("amount")
+    out_of_band = note.get("out_of_band_amount") or 0
+    if (
+        note.get("customer_balance_transaction") is not None
+        or note.get("type") not in (None, "post_payment")
+        or isinstance(amount, bool)
+        or not isinstance(amount, int)
+        or isinstance(out_of_band, bool)
+        or not isinstance(out_of_band, int)
+        or amount - out_of_band <= 0
+    ):
+        return CreditNoteRefunds((), "refund_amount_unknown")
+    return CreditNoteRefunds(((refund_id, amount - out_of_band),), None)
