@@ -128,3 +128,52 @@ async def test_a_batch_cancelled_at_shutdown_answers_its_callers() -> None:
     for caller in callers:
         with pytest.raises(TimeoutError, match="shutting down"):
             await caller
+
+
+class Poisoned(Exception):
+    """A whole batch fails because of one of its items."""
+
+
+async def test_a_batch_failing_with_an_alone_on_error_runs_each_item_alone() -> None:
+    alone: list[str] = []
+
+    async def batch(items: list[str]) -> Sequence[str]:
+        if "poison" in items:
+            raise Poisoned("the whole batch rolled back")
+        return [item.upper() for item in items]
+
+    async def one(item: str) -> str:
+        alone.append(item)
+        if item == "poison":
+            raise Poisoned(item)
+        return item.upper()
+
+    coalescer: Coalescer[str, str] = Coalescer(batch, run_one=one, alone_on=(Poisoned,))
+    results = await asyncio.gather(
+        *(coalescer.submit(item) for item in ("a", "poison", "b")), return_exceptions=True
+    )
+    assert results[0] == "A" and results[2] == "B"
+    assert isinstance(results[1], Poisoned) and str(results[1]) == "poison"
+    assert sorted(alone) == ["a", "b", "poison"]
+    # A batch of one that fails is that item's own error: nothing runs again.
+    alone.clear()
+    with pytest.raises(Poisoned, match="whole batch"):
+        await coalescer.submit("poison")
+    assert alone == []
+
+
+async def test_other_errors_still_fail_the_whole_batch_without_running_alone() -> None:
+    ran_alone: list[str] = []
+
+    async def batch(items: list[str]) -> Sequence[str]:
+        raise RuntimeError("a bug")
+
+    async def one(item: str) -> str:
+        ran_alone.append(item)
+        return item
+
+    coalescer: Coalescer[str, str] = Coalescer(batch, run_one=one, alone_on=(Poisoned,))
+    results = await asyncio.gather(
+        *(coalescer.submit(item) for item in ("a", "b")), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results) and ran_alone == []

@@ -98,6 +98,19 @@ def test_build_test_event_for_refunds_and_other_types() -> None:
     )
 
 
+def test_build_test_event_for_a_credit_note_refunds_the_named_invoice() -> None:
+    note = test_events.build_test_event("credit_note.created", invoice="in_test_1", credits=5)
+    obj = note["data"]["object"]
+    assert (note["type"], obj["object"], obj["invoice"]) == (
+        "credit_note.created",
+        "credit_note",
+        "in_test_1",
+    )
+    assert obj["amount"] == 500 and obj["type"] == "post_payment"
+    with pytest.raises(ConfigError, match="--invoice"):
+        test_events.build_test_event("credit_note.created")
+
+
 async def test_replay_leaves_an_event_that_changed_after_selection(db: asyncpg.Connection) -> None:
     moved = await insert_event(db, status="failed")
     stays = await insert_event(db, status="failed")

@@ -509,7 +509,7 @@ def test_credit_notes_and_the_charge_count_the_larger_never_the_sum(
 async def _replay(db: asyncpg.Connection, settings: Settings, event_id: str) -> None:
     selection = await replay.select_replay(db, event_ids=[event_id], force=True)
     await replay.replay_events(db, None, selection)
-    await enqueue(settings, [event_id], fresh=True)
+    await enqueue(settings, [event_id])
 
 
 async def _spend(db: asyncpg.Connection, user: int, credits: int) -> None:

@@ -10,7 +10,11 @@ so batches grow exactly when load does.
 
 `run_batch` receives the items in submit order and returns one result per item: a value,
 or an exception that only that item's caller sees. If `run_batch` raises, every caller in
-the batch gets that error. A caller cancelled while waiting (a timed-out job, a client that
+the batch gets that error — unless it is one of `alone_on` and the batch had more than one
+item: then each caller runs its own item alone (`run_one`), concurrently, so that one bad
+item (an unstorable row, a purchase for a missing user, a user locked elsewhere) never
+fails or holds up its neighbours. This is the one "batch, then each alone" of the service.
+A caller cancelled while waiting (a timed-out job, a client that
 went away) does not cancel the batch: its transaction commits for everyone or for no one.
 """
 
@@ -29,6 +33,10 @@ Result = TypeVar("Result")
 BatchRunner = Callable[[list[Item]], Awaitable[Sequence[Result | Exception]]]
 
 
+class _RunAlone(Exception):
+    """The batch failed as a whole with an `alone_on` error: run the item alone."""
+
+
 @dataclass
 class _Waiting(Generic[Item, Result]):
     item: Item
@@ -45,8 +53,12 @@ class Coalescer(Generic[Item, Result]):
         max_batch: int = 256,
         max_inflight: int = 2,
         interrupted: Callable[[], Exception] = lambda: RuntimeError("batch interrupted"),
+        run_one: Callable[[Item], Awaitable[Result]] | None = None,
+        alone_on: tuple[type[Exception], ...] = (),
     ) -> None:
         self._run_batch = run_batch
+        self._run_one = run_one
+        self._alone_on = alone_on if run_one is not None else ()
         self._max_batch = max(1, max_batch)
         self._max_inflight = max(1, max_inflight)
         self._interrupted = interrupted
@@ -59,7 +71,11 @@ class Coalescer(Generic[Item, Result]):
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(item, future))
         self._schedule()
-        return await future
+        try:
+            return await future
+        except _RunAlone:
+            assert self._run_one is not None
+            return await self._run_one(item)
 
     async def drain(self) -> None:
         """Wait for every queued and in-flight batch (on shutdown, before the pool closes)."""
@@ -107,6 +123,8 @@ class Coalescer(Generic[Item, Result]):
                     waiting.future.set_exception(result)
                 else:
                     waiting.future.set_result(result)
+        except self._alone_on as exc:
+            _fail_all(batch, _RunAlone() if len(batch) > 1 else exc)
         except Exception as exc:  # every caller must get an answer, whatever failed
             _fail_all(batch, exc)
 

@@ -502,6 +502,7 @@ async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
         credits=args.credits,
         payment_intent=args.payment_intent,
         customer=args.customer,
+        invoice=args.invoice,
     )
     result = await test_events.send_event(args.url, event, secret)
     if args.json:
@@ -555,7 +556,7 @@ def _add_send_test_event(sub: terminal.Subparsers) -> None:
         default="checkout.session.completed",
         help="event type (default: %(default)s); charge.refunded needs --payment-intent; "
         "invoice.paid is a monthly renewal crediting --credits to --user-id / --user-uuid or "
-        "to the user linked to --customer",
+        "to the user linked to --customer; credit_note.created refunds --invoice in full",
     )
     who = p.add_mutually_exclusive_group()
     who.add_argument("--email", help="buyer email (customer_email / customer_details.email)")
@@ -564,6 +565,7 @@ def _add_send_test_event(sub: terminal.Subparsers) -> None:
     p.add_argument("--credits", type=int, default=10, help="metadata.credits (default: 10)")
     p.add_argument("--payment-intent", help="pi_… to use (refunds point at the purchase's)")
     p.add_argument("--customer", help="cus_… the event names (invoice.paid: a linked customer)")
+    p.add_argument("--invoice", help="in_… a credit note refunds (credit_note.created)")
     p.add_argument(
         "--secret",
         help="sign with this whsec_… (default: the first STRIPE_WEBHOOK_SECRET, "

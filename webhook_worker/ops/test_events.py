@@ -27,9 +27,11 @@ def build_test_event(
     credits: int | None = 10,
     payment_intent: str | None = None,
     customer: str | None = None,
+    invoice: str | None = None,
 ) -> dict[str, Any]:
     """A realistic test-mode event: a checkout session, a refunded charge, a subscription
-    renewal (`invoice.paid`), a payment without Checkout, or any other type."""
+    renewal (`invoice.paid`), a credit note refunding an invoice, a payment without
+    Checkout, or any other type."""
     if event_type == "invoice.paid":
         # A renewal (billing_reason subscription_cycle) of a monthly plan: the credits on the
         # subscription's metadata (copied onto the invoice and its line), the user reference
@@ -78,6 +80,14 @@ def build_test_event(
             client_reference_id=user_id,
             metadata=metadata,
             payment_intent=payment_intent,
+        )
+    if event_type == "credit_note.created":
+        if not invoice:
+            raise OpsInputError("credit_note.created needs --invoice in_… of a credited invoice")
+        # Refunds the whole invoice a `send-test-event --type invoice.paid` of as many credits
+        # would have charged (100 minor units a credit).
+        return sample_events.credit_note_event(
+            invoice=invoice, amount=100 * (credits or 10), customer=customer
         )
     if event_type == "charge.refunded":
         if not payment_intent:

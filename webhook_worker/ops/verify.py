@@ -61,6 +61,14 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
     "payment_states": ("payment_intent_id", "captured", "refunded", "refunded_as_of", "taken"),
     "payment_refund_failures": ("refund_id", "payment_intent_id", "amount", "failed_at"),
     "payment_disputes": ("dispute_id", "payment_intent_id", "amount", "stage", "status"),
+    "credit_note_refunds": (
+        "credit_note_id",
+        "refund_id",
+        "payment_intent_id",
+        "invoice_id",
+        "amount",
+        "event_id",
+    ),
 }
 
 

@@ -33,10 +33,9 @@ log = get_logger("webhook_worker.receiver")
 
 @dataclass
 class _BatchResult:
-    """Per event id: the duplicate flag, or the error that kept the row out."""
+    """Per event id: the duplicate flag; and the ids to enqueue."""
 
     duplicate: dict[str, bool] = field(default_factory=dict)
-    failed: dict[str, Exception] = field(default_factory=dict)
     to_enqueue: list[str] = field(default_factory=list)
 
 
@@ -65,6 +64,9 @@ class GroupCommitter:
             max_batch=_MAX_BATCH,
             max_inflight=max_inflight,
             interrupted=lambda: TransientError("storing events: interrupted"),
+            # One unstorable row must not fail its neighbours: each is then stored alone.
+            run_one=self._commit_one,
+            alone_on=(PermanentError,),
         )
 
     async def submit(self, row: EnvelopeRow) -> bool:
@@ -78,13 +80,13 @@ class GroupCommitter:
         """Wait for every queued and in-flight batch (on shutdown, before the pool closes)."""
         await self._batches.drain()
 
-    async def _commit(self, rows: list[EnvelopeRow]) -> list[bool | Exception]:
+    async def _commit(self, rows: list[EnvelopeRow]) -> list[bool]:
         unique = _unique_rows(rows)
         metrics.INSERT_BATCH_SIZE.observe(len(unique))
         try:
-            result = await self._store(unique)
+            result = await self._insert(unique)
             if self._hook is not None:
-                await self._hook([r.event_id for r in unique if r.event_id not in result.failed])
+                await self._hook([r.event_id for r in unique])
             await self._enqueue(result.to_enqueue)
         except Exception as exc:  # every waiting request must get an answer, whatever failed
             error = _as_store_error(exc)
@@ -93,23 +95,9 @@ class GroupCommitter:
             raise error from exc
         return _answers(rows, result)
 
-    async def _store(self, rows: list[EnvelopeRow]) -> _BatchResult:
-        try:
-            return await self._insert(rows)
-        except PermanentError:
-            if len(rows) == 1:
-                raise
-        # One unstorable row must not fail its neighbours: retry each alone.
-        result = _BatchResult()
-        for row in rows:
-            try:
-                single = await self._insert([row])
-            except PermanentError as exc:
-                result.failed[row.event_id] = exc
-                continue
-            result.duplicate.update(single.duplicate)
-            result.to_enqueue += single.to_enqueue
-        return result
+    async def _commit_one(self, row: EnvelopeRow) -> bool:
+        [duplicate] = await self._commit([row])
+        return duplicate
 
     async def _insert(self, rows: list[EnvelopeRow]) -> _BatchResult:
         """One autocommitted INSERT: when it returns, the rows are durable."""
@@ -153,17 +141,13 @@ def _unique_rows(rows: list[EnvelopeRow]) -> list[EnvelopeRow]:
     return [unique[event_id] for event_id in sorted(unique)]
 
 
-def _answers(rows: list[EnvelopeRow], result: _BatchResult) -> list[bool | Exception]:
-    """Each request's answer; within a batch only the first copy of a new id is not a duplicate."""
+def _answers(rows: list[EnvelopeRow], result: _BatchResult) -> list[bool]:
+    """Each request's duplicate flag; within a batch only the first copy of a new id is new."""
     seen: set[str] = set()
-    answers: list[bool | Exception] = []
+    answers: list[bool] = []
     for row in rows:
-        event_id = row.event_id
-        if event_id in result.failed:
-            answers.append(result.failed[event_id])
-        else:
-            answers.append(result.duplicate[event_id] or event_id in seen)
-        seen.add(event_id)
+        answers.append(result.duplicate[row.event_id] or row.event_id in seen)
+        seen.add(row.event_id)
     return answers
 
 

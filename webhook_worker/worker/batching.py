@@ -57,10 +57,6 @@ async def claim_one(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-class _RetryAlone(Exception):
-    """The batch failed as a whole: each caller runs its own item alone."""
-
-
 One = Callable[[store.Connection, Item], Awaitable[Result]]
 Many = Callable[[store.Connection, list[Item]], Awaitable[Sequence[Result]]]
 
@@ -93,29 +89,26 @@ class _Coalesced(Generic[Item, Result]):
             max_batch=max_batch,
             max_inflight=max_inflight,
             interrupted=_interrupted,
+            run_one=self._alone,
+            alone_on=(TransientError, PermanentError),
         )
 
     async def __call__(self, item: Item) -> Result:
-        try:
-            return await self._coalescer.submit(item)
-        except _RetryAlone:
-            async with store.acquire(self._pool, self._action) as conn:
-                return await self._one(conn, item)
+        return await self._coalescer.submit(item)
+
+    async def _alone(self, item: Item) -> Result:
+        async with store.acquire(self._pool, self._action) as conn:
+            return await self._one(conn, item)
 
     async def drain(self) -> None:
         await self._coalescer.drain()
 
     async def _batch(self, items: list[Item]) -> Sequence[Result]:
         self._batch_size.observe(len(items))
-        try:
-            async with store.acquire(self._pool, self._action) as conn:
-                if len(items) == 1:
-                    return [await self._one(conn, items[0])]
-                return await self._many(conn, items)
-        except (TransientError, PermanentError) as exc:
+        async with store.acquire(self._pool, self._action) as conn:
             if len(items) == 1:
-                raise
-            raise _RetryAlone() from exc
+                return [await self._one(conn, items[0])]
+            return await self._many(conn, items)
 
 
 class _Claims:

@@ -61,6 +61,7 @@ import orjson
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
 from webhook_worker.worker import payments, resolver, scope, subscriptions
+from webhook_worker.worker.amounts import positive_int
 from webhook_worker.worker.money_store import InvoiceCredit, MoneyStore, Purchase
 
 Status = Literal["completed", "ignored", "waiting"]
@@ -122,6 +123,11 @@ def ignored(reason: str, **fields: Any) -> Outcome:
     return Outcome("ignored", "event_ignored", fields=fields, reason=reason)
 
 
+def handled(reason: str, **fields: Any) -> Outcome:
+    """The event was handled and there was nothing to move (`completed`, with why)."""
+    return Outcome("completed", "event_recorded", fields=fields, reason=reason)
+
+
 @dataclass(frozen=True)
 class HandlerContext:
     """What a handler works with: the settings and the money store (`MoneyStore`: Postgres
@@ -132,19 +138,6 @@ class HandlerContext:
 
 
 Handler = Callable[[HandlerContext, StoredEvent], Awaitable[Outcome]]
-
-
-def _positive_int(raw: object) -> int | None:
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int):
-        return raw if raw > 0 else None
-    if isinstance(raw, str):
-        text = raw.strip()
-        if text.isascii() and text.isdigit() and len(text) <= 18:
-            value = int(text)
-            return value if value > 0 else None
-    return None
 
 
 def _metadata_credits(session: Mapping[str, Any]) -> object | None:
@@ -191,7 +184,7 @@ def credits_for(session: Mapping[str, Any], settings: Settings) -> int | None:
         return None  # subscriptions and setup sessions are not one-off credits purchases
     raw = _metadata_credits(session)
     if raw is not None:
-        credits = _positive_int(raw)
+        credits = positive_int(raw)
         if credits is None:
             raise PermanentError(
                 f"metadata.credits={str(raw)[:40]!r} is not a positive integer; "
@@ -309,7 +302,7 @@ async def _link_subscription(ctx: HandlerContext, event: StoredEvent) -> Outcome
     except resolver.UserNotFound:
         return ignored("no_user_to_link", **fields)
     fields.update(user_id=who.user_id, resolved_by=who.source, user_created=who.created)
-    return Outcome("completed", "event_recorded", fields=fields, reason="subscription_linked")
+    return handled("subscription_linked", **fields)
 
 
 async def handle_checkout_completed(ctx: HandlerContext, event: StoredEvent) -> Outcome:
@@ -328,12 +321,7 @@ async def handle_async_payment_succeeded(ctx: HandlerContext, event: StoredEvent
 
 async def handle_async_payment_failed(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     session_id = _text(event.data_object, "id")
-    return Outcome(
-        "completed",
-        "event_recorded",
-        fields={"checkout_session_id": session_id},
-        reason="async_payment_failed",
-    )
+    return handled("async_payment_failed", checkout_session_id=session_id)
 
 
 # --- invoices (webhook_worker.worker.subscriptions has the rules) ---------------------------------
@@ -444,10 +432,8 @@ async def handle_invoice_payment_paid(ctx: HandlerContext, event: StoredEvent) -
         )
     if linked != intent:
         fields["linked_payment_intent_id"] = linked
-        return Outcome(
-            "completed", "event_recorded", fields=fields, reason="invoice_already_linked"
-        )
-    return Outcome("completed", "event_recorded", fields=fields, reason="invoice_payment_linked")
+        return handled("invoice_already_linked", **fields)
+    return handled("invoice_payment_linked", **fields)
 
 
 async def handle_credit_note_created(ctx: HandlerContext, event: StoredEvent) -> Outcome:
@@ -499,7 +485,7 @@ async def handle_payment_intent_succeeded(ctx: HandlerContext, event: StoredEven
     raw = _metadata_credits(intent)
     if raw is None:
         return ignored("not_a_credit_purchase", payment_intent_id=intent_id)
-    credits = _positive_int(raw)
+    credits = positive_int(raw)
     if credits is None:
         raise PermanentError(
             f"metadata.credits={str(raw)[:40]!r} is not a positive integer; "
@@ -627,12 +613,7 @@ async def handle_refund_updated(ctx: HandlerContext, event: StoredEvent) -> Outc
     refund = event.data_object
     status = refund.get("status")
     if status not in FAILED_REFUND_STATUSES:
-        return Outcome(
-            "completed",
-            "event_recorded",
-            fields={"refund_status": str(status)[:32]},
-            reason="refund_not_failed",
-        )
+        return handled("refund_not_failed", refund_status=str(status)[:32])
     payment_intent = _text(refund, "payment_intent")
     if payment_intent is None:
         return ignored("no_payment_intent")
@@ -641,7 +622,7 @@ async def handle_refund_updated(ctx: HandlerContext, event: StoredEvent) -> Outc
         raise PermanentError(f"{event.type} refund has no id")
     amount = _int(refund, "amount", "refund")
     if amount == 0:
-        return Outcome("completed", "event_recorded", reason="refund_of_nothing")
+        return handled("refund_of_nothing")
     refund_created = refund.get("created")
     change = payments.RefundFailure(
         payment_intent_id=payment_intent,
@@ -676,12 +657,7 @@ async def handle_dispute(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     status = str(dispute.get("status") or "")
     stage = dispute_stage(event.type, status)
     if stage is None:
-        return Outcome(
-            "completed",
-            "event_recorded",
-            fields={"dispute_status": status[:32]},
-            reason="dispute_inquiry",
-        )
+        return handled("dispute_inquiry", dispute_status=status[:32])
     payment_intent = _text(dispute, "payment_intent")
     if payment_intent is None:
         return ignored("no_payment_intent")

@@ -56,6 +56,7 @@ from webhook_worker.db.host import UserId, user_key
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import PermanentError
+from webhook_worker.worker.amounts import positive_int
 from webhook_worker.worker.ledger import apply_row, lock_user
 
 Family = Literal["refund", "dispute"]
@@ -144,16 +145,6 @@ def target_taken(
         refunds = max(legacy, share(purchased, captured, noted))
         return min(purchased, refunds + share(purchased, captured, disputed))
     return share(purchased, captured, max(refunded or 0, noted) + disputed)
-
-
-def _positive(raw: object) -> int | None:
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int) and raw > 0:
-        return raw
-    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and 0 < len(raw) <= 18:
-        return int(raw) or None
-    return None
 
 
 async def _record(conn: Connection, change: Change, event_id: str) -> bool:
@@ -261,7 +252,7 @@ def settle(view: PaymentView, family: Family, change: Change, payment_intent_id:
     """The money rule for refunds and disputes, pure: one place for both stores."""
     captured = view.captured
     if captured is None:
-        captured = _positive(view.purchase_amount)
+        captured = positive_int(view.purchase_amount)
     if captured is None:
         raise PermanentError(
             f"the captured amount of payment {payment_intent_id} is unknown: no charge event "

@@ -60,22 +60,10 @@ from webhook_worker.db.host import UserId, user_key
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import PermanentError
+from webhook_worker.worker.amounts import positive_int
 from webhook_worker.worker.ledger import InvoiceColumns, apply_row, lock_user
 
 KIND = "SUBSCRIPTION_CREDIT"
-
-
-def _positive_int(raw: object) -> int | None:
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int):
-        return raw if raw > 0 else None
-    if isinstance(raw, str):
-        text = raw.strip()
-        if text.isascii() and text.isdigit() and len(text) <= 18:
-            value = int(text)
-            return value if value > 0 else None
-    return None
 
 
 def _get(obj: object, *path: str) -> object:
@@ -132,7 +120,7 @@ def _metadata_credits(node: object, where: str) -> int | None:
     raw = _get(node, "metadata", "credits")
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    credits = _positive_int(raw)
+    credits = positive_int(raw)
     if credits is None:
         raise PermanentError(
             f"{where} metadata.credits={str(raw)[:40]!r} is not a positive integer; fix the "
