@@ -3,22 +3,23 @@ the worker. Redis carries only wake-ups; Postgres holds the truth, so a lost enq
 recovered by the sweeper and enqueue failures are reported, not fatal.
 
 One job, `process_stripe_events(event_ids)`, carries the ids one caller produced together
-(a receiver group commit, a sweep, a replay chunk), at most `EVENTS_PER_JOB` per job, through
-arq's own `ArqRedis.enqueue_job`. Every job gets a fresh id: an id is never reused, so a
-replay is never swallowed by arq's `_job_id` dedup of a finished job's kept result. Two jobs
-may therefore name the same event; the worker's claim takes an event only when it is due
-and not held by a live job, so the second one is a no-op.
+(a receiver group commit, a sweep, a replay chunk), at most `EVENTS_PER_JOB` per job,
+written as arq's `ArqRedis.enqueue_job` writes them, in one round trip. Every job gets a
+fresh id: an id is never reused, so a replay is never swallowed by arq's `_job_id` dedup of
+a finished job's kept result. Two jobs may therefore name the same event; the worker's claim
+takes an event only when it is due and not held by a live job, so the second is a no-op.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import default_queue_name
+from arq.constants import default_queue_name, job_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
 from webhook_worker.config import Settings
@@ -86,9 +87,13 @@ async def enqueue_event_jobs(
 ) -> dict[str, list[str]]:
     """Enqueue `process_stripe_events` jobs for `event_ids`, deferred by `defer_seconds`
     (arq's `_job_try` = `job_try` when given); return each queued job's id and its event
-    ids. The jobs are written concurrently.
+    ids. Raises TransientError when Redis cannot be reached.
 
-    Raises TransientError when Redis cannot be reached.
+    The one place that writes arq's job keys: exactly what `ArqRedis.enqueue_job` writes
+    (arq's own `serialize_job`, the job key with its expiry, the ZADD), in ONE MULTI/EXEC
+    for every job of the call. `enqueue_job` first WATCHes the job key and checks that no
+    job or kept result holds its id — three round trips, on the receiver's request path —
+    and these ids are new (`new_job_id`), so there is nothing to check.
     """
     chunks = [
         list(event_ids[start : start + EVENTS_PER_JOB])
@@ -96,28 +101,28 @@ async def enqueue_event_jobs(
     ]
     if not chunks:
         return {}
-    job_ids = [new_job_id() for _ in chunks]
+    jobs = {new_job_id(): chunk for chunk in chunks}
+    enqueue_time_ms = timestamp_ms()
+    defer_ms = round(defer_seconds * 1000)
+    score = enqueue_time_ms + defer_ms
+    expires_ms = defer_ms + redis.expires_extra_ms  # as enqueue_job computes it
     try:
-        jobs = await asyncio.gather(
-            *(
-                redis.enqueue_job(
+        async with redis.pipeline(transaction=True) as pipe:
+            for job_id, chunk in jobs.items():
+                job = serialize_job(
                     PROCESS_EVENTS_JOB,
-                    chunk,
-                    _job_id=job_id,
-                    _queue_name=QUEUE_NAME,
-                    _defer_by=defer_seconds or None,
-                    _job_try=job_try,
+                    (chunk,),
+                    {},
+                    job_try,
+                    enqueue_time_ms,
+                    serializer=redis.job_serializer,
                 )
-                for job_id, chunk in zip(job_ids, chunks, strict=True)
-            )
-        )
+                pipe.psetex(job_key_prefix + job_id, expires_ms, job)
+                pipe.zadd(QUEUE_NAME, {job_id: score})
+            await pipe.execute()
     except (RedisError, OSError) as exc:
         raise TransientError(f"enqueueing to Redis: {type(exc).__name__}") from exc
-    return {
-        job_id: chunk
-        for job_id, chunk, job in zip(job_ids, chunks, jobs, strict=True)
-        if job is not None
-    }
+    return jobs
 
 
 async def queue_depth(redis: ArqRedis) -> int:

@@ -230,9 +230,15 @@ async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> di
     Each event's own outcome (`completed`, `ignored`, `waiting`, `failed`, `retried`, or
     `skipped` when another job has it or it is final) never affects the others.
     """
-    outcomes = await asyncio.gather(
-        *(_process_event(ctx, event_id) for event_id in dict.fromkeys(event_ids))
-    )
+    slots: asyncio.Semaphore | None = ctx.get("event_slots")
+
+    async def in_a_slot(event_id: str) -> str:
+        if slots is None:
+            return await _process_event(ctx, event_id)
+        async with slots:
+            return await _process_event(ctx, event_id)
+
+    outcomes = await asyncio.gather(*(in_a_slot(event_id) for event_id in dict.fromkeys(event_ids)))
     return dict(Counter(outcomes))
 
 
@@ -329,6 +335,9 @@ async def open_resources(ctx: dict[str, Any]) -> None:
         lease_seconds=lease_seconds(settings),
     )
     ctx["batches"] = batches
+    # WORKER_MAX_JOBS events in flight per process, however many jobs carry them: a deep
+    # backlog of 100-event jobs must not hold thousands of parsed payloads at once.
+    ctx["event_slots"] = asyncio.Semaphore(settings.worker_max_jobs)
     ctx["handler_context"] = handlers.HandlerContext(
         settings, PostgresMoneyStore(ctx["pool"], batches)
     )
