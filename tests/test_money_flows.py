@@ -44,6 +44,7 @@ from tests.worker_support import (
     drain,
     ledger_sum,
     new_user,
+    spend,
     status_of,
     sweep,
 )
@@ -72,18 +73,6 @@ async def _purchase(
     return user, pi
 
 
-async def _spend(db: asyncpg.Connection, user: int, credits: int) -> None:
-    """The host application spends credits (a USAGE row and the balance, together)."""
-    await db.execute(
-        "WITH spend AS (UPDATE users SET credits_balance = credits_balance - $2 WHERE id = $1 "
-        "RETURNING credits_balance) INSERT INTO credit_transactions "
-        "(user_id, amount, balance_after, transaction_type) "
-        "SELECT $1, -$2::bigint, credits_balance, 'USAGE' FROM spend",
-        user,
-        credits,
-    )
-
-
 async def _money_rows(db: asyncpg.Connection, pi: str) -> list[tuple[str, int, int]]:
     rows = await db.fetch(
         "SELECT transaction_type, amount, balance_after FROM credit_transactions "
@@ -97,7 +86,7 @@ async def _money_rows(db: asyncpg.Connection, pi: str) -> list[tuple[str, int, i
 async def test_money_flow(db: asyncpg.Connection, settings: Settings, flow: Flow) -> None:
     user, pi = await _purchase(db, settings, flow.credits, flow.amount_total)
     if flow.spent:
-        await _spend(db, user, flow.spent)
+        await spend(db, user, flow.spent)
     ids: Ids = {"pi": pi}
     event_ids = []
     for build in flow.events:
@@ -285,7 +274,7 @@ async def test_any_order_and_duplication_ends_at_the_same_balance(
 ) -> None:
     user, pi = await _purchase(db, settings, PURCHASE, CAPTURED)
     if history["spent"]:
-        await _spend(db, user, history["spent"])
+        await spend(db, user, history["spent"])
     events = _events(history, {"pi": pi})
     # Duplicates: a few events again under new ids (a replay, another endpoint) and as-is.
     again = data.draw(st.lists(st.sampled_from(events), max_size=3)) if events else []

@@ -23,6 +23,7 @@ from tests.worker_support import (
     enqueue,
     ledger_sum,
     new_user,
+    spend,
     status_of,
     sweep,
 )
@@ -512,18 +513,6 @@ async def _replay(db: asyncpg.Connection, settings: Settings, event_id: str) -> 
     await enqueue(settings, [event_id])
 
 
-async def _spend(db: asyncpg.Connection, user: int, credits: int) -> None:
-    """The host application spends credits (a USAGE row and the balance, together)."""
-    await db.execute(
-        "WITH spend AS (UPDATE users SET credits_balance = credits_balance - $2 WHERE id = $1 "
-        "RETURNING credits_balance) INSERT INTO credit_transactions "
-        "(user_id, amount, balance_after, transaction_type) "
-        "SELECT $1, -$2::bigint, credits_balance, 'USAGE' FROM spend",
-        user,
-        credits,
-    )
-
-
 @VERSIONS
 @pytest.mark.parametrize("case", NOTE_CASES, ids=[case.name for case in NOTE_CASES])
 async def test_a_credit_note_takes_back_the_refunded_share_once(
@@ -546,7 +535,7 @@ async def test_a_credit_note_takes_back_the_refunded_share_once(
             await deliver(db, priced, event)
         await drain(priced)
         if step == "invoice" and case.spent:
-            await _spend(db, user, case.spent)
+            await spend(db, user, case.spent)
     for _ in range(2):
         await sweep(priced)
         await drain(priced)

@@ -189,3 +189,15 @@ stop_worker = stop_process  # SIGTERM, then SIGKILL after 15 s
 
 async def redis_client(settings: Settings) -> ArqRedis:
     return await queue.create_redis(settings)
+
+
+async def spend(db: asyncpg.Connection, user: int, credits: int) -> None:
+    """The host application spends credits (a USAGE row and the balance, together)."""
+    await db.execute(
+        "WITH spend AS (UPDATE users SET credits_balance = credits_balance - $2 WHERE id = $1 "
+        "RETURNING credits_balance) INSERT INTO credit_transactions "
+        "(user_id, amount, balance_after, transaction_type) "
+        "SELECT $1, -$2::bigint, credits_balance, 'USAGE' FROM spend",
+        user,
+        credits,
+    )
