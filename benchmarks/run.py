@@ -58,13 +58,14 @@ class Steps:
     dsn: str
     settle_first: bool
     roles: Roles
+    emptied: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.server_events: dict[str, dict[str, Any]] = {}
 
     def run(self, label: str, measure: Callable[[], T]) -> T:
         if self.settle_first:
-            settle(self.dsn)
+            settle(self.dsn, self.emptied)
         events, others = ServerEvents(self.dsn), OthersShare(self.roles)
         events.start()
         others.start()
@@ -160,7 +161,7 @@ def measure_ingest(
         receiver.warm_up()
         for index in range(args.repetitions):
             print(f"ingest, repetition {index + 1} of {args.repetitions}:")
-            steps = Steps(dsn, args.settle, roles)
+            steps = Steps(dsn, args.settle, roles, emptied=("stripe_events",))
             rep = _ingest_repetition(index, receiver, steps, args)
             reps.append({**rep, "server_events_ingest": steps.server_events})
     # A fresh database and an empty queue for the next phase: these jobs were never run.

@@ -89,22 +89,27 @@ async def drop_phase_database(admin_dsn: str, name: str) -> None:
     await drop_database(admin_dsn, dsn_with_database(admin_dsn, name))
 
 
-async def _settle(dsn: str) -> None:
+async def _settle(dsn: str, emptied: tuple[str, ...]) -> None:
     # No CHECKPOINT: after one, the first change to every page writes the whole page to the
     # WAL (full_page_writes), and the step that follows measured that aftermath: c=32 p99
     # 203 ms against 19 ms without it (a --quick run), half-load p99 400 ms against 81 ms.
     # No timed checkpoint fell inside a step in 208 measured steps (checkpoint_timeout 5 min).
+    # Emptied: the ingest steps each start from an empty `stripe_events`, pgbench's and the
+    # receiver's alike, instead of one that grows by ~50k rows of 3 KB a step (past
+    # shared_buffers by the third repetition, so later steps also measured evictions).
     conn = await asyncpg.connect(dsn)
     try:
+        for table in emptied:
+            await conn.execute(f'TRUNCATE "{table}" CASCADE')
         await conn.execute("VACUUM (ANALYZE)")
     finally:
         await conn.close()
 
 
-def settle(dsn: str) -> None:
-    """Before a measured step: vacuum and analyse the phase's tables (so no autovacuum is
-    due). Both sides of a ratio get the same treatment."""
-    asyncio.run(_settle(dsn))
+def settle(dsn: str, emptied: tuple[str, ...] = ()) -> None:
+    """Before a measured step: empty the `emptied` tables, then vacuum and analyse the
+    phase's tables (so no autovacuum is due). Both sides of a ratio get the same treatment."""
+    asyncio.run(_settle(dsn, emptied))
 
 
 async def _flush_redis(url: str) -> None:

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 from arq import Worker, create_pool, func
 from arq.connections import ArqRedis, RedisSettings
-from arq.jobs import JobStatus
+from arq.constants import job_key_prefix
+from arq.jobs import Job, JobStatus
 
 from tests.conftest import wait_for
+from webhook_worker import job_queue
 from webhook_worker.worker.supervisor import REDIS_FAULTS
 
 QUEUE = "test:arq-contract"
@@ -178,3 +180,30 @@ async def test_a_job_cancelled_by_close_runs_again_with_the_next_try(
     finally:
         await second.close()
     assert runs == [1, 2]
+
+
+async def test_job_queue_writes_exactly_what_enqueue_job_writes(redis: ArqRedis) -> None:
+    """`job_queue.enqueue_event_jobs` skips enqueue_job's WATCH/EXISTS (its ids are new) but
+    must leave the same job behind: same job data, queue score and key expiry."""
+    ids = ["evt_a", "evt_b"]
+    ours = await job_queue.enqueue_event_jobs(redis, ids, defer_seconds=5, job_try=2)
+    [our_id] = ours
+    theirs = await redis.enqueue_job(
+        job_queue.PROCESS_EVENTS_JOB,
+        ids,
+        _job_id="theirs",
+        _queue_name=job_queue.QUEUE_NAME,
+        _defer_by=5,
+        _job_try=2,
+    )
+    assert theirs is not None
+    ours_info = await Job(our_id, redis, _queue_name=job_queue.QUEUE_NAME).info()
+    theirs_info = await theirs.info()
+    assert ours_info is not None and theirs_info is not None
+    for field in ("function", "args", "kwargs", "job_try"):
+        assert getattr(ours_info, field) == getattr(theirs_info, field), field
+    assert ours_info.args == (ids,) and ours_info.job_try == 2
+    assert ours_info.score is not None and theirs_info.score is not None
+    assert abs(ours_info.score - theirs_info.score) < 1000  # both "now + 5 s", in ms
+    ttls = [await redis.pttl(job_key_prefix + job_id) for job_id in (our_id, "theirs")]
+    assert abs(ttls[0] - ttls[1]) < 1000 and ttls[0] > 86_400_000

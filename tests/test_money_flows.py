@@ -44,6 +44,7 @@ from tests.worker_support import (
     drain,
     ledger_sum,
     new_user,
+    received_days_ago,
     spend,
     status_of,
     sweep,
@@ -171,10 +172,7 @@ async def test_a_wait_past_wait_max_days_ends_ignored_no_purchase_for_payment(
     old, fresh = await deliver(db, settings, refunded(10, 500)(ids), refunded(20, 600)(ids))
     await drain(settings)
     # The first arrived eight days ago (its purchase never came: not a credits purchase).
-    await db.execute(
-        "UPDATE stripe_events SET received_at = now() - interval '8 days' WHERE event_id = $1",
-        old,
-    )
+    await received_days_ago(db, old, 8)
     await sweep(settings)
     status = await status_of(db, old)
     assert (status["processing_status"], status["status_reason"]) == (

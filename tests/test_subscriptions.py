@@ -23,6 +23,7 @@ from tests.worker_support import (
     enqueue,
     ledger_sum,
     new_user,
+    received_days_ago,
     spend,
     status_of,
     sweep,
@@ -351,10 +352,7 @@ async def test_an_invoice_whose_customer_is_never_linked_fails_after_wait_max_da
         db, priced, invoice_paid_event(customer=customer, price="price_basic", amount=900)
     )
     await drain(priced)
-    await db.execute(
-        "UPDATE stripe_events SET received_at = now() - interval '30 days' WHERE event_id = $1",
-        event_id,
-    )
+    await received_days_ago(db, event_id, 30)
     await sweep(priced)
     status = await status_of(db, event_id)
     assert (status["processing_status"], status["status_reason"]) == (
@@ -580,10 +578,7 @@ async def test_a_credit_note_of_an_invoice_never_credited_is_ignored_after_wait_
         "waiting",
         "awaiting_invoice_payment",
     )
-    await db.execute(
-        "UPDATE stripe_events SET received_at = now() - interval '8 days' WHERE event_id = $1",
-        event_id,
-    )
+    await received_days_ago(db, event_id, 8)
     await sweep(priced)
     status = await status_of(db, event_id)
     assert (status["processing_status"], status["status_reason"]) == (

@@ -364,3 +364,48 @@ async def test_claim_rides_out_two_connection_blips(
             await worker_batches.claim_one(None, "evt_blip")  # type: ignore[arg-type]
     assert len(calls) == min(blips + 1, 3)
     assert sleeps == [0.05, 0.1][: min(blips, 2)]
+
+
+async def test_a_process_works_on_at_most_worker_max_jobs_events_at_once(
+    db: asyncpg.Connection, make_settings: Callable[..., Settings]
+) -> None:
+    """One job of 6 events, WORKER_MAX_JOBS=2: two are claimed, the rest wait unclaimed for a
+    slot (without the limit all six are claimed by one coalesced statement)."""
+    settings = make_settings(WORKER_MAX_JOBS="2")
+    user = await new_user(db, "slots@example.com")
+    events = [checkout_session_event(client_reference_id=str(user)) for _ in range(6)]
+    event_ids = await store_events(db, events)
+    holder = db.transaction()
+    await holder.start()
+    await ledger.lock_user(db, user)  # claimed events wait in their ledger transaction
+    worker = in_process_worker(settings, burst=False)
+    task = asyncio.create_task(worker.async_run())
+    observer = await asyncpg.connect(settings.database_url)
+
+    async def statuses() -> list[str]:
+        rows = [await status_of(observer, event_id) for event_id in event_ids]
+        return sorted(row["processing_status"] for row in rows)
+
+    try:
+        await enqueue(settings, event_ids)  # one job carries all six
+        await wait_for(lambda: _claimed_at_least(observer, event_ids, 1), timeout=15)
+        assert await statuses() == ["processing"] * 2 + ["received"] * 4
+        await holder.rollback()
+
+        async def all_completed() -> bool:
+            return await statuses() == ["completed"] * 6
+
+        await wait_for(all_completed, timeout=30)
+        assert await balance(observer, user) == 60
+    finally:
+        await observer.close()
+        await worker.close()
+        task.cancel()
+
+
+async def _claimed_at_least(conn: asyncpg.Connection, event_ids: list[str], count: int) -> bool:
+    claimed = await conn.fetchval(
+        "SELECT count(*) FROM stripe_events WHERE event_id = ANY($1::text[]) AND attempts > 0",
+        event_ids,
+    )
+    return int(claimed) >= count

@@ -201,3 +201,13 @@ async def spend(db: asyncpg.Connection, user: int, credits: int) -> None:
         user,
         credits,
     )
+
+
+async def received_days_ago(conn: asyncpg.Connection, event_id: str, days: int) -> None:
+    """As if Stripe had delivered the event `days` ago (for WAIT_MAX_DAYS and the like)."""
+    await conn.execute(
+        "UPDATE stripe_events SET received_at = now() - make_interval(days => $2) "
+        "WHERE event_id = $1",
+        event_id,
+        days,
+    )

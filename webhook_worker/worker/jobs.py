@@ -230,11 +230,9 @@ async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> di
     Each event's own outcome (`completed`, `ignored`, `waiting`, `failed`, `retried`, or
     `skipped` when another job has it or it is final) never affects the others.
     """
-    slots: asyncio.Semaphore | None = ctx.get("event_slots")
+    slots: asyncio.Semaphore = ctx["event_slots"]  # see open_resources
 
     async def in_a_slot(event_id: str) -> str:
-        if slots is None:
-            return await _process_event(ctx, event_id)
         async with slots:
             return await _process_event(ctx, event_id)
 
