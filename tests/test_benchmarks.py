@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from benchmarks import report
-from benchmarks.loadgen import _drive, render_request
+from benchmarks.loadgen import drive, render_request
 from benchmarks.meters import CpuMeter, budget
 from benchmarks.run import _alternate, summarise
 from tests.conftest import wait_for
@@ -80,7 +80,7 @@ async def test_open_loop_latency_counts_a_stall_against_the_requests_scheduled_b
     try:
         # One connection at 50/s: due every 20 ms, so the 2nd to 5th are due within 80 ms
         # of the start and all wait behind the first one's 300 ms stall.
-        result = await _drive("127.0.0.1", port, [request] * 5, 1, 30.0, 50.0)
+        result = await drive("127.0.0.1", port, [request] * 5, 1, 30.0, 50.0)
     finally:
         server.close()
         await server.wait_closed()

@@ -85,6 +85,32 @@ async def test_while_batches_are_busy_new_items_form_a_larger_next_batch() -> No
     assert runner.batches == [["first"], [f"later{i}" for i in range(10)]]
 
 
+async def _loop_turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_beside_a_batch_in_flight_the_next_waits_for_min_batch_items() -> None:
+    """A trickle of items arriving while a batch is busy forms one batch of `min_batch`
+    instead of one per arrival; a lone item still starts at once when nothing is in flight,
+    and the leftovers start when the busy batches end."""
+    gate = asyncio.Event()
+    runner = Recorder(gate)
+    coalescer: Coalescer[str, str] = Coalescer(runner, max_inflight=3, min_batch=3)
+    first = asyncio.create_task(coalescer.submit("first"))
+    await _loop_turns(5)
+    assert runner.batches == [["first"]]  # alone and idle: no wait
+    trickle = []
+    for index in range(4):  # arrivals a few loop turns apart, as requests arrive under load
+        trickle.append(asyncio.create_task(coalescer.submit(f"t{index}")))
+        await _loop_turns(5)
+    assert runner.batches == [["first"], ["t0", "t1", "t2"]]
+    gate.set()
+    assert await first == "FIRST"
+    assert await asyncio.gather(*trickle) == ["T0", "T1", "T2", "T3"]
+    assert runner.batches == [["first"], ["t0", "t1", "t2"], ["t3"]]
+
+
 async def test_max_batch_splits_a_burst() -> None:
     runner = Recorder()
     coalescer: Coalescer[str, str] = Coalescer(runner, max_batch=4, max_inflight=8)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from webhook_worker import internal_listener, job_queue, metrics, runtime
 from webhook_worker.config import Settings
@@ -99,8 +101,9 @@ async def _close_pool(pool: store.Pool) -> None:
         pool.terminate()
 
 
-def _routes(settings: Settings, extra_routes: Sequence[BaseRoute]) -> list[BaseRoute]:
-    endpoint = WebhookEndpoint(settings)
+def _routes(
+    settings: Settings, endpoint: WebhookEndpoint, extra_routes: Sequence[BaseRoute]
+) -> list[BaseRoute]:
     routes: list[BaseRoute] = [Route(path, endpoint, methods=["POST"]) for path in WEBHOOK_PATHS]
     routes.append(Route("/healthz", healthz, methods=["GET"]))
     if settings.metrics_on_receiver:  # opt-in: internals on the public port (README)
@@ -111,13 +114,35 @@ def _routes(settings: Settings, extra_routes: Sequence[BaseRoute]) -> list[BaseR
     return [*routes, *extra_routes]
 
 
+class ReceiverApp(Starlette):
+    """The receiver's Starlette app, with one fast lane: a POST to a webhook path goes straight
+    to its endpoint, past the router and the error and exception middleware (the endpoint
+    answers every outcome itself, and uvicorn answers 500 for a bug). Everything else —
+    `/healthz`, the ops routes, 405s and 404s, the lifespan — takes Starlette's way. The lane
+    saves ~30 µs of the receiver's CPU per webhook (README, Performance)."""
+
+    def __init__(self, webhook: WebhookEndpoint, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._webhook = webhook
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in _LANE:
+            scope["app"] = self
+            await self._webhook(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+_LANE = frozenset(WEBHOOK_PATHS)
+
+
 def create_app(
     settings: Settings,
     *,
     extra_routes: Sequence[BaseRoute] = (),
     after_commit_hook: AfterCommitHook | None = None,
     freeze_heap: bool = False,
-) -> Starlette:
+) -> ReceiverApp:
     """The receiver app. `after_commit_hook(event_ids)` runs after each batch commits and
     before its enqueue (a test seam for "killed between insert and enqueue"); if it raises,
     the batch is answered 503 although its rows are stored, as after a crash.
@@ -127,4 +152,6 @@ def create_app(
     """
     settings.require_receiver()
     lifespan = _lifespan(settings, after_commit_hook, freeze_heap)
-    return Starlette(routes=_routes(settings, extra_routes), lifespan=lifespan)
+    endpoint = WebhookEndpoint(settings)
+    routes = _routes(settings, endpoint, extra_routes)
+    return ReceiverApp(endpoint, routes=routes, lifespan=lifespan)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import structlog
+from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 
 from webhook_worker import metrics
@@ -74,7 +74,6 @@ class WebhookEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        structlog.contextvars.clear_contextvars()
         outcome = await self._handle(scope, receive)
         duration = time.perf_counter() - started
         _record(outcome, duration, scope["path"])
@@ -99,20 +98,24 @@ class WebhookEndpoint:
             return _rejected(400, "bad_signature", "signature_rejected", exc.reason)
         except PayloadError as exc:
             return _rejected(400, "bad_payload", "payload_rejected", exc.reason)
-        structlog.contextvars.bind_contextvars(stripe_event_id=row.event_id)
         committer: GroupCommitter = scope["app"].state.committer
         try:
             duplicate = await committer.submit(row)
         except (TransientError, PermanentError, TimeoutError) as exc:
             failed = _rejected(503, "store_failed", "event_store_failed", type(exc).__name__)
-            failed.fields["event_type"] = row.type
+            failed.fields.update(stripe_event_id=row.event_id, event_type=row.type)
             return failed
         return _Outcome(
             status=200,
             outcome="duplicate" if duplicate else "accepted",
             log_event="event_received",
             body=_RECEIVED_DUPLICATE if duplicate else _RECEIVED_NEW,
-            fields={"event_type": row.type, "duplicate": duplicate, "livemode": row.livemode},
+            fields={
+                "stripe_event_id": row.event_id,
+                "event_type": row.type,
+                "duplicate": duplicate,
+                "livemode": row.livemode,
+            },
         )
 
     def _accept(self, body: bytes, header: str | None) -> EnvelopeRow:
@@ -133,9 +136,21 @@ def _rejected(
     return _Outcome(status, outcome, log_event, reason=reason, body=body, close=close)
 
 
+_request_counters: dict[tuple[str, str], Counter] = {}
+
+
+def _requests_counter(outcome: str, reason: str) -> Counter:
+    """`REQUESTS` for these labels, looked up once (`labels()` takes a lock every call)."""
+    key = (outcome, reason)
+    counter = _request_counters.get(key)
+    if counter is None:
+        counter = _request_counters[key] = metrics.REQUESTS.labels(outcome, reason)
+    return counter
+
+
 def _record(outcome: _Outcome, duration: float, path: str) -> None:
     """Metrics and the one canonical log line for a webhook request."""
-    metrics.REQUESTS.labels(outcome.outcome, outcome.reason).inc()
+    _requests_counter(outcome.outcome, outcome.reason).inc()
     metrics.REQUEST_SECONDS.observe(duration)
     if outcome.outcome == "duplicate":
         metrics.DUPLICATES.inc()

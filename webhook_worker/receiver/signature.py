@@ -15,7 +15,6 @@ written out here because we also need:
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from collections.abc import Sequence
@@ -93,9 +92,8 @@ def _is_timestamp(value: str) -> bool:
 
 def compute_signature(body: bytes, secret: str, timestamp: int) -> str:
     """Stripe's v1 signature: hex HMAC-SHA256 of `"{timestamp}.{body}"` keyed by the secret."""
-    mac = hmac.new(secret.encode("utf-8"), b"%d." % timestamp, hashlib.sha256)
-    mac.update(body)
-    return mac.hexdigest()
+    # One-shot: OpenSSL's HMAC in one call, without a Python HMAC object per request.
+    return hmac.digest(secret.encode("utf-8"), b"%d." % timestamp + body, "sha256").hex()
 
 
 def _matches_any(
