@@ -6,10 +6,7 @@ and credit statement, and arq's job clean-ups) are all this one mechanism. `subm
 queues the item and schedules a flush with `call_soon`, so every caller that submits during
 the current iteration joins it. At most `max_inflight` batches run at once (each holds one
 pooled connection); while they are busy, new items queue up and form a larger next batch,
-so batches grow exactly when load does. With `min_batch`, a batch that would run beside
-others already in flight waits until it has that many items (or until they finish): under
-load, callers arrive a few at a time, and starting a batch for each trickle spends most of
-the CPU on per-batch costs (a round trip, a commit); alone, an item never waits.
+so batches grow exactly when load does.
 
 `run_batch` receives the items in submit order and returns one result per item: a value,
 or an exception that only that item's caller sees. If `run_batch` raises, every caller in
@@ -55,7 +52,6 @@ class Coalescer(Generic[Item, Result]):
         *,
         max_batch: int = 256,
         max_inflight: int = 2,
-        min_batch: int = 1,
         interrupted: Callable[[], Exception] = lambda: RuntimeError("batch interrupted"),
         run_one: Callable[[Item], Awaitable[Result]] | None = None,
         alone_on: tuple[type[Exception], ...] = (),
@@ -65,7 +61,6 @@ class Coalescer(Generic[Item, Result]):
         self._alone_on = alone_on if run_one is not None else ()
         self._max_batch = max(1, max_batch)
         self._max_inflight = max(1, max_inflight)
-        self._min_batch = max(1, min_batch)
         self._interrupted = interrupted
         self._waiting: list[_Waiting[Item, Result]] = []
         self._scheduled = False
@@ -90,21 +85,14 @@ class Coalescer(Generic[Item, Result]):
             else:
                 await asyncio.sleep(0)
 
-    def _ready(self) -> bool:
-        """Whether a batch may start now: a slot is free, and either nothing is in flight or
-        enough items wait (otherwise the end of an in-flight batch calls again)."""
-        if not self._waiting or len(self._inflight) >= self._max_inflight:
-            return False
-        return not self._inflight or len(self._waiting) >= self._min_batch
-
     def _schedule(self) -> None:
-        if not self._scheduled and self._ready():
+        if not self._scheduled and len(self._inflight) < self._max_inflight:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._start_flush)
 
     def _start_flush(self) -> None:
         self._scheduled = False
-        if not self._ready():
+        if not self._waiting or len(self._inflight) >= self._max_inflight:
             return
         batch = self._waiting[: self._max_batch]
         self._waiting = self._waiting[self._max_batch :]
@@ -120,7 +108,8 @@ class Coalescer(Generic[Item, Result]):
     def _flush_done(self, batch: list[_Waiting[Item, Result]], task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         _fail_all(batch, self._interrupted())  # cancelled, even before it started: answer all
-        self._schedule()
+        if self._waiting:
+            self._schedule()
 
     async def _flush(self, batch: list[_Waiting[Item, Result]]) -> None:
         try:

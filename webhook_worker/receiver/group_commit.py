@@ -25,11 +25,6 @@ from webhook_worker.log import get_logger
 AfterCommitHook = Callable[[Sequence[str]], Awaitable[None]]
 
 _MAX_BATCH = 512
-# Beside a batch in flight, the next starts only with this many rows (or when that one ends):
-# under load, requests arrive a few at a time, and a batch per trickle of 1 to 4 rows spent
-# the receiver's CPU on round trips and commits (mean batch 8 → 13 at 32 connections, ~50 µs
-# less CPU per event; README, Performance). An idle receiver still stores a lone event at once.
-_MIN_BATCH = 8
 _DB_TIMEOUT_SECONDS = 10.0
 _ENQUEUE_TIMEOUT_SECONDS = 2.0
 
@@ -68,7 +63,6 @@ class GroupCommitter:
             self._commit,
             max_batch=_MAX_BATCH,
             max_inflight=max_inflight,
-            min_batch=_MIN_BATCH,
             interrupted=lambda: TransientError("storing events: interrupted"),
             # One unstorable row must not fail its neighbours: each is then stored alone.
             run_one=self._commit_one,
