@@ -62,10 +62,10 @@ class _Outcome:
 class WebhookEndpoint:
     """`POST /webhooks/stripe` and its aliases; also logs one canonical line per request.
 
-    A plain ASGI app under Starlette's router (which still checks the method): the hot path
-    reads the body and two headers straight from ASGI and sends a pre-rendered answer, without
-    building a Request, a Response and their wrappers (a sizeable part of the receiver's CPU
-    per event on the benchmark).
+    A plain ASGI app, reached by the app's fast lane for POSTs (`ReceiverApp`); Starlette's
+    router answers 405 to other methods. The hot path reads the body and two headers straight
+    from ASGI and sends a pre-rendered answer, without building a Request, a Response and
+    their wrappers (a sizeable part of the receiver's CPU per event on the benchmark).
     """
 
     def __init__(self, settings: Settings) -> None:
