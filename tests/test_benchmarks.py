@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from benchmarks import report
-from benchmarks.loadgen import drive, render_request
+from benchmarks.loadgen import drive, render_request, split_response
 from benchmarks.meters import CpuMeter, budget
 from benchmarks.run import _alternate, summarise
 from tests.conftest import wait_for
@@ -89,6 +89,17 @@ async def test_open_loop_latency_counts_a_stall_against_the_requests_scheduled_b
     # Each waited at least the stall less how late in the schedule it was due.
     for position, latency in enumerate(result.latencies_ms[1:], start=1):
         assert latency >= STALL_S * 1000 - position * 20, (position, result.latencies_ms)
+
+
+def test_the_load_generator_reads_an_answer_only_once_all_of_it_arrived() -> None:
+    answer = (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: x\r\nContent-Length: 5\r\n\r\nbusy!"
+    )
+    assert split_response(answer[:20]) is None  # the head is not complete
+    assert split_response(answer[:-1]) is None  # the body is one byte short
+    assert split_response(answer + b"HTTP/1.1 200") == (503, len(answer))
+    no_body = b"HTTP/1.1 204 No Content\r\n\r\n"
+    assert split_response(no_body) == (204, len(no_body))
 
 
 def test_a_repetition_alternates_which_side_of_a_ratio_is_measured_first() -> None:
