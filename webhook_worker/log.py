@@ -109,7 +109,7 @@ def configure_logging(
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(_CurrentStdout())
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -123,6 +123,17 @@ def configure_logging(
     # The stripe library logs every API request at info; reconcile logs one line per run.
     logging.getLogger("stripe").setLevel(logging.WARNING)
     _configured = True
+
+
+class _CurrentStdout:
+    """Writes to whatever `sys.stdout` is at the time of each line, not at configure time,
+    so a stream swapped and closed later (a test's captured output) never breaks logging."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
 
 
 def _mark_bypass(
