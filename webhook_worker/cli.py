@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -218,14 +217,6 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
 _SERVICES = ("serve", "work", "console", "dev")
 
 
-def _logs_to_stderr() -> None:
-    """Ops commands print their results (and --json) on stdout; their logs, such as the
-    replay audit line, go to stderr so the two never mix."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
-            handler.setStream(sys.stderr)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="webhook-worker",
@@ -246,11 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(note, file=sys.stderr)
     try:
         settings = Settings() if getattr(args, "skip_settings", False) else Settings.from_env()
+        # Ops commands print their results (and --json) on stdout; their logs, such as the
+        # replay audit line, go to stderr so the two never mix.
         configure_logging(
-            settings.log_format, settings.log_level, e2e_bypass=settings.e2e_test_mode
+            settings.log_format,
+            settings.log_level,
+            e2e_bypass=settings.e2e_test_mode,
+            stream="stdout" if args.command in _SERVICES else "stderr",
         )
-        if args.command not in _SERVICES:
-            _logs_to_stderr()
         handler: Handler = args.handler
         return handler(args, settings)
     except ConfigError as exc:

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -79,9 +79,14 @@ def _shared_processors() -> list[Any]:
 
 
 def configure_logging(
-    log_format: str = "json", level: str = "info", *, e2e_bypass: bool = False
+    log_format: str = "json",
+    level: str = "info",
+    *,
+    e2e_bypass: bool = False,
+    stream: Literal["stdout", "stderr"] = "stdout",
 ) -> None:
-    """Route structlog and stdlib logging through one redacting pipeline."""
+    """Route structlog and stdlib logging through one redacting pipeline, written to
+    `stream` (services log to stdout; ops commands keep stdout for their results)."""
     global _configured
     shared = _shared_processors()
     if e2e_bypass:
@@ -109,7 +114,7 @@ def configure_logging(
             renderer,
         ],
     )
-    handler = logging.StreamHandler(_CurrentStdout())
+    handler = logging.StreamHandler(_CurrentStream(stream))
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -125,15 +130,20 @@ def configure_logging(
     _configured = True
 
 
-class _CurrentStdout:
-    """Writes to whatever `sys.stdout` is at the time of each line, not at configure time,
-    so a stream swapped and closed later (a test's captured output) never breaks logging."""
+class _CurrentStream:
+    """Writes to whatever `sys.stdout` (or `sys.stderr`) is at the time of each line, not at
+    configure time, so a stream swapped and closed later (a test's captured output) never
+    breaks logging."""
+
+    def __init__(self, name: Literal["stdout", "stderr"]) -> None:
+        self._name = name
 
     def write(self, text: str) -> int:
-        return sys.stdout.write(text)
+        written: int = getattr(sys, self._name).write(text)
+        return written
 
     def flush(self) -> None:
-        sys.stdout.flush()
+        getattr(sys, self._name).flush()
 
 
 def _mark_bypass(
