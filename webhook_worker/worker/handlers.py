@@ -607,6 +607,20 @@ async def handle_charge_refunded(ctx: HandlerContext, event: StoredEvent) -> Out
     return await _apply_change(ctx, event, "refund", change, description)
 
 
+def _payment_and_own_id(
+    event: StoredEvent, obj: Mapping[str, Any], kind: str
+) -> tuple[str, str] | None:
+    """(payment intent, the object's own id) of a refund or dispute; None when it belongs to
+    no payment intent (nothing of ours to move). An object without an id is malformed."""
+    payment_intent = _text(obj, "payment_intent")
+    if payment_intent is None:
+        return None
+    own_id = _text(obj, "id")
+    if own_id is None:
+        raise PermanentError(f"{event.type} {kind} has no id")
+    return payment_intent, own_id
+
+
 async def handle_refund_updated(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     """`charge.refund.updated`, `refund.updated`, `refund.failed`: only a refund that failed
     or was canceled moves money (it gives back what it took)."""
@@ -614,12 +628,10 @@ async def handle_refund_updated(ctx: HandlerContext, event: StoredEvent) -> Outc
     status = refund.get("status")
     if status not in FAILED_REFUND_STATUSES:
         return handled("refund_not_failed", refund_status=str(status)[:32])
-    payment_intent = _text(refund, "payment_intent")
-    if payment_intent is None:
+    ids = _payment_and_own_id(event, refund, "refund")
+    if ids is None:
         return ignored("no_payment_intent")
-    refund_id = _text(refund, "id")
-    if refund_id is None:
-        raise PermanentError(f"{event.type} refund has no id")
+    payment_intent, refund_id = ids
     amount = _int(refund, "amount", "refund")
     if amount == 0:
         return handled("refund_of_nothing")
@@ -658,12 +670,10 @@ async def handle_dispute(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     stage = dispute_stage(event.type, status)
     if stage is None:
         return handled("dispute_inquiry", dispute_status=status[:32])
-    payment_intent = _text(dispute, "payment_intent")
-    if payment_intent is None:
+    ids = _payment_and_own_id(event, dispute, "dispute")
+    if ids is None:
         return ignored("no_payment_intent")
-    dispute_id = _text(dispute, "id")
-    if dispute_id is None:
-        raise PermanentError(f"{event.type} dispute has no id")
+    payment_intent, dispute_id = ids
     change = payments.DisputeStage(
         payment_intent_id=payment_intent,
         dispute_id=dispute_id,
