@@ -27,8 +27,10 @@ from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
     checkout_session_event,
+    dispute_event,
     invoice_paid_event,
     new_id,
+    refund_event,
 )
 from webhook_worker.worker import handlers, payments
 from webhook_worker.worker.memory_money_store import InMemoryMoneyStore, LedgerRow
@@ -202,3 +204,28 @@ def test_the_settle_rule_never_takes_more_than_was_bought_nor_below_zero() -> No
     change = payments.ChargeSnapshot("pi_1", 1000, 1000, created=None)  # type: ignore[arg-type]
     plan = payments.settle(view, "refund", change, "pi_1")
     assert (plan.target, plan.kind, plan.moved, plan.added_shortfall) == (100, "REFUND", -30, 70)
+
+
+@pytest.mark.parametrize("kind", ["refund", "dispute"])
+async def test_refund_or_dispute_without_payment_intent_is_ignored_and_without_id_fails(
+    kind: str,
+) -> None:
+    """Not ours (no payment intent): ignored. Ours but with no id of its own: malformed, the
+    event fails permanently and no money moves."""
+    build = refund_event if kind == "refund" else dispute_event
+    store = InMemoryMoneyStore()
+    ctx = _context(store)
+    orphan = build(payment_intent="pi_orphan")
+    orphan["data"]["object"]["payment_intent"] = None
+    no_id = build(payment_intent="pi_x")
+    del no_id["data"]["object"]["id"]
+    orphan_id, no_id_id = store.store_event(orphan), store.store_event(no_id)
+    await process(ctx, store, orphan_id)
+    await process(ctx, store, no_id_id)
+    assert (store.events[orphan_id].status, store.events[orphan_id].reason) == (
+        "ignored",
+        "no_payment_intent",
+    )
+    assert store.events[no_id_id].status == "failed"
+    assert store.events[no_id_id].reason == f"{no_id['type']} {kind} has no id"
+    assert store.ledger == []
