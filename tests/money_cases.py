@@ -76,10 +76,23 @@ def disputed(at: int, amount: int, event_type: str, status: str) -> Build:
     )
 
 
+def without(build: Build, key: str) -> Build:
+    """`build`'s event with `key` taken out of its object (a foreign or malformed one)."""
+
+    def built(ids: Ids) -> dict[str, Any]:
+        event = build(ids)
+        del event["data"]["object"][key]
+        return event
+
+    return built
+
+
 CREATED, CLOSED = "charge.dispute.created", "charge.dispute.closed"
 REINSTATED = "charge.dispute.funds_reinstated"
 DONE = ("completed", None)
 STALE = ("completed", "stale_event")
+NOT_OURS = ("ignored", "no_payment_intent")
+FAILED = ("failed", None)  # the tiers record the error differently; the status is what counts
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,24 @@ class Flow:
 
 
 FLOWS = [
+    Flow(
+        "a failed refund or a dispute with no payment intent is not ours: ignored, nothing moves",
+        [
+            without(refund_failed(10, 500), "payment_intent"),
+            without(disputed(10, 1000, CREATED, "needs_response"), "payment_intent"),
+        ],
+        [],
+        [NOT_OURS, NOT_OURS],
+    ),
+    Flow(
+        "a failed refund or a dispute without its own id is malformed: failed, nothing moves",
+        [
+            without(refund_failed(10, 500), "id"),
+            without(disputed(10, 1000, CREATED, "needs_response"), "id"),
+        ],
+        [],
+        [FAILED, FAILED],
+    ),
     Flow(
         "refund a third: the share is rounded down, in integers (33 of 100)",
         [refunded(10, 333)],
