@@ -61,12 +61,20 @@ from webhook_worker.worker.handlers import charge_snapshot
 
 
 async def _purchase(
-    db: asyncpg.Connection, settings: Settings, credits: int, amount_total: int
+    db: asyncpg.Connection,
+    settings: Settings,
+    credits: int,
+    amount_total: int,
+    presentment: tuple[int, str] | None = None,
 ) -> tuple[int, str]:
     user = await new_user(db, f"{new_id('u')}@example.com")
     pi = new_id("pi")
     session = checkout_session_event(
-        credits=credits, amount_total=amount_total, client_reference_id=str(user), payment_intent=pi
+        credits=credits,
+        amount_total=amount_total,
+        client_reference_id=str(user),
+        payment_intent=pi,
+        presentment=presentment,
     )
     await deliver(db, settings, session)
     await drain(settings)
@@ -85,7 +93,7 @@ async def _money_rows(db: asyncpg.Connection, pi: str) -> list[tuple[str, int, i
 
 @pytest.mark.parametrize("flow", FLOWS, ids=[flow.name for flow in FLOWS])
 async def test_money_flow(db: asyncpg.Connection, settings: Settings, flow: Flow) -> None:
-    user, pi = await _purchase(db, settings, flow.credits, flow.amount_total)
+    user, pi = await _purchase(db, settings, flow.credits, flow.amount_total, flow.presentment)
     if flow.spent:
         await spend(db, user, flow.spent)
     ids: Ids = {"pi": pi}

@@ -58,7 +58,7 @@ async def process(ctx: handlers.HandlerContext, store: InMemoryMoneyStore, event
     try:
         outcome = await handlers.handle_event(ctx, handlers.StoredEvent.from_row(row))
     except PermanentError as exc:
-        stored.status, stored.reason = "failed", str(exc)[:80]
+        stored.status, stored.reason = "failed", str(exc)[:200]
         return
     if not outcome.recorded:
         store.finish(event_id, outcome.status, outcome.reason)
@@ -103,6 +103,7 @@ async def test_money_flow_in_memory(flow: Flow) -> None:
             checkout_session_event(
                 credits=flow.credits,
                 amount_total=flow.amount_total,
+                presentment=flow.presentment,
                 client_reference_id=str(user.id),
                 payment_intent=pi,
             )
@@ -193,7 +194,7 @@ def test_the_settle_rule_never_takes_more_than_was_bought_nor_below_zero() -> No
     view = payments.PaymentView(
         purchased=100,
         captured=1000,
-        purchase_amount=None,
+        purchase=None,
         refunded=1000,
         disputed=1000,
         legacy_taken=0,

@@ -4,14 +4,12 @@
 
 -- name: payment_purchase
 -- The payment's purchase: its user, session, credits and, for the captured amount when no
--- charge event has said it, the amount of the stored purchase event (a session's
--- amount_total, a payment intent's amount_received, an invoice's amount_paid; NULL once
--- pruned). A paid invoice's SUBSCRIPTION_CREDIT is the purchase of the payment intent the
--- invoice names (before basil), so its charge's refunds and disputes take back its share.
+-- charge event has said it, the object of the stored purchase event (NULL once pruned;
+-- webhook_worker.money.takebacks.charged_amount reads it). A paid invoice's
+-- SUBSCRIPTION_CREDIT is the purchase of the payment intent the invoice names (before
+-- basil), so its charge's refunds and disputes take back its share.
 SELECT t.user_id, t.checkout_session_id, totals.purchased,
-       COALESCE(e.raw_data #>> '{data,object,amount_total}',
-                e.raw_data #>> '{data,object,amount_received}',
-                e.raw_data #>> '{data,object,amount_paid}') AS amount_total
+       e.raw_data #> '{data,object}' AS purchase_object
 FROM credit_transactions t
 CROSS JOIN LATERAL (
     SELECT COALESCE(sum(p.amount), 0)::bigint AS purchased
@@ -84,8 +82,8 @@ RETURNING refund_id;
 
 -- name: payment_targets
 -- What Stripe's newest state says for the payment: the net refunded amount (the snapshot
--- less the refunds that failed after it and were in it), the amount disputed and not
--- given back (stage 1 open, or closed lost with status 'lost') and the refunds credit notes
+-- less the refunds that failed after it and were in it), what the disputes keep (each row's
+-- amount at its furthest stage, webhook_worker.money.takebacks.dispute_held) and the refunds credit notes
 -- name (`noted`, less those that failed): the same money as the snapshot's, never added to it.
 SELECT
     GREATEST(s.refunded - COALESCE((
@@ -95,8 +93,7 @@ SELECT
           AND (f.refund_created IS NULL OR f.refund_created <= s.refunded_as_of)
     ), 0), 0)::bigint AS refunded,
     COALESCE((
-        SELECT sum(d.amount) FROM payment_disputes d
-        WHERE d.payment_intent_id = $1 AND (d.stage = 1 OR (d.stage = 2 AND d.status = 'lost'))
+        SELECT sum(d.amount) FROM payment_disputes d WHERE d.payment_intent_id = $1
     ), 0)::bigint AS disputed,
     COALESCE((
         SELECT sum(n.amount) FROM credit_note_refunds n
@@ -136,13 +133,13 @@ FROM (
                -- an invoice payment: its invoice is now credited
                THEN EXISTS (SELECT 1 FROM credit_transactions t
                             WHERE t.invoice_id = w.waiting_for
-                              AND t.transaction_type = 'SUBSCRIPTION_CREDIT')
+                              AND t.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT'))
                WHEN w.status_reason = 'awaiting_invoice_payment'
                -- a credit note: its invoice is credited and names the payment intent that
                -- paid it (before basil the invoice does; from basil on invoice_payment.paid)
                THEN EXISTS (SELECT 1 FROM credit_transactions t
                             WHERE t.invoice_id = w.waiting_for
-                              AND t.transaction_type = 'SUBSCRIPTION_CREDIT'
+                              AND t.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT')
                               AND t.payment_intent_id IS NOT NULL)
                ELSE EXISTS (SELECT 1 FROM credit_transactions t
                             WHERE t.payment_intent_id = w.waiting_for

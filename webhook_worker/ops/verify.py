@@ -100,6 +100,9 @@ EXPECTED_INDEXES: dict[str, str] = {
     "credit_transactions_one_purchase_per_payment_intent": "one PURCHASE per payment intent",
     "credit_transactions_one_credit_per_invoice": "one SUBSCRIPTION_CREDIT per invoice",
     "credit_transactions_one_expiry_per_invoice": "one EXPIRY per invoice",
+    "credit_transactions_one_payment_per_invoice": (
+        "one PURCHASE or SUBSCRIPTION_CREDIT per invoice (a session's post-payment invoice)"
+    ),
 }
 
 

@@ -60,12 +60,19 @@ import orjson
 
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
+from webhook_worker.money.checkout_pricing import (
+    PAID_STATUSES,
+    checked_credits,
+    credits_for,
+    metadata_credit_count,
+    metadata_credits,
+)
+from webhook_worker.money.takebacks import dispute_held
 from webhook_worker.worker import payments, resolver, scope, subscriptions
-from webhook_worker.worker.amounts import positive_int
 from webhook_worker.worker.money_store import InvoiceCredit, MoneyStore, Purchase
 
 Status = Literal["completed", "ignored", "waiting"]
-PAID_STATUSES = frozenset({"paid", "no_payment_required"})
+__all__ = ["PAID_STATUSES", "credits_for"]  # the pricing rules, webhook_worker.money
 
 
 @dataclass(frozen=True)
@@ -140,72 +147,6 @@ class HandlerContext:
 Handler = Callable[[HandlerContext, StoredEvent], Awaitable[Outcome]]
 
 
-def _metadata_credits(session: Mapping[str, Any]) -> object | None:
-    metadata = session.get("metadata")
-    raw: object = metadata.get("credits") if isinstance(metadata, Mapping) else None
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return None
-    return raw
-
-
-def _credits_by_amount(session: Mapping[str, Any], settings: Settings) -> int | None:
-    amount_total = session.get("amount_total")
-    if isinstance(amount_total, bool) or not isinstance(amount_total, int):
-        raise PermanentError("no credits amount: amount_total is missing or not an integer")
-    if amount_total == 0:
-        return None  # nothing was paid (a free or fully discounted session, a trial)
-    currency = session.get("currency")
-    code = currency.lower() if isinstance(currency, str) else ""
-    price = settings.credit_prices.get(code)
-    if price is None:
-        priced = ",".join(f"{c}:{p}" for c, p in sorted(settings.credit_prices.items()))
-        raise PermanentError(
-            f"no credit price for currency {str(currency)[:8]!r}: set its price in minor "
-            f"units, e.g. CREDIT_PRICES={priced},{code or 'xxx'}:<minor units per credit>, "
-            "or put metadata.credits on the Checkout Session; then replay"
-        )
-    credits = amount_total // price
-    if credits <= 0:
-        raise PermanentError(
-            f"no credits amount: amount_total {amount_total} {code} is below the price of one "
-            f"credit ({price} {code})"
-        )
-    return credits
-
-
-def credits_for(session: Mapping[str, Any], settings: Settings) -> int | None:
-    """The credits a checkout session buys; None when it is not a credits purchase.
-
-    Raises PermanentError when it is one but the amount cannot be told (a bad
-    `metadata.credits`, an unpriced currency) or is above `MAX_CREDITS_PER_EVENT`.
-    """
-    mode = session.get("mode")
-    if mode is not None and mode != "payment":
-        return None  # subscriptions and setup sessions are not one-off credits purchases
-    raw = _metadata_credits(session)
-    if raw is not None:
-        credits = positive_int(raw)
-        if credits is None:
-            raise PermanentError(
-                f"metadata.credits={str(raw)[:40]!r} is not a positive integer; "
-                "fix the Checkout Session metadata and replay"
-            )
-    elif settings.credit_prices:
-        by_amount = _credits_by_amount(session, settings)
-        if by_amount is None:
-            return None
-        credits = by_amount
-    else:
-        return None  # no credits rule applies: not a credits purchase
-    if credits > settings.max_credits_per_event:
-        raise PermanentError(
-            f"the session would credit {credits} credits, above MAX_CREDITS_PER_EVENT="
-            f"{settings.max_credits_per_event}; nothing was credited. Raise "
-            "MAX_CREDITS_PER_EVENT if this purchase is genuine, then replay"
-        )
-    return credits
-
-
 def _text(obj: Mapping[str, Any], key: str) -> str | None:
     value = obj.get(key)
     if isinstance(value, Mapping):  # an expanded object
@@ -241,6 +182,7 @@ async def _credit_session(ctx: HandlerContext, event: StoredEvent) -> Outcome:
         credits,
         session_id=session_id,
         payment_intent_id=_text(session, "payment_intent"),
+        invoice_id=_text(session, "invoice"),
     )
 
 
@@ -252,8 +194,11 @@ async def _credit_purchase(
     *,
     session_id: str | None,
     payment_intent_id: str | None,
+    invoice_id: str | None = None,
 ) -> Outcome:
-    """One PURCHASE through the coalesced credit call, and the outcome it leads to."""
+    """One PURCHASE through the coalesced credit call, and the outcome it leads to. A session
+    with a post-payment invoice (`invoice_creation`) records that invoice: its `invoice.paid`
+    is the same payment and credits nothing more, whichever comes first."""
     reference = session_id or payment_intent_id
     result = await ctx.money.credit_purchase(
         Purchase(
@@ -263,6 +208,7 @@ async def _credit_purchase(
             checkout_session_id=session_id,
             payment_intent_id=payment_intent_id,
             description=f"{event.type} {reference}",
+            invoice_id=invoice_id,
         ),
     )
     fields: dict[str, Any] = {
@@ -482,21 +428,10 @@ async def handle_payment_intent_succeeded(ctx: HandlerContext, event: StoredEven
         raise PermanentError("payment_intent.succeeded payment intent has no id")
     if _text(intent, "invoice") is not None:
         return ignored("invoice_payment", payment_intent_id=intent_id)  # invoice.paid credits
-    raw = _metadata_credits(intent)
+    raw = metadata_credits(intent)
     if raw is None:
         return ignored("not_a_credit_purchase", payment_intent_id=intent_id)
-    credits = positive_int(raw)
-    if credits is None:
-        raise PermanentError(
-            f"metadata.credits={str(raw)[:40]!r} is not a positive integer; "
-            "fix the PaymentIntent metadata and replay"
-        )
-    if credits > ctx.settings.max_credits_per_event:
-        raise PermanentError(
-            f"the payment would credit {credits} credits, above MAX_CREDITS_PER_EVENT="
-            f"{ctx.settings.max_credits_per_event}; nothing was credited. Raise "
-            "MAX_CREDITS_PER_EVENT if this purchase is genuine, then replay"
-        )
+    credits = checked_credits(metadata_credit_count(raw, "PaymentIntent"), "payment", ctx.settings)
     who = await _resolve(ctx, intent)
     return await _credit_purchase(
         ctx, event, who, credits, session_id=None, payment_intent_id=intent_id
@@ -677,7 +612,7 @@ async def handle_dispute(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     change = payments.DisputeStage(
         payment_intent_id=payment_intent,
         dispute_id=dispute_id,
-        amount=_int(dispute, "amount", "dispute"),
+        amount=dispute_held(dispute, _int(dispute, "amount", "dispute")),
         stage=stage,
         status=status[:32],
     )

@@ -22,6 +22,7 @@ from datetime import datetime
 
 import asyncpg
 
+from webhook_worker.db import store
 from webhook_worker.db.host import UserId
 from webhook_worker.db.host import lock_key as lock_key  # re-exported: the user's int4 lock key
 from webhook_worker.db.queries import query
@@ -66,6 +67,9 @@ class Purchase:
     checkout_session_id: str | None  # None: a payment without Checkout (payment_intent.*)
     payment_intent_id: str | None
     description: str
+    # A session's post-payment invoice (`invoice_creation`): that invoice's `invoice.paid` is
+    # the same payment. Such purchases take `credit_invoiced_purchase`, off the batched path.
+    invoice_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,3 +187,35 @@ async def credit_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
             raise
     assert row is not None
     return CreditResult(applied=bool(row["applied"]), balance=int(row["balance"]))
+
+
+async def credit_invoiced_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
+    """A PURCHASE that names its post-payment invoice, and the event's `completed` mark, in
+    one transaction under the user's lock. The invoice's row is unique among PURCHASE and
+    SUBSCRIPTION_CREDIT rows (migration 0020): whichever of the session and its
+    `invoice.paid` comes second inserts nothing."""
+    _check_credits(purchase)
+    assert purchase.invoice_id is not None
+    with translate_errors("crediting a purchase with its invoice"):
+        async with conn.transaction():
+            await lock_user(conn, purchase.user_id)
+            exists = await conn.fetchval(query("ledger_user_balance"), purchase.user_id)
+            if exists is None:
+                raise PermanentError(
+                    f"user {purchase.user_id} does not exist; nothing was credited"
+                )
+            credited = await apply_row(
+                conn,
+                purchase.user_id,
+                purchase.credits,
+                "PURCHASE",
+                purchase.event_id,
+                purchase.checkout_session_id,
+                purchase.payment_intent_id,
+                purchase.description,
+                InvoiceColumns(purchase.invoice_id),
+            )
+            reason = None if credited is not None else "already_credited"
+            await store.finish_event(conn, purchase.event_id, "completed", reason=reason)
+    balance = int(exists) if credited is None else credited
+    return CreditResult(applied=credited is not None, balance=balance)

@@ -133,6 +133,7 @@ class InMemoryMoneyStore:
             return CreditResult(applied=False, balance=user.credits_balance)
         refs = {"checkout_session_id": purchase.checkout_session_id}
         refs["payment_intent_id"] = purchase.payment_intent_id
+        refs["invoice_id"] = purchase.invoice_id
         self._move(user.id, purchase.credits, "PURCHASE", purchase.event_id, **refs)
         self.finish(purchase.event_id, "completed")
         return CreditResult(applied=True, balance=user.credits_balance)
@@ -143,10 +144,7 @@ class InMemoryMoneyStore:
         user = self._user(credit.user_id)
         repeat = any(
             row.event_id == credit.event_id
-            or (
-                row.transaction_type == "SUBSCRIPTION_CREDIT"
-                and row.invoice_id == credit.invoice_id
-            )
+            or (row.transaction_type in PURCHASE_TYPES and row.invoice_id == credit.invoice_id)
             for row in self.ledger
         )
         if not repeat:
@@ -157,14 +155,14 @@ class InMemoryMoneyStore:
 
     async def link_invoice_payment(self, invoice_id: str, payment_intent_id: str) -> str | None:
         for row in self.ledger:
-            if row.transaction_type == "SUBSCRIPTION_CREDIT" and row.invoice_id == invoice_id:
+            if row.transaction_type in PURCHASE_TYPES and row.invoice_id == invoice_id:
                 row.payment_intent_id = row.payment_intent_id or payment_intent_id
                 return row.payment_intent_id
         return None
 
     async def invoice_payment_intent(self, invoice_id: str) -> str | None:
         for row in self.ledger:
-            if row.transaction_type == "SUBSCRIPTION_CREDIT" and row.invoice_id == invoice_id:
+            if row.transaction_type in PURCHASE_TYPES and row.invoice_id == invoice_id:
                 return row.payment_intent_id
         return None
 
@@ -216,6 +214,12 @@ class InMemoryMoneyStore:
         for row in self.ledger:
             if row.event_id == purchase.event_id:
                 return True
+            if (
+                purchase.invoice_id
+                and row.transaction_type in PURCHASE_TYPES
+                and row.invoice_id == purchase.invoice_id
+            ):
+                return True
             if row.transaction_type != "PURCHASE":
                 continue
             if (
@@ -239,21 +243,13 @@ class InMemoryMoneyStore:
 
     def _view(self, payment: _Payment, bought: list[LedgerRow], user: User) -> PaymentView:
         event = self.events.get(bought[0].event_id)
-        obj = (event.payload.get("data") or {}).get("object") or {} if event else {}
-        amount = next(
-            (obj[k] for k in ("amount_total", "amount_received", "amount_paid") if k in obj), None
-        )
+        obj = (event.payload.get("data") or {}).get("object") if event else None
         return PaymentView(
             purchased=sum(r.amount for r in bought),
             captured=payment.captured,
-            purchase_amount=None if amount is None else str(amount),
+            purchase=obj if isinstance(obj, dict) else None,
             refunded=_net_refunded(payment),
-            disputed=sum(
-                d.amount
-                for d in payment.disputes.values()
-                if d.stage == payments.STAGE_OPEN
-                or (d.stage == payments.STAGE_CLOSED and d.status == "lost")
-            ),
+            disputed=sum(d.amount for d in payment.disputes.values()),
             legacy_taken=0,
             taken=payment.taken,
             shortfall=payment.shortfall,

@@ -45,18 +45,20 @@ is the purchase session's `amount_total` (its stored payload); once that is prun
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
+import orjson
 
 from webhook_worker.db import store
 from webhook_worker.db.host import UserId, user_key
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import PermanentError
-from webhook_worker.worker.amounts import positive_int
+from webhook_worker.money.takebacks import charged_amount
 from webhook_worker.worker.ledger import apply_row, lock_user
 
 Family = Literal["refund", "dispute"]
@@ -92,7 +94,7 @@ class RefundFailure:
 class DisputeStage:
     payment_intent_id: str
     dispute_id: str
-    amount: int
+    amount: int  # what the dispute keeps from the merchant at this stage (money.takebacks)
     stage: int
     status: str
 
@@ -226,9 +228,9 @@ class PaymentView:
 
     purchased: int  # credits its PURCHASE / SUBSCRIPTION_CREDIT rows gave
     captured: int | None  # from charge events; None: none seen yet
-    purchase_amount: object  # the purchase event's amount_total (the fallback for captured)
+    purchase: Mapping[str, Any] | None  # the purchase event's object (captured's fallback)
     refunded: int | None  # newest snapshot less the refunds that failed since; None: none
-    disputed: int  # open or lost disputes
+    disputed: int  # what the disputes keep, each at its furthest stage
     legacy_taken: int  # refunds taken before migration 0015
     taken: int  # credits taken back so far (including shortfall)
     shortfall: int  # what could not be taken because it was spent
@@ -252,7 +254,7 @@ def settle(view: PaymentView, family: Family, change: Change, payment_intent_id:
     """The money rule for refunds and disputes, pure: one place for both stores."""
     captured = view.captured
     if captured is None:
-        captured = positive_int(view.purchase_amount)
+        captured = charged_amount(view.purchase)
     if captured is None:
         raise PermanentError(
             f"the captured amount of payment {payment_intent_id} is unknown: no charge event "
@@ -275,6 +277,11 @@ def settle(view: PaymentView, family: Family, change: Change, payment_intent_id:
     return Settlement(target, delta, kind, moved, added, shortfall)
 
 
+def _object(raw: str | None) -> Mapping[str, Any] | None:
+    loaded = None if raw is None else orjson.loads(raw)
+    return loaded if isinstance(loaded, dict) else None
+
+
 async def _view(
     conn: Connection, pi: str, purchase: asyncpg.Record, user_id: UserId
 ) -> PaymentView:
@@ -284,7 +291,7 @@ async def _view(
     return PaymentView(
         purchased=int(purchase["purchased"]),
         captured=None if state["captured"] is None else int(state["captured"]),
-        purchase_amount=purchase["amount_total"],
+        purchase=_object(purchase["purchase_object"]),
         refunded=None if state["refunded"] is None else int(targets["refunded"]),
         disputed=int(targets["disputed"]),
         legacy_taken=int(state["legacy_taken"]),
@@ -337,6 +344,10 @@ async def apply(
                 balance = applied
             if plan_.delta:
                 await conn.execute(query("payment_state_taken"), pi, plan_.target, plan_.shortfall)
+            if plan_.shortfall < view.shortfall:  # a give-back cancelled owed shortfall
+                await conn.execute(
+                    query("ledger_cancel_shortfall"), pi, view.shortfall - plan_.shortfall
+                )
             reason = None if advanced else "stale_event"
             await store.finish_event(conn, event_id, "completed", reason=reason)
     return Applied(

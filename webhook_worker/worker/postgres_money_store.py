@@ -9,7 +9,7 @@ from typing import Any
 
 from webhook_worker.db import store
 from webhook_worker.db.host import UserId
-from webhook_worker.worker import payments, resolver, subscriptions
+from webhook_worker.worker import ledger, payments, resolver, subscriptions
 from webhook_worker.worker.batching import WorkerBatches
 from webhook_worker.worker.ledger import CreditResult, Purchase
 from webhook_worker.worker.payments import Applied, Change, Family
@@ -32,6 +32,9 @@ class PostgresMoneyStore:
             return await resolver.resolve_user(conn, reference)
 
     async def credit_purchase(self, purchase: Purchase) -> CreditResult:
+        if purchase.invoice_id is not None:  # rare: a session with a post-payment invoice
+            async with store.acquire(self._pool, "crediting a purchase") as conn:
+                return await ledger.credit_invoiced_purchase(conn, purchase)
         result = await self._batches.credit(purchase)
         if not result.applied:  # rare: a repeat of a session or payment already credited
             async with store.acquire(self._pool, "recording a repeat purchase") as conn:

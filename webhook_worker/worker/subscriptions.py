@@ -60,7 +60,7 @@ from webhook_worker.db.host import UserId, user_key
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import PermanentError
-from webhook_worker.worker.amounts import positive_int
+from webhook_worker.money.amounts import positive_int
 from webhook_worker.worker.ledger import InvoiceColumns, apply_row, lock_user
 
 KIND = "SUBSCRIPTION_CREDIT"
