@@ -92,6 +92,12 @@ WAIT_EXPIRED = Counter(
     "worker_wait_expired_events_total",
     "Waiting events ignored after WAIT_MAX_DAYS (no_purchase_for_payment)",
 )
+SHORTFALL_OWED = Gauge(
+    "credits_shortfall_owed",
+    "Credits taken back by refunds or disputes after they were spent, still owed "
+    "(refund_shortfalls; set by the sweeper)",
+    multiprocess_mode="max",
+)
 QUEUE_DEPTH = Gauge("worker_queue_depth", "Jobs waiting in the arq queue", multiprocess_mode="max")
 EVENTS_BY_STATUS = Gauge(
     "stripe_events_by_status",

@@ -64,6 +64,15 @@ WHERE id::text = $1 OR uuid::text = $1 OR lower(email) = lower($1)
 ORDER BY id
 LIMIT 2;
 
+-- name: console_user_shortfall
+-- The credits the user still owes: taken back by refunds or disputes after they were spent
+-- (refund_shortfalls: what is owed now), per payment.
+SELECT payment_intent_id, sum(credits)::bigint AS credits
+FROM refund_shortfalls
+WHERE user_id::text = $1
+GROUP BY payment_intent_id
+ORDER BY payment_intent_id;
+
 -- name: console_user_ledger
 -- The user's ledger, newest first, with the running sum of amounts (which must equal
 -- balance_after row by row).

@@ -105,6 +105,12 @@ SELECT coalesce(sum(amount) FILTER (WHERE amount > 0 AND transaction_type NOT IN
        count(*) AS transactions
 FROM credit_transactions;
 
+-- name: ops_stats_shortfalls
+-- Credits taken back after they were spent and still owed (refund_shortfalls holds what is
+-- owed now: a failed refund or a won dispute lowers it), and the users who owe them.
+SELECT coalesce(sum(credits), 0)::bigint AS owed, count(DISTINCT user_id) AS users
+FROM refund_shortfalls;
+
 -- name: ops_stats_users
 SELECT count(*) FILTER (WHERE credits_balance > 0) AS users_with_credits,
        coalesce(sum(credits_balance), 0)::bigint AS credits_outstanding

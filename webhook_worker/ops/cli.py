@@ -396,6 +396,10 @@ def _print_stats(stats: dict[str, Any]) -> None:
     )
     summary.add_row("credits outstanding", str(stats["credits_outstanding"]))
     summary.add_row("users with credits", str(stats["users_with_credits"]))
+    summary.add_row(
+        "credits owed (taken back after spent)",
+        f"{stats['credits_shortfall_owed']} by {stats['users_owing_shortfall']} users",
+    )
     last = stats["last_reconcile"]
     summary.add_row(
         "last reconcile",

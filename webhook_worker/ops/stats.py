@@ -19,6 +19,7 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
         failures = await conn.fetchval(query("ops_stats_recent_failures"))
         credits = await conn.fetchrow(query("ops_stats_credits"))
         users = await conn.fetchrow(query("ops_stats_users"))
+        shortfalls = await conn.fetchrow(query("ops_stats_shortfalls"))
         last_reconcile = await conn.fetchrow(query("reconcile_last_runs"), 1)
     statuses = {status: 0 for status in EVENT_STATUSES}
     statuses.update({row["status"]: int(row["events"]) for row in by_status})
@@ -26,7 +27,7 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
     for row in by_type:
         types.setdefault(row["type"], {})[row["status"]] = int(row["events"])
     assert oldest is not None and credits is not None and users is not None
-    assert waiting is not None
+    assert waiting is not None and shortfalls is not None
     return {
         "events_by_status": statuses,
         "events_total": sum(statuses.values()),
@@ -43,5 +44,7 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
         "credit_transactions": int(credits["transactions"]),
         "users_with_credits": int(users["users_with_credits"]),
         "credits_outstanding": int(users["credits_outstanding"]),
+        "credits_shortfall_owed": int(shortfalls["owed"]),
+        "users_owing_shortfall": int(shortfalls["users"]),
         "last_reconcile": dict(last_reconcile) if last_reconcile else None,
     }

@@ -263,6 +263,7 @@ async def sweep_stale_events(ctx: dict[str, Any]) -> int:
                 lease_seconds=lease_seconds(settings),
             )
             backlog = await store.event_backlog_counts(conn)
+            owed = await payments.shortfall_owed(conn)
         event_ids = woken + sorted(set(stale) - set(woken))
         queued = await queue.enqueue_events(ctx["redis"], event_ids) if event_ids else 0
         metrics.QUEUE_DEPTH.set(await queue.queue_depth(ctx["redis"]))
@@ -271,6 +272,7 @@ async def sweep_stale_events(ctx: dict[str, Any]) -> int:
         return 0
     for status, count in backlog.items():
         metrics.EVENTS_BY_STATUS.labels(status).set(count)
+    metrics.SHORTFALL_OWED.set(owed)
     if woken:
         metrics.WOKEN.inc(len(woken))
         log.info("waiting_events_woken", woken=len(woken))

@@ -360,6 +360,12 @@ async def apply(
     )
 
 
+async def shortfall_owed(conn: Connection) -> int:
+    """Credits still owed: taken back after they were spent, not given back since."""
+    with translate_errors("summing owed shortfalls"):
+        return int(await conn.fetchval(query("payment_shortfall_owed")))
+
+
 async def wake_waiting(conn: Connection, limit: int) -> list[str]:
     """Waiting events whose purchase is now in the ledger, back to `received`."""
     with translate_errors("waking waiting events"):
