@@ -68,6 +68,26 @@ class UserNotFound(PermanentError):
     """user_not_found: no client_reference_id, metadata, email or customer id matched a user"""
 
 
+def not_found(session: Mapping[str, Any]) -> UserNotFound:
+    """user_not_found naming what was tried (`client_reference_id=999999, email=<given>,
+    customer=cus_…`): ids and customer ids as given, emails never (`<given>`), so the stored
+    error and the log line hold no personal data."""
+    tried = []
+    for source, candidate in candidates(session):
+        if candidate.kind == "email":
+            tried.append(f"{source}=<given>")
+        elif candidate.kind != "placeholder":
+            tried.append(f"{source}={candidate.value[:64]}")
+    customer = customer_id(session)
+    if customer is not None:
+        tried.append(f"customer={customer}")
+    what = ", ".join(tried) if tried else "nothing usable (no reference, or placeholders only)"
+    return UserNotFound(
+        f"user_not_found: tried {what}; no user matched. Set client_reference_id or "
+        "metadata.user_id to an existing user's id (or create the user) and replay"
+    )
+
+
 class AmbiguousUser(PermanentError):
     """ambiguous_user: the email matches users of several tenants; set client_reference_id or metadata.user_id to the user's id, or metadata.tenant_id with the email, and replay"""  # noqa: E501
 
@@ -274,7 +294,7 @@ async def resolve(users: UserDirectory, session: Mapping[str, Any]) -> Resolutio
             raise UserNotFound(_NO_TENANT)
         resolution = Resolution(created[0], UPSERT_SOURCE, created=created[1])
     if resolution is None:
-        raise UserNotFound()
+        raise not_found(session)
     if customer is not None:
         await users.remember_customer(resolution.user_id, customer)
     return resolution
