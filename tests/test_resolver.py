@@ -289,7 +289,6 @@ def test_metadata_tenant_id_scopes_the_email_candidates_only() -> None:
     assert resolver.tenant_of({"metadata": {"tenant_id": "null"}}) is None
 
 
-
 def test_user_not_found_names_what_was_tried_and_never_an_email() -> None:
     """issue 25: the error says which references were tried (ids and the customer as given,
     an email only as `<given>`), so the stored error and its log line hold no email."""

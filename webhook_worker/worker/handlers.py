@@ -317,6 +317,9 @@ async def handle_invoice_paid(ctx: HandlerContext, event: StoredEvent) -> Outcom
     }
     if found.reason is not None:
         return ignored(found.reason, **fields)
+    if invoice.get("billing_reason") == "manual" and await ctx.money.invoice_credited(invoice_id):
+        # A Checkout Session's post-payment invoice its session credited: the same payment.
+        return handled("already_credited", **fields)
     customer = resolver.customer_id(invoice)
     who = await _invoice_user(ctx, invoice, customer)
     if who is None:

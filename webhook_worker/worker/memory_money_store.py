@@ -160,6 +160,12 @@ class InMemoryMoneyStore:
                 return row.payment_intent_id
         return None
 
+    async def invoice_credited(self, invoice_id: str) -> bool:
+        return any(
+            row.transaction_type in PURCHASE_TYPES and row.invoice_id == invoice_id
+            for row in self.ledger
+        )
+
     async def invoice_payment_intent(self, invoice_id: str) -> str | None:
         for row in self.ledger:
             if row.transaction_type in PURCHASE_TYPES and row.invoice_id == invoice_id:

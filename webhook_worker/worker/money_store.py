@@ -63,6 +63,11 @@ class MoneyStore(Protocol):
         """The payment intent the invoice's credit holds after linking; None: not credited."""
         ...
 
+    async def invoice_credited(self, invoice_id: str) -> bool:
+        """Whether the invoice is credited already (by its own row or, for a Checkout
+        Session's post-payment invoice, by the session's PURCHASE)."""
+        ...
+
     async def invoice_payment_intent(self, invoice_id: str) -> str | None:
         """The payment intent that paid a credited invoice; None: not credited, or (basil)
         not linked by `invoice_payment.paid` yet."""

@@ -49,6 +49,10 @@ class PostgresMoneyStore:
         async with store.acquire(self._pool, "linking an invoice's payment") as conn:
             return await subscriptions.link_payment(conn, invoice_id, payment_intent_id)
 
+    async def invoice_credited(self, invoice_id: str) -> bool:
+        async with store.acquire(self._pool, "finding an invoice's credit") as conn:
+            return await subscriptions.invoice_credited(conn, invoice_id)
+
     async def invoice_payment_intent(self, invoice_id: str) -> str | None:
         async with store.acquire(self._pool, "finding an invoice's payment") as conn:
             return await subscriptions.invoice_payment_intent(conn, invoice_id)

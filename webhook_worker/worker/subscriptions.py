@@ -390,6 +390,12 @@ async def link_payment(conn: Connection, invoice_id: str, payment_intent_id: str
     return None if linked is None else str(linked)
 
 
+async def invoice_credited(conn: Connection, invoice_id: str) -> bool:
+    """Whether the invoice is credited (its own row, or its Checkout Session's PURCHASE)."""
+    with translate_errors("finding an invoice's credit"):
+        return bool(await conn.fetchval(query("subscription_invoice_credited"), invoice_id))
+
+
 async def invoice_payment_intent(conn: Connection, invoice_id: str) -> str | None:
     """The payment intent that paid a credited invoice; None when the invoice is not
     credited (yet) or, from basil on, not linked by `invoice_payment.paid` (yet)."""
