@@ -351,6 +351,9 @@ histories = st.lists(
     max_size=3,
 )
 _HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
+# No shrinking: each example runs the real worker, and shrinking one takes many minutes. A
+# failure prints its whole (small) history and the seed to replay it.
+_PHASES = [Phase.explicit, Phase.reuse, Phase.generate]
 
 
 @settings(
@@ -370,7 +373,7 @@ async def test_random_histories_end_where_the_reference_model_says(
 
 
 @pytest.mark.slow
-@settings(max_examples=150, deadline=None, suppress_health_check=_HEALTH)
+@settings(max_examples=150, deadline=None, suppress_health_check=_HEALTH, phases=_PHASES)
 @given(users=histories, seed=st.integers(0, 2**32))
 async def test_many_random_histories_end_where_the_reference_model_says(
     db: asyncpg.Connection,
