@@ -12,6 +12,7 @@ from webhook_worker.db import host, migrations
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import MigrationError
+from webhook_worker.ops import webhook_endpoints
 from webhook_worker.worker import scope
 
 # What the schema contract names (README "Schema and migrations"), checked by `verify`; as in
@@ -432,4 +433,12 @@ async def verify(
             await _verify_reconcile(conn, report, settings)
         await _verify_migrations(conn, report)
         await _verify_data(conn, report, complete, stale_after_seconds)
+    if settings is not None and settings.stripe_api_key:
+        warning = await webhook_endpoints.subscription_warning(settings)
+        report.add(
+            "webhook subscriptions",
+            True,
+            warning or "the webhook endpoints subscribe to every event the money rules need",
+            warning=warning is not None,
+        )
     return report
