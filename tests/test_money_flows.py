@@ -50,14 +50,14 @@ from tests.worker_support import (
     sweep,
 )
 from webhook_worker.config import Settings
+from webhook_worker.money import takebacks
+from webhook_worker.money.stripe_shapes import charge_snapshot
 from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
     checkout_session_event,
     new_id,
 )
-from webhook_worker.worker import payments
-from webhook_worker.worker.handlers import charge_snapshot
 
 
 async def _purchase(
@@ -268,7 +268,7 @@ def _expected_balance(history: dict[str, Any]) -> int:
     disputed_net = history["dispute"] or 0
     if history["outcome"] in ("won", "reinstated"):
         disputed_net = 0
-    target = payments.share(PURCHASE, CAPTURED, refunded_net + disputed_net)
+    target = takebacks.share(PURCHASE, CAPTURED, refunded_net + disputed_net)
     return max(0, PURCHASE - history["spent"] - target)
 
 

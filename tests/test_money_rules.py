@@ -23,6 +23,7 @@ from tests.money_cases import (
 )
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
+from webhook_worker.money import takebacks
 from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
@@ -32,7 +33,7 @@ from webhook_worker.ops.sample_events import (
     new_id,
     refund_event,
 )
-from webhook_worker.worker import handlers, payments
+from webhook_worker.worker import handlers
 from webhook_worker.worker.memory_money_store import InMemoryMoneyStore, LedgerRow
 
 BASE_ENV = {"APP_ENV": "test"}
@@ -191,7 +192,7 @@ async def test_credit_note_in_memory(case: NoteCase, api_version: str) -> None:
 
 
 def test_the_settle_rule_never_takes_more_than_was_bought_nor_below_zero() -> None:
-    view = payments.PaymentView(
+    view = takebacks.PaymentView(
         purchased=100,
         captured=1000,
         purchase=None,
@@ -202,8 +203,8 @@ def test_the_settle_rule_never_takes_more_than_was_bought_nor_below_zero() -> No
         shortfall=0,
         balance=30,
     )
-    change = payments.ChargeSnapshot("pi_1", 1000, 1000, created=None)  # type: ignore[arg-type]
-    plan = payments.settle(view, "refund", change, "pi_1")
+    change = takebacks.ChargeSnapshot("pi_1", 1000, 1000, created=None)  # type: ignore[arg-type]
+    plan = takebacks.settle(view, "refund", change, "pi_1")
     assert (plan.target, plan.kind, plan.moved, plan.added_shortfall) == (100, "REFUND", -30, 70)
 
 

@@ -9,3 +9,7 @@ money store applies the decisions; docs/stripe.md states the rules in words.
 - `takebacks`: what a payment's refunds and disputes take back (shares, dispute holds,
   the captured amount in the currency the customer paid).
 """
+
+from __future__ import annotations
+
+UserId = int | str  # the host's user key: an integer key as int; uuid and text keys as text

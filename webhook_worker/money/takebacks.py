@@ -1,5 +1,7 @@
 """What a payment's refunds and disputes take back: the readings of Stripe's objects that
-decide how much money the merchant lost, in the currency the customer paid.
+decide how much money the merchant lost, in the currency the customer paid, and the rule
+that brings the ledger to Stripe's newest state (`settle`; the state itself is kept by the
+money store, webhook_worker.worker.payments, whose docstring tells the ordering rules).
 
 - `dispute_held`: what a dispute keeps from the merchant as its newest event tells it. A
   `won` dispute keeps nothing. Otherwise the dispute's `balance_transactions` say what was
@@ -18,8 +20,12 @@ decide how much money the merchant lost, in the currency the customer paid.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
 
+from webhook_worker.errors import PermanentError
+from webhook_worker.money import UserId
 from webhook_worker.money.amounts import positive_int
 
 WON = "won"
@@ -68,3 +74,164 @@ def charged_amount(purchase: Mapping[str, Any] | None) -> int | None:
         if paid is not None:
             return paid
     return None
+
+
+Family = Literal["refund", "dispute"]
+
+# Row types by the family of the event that moves the ledger, and the direction.
+_DEBIT = {"refund": "REFUND", "dispute": "DISPUTE"}
+_CREDIT = {"refund": "REFUND_REVERSAL", "dispute": "DISPUTE_REVERSAL"}
+
+STAGE_OPEN, STAGE_CLOSED, STAGE_REINSTATED = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ChargeSnapshot:
+    """What a charge event says: captured, and net refunded of that, as of `created`."""
+
+    payment_intent_id: str
+    captured: int
+    refunded: int
+    created: datetime
+
+
+@dataclass(frozen=True)
+class RefundFailure:
+    payment_intent_id: str
+    refund_id: str
+    amount: int
+    status: str  # failed | canceled
+    refund_created: datetime | None
+    failed_at: datetime  # the event's created
+
+
+@dataclass(frozen=True)
+class DisputeStage:
+    payment_intent_id: str
+    dispute_id: str
+    amount: int  # what the dispute keeps from the merchant at this stage (money.takebacks)
+    stage: int
+    status: str
+
+
+@dataclass(frozen=True)
+class CreditNoteRefunds:
+    """What a credit note says: refunds (id, amount) of the payment that paid its invoice."""
+
+    payment_intent_id: str
+    credit_note_id: str
+    invoice_id: str
+    refunds: tuple[tuple[str, int], ...]
+
+
+Change = ChargeSnapshot | RefundFailure | DisputeStage | CreditNoteRefunds
+
+
+def share(purchased: int, captured: int, amount: int) -> int:
+    """Credits matching `amount` of `captured`, rounded down, integers only."""
+    if captured <= 0 or purchased <= 0:
+        return 0
+    return purchased * min(max(amount, 0), captured) // captured
+
+
+def target_taken(
+    purchased: int,
+    captured: int,
+    refunded: int | None,
+    disputed: int,
+    legacy: int,
+    noted: int = 0,
+) -> int:
+    """The credits Stripe's state says are taken back. `refunded` None: no charge snapshot
+    yet, the refunds taken before 0015 (`legacy`) stand for the refunded part. `noted`: the
+    refunds credit notes name, the same money as the charge's refunds: the larger of the
+    two counts, never their sum."""
+    if refunded is None and legacy:
+        refunds = max(legacy, share(purchased, captured, noted))
+        return min(purchased, refunds + share(purchased, captured, disputed))
+    return share(purchased, captured, max(refunded or 0, noted) + disputed)
+
+
+def plan(
+    delta: int, balance: int, shortfall: int, family: Family
+) -> tuple[str | None, int, int, int]:
+    """How the ledger follows a change of `delta` credits to take back: (row type or None,
+    credits moved, shortfall added, shortfall after). Never below zero: what is spent becomes
+    shortfall; a give-back cancels shortfall first and returns only what was really taken."""
+    if delta > 0:
+        debit = min(delta, balance)
+        added = delta - debit
+        return (_DEBIT[family] if debit else None), -debit, added, shortfall + added
+    if delta < 0:
+        cancelled = min(-delta, shortfall)
+        credit = -delta - cancelled
+        return (_CREDIT[family] if credit else None), credit, 0, shortfall - cancelled
+    return None, 0, 0, shortfall
+
+
+@dataclass(frozen=True)
+class PaymentView:
+    """One payment as the rule sees it, after the event's change was recorded, whichever
+    store holds it (Postgres: payment_states and friends; the unit tier: memory)."""
+
+    purchased: int  # credits its PURCHASE / SUBSCRIPTION_CREDIT rows gave
+    captured: int | None  # from charge events; None: none seen yet
+    purchase: Mapping[str, Any] | None  # the purchase event's object (captured's fallback)
+    refunded: int | None  # newest snapshot less the refunds that failed since; None: none
+    disputed: int  # what the disputes keep, each at its furthest stage
+    legacy_taken: int  # refunds taken before migration 0015
+    taken: int  # credits taken back so far (including shortfall)
+    shortfall: int  # what could not be taken because it was spent
+    balance: int  # the user's balance now
+    noted: int = 0  # refunds credit notes name, less failed ones (the same money as refunded)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What the ledger must do to follow the payment's new state."""
+
+    target: int  # credits taken back, per Stripe's newest state
+    delta: int  # target - taken: > 0 take more, < 0 give back
+    kind: str | None  # the ledger row's type, None: no row
+    moved: int  # credits the row moves (negative: taken)
+    added_shortfall: int
+    shortfall: int  # shortfall after
+
+
+def settle(view: PaymentView, family: Family, change: Change, payment_intent_id: str) -> Settlement:
+    """The money rule for refunds and disputes, pure: one place for both stores."""
+    captured = view.captured
+    if captured is None:
+        captured = charged_amount(view.purchase)
+    if captured is None:
+        raise PermanentError(
+            f"the captured amount of payment {payment_intent_id} is unknown: no charge event "
+            "was seen and the purchase event's payload was pruned; nothing was taken back"
+        )
+    if isinstance(change, ChargeSnapshot) and not view.refunded and view.disputed:
+        # A charge that refunds nothing but tells the captured amount (basil's
+        # charge.captured) can only move the disputes' share.
+        family = "dispute"
+    target = target_taken(
+        view.purchased,
+        int(captured),
+        view.refunded,
+        view.disputed,
+        view.legacy_taken,
+        view.noted,
+    )
+    delta = target - view.taken
+    kind, moved, added, shortfall = plan(delta, view.balance, view.shortfall, family)
+    return Settlement(target, delta, kind, moved, added, shortfall)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one event did to the ledger."""
+
+    user_id: UserId
+    advanced: bool  # the payment's state moved; False: a stale or repeated event
+    transaction_type: str | None  # the ledger row written, None when none
+    amount: int  # credits moved (negative: taken back), 0 when no row
+    shortfall: int  # credits this event could not take back (already spent)
+    balance: int

@@ -144,7 +144,7 @@ def checkout_session_event(
 
 
 # The API versions the money-flow fixtures are built for: the shape of a released
-# authorization changed with basil (see handlers.charge_snapshot).
+# authorization changed with basil (see money.stripe_shapes.charge_snapshot).
 PRE_BASIL = "2024-06-20"
 BASIL = "2025-03-31.basil"
 

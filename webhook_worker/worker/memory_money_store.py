@@ -4,7 +4,7 @@ Like procrastinate's `InMemoryConnector`, it re-states in Python what the SQL st
 guarantee (one ledger row per event, one PURCHASE per checkout session and per payment
 intent, one SUBSCRIPTION_CREDIT per invoice, a balance never below zero, the newest
 payment state winning) and nothing more: the rules themselves (`resolver.resolve`,
-`payments.settle`, the handlers) are the service's own code. `tests/money_cases.py` runs one
+`takebacks.settle`, the handlers) are the service's own code. `tests/money_cases.py` runs one
 table of cases through this store and through Postgres, so the two cannot drift apart
 unnoticed. An integer-keyed users table, one tenant; `SUBSCRIPTION_CREDITS_EXPIRE` is proven
 against Postgres only (tests/test_subscriptions.py).
@@ -19,9 +19,8 @@ from datetime import datetime
 from typing import Any
 
 from webhook_worker.errors import PermanentError
-from webhook_worker.worker import payments, resolver
-from webhook_worker.worker.ledger import CreditResult, Purchase
-from webhook_worker.worker.payments import (
+from webhook_worker.money import takebacks
+from webhook_worker.money.takebacks import (
     Applied,
     Change,
     ChargeSnapshot,
@@ -31,6 +30,8 @@ from webhook_worker.worker.payments import (
     PaymentView,
     RefundFailure,
 )
+from webhook_worker.worker import resolver
+from webhook_worker.worker.ledger import CreditResult, Purchase
 from webhook_worker.worker.resolver import Candidate, Resolution
 from webhook_worker.worker.subscriptions import InvoiceCredit, InvoiceCredited
 
@@ -186,7 +187,7 @@ class InMemoryMoneyStore:
         user = self.users[bought[0].user_id]
         payment = self.payments.setdefault(pi, _Payment())
         advanced = _record(payment, change)
-        plan = payments.settle(self._view(payment, bought, user), family, change, pi)
+        plan = takebacks.settle(self._view(payment, bought, user), family, change, pi)
         if plan.kind is not None:
             if any(row.event_id == event_id for row in self.ledger):
                 raise PermanentError(

@@ -10,7 +10,7 @@ marking the event `completed` with it. Two implementations:
 
 The shared rules are written once, outside any store: `resolver.resolve` (who paid),
 `handlers.credits_for` / `subscriptions.invoice_credits` (how many credits) and
-`payments.settle` (what a refund or a dispute takes back).
+`takebacks.settle` (what a refund or a dispute takes back).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from webhook_worker.db.host import UserId
+from webhook_worker.money.takebacks import Applied, Change, Family
 from webhook_worker.worker.ledger import CreditResult, Purchase
-from webhook_worker.worker.payments import Applied, Change, Family
 from webhook_worker.worker.resolver import Candidate, Resolution
 from webhook_worker.worker.subscriptions import InvoiceCredit, InvoiceCredited
 
@@ -77,7 +77,7 @@ class MoneyStore(Protocol):
         self, event_id: str, family: Family, change: Change, description: str
     ) -> Applied | None:
         """Record a refund / refund failure / dispute / credit note change and settle the ledger
-        (`payments.settle`); None when the payment's purchase is not in the ledger."""
+        (`takebacks.settle`); None when the payment's purchase is not in the ledger."""
         ...
 
     async def park(self, event_id: str, waiting_for: str, reason: str) -> None:

@@ -56,7 +56,7 @@ from fractions import Fraction
 from typing import Any
 
 from webhook_worker.db import store
-from webhook_worker.db.host import UserId, user_key
+from webhook_worker.db.host import UserId
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import PermanentError
@@ -372,12 +372,6 @@ async def credit_invoice(
                 conn, event_id, "completed", reason=None if applied else "already_credited"
             )
     return InvoiceCredited(applied, user_id, balance, expired)
-
-
-async def user_by_customer(conn: Connection, customer: str) -> UserId | None:
-    with translate_errors("looking up a user"):
-        found = await conn.fetchval(query("user_by_stripe_customer"), customer)
-    return None if found is None else user_key(found)
 
 
 async def link_payment(conn: Connection, invoice_id: str, payment_intent_id: str) -> str | None:
