@@ -33,8 +33,8 @@ from webhook_worker.ops.sample_events import (
     new_id,
     refund_event,
 )
+from webhook_worker.testing import InMemoryMoneyStore, LedgerRow
 from webhook_worker.worker import handlers
-from webhook_worker.worker.memory_money_store import InMemoryMoneyStore, LedgerRow
 
 BASE_ENV = {"APP_ENV": "test"}
 

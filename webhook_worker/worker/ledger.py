@@ -28,6 +28,7 @@ from webhook_worker.db.host import lock_key as lock_key  # re-exported: the user
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import PermanentError
+from webhook_worker.money.ledger_rows import CreditResult, Purchase
 
 # "WWLG" as an int4: the ledger's advisory-lock space. Migrations use the one-bigint form,
 # a different lock space altogether.
@@ -57,25 +58,6 @@ async def lock_user(conn: Connection, user_id: UserId) -> None:
     """
     with translate_errors("locking a user's balance"):
         await conn.execute(query("ledger_lock_user"), LOCK_NAMESPACE, user_id)
-
-
-@dataclass(frozen=True)
-class Purchase:
-    user_id: UserId
-    credits: int
-    event_id: str
-    checkout_session_id: str | None  # None: a payment without Checkout (payment_intent.*)
-    payment_intent_id: str | None
-    description: str
-    # A session's post-payment invoice (`invoice_creation`): that invoice's `invoice.paid` is
-    # the same payment. Such purchases take `credit_invoiced_purchase`, off the batched path.
-    invoice_id: str | None = None
-
-
-@dataclass(frozen=True)
-class CreditResult:
-    applied: bool  # False: this event or this checkout session was already credited
-    balance: int
 
 
 @dataclass(frozen=True)

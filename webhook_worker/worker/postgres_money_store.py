@@ -8,13 +8,12 @@ from dataclasses import asdict
 from typing import Any
 
 from webhook_worker.db import store
-from webhook_worker.db.host import UserId
+from webhook_worker.money import UserId
+from webhook_worker.money.ledger_rows import CreditResult, InvoiceCredit, InvoiceCredited, Purchase
 from webhook_worker.money.takebacks import Applied, Change, Family
+from webhook_worker.money.user_reference import Candidate, Resolution
 from webhook_worker.worker import ledger, payments, resolver, subscriptions
 from webhook_worker.worker.batching import WorkerBatches
-from webhook_worker.worker.ledger import CreditResult, Purchase
-from webhook_worker.worker.resolver import Candidate, Resolution
-from webhook_worker.worker.subscriptions import InvoiceCredit, InvoiceCredited
 
 
 class PostgresMoneyStore:

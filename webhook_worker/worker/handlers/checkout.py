@@ -11,9 +11,9 @@ from typing import Any
 
 from webhook_worker.envelope import StoredEvent
 from webhook_worker.errors import PermanentError
+from webhook_worker.money import user_reference
 from webhook_worker.money.checkout_pricing import PAID_STATUSES, credits_for
 from webhook_worker.money.stripe_shapes import text
-from webhook_worker.worker import resolver
 from webhook_worker.worker.handlers.outcome import (
     HandlerContext,
     Outcome,
@@ -23,15 +23,15 @@ from webhook_worker.worker.handlers.outcome import (
 from webhook_worker.worker.money_store import Purchase
 
 
-async def resolve(ctx: HandlerContext, session: Mapping[str, Any]) -> resolver.Resolution:
+async def resolve(ctx: HandlerContext, session: Mapping[str, Any]) -> user_reference.Resolution:
     """The common case, the first candidate matches and there is no customer id to remember,
     takes one coalesced lookup; everything else goes through the full resolver."""
-    first = resolver.first_candidate(session)
-    if first is not None and resolver.customer_id(session) is None:
+    first = user_reference.first_candidate(session)
+    if first is not None and user_reference.customer_id(session) is None:
         source, candidate = first
         user_id = await ctx.money.find_user(candidate)
         if user_id is not None:
-            return resolver.Resolution(user_id, source)
+            return user_reference.Resolution(user_id, source)
     return await ctx.money.resolve_user(session)
 
 
@@ -58,7 +58,7 @@ async def _credit_session(ctx: HandlerContext, event: StoredEvent) -> Outcome:
 async def credit_purchase(
     ctx: HandlerContext,
     event: StoredEvent,
-    who: resolver.Resolution,
+    who: user_reference.Resolution,
     credits: int,
     *,
     session_id: str | None,
@@ -104,7 +104,7 @@ async def _link_subscription(ctx: HandlerContext, event: StoredEvent) -> Outcome
     (`stripe_customer_id`), so that invoices resolve by customer; waiting invoices of that
     customer are woken by the sweeper."""
     session = event.data_object
-    customer = resolver.customer_id(session)
+    customer = user_reference.customer_id(session)
     fields: dict[str, Any] = {
         "checkout_session_id": text(session, "id"),
         "customer": customer,
@@ -114,7 +114,7 @@ async def _link_subscription(ctx: HandlerContext, event: StoredEvent) -> Outcome
         return ignored("no_customer_to_link", **fields)
     try:
         who = await ctx.money.resolve_user(session)
-    except resolver.UserNotFound:
+    except user_reference.UserNotFound:
         return ignored("no_user_to_link", **fields)
     fields.update(user_id=who.user_id, resolved_by=who.source, user_created=who.created)
     return handled("subscription_linked", **fields)

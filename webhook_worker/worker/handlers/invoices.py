@@ -1,4 +1,5 @@
-"""Invoices and credit notes (rules: webhook_worker.worker.subscriptions).
+"""Invoices and credit notes (rules: webhook_worker.money.invoice_pricing; the credit and its
+expiry: webhook_worker.worker.subscriptions).
 
 - `invoice.paid`: one `SUBSCRIPTION_CREDIT` per invoice, credits per line; an invoice whose
   customer no user holds yet is `waiting` (`awaiting_customer`) until a `mode: subscription`
@@ -20,9 +21,8 @@ from typing import Any
 
 from webhook_worker.envelope import StoredEvent
 from webhook_worker.errors import PermanentError
-from webhook_worker.money import takebacks
+from webhook_worker.money import invoice_pricing, takebacks, user_reference
 from webhook_worker.money.stripe_shapes import text, timestamp
-from webhook_worker.worker import resolver, subscriptions
 from webhook_worker.worker.handlers.charges import apply_change
 from webhook_worker.worker.handlers.outcome import (
     HandlerContext,
@@ -38,19 +38,19 @@ _INVOICE_USER_KEYS = ("user_id", "user_uuid")
 
 async def _invoice_user(
     ctx: HandlerContext, invoice: Mapping[str, Any], customer: str | None
-) -> resolver.Resolution | None:
+) -> user_reference.Resolution | None:
     """The invoice's user: `metadata.user_id` / `user_uuid` of the subscription (copied
     onto the invoice), else the customer linked by `users.stripe_customer_id`. An invoice
     never creates a user (its e-mail is the customer's, not a user reference). None: no
     user yet."""
-    metadata = subscriptions.subscription_metadata(invoice)
+    metadata = invoice_pricing.subscription_metadata(invoice)
     reference: dict[str, Any] = {
         "metadata": {k: metadata[k] for k in _INVOICE_USER_KEYS if k in metadata},
         "customer": customer,
     }
     try:
         return await ctx.money.resolve_user(reference)
-    except resolver.UserNotFound:
+    except user_reference.UserNotFound:
         return None
 
 
@@ -65,24 +65,24 @@ async def handle_invoice_paid(ctx: HandlerContext, event: StoredEvent) -> Outcom
     invoice_id = text(invoice, "id")
     if invoice_id is None:
         raise PermanentError("invoice.paid invoice has no id")
-    found = subscriptions.invoice_credits(
+    found = invoice_pricing.invoice_credits(
         invoice, ctx.settings.price_credits, ctx.settings.max_credits_per_event
     )
     fields: dict[str, Any] = {
         "invoice_id": invoice_id,
         "billing_reason": str(invoice.get("billing_reason"))[:40],
-        "subscription": subscriptions.subscription_id(invoice),
+        "subscription": invoice_pricing.subscription_id(invoice),
     }
     if found.reason is not None:
         return ignored(found.reason, **fields)
     if invoice.get("billing_reason") == "manual" and await ctx.money.invoice_credited(invoice_id):
         # A Checkout Session's post-payment invoice its session credited: the same payment.
         return handled("already_credited", **fields)
-    customer = resolver.customer_id(invoice)
+    customer = user_reference.customer_id(invoice)
     who = await _invoice_user(ctx, invoice, customer)
     if who is None:
         if customer is None:
-            raise resolver.UserNotFound(
+            raise user_reference.UserNotFound(
                 "user_not_found: the invoice has no customer and its subscription metadata "
                 "no user_id / user_uuid; set metadata.user_id on the subscription and replay"
             )
@@ -97,7 +97,7 @@ async def handle_invoice_paid(ctx: HandlerContext, event: StoredEvent) -> Outcom
             invoice_id=invoice_id,
             payment_intent_id=text(invoice, "payment_intent"),  # before basil only
             description=f"{event.type} {invoice_id}",
-            subscription=subscriptions.subscription_id(invoice),
+            subscription=invoice_pricing.subscription_id(invoice),
             invoice_created=_invoice_created(invoice, event),
             starts_period=invoice.get("billing_reason") != "subscription_update",
             expire=ctx.settings.subscription_credits_expire,
@@ -152,7 +152,7 @@ async def handle_credit_note_created(ctx: HandlerContext, event: StoredEvent) ->
     if note_id is None:
         raise PermanentError("credit_note.created credit note has no id")
     fields: dict[str, Any] = {"credit_note_id": note_id, "invoice_id": invoice_id}
-    found = subscriptions.credit_note_refunds(note)
+    found = invoice_pricing.credit_note_refunds(note)
     if found.reason is not None:
         return ignored(found.reason, **fields)
     if invoice_id is None:

@@ -1,9 +1,11 @@
-"""`MoneyStore` in memory: the unit tier of the money rules, with no Postgres, Redis or arq.
+"""Test support, not used by the service: `MoneyStore` in memory, the unit tier of the money
+rules, with no Postgres, Redis or arq (as procrastinate ships its `InMemoryConnector` in a
+testing module).
 
 Like procrastinate's `InMemoryConnector`, it re-states in Python what the SQL statements
 guarantee (one ledger row per event, one PURCHASE per checkout session and per payment
 intent, one SUBSCRIPTION_CREDIT per invoice, a balance never below zero, the newest
-payment state winning) and nothing more: the rules themselves (`resolver.resolve`,
+payment state winning) and nothing more: the rules themselves (`user_reference.resolve`,
 `takebacks.settle`, the handlers) are the service's own code. `tests/money_cases.py` runs one
 table of cases through this store and through Postgres, so the two cannot drift apart
 unnoticed. An integer-keyed users table, one tenant; `SUBSCRIPTION_CREDITS_EXPIRE` is proven
@@ -19,7 +21,8 @@ from datetime import datetime
 from typing import Any
 
 from webhook_worker.errors import PermanentError
-from webhook_worker.money import takebacks
+from webhook_worker.money import takebacks, user_reference
+from webhook_worker.money.ledger_rows import CreditResult, InvoiceCredit, InvoiceCredited, Purchase
 from webhook_worker.money.takebacks import (
     Applied,
     Change,
@@ -30,10 +33,7 @@ from webhook_worker.money.takebacks import (
     PaymentView,
     RefundFailure,
 )
-from webhook_worker.worker import resolver
-from webhook_worker.worker.ledger import CreditResult, Purchase
-from webhook_worker.worker.resolver import Candidate, Resolution
-from webhook_worker.worker.subscriptions import InvoiceCredit, InvoiceCredited
+from webhook_worker.money.user_reference import Candidate, Resolution
 
 PURCHASE_TYPES = ("PURCHASE", "SUBSCRIPTION_CREDIT")
 
@@ -60,7 +60,7 @@ class LedgerRow:
 
 
 @dataclass
-class StoredEvent:
+class KeptEvent:
     """What `stripe_events` keeps of an event, for the rules that read it back."""
 
     payload: dict[str, Any]
@@ -89,7 +89,7 @@ class InMemoryMoneyStore:
     def __init__(self) -> None:
         self.users: dict[int, User] = {}
         self.ledger: list[LedgerRow] = []
-        self.events: dict[str, StoredEvent] = {}
+        self.events: dict[str, KeptEvent] = {}
         self.payments: dict[str, _Payment] = {}
 
     # --- arranging and asserting ----------------------------------------------------------
@@ -103,7 +103,7 @@ class InMemoryMoneyStore:
     def store_event(self, payload: dict[str, Any]) -> str:
         """As the receiver does: keep the payload under its id (a duplicate keeps the first)."""
         event_id = str(payload["id"])
-        self.events.setdefault(event_id, StoredEvent(payload))
+        self.events.setdefault(event_id, KeptEvent(payload))
         return event_id
 
     def finish(self, event_id: str, status: str, reason: str | None = None) -> None:
@@ -123,7 +123,7 @@ class InMemoryMoneyStore:
         return None
 
     async def resolve_user(self, reference: Mapping[str, Any]) -> Resolution:
-        return await resolver.resolve(_Directory(self), reference)
+        return await user_reference.resolve(_Directory(self), reference)
 
     async def credit_purchase(self, purchase: Purchase) -> CreditResult:
         if purchase.credits <= 0:
@@ -328,7 +328,7 @@ def _net_refunded(payment: _Payment) -> int | None:
 
 
 class _Directory:
-    """`resolver.UserDirectory` over the store's users."""
+    """`user_reference.UserDirectory` over the store's users."""
 
     def __init__(self, store: InMemoryMoneyStore) -> None:
         self._store = store
