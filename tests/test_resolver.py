@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from tests.worker_support import deliver, drain, new_user, status_of
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
+from webhook_worker.money.user_reference import Candidate, UserNotFound, candidates, classify
 from webhook_worker.ops.sample_events import checkout_session_event
 from webhook_worker.worker import resolver
-from webhook_worker.money.user_reference import Candidate, UserNotFound, candidates, classify
 from webhook_worker.worker.resolver import resolve_user
 
 KNOWN_UUID = "5f1c8a52-8a2e-4d55-9a53-0e2d9b1d3c7a"
