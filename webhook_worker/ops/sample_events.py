@@ -198,9 +198,9 @@ def _charge_child_event(
     object_id: str | None,
     amount: int,
     status: str,
-    created: int | None,
-    event_id: str | None,
-    api_version: str,
+    created: int | None = None,
+    event_id: str | None = None,
+    api_version: str = API_VERSION,
     currency: str = "usd",
 ) -> dict[str, Any]:
     """An event about an object that hangs off a charge (a `refund`, a `dispute`): Stripe's
@@ -228,12 +228,10 @@ def refund_event(
     status: str = "failed",
     event_type: str = "charge.refund.updated",
     refund_created: int | None = None,
-    created: int | None = None,
-    event_id: str | None = None,
-    api_version: str = API_VERSION,
-    currency: str = "usd",
+    **envelope: Any,
 ) -> dict[str, Any]:
-    """A `charge.refund.updated` / `refund.updated` / `refund.failed` event (a Refund)."""
+    """A `charge.refund.updated` / `refund.updated` / `refund.failed` event (a Refund);
+    `envelope`: `created`, `event_id`, `api_version`, `currency` (see `_charge_child_event`)."""
     fields: dict[str, Any] = {
         "created": refund_created if refund_created is not None else int(time.time())
     }
@@ -247,10 +245,7 @@ def refund_event(
         object_id=refund_id,
         amount=amount,
         status=status,
-        created=created,
-        event_id=event_id,
-        api_version=api_version,
-        currency=currency,
+        **envelope,
     )
 
 
@@ -261,15 +256,14 @@ def dispute_event(
     amount: int = 1000,
     status: str = "needs_response",
     event_type: str = "charge.dispute.created",
-    created: int | None = None,
-    event_id: str | None = None,
-    api_version: str = API_VERSION,
-    currency: str = "usd",
     balance_transactions: list[int] | None = None,
+    currency: str = "usd",
+    **envelope: Any,
 ) -> dict[str, Any]:
     """A `charge.dispute.*` event (a Dispute); `status` as Stripe sets it for that event.
     `balance_transactions`: the amounts of the dispute's balance transactions (negative:
-    withdrawn, positive: reinstated), in the dispute's currency."""
+    withdrawn, positive: reinstated), in the dispute's currency; `envelope`: `created`,
+    `event_id`, `api_version`."""
     inquiry = status.startswith("warning_")
     transactions = [
         {
@@ -294,10 +288,8 @@ def dispute_event(
         object_id=dispute_id,
         amount=amount,
         status=status,
-        created=created,
-        event_id=event_id,
-        api_version=api_version,
         currency=currency,
+        **envelope,
     )
     card = event["data"]["object"]["payment_method_details"]["card"]
     card["case_type"] = "inquiry" if inquiry else "chargeback"

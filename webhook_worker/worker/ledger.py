@@ -105,6 +105,21 @@ async def apply_row(
     return int(balance)
 
 
+def _purchase_row(
+    p: Purchase,
+) -> tuple[UserId, int, str, str | None, str | None, str | None, str]:
+    """A purchase's ledger columns, in the order of `ledger_credit` and `apply_row`."""
+    return (
+        p.user_id,
+        p.credits,
+        "PURCHASE",
+        p.event_id,
+        p.checkout_session_id,
+        p.payment_intent_id,
+        p.description,
+    )
+
+
 def _check_credits(purchase: Purchase) -> None:
     if purchase.credits <= 0:
         raise PermanentError(f"credits must be a positive integer, got {purchase.credits}")
@@ -149,16 +164,7 @@ async def credit_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
     _check_credits(purchase)
     with translate_errors("crediting a purchase"):
         try:
-            row = await conn.fetchrow(
-                query("ledger_credit"),
-                purchase.user_id,
-                purchase.credits,
-                "PURCHASE",
-                purchase.event_id,
-                purchase.checkout_session_id,
-                purchase.payment_intent_id,
-                purchase.description,
-            )
+            row = await conn.fetchrow(query("ledger_credit"), *_purchase_row(purchase))
         except asyncpg.PostgresError as exc:
             if exc.sqlstate == BALANCE_MOVED_SQLSTATE:
                 raise PermanentError(_balance_moved(purchase.user_id)) from exc
@@ -187,15 +193,7 @@ async def credit_invoiced_purchase(conn: Connection, purchase: Purchase) -> Cred
                     f"user {purchase.user_id} does not exist; nothing was credited"
                 )
             credited = await apply_row(
-                conn,
-                purchase.user_id,
-                purchase.credits,
-                "PURCHASE",
-                purchase.event_id,
-                purchase.checkout_session_id,
-                purchase.payment_intent_id,
-                purchase.description,
-                InvoiceColumns(purchase.invoice_id),
+                conn, *_purchase_row(purchase), InvoiceColumns(purchase.invoice_id)
             )
             reason = None if credited is not None else "already_credited"
             await store.finish_event(conn, purchase.event_id, "completed", reason=reason)
