@@ -251,22 +251,23 @@ class InMemoryMoneyStore:
     def _view(self, payment: _Payment, bought: list[LedgerRow], user: User) -> PaymentView:
         event = self.events.get(bought[0].event_id)
         obj = (event.payload.get("data") or {}).get("object") if event else None
-        return PaymentView(
+        held = takebacks.HeldPayment(
             purchased=sum(r.amount for r in bought),
-            captured=payment.captured,
             purchase=obj if isinstance(obj, dict) else None,
-            refunded=_net_refunded(payment),
-            disputed=sum(d.amount for d in payment.disputes.values()),
-            legacy_taken=0,
+            captured=payment.captured,
+            refunded=payment.refunded,
+            refunded_as_of=payment.refunded_as_of,
+            legacy_taken=0,  # no refunds from before migration 0015 in memory
             taken=payment.taken,
             shortfall=payment.shortfall,
-            balance=user.credits_balance,
-            noted=sum(
-                amount
-                for (_, refund_id), amount in payment.noted.items()
-                if refund_id not in payment.failures
+            failures=tuple(
+                takebacks.HeldFailure(f.refund_id, f.amount, f.refund_created, f.failed_at)
+                for f in payment.failures.values()
             ),
+            disputes=tuple(d.amount for d in payment.disputes.values()),
+            noted=tuple((refund_id, amount) for (_, refund_id), amount in payment.noted.items()),
         )
+        return takebacks.payment_view(held, user.credits_balance)
 
 
 def _matches(user: User, candidate: Candidate) -> bool:
@@ -280,17 +281,11 @@ def _matches(user: User, candidate: Candidate) -> bool:
 
 
 def _record(payment: _Payment, change: Change) -> bool:
-    """payment_state_charge / payment_refund_failed / payment_credit_note_refunds /
-    payment_dispute_stage: True when the event moved the payment's state (the newest state
-    wins)."""
+    """The statements of worker.payments._record on dictionaries; the rules are the same
+    functions (takebacks.snapshot_is_newer, stage_moves)."""
     if isinstance(change, ChargeSnapshot):
         payment.captured = change.captured
-        as_of = payment.refunded_as_of
-        newer = (
-            as_of is None
-            or change.created > as_of
-            or (change.created == as_of and change.refunded > (payment.refunded or 0))
-        )
+        newer = takebacks.snapshot_is_newer(payment.refunded_as_of, payment.refunded, change)
         if newer:
             payment.refunded, payment.refunded_as_of = change.refunded, change.created
         return newer
@@ -308,23 +303,10 @@ def _record(payment: _Payment, change: Change) -> bool:
         payment.noted.update(new)
         return bool(new)
     held = payment.disputes.get(change.dispute_id)
-    if held is not None and held.stage >= change.stage:
+    if not takebacks.stage_moves(None if held is None else held.stage, change):
         return False
     payment.disputes[change.dispute_id] = change
     return True
-
-
-def _net_refunded(payment: _Payment) -> int | None:
-    """payment_targets: the snapshot less the refunds that failed after it and were in it."""
-    if payment.refunded is None or payment.refunded_as_of is None:
-        return None
-    as_of = payment.refunded_as_of
-    failed = sum(
-        f.amount
-        for f in payment.failures.values()
-        if f.failed_at > as_of and (f.refund_created is None or f.refund_created <= as_of)
-    )
-    return max(payment.refunded - failed, 0)
 
 
 class _Directory:

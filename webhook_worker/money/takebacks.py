@@ -19,7 +19,7 @@ money store, webhook_worker.worker.payments, whose docstring tells the ordering 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -235,3 +235,87 @@ class Applied:
     amount: int  # credits moved (negative: taken back), 0 when no row
     shortfall: int  # credits this event could not take back (already spent)
     balance: int
+
+
+# --- newest state wins: the state rules both stores apply to the facts they hold ----------
+
+
+def snapshot_is_newer(
+    held_as_of: datetime | None, held_refunded: int | None, change: ChargeSnapshot
+) -> bool:
+    """A charge snapshot replaces the held one when it is newer: created later, or in the
+    same second with a larger refunded amount (within a second, refunds only add up)."""
+    return (
+        held_as_of is None
+        or change.created > held_as_of
+        or (change.created == held_as_of and change.refunded > (held_refunded or 0))
+    )
+
+
+def stage_moves(held_stage: int | None, change: DisputeStage) -> bool:
+    """A dispute moves forward through its stages, never back."""
+    return held_stage is None or change.stage > held_stage
+
+
+@dataclass(frozen=True)
+class HeldFailure:
+    """A failed or canceled refund as the store holds it."""
+
+    refund_id: str
+    amount: int
+    refund_created: datetime | None
+    failed_at: datetime
+
+
+def net_refunded(
+    refunded: int | None, as_of: datetime | None, failures: Iterable[HeldFailure]
+) -> int | None:
+    """The snapshot's refunded amount less the refunds that failed after it and were in it
+    (created by then); None without a snapshot."""
+    if refunded is None or as_of is None:
+        return None
+    failed = sum(
+        f.amount
+        for f in failures
+        if f.failed_at > as_of and (f.refund_created is None or f.refund_created <= as_of)
+    )
+    return max(refunded - failed, 0)
+
+
+def noted_refunds(noted: Iterable[tuple[str, int]], failed_ids: Iterable[str]) -> int:
+    """The refunds credit notes name, (refund id, amount) per credit note, less failed ones."""
+    failed = set(failed_ids)
+    return sum(amount for refund_id, amount in noted if refund_id not in failed)
+
+
+@dataclass(frozen=True)
+class HeldPayment:
+    """What a store holds of one payment, raw (payment_states and its child tables)."""
+
+    purchased: int
+    purchase: Mapping[str, Any] | None
+    captured: int | None
+    refunded: int | None
+    refunded_as_of: datetime | None
+    legacy_taken: int
+    taken: int
+    shortfall: int
+    failures: tuple[HeldFailure, ...]
+    disputes: tuple[int, ...]  # what each dispute keeps, at its furthest stage
+    noted: tuple[tuple[str, int], ...]  # (refund id, amount) per credit note
+
+
+def payment_view(held: HeldPayment, balance: int) -> PaymentView:
+    """The payment as `settle` sees it, from the raw facts a store holds."""
+    return PaymentView(
+        purchased=held.purchased,
+        captured=held.captured,
+        purchase=held.purchase,
+        refunded=net_refunded(held.refunded, held.refunded_as_of, held.failures),
+        disputed=sum(held.disputes),
+        legacy_taken=held.legacy_taken,
+        taken=held.taken,
+        shortfall=held.shortfall,
+        balance=balance,
+        noted=noted_refunds(held.noted, (f.refund_id for f in held.failures)),
+    )

@@ -62,21 +62,35 @@ from webhook_worker.money.takebacks import (
     ChargeSnapshot,
     CreditNoteRefunds,
     Family,
+    HeldFailure,
+    HeldPayment,
     PaymentView,
     RefundFailure,
+    payment_view,
     settle,
+    snapshot_is_newer,
+    stage_moves,
 )
 from webhook_worker.worker.ledger import apply_row, lock_user
 
 
-async def _record(conn: Connection, change: Change, event_id: str) -> bool:
-    """Move the high-water state; True when this event was newer than what was held."""
+async def _record(conn: Connection, change: Change, event_id: str, state: asyncpg.Record) -> bool:
+    """Move the high-water state (rules: takebacks.snapshot_is_newer, stage_moves; the
+    unique keys make a repeated failure or credit note insert nothing). True when this event
+    was newer than what was held."""
     pi = change.payment_intent_id
     if isinstance(change, ChargeSnapshot):
-        newer = await conn.fetchval(
-            query("payment_state_charge"), pi, change.captured, change.refunded, change.created
-        )
-        return bool(newer)
+        if snapshot_is_newer(state["refunded_as_of"], state["refunded"], change):
+            await conn.execute(
+                query("payment_state_snapshot"),
+                pi,
+                change.captured,
+                change.refunded,
+                change.created,
+            )
+            return True
+        await conn.execute(query("payment_state_captured"), pi, change.captured)
+        return False
     if isinstance(change, RefundFailure):
         inserted = await conn.fetchval(
             query("payment_refund_failed"),
@@ -100,7 +114,11 @@ async def _record(conn: Connection, change: Change, event_id: str) -> bool:
             event_id,
         )
         return bool(inserted)
-    moved = await conn.fetchval(
+    if not stage_moves(
+        await conn.fetchval(query("payment_dispute_get"), change.dispute_id), change
+    ):
+        return False
+    await conn.execute(
         query("payment_dispute_stage"),
         change.dispute_id,
         pi,
@@ -109,7 +127,7 @@ async def _record(conn: Connection, change: Change, event_id: str) -> bool:
         change.status,
         event_id,
     )
-    return moved is not None
+    return True
 
 
 async def wait_for(conn: Connection, event_id: str, waiting_for: str, reason: str) -> None:
@@ -127,21 +145,32 @@ def _object(raw: str | None) -> Mapping[str, Any] | None:
 async def _view(
     conn: Connection, pi: str, purchase: asyncpg.Record, user_id: UserId
 ) -> PaymentView:
+    """The payment's raw facts, and the view the rule computes from them."""
     state = await conn.fetchrow(query("payment_state_get"), pi)
-    targets = await conn.fetchrow(query("payment_targets"), pi)
-    assert state is not None and targets is not None
-    return PaymentView(
+    assert state is not None
+    failures = await conn.fetch(query("payment_failures"), pi)
+    held = HeldPayment(
         purchased=int(purchase["purchased"]),
-        captured=None if state["captured"] is None else int(state["captured"]),
         purchase=_object(purchase["purchase_object"]),
-        refunded=None if state["refunded"] is None else int(targets["refunded"]),
-        disputed=int(targets["disputed"]),
+        captured=None if state["captured"] is None else int(state["captured"]),
+        refunded=None if state["refunded"] is None else int(state["refunded"]),
+        refunded_as_of=state["refunded_as_of"],
         legacy_taken=int(state["legacy_taken"]),
         taken=int(state["taken"]),
         shortfall=int(state["shortfall"]),
-        balance=int(await conn.fetchval(query("ledger_user_balance"), user_id)),
-        noted=int(targets["noted"]),
+        failures=tuple(
+            HeldFailure(f["refund_id"], int(f["amount"]), f["refund_created"], f["failed_at"])
+            for f in failures
+        ),
+        disputes=tuple(
+            int(d["amount"]) for d in await conn.fetch(query("payment_dispute_amounts"), pi)
+        ),
+        noted=tuple(
+            (n["refund_id"], int(n["amount"])) for n in await conn.fetch(query("payment_noted"), pi)
+        ),
     )
+    balance = int(await conn.fetchval(query("ledger_user_balance"), user_id))
+    return payment_view(held, balance)
 
 
 async def apply(
@@ -159,7 +188,9 @@ async def apply(
         async with conn.transaction():
             await lock_user(conn, user_id)
             await conn.execute(query("payment_state_create"), pi)
-            advanced = await _record(conn, change, event_id)
+            held = await conn.fetchrow(query("payment_state_get"), pi)
+            assert held is not None
+            advanced = await _record(conn, change, event_id, held)
             view = await _view(conn, pi, purchase, user_id)
             plan_ = settle(view, family, change, pi)
             balance = view.balance
