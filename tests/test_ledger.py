@@ -21,7 +21,8 @@ from tests.worker_support import (
 from webhook_worker.errors import PermanentError
 from webhook_worker.money import takebacks
 from webhook_worker.ops.sample_events import charge_refunded_event, checkout_session_event, new_id
-from webhook_worker.worker import ledger, payments
+from webhook_worker.worker import ledger
+from webhook_worker.worker import postgres_money_store as payments
 
 
 async def _stored_purchase_event(db: asyncpg.Connection, session_id: str | None = None) -> str:

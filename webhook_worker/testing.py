@@ -281,7 +281,7 @@ def _matches(user: User, candidate: Candidate) -> bool:
 
 
 def _record(payment: _Payment, change: Change) -> bool:
-    """The statements of worker.payments._record on dictionaries; the rules are the same
+    """The statements of worker.postgres_money_store._record on dictionaries; the rules are the same
     functions (takebacks.snapshot_is_newer, stage_moves)."""
     if isinstance(change, ChargeSnapshot):
         payment.captured = change.captured

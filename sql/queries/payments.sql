@@ -1,4 +1,4 @@
--- Refunds, refund failures and disputes (webhook_worker/worker/payments.py): the facts of
+-- Refunds, refund failures and disputes (webhook_worker/worker/postgres_money_store.py): the facts of
 -- each payment's state, read and written; the rules over them are Python
 -- (webhook_worker.money.takebacks), never SQL. The state statements
 -- run inside one explicit transaction that holds the purchase's user lock

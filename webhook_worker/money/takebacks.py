@@ -1,7 +1,7 @@
 """What a payment's refunds and disputes take back: the readings of Stripe's objects that
 decide how much money the merchant lost, in the currency the customer paid, and the rule
 that brings the ledger to Stripe's newest state (`settle`; the state itself is kept by the
-money store, webhook_worker.worker.payments, whose docstring tells the ordering rules).
+money store, webhook_worker.worker.postgres_money_store, whose docstring tells the ordering rules).
 
 - `dispute_held`: what a dispute keeps from the merchant as its newest event tells it. A
   `won` dispute keeps nothing. Otherwise the dispute's `balance_transactions` say what was

@@ -38,7 +38,7 @@ from webhook_worker.config import Settings
 from webhook_worker.db import store
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger, redact_text
-from webhook_worker.worker import handlers, payments, reconcile
+from webhook_worker.worker import handlers, postgres_money_store, reconcile
 from webhook_worker.worker.batching import WorkerBatches
 from webhook_worker.worker.postgres_money_store import PostgresMoneyStore
 
@@ -254,8 +254,10 @@ async def sweep_stale_events(ctx: dict[str, Any]) -> int:
     settings: Settings = ctx["settings"]
     try:
         async with store.acquire(ctx["pool"], "sweeping stale events") as conn:
-            woken = await payments.wake_waiting(conn, SWEEP_BATCH)
-            expired = await payments.expire_waiting(conn, settings.wait_max_days, SWEEP_BATCH)
+            woken = await postgres_money_store.wake_waiting(conn, SWEEP_BATCH)
+            expired = await postgres_money_store.expire_waiting(
+                conn, settings.wait_max_days, SWEEP_BATCH
+            )
             stale = await store.take_stale_events(
                 conn,
                 settings.stale_after_seconds,
@@ -263,7 +265,7 @@ async def sweep_stale_events(ctx: dict[str, Any]) -> int:
                 lease_seconds=lease_seconds(settings),
             )
             backlog = await store.event_backlog_counts(conn)
-            owed = await payments.shortfall_owed(conn)
+            owed = await postgres_money_store.shortfall_owed(conn)
         event_ids = woken + sorted(set(stale) - set(woken))
         queued = await queue.enqueue_events(ctx["redis"], event_ids) if event_ids else 0
         metrics.QUEUE_DEPTH.set(await queue.queue_depth(ctx["redis"]))

@@ -10,8 +10,8 @@ insert nothing, and then nothing else changes either. Money is `int` everywhere.
 Purchases run as one server-side call (`ledger_credit`, migration 0005): one round trip and
 one autocommit transaction, the lock held only inside the server. Refunds, refund failures,
 disputes, credit notes and invoices, rare and with more logic, use an explicit transaction
-(webhook_worker.worker.payments, webhook_worker.worker.subscriptions) and write their rows with
-`apply_row` (sql/queries/ledger.sql).
+(worker.postgres_money_store, worker.subscriptions) and write their rows with `apply_row`
+(sql/queries/ledger.sql).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ than the coalesced `ledger_credit_many` call.
 
 A credit note with a refund (`credit_note_refunds`) takes back the refunded share of its
 invoice's credits through the payment state of the payment intent that paid the invoice
-(webhook_worker.worker.payments), where `charge.refunded` of the same refund counts the same money.
+(worker.postgres_money_store), where `charge.refunded` of the same refund counts the same
+money.
 """
 
 from __future__ import annotations

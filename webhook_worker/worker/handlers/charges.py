@@ -1,5 +1,5 @@
 """Charges, refunds and disputes: each event moves its payment's newest state and the
-ledger follows it (rules: webhook_worker.money.takebacks; state: worker.payments).
+ledger follows it (rules: webhook_worker.money.takebacks; state: worker.postgres_money_store).
 
 - `charge.refunded` / `charge.captured`: a snapshot of what was captured and net refunded,
   both API shapes (before basil a released authorization reads as a refund and takes nothing).

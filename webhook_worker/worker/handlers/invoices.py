@@ -142,7 +142,7 @@ async def handle_invoice_payment_paid(ctx: HandlerContext, event: StoredEvent) -
 async def handle_credit_note_created(ctx: HandlerContext, event: StoredEvent) -> Outcome:
     """`credit_note.created` with a refund takes back the refunded share of its invoice's
     credits, as `charge.refunded` does and on the same payment state: the credit note's
-    refunds and the charge's are the same money, counted once (webhook_worker.worker.payments).
+    refunds and the charge's are the same money, counted once (worker.postgres_money_store).
     A credit note without a refund (a credit to the customer's balance, outside Stripe or
     before payment) moves nothing. One whose invoice is not credited, or from basil on not
     yet linked to its payment intent, waits (`awaiting_invoice_payment`)."""
