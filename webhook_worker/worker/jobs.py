@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,10 +120,11 @@ class _EventRun:
 
     def __init__(self, ctx: dict[str, Any], event_id: str) -> None:
         self.ctx = ctx
-        self.settings: Settings = ctx["settings"]
-        self.pool: store.Pool = ctx["pool"]
-        self.handler_context: handlers.HandlerContext = ctx["handler_context"]
-        self.batches: WorkerBatches = ctx["batches"]
+        shared = resources(ctx)
+        self.settings = shared.settings
+        self.pool = shared.pool
+        self.handler_context = shared.handler_context
+        self.batches = shared.batches
         self.event_id = event_id
         self.job_try = int(ctx.get("job_try") or 1)
         self.started = time.perf_counter()
@@ -230,7 +231,7 @@ async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> di
     Each event's own outcome (`completed`, `ignored`, `waiting`, `failed`, `retried`, or
     `skipped` when another job has it or it is final) never affects the others.
     """
-    slots: asyncio.Semaphore = ctx["event_slots"]  # see open_resources
+    slots = resources(ctx).event_slots  # see WorkerResources
 
     async def in_a_slot(event_id: str) -> str:
         async with slots:
@@ -251,9 +252,9 @@ async def sweep_stale_events(ctx: dict[str, Any]) -> int:
     An event whose deferred retry is not yet due is left to its job, and a swept event is
     touched, so the next sweeps leave it to the job enqueued now (see `take_stale_events`).
     """
-    settings: Settings = ctx["settings"]
+    settings, pool = resources(ctx).settings, resources(ctx).pool
     try:
-        async with store.acquire(ctx["pool"], "sweeping stale events") as conn:
+        async with store.acquire(pool, "sweeping stale events") as conn:
             woken = await postgres_money_store.wake_waiting(conn, SWEEP_BATCH)
             expired = await postgres_money_store.expire_waiting(
                 conn, settings.wait_max_days, SWEEP_BATCH
@@ -293,9 +294,9 @@ async def prune_old_events(ctx: dict[str, Any]) -> int:
 
     Event ids, statuses and the ledger stay forever; failed events keep their payload.
     """
-    settings: Settings = ctx["settings"]
+    settings, pool = resources(ctx).settings, resources(ctx).pool
     try:
-        async with store.acquire(ctx["pool"], "pruning events") as conn:
+        async with store.acquire(pool, "pruning events") as conn:
             pruned = await store.prune_events(conn, settings.retention_days)
     except TransientError as exc:
         log.warning("prune_failed", error=_error_text(exc))
@@ -324,31 +325,56 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
 # --- the process's resources and arq's arguments ------------------------------------------
 
 
-async def open_resources(ctx: dict[str, Any]) -> None:
-    """Fill `ctx` with what the jobs share for the process lifetime: the Postgres pool, the
-    coalesced statements and the handlers' context; start the internal listener and the
-    reconcile loop. `ctx` holds `settings`, and `redis` for the listener's readiness."""
-    settings: Settings = ctx["settings"]
-    ctx["pool"] = await store.create_pool(settings)
-    batches = WorkerBatches(
-        ctx["pool"],
-        max_batch=settings.worker_batch_max,
-        max_jobs=settings.worker_max_jobs,
-        lease_seconds=lease_seconds(settings),
-    )
-    ctx["batches"] = batches
+@dataclass(frozen=True)
+class WorkerResources:
+    """What the jobs share for the process lifetime, built once (`open_resources`) and kept
+    in arq's ctx under one key, `resources` (arq adds `redis` and `job_try` itself)."""
+
+    settings: Settings
+    pool: store.Pool
+    batches: WorkerBatches  # the coalesced claim / lookup / credit statements
     # WORKER_MAX_JOBS events in flight per process, however many jobs carry them: a deep
     # backlog of 100-event jobs must not hold thousands of parsed payloads at once.
-    ctx["event_slots"] = asyncio.Semaphore(settings.worker_max_jobs)
-    ctx["handler_context"] = handlers.HandlerContext(
-        settings, PostgresMoneyStore(ctx["pool"], batches)
-    )
-    pool = ctx["pool"]
+    event_slots: asyncio.Semaphore
+    handler_context: handlers.HandlerContext
+
+    @classmethod
+    def build(cls, settings: Settings, pool: store.Pool) -> WorkerResources:
+        batches = WorkerBatches(
+            pool,
+            max_batch=settings.worker_batch_max,
+            max_jobs=settings.worker_max_jobs,
+            lease_seconds=lease_seconds(settings),
+        )
+        return cls(
+            settings,
+            pool,
+            batches,
+            asyncio.Semaphore(settings.worker_max_jobs),
+            handlers.HandlerContext(settings, PostgresMoneyStore(pool, batches)),
+        )
+
+
+def resources(ctx: dict[str, Any]) -> WorkerResources:
+    """The worker's resources from an arq ctx."""
+    shared = ctx["resources"]
+    assert isinstance(shared, WorkerResources), "open_resources has not run"
+    return shared
+
+
+async def open_resources(ctx: dict[str, Any]) -> None:
+    """Put the process's `WorkerResources` in `ctx`; start the internal listener and the
+    reconcile loop. `ctx` holds `settings`, and `redis` for the listener's readiness."""
+    settings: Settings = ctx["settings"]
+    shared = WorkerResources.build(settings, await store.create_pool(settings))
+    ctx["resources"] = shared
     ctx["internal_listener"] = await internal.start(
-        settings, lambda: internal.readiness(pool, ctx["redis"]), "worker"
+        settings, lambda: internal.readiness(shared.pool, ctx["redis"]), "worker"
     )
     if settings.stripe_api_key and ctx.get("reconcile_cron", True):
-        ctx["reconcile_task"] = asyncio.create_task(reconcile.run_reconcile_cron(ctx))
+        ctx["reconcile_task"] = asyncio.create_task(
+            reconcile.run_reconcile_cron(settings, shared.pool, lambda: ctx.get("redis"))
+        )
     frozen = runtime.freeze_startup_heap() if ctx.get("freeze_heap") else 0
     log.info(
         "worker_started",
@@ -367,13 +393,10 @@ async def close_resources(ctx: dict[str, Any]) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
     await internal.stop(ctx.pop("internal_listener", None))
-    ctx.pop("handler_context", None)
-    batches: WorkerBatches | None = ctx.pop("batches", None)
-    if batches is not None:
-        await batches.drain()
-    pool: store.Pool | None = ctx.pop("pool", None)
-    if pool is not None:
-        await pool.close()
+    shared: WorkerResources | None = ctx.pop("resources", None)
+    if shared is not None:
+        await shared.batches.drain()
+        await shared.pool.close()
     log.info("worker_stopped")
 
 
