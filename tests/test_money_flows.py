@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from tests import reference_model as model
 from tests.money_cases import (
     CLOSED,
     CREATED,
@@ -50,7 +51,6 @@ from tests.worker_support import (
     sweep,
 )
 from webhook_worker.config import Settings
-from webhook_worker.money import takebacks
 from webhook_worker.money.stripe_shapes import charge_snapshot
 from webhook_worker.ops.sample_events import (
     BASIL,
@@ -262,14 +262,17 @@ def _events(history: dict[str, Any], ids: Ids) -> list[dict[str, Any]]:
 
 
 def _expected_balance(history: dict[str, Any]) -> int:
-    refunded_net = sum(
-        a for a, f in zip(history["amounts"], history["fails"], strict=True) if not f
-    )
-    disputed_net = history["dispute"] or 0
-    if history["outcome"] in ("won", "reinstated"):
-        disputed_net = 0
-    target = takebacks.share(PURCHASE, CAPTURED, refunded_net + disputed_net)
-    return max(0, PURCHASE - history["spent"] - target)
+    """The independent reference model's balance (tests/reference_model.py), never the
+    service's own rule."""
+    payment = model.Payment("u", PURCHASE, CAPTURED)
+    for index, (amount, fails) in enumerate(zip(history["amounts"], history["fails"], strict=True)):
+        payment.refunds[f"re{index}"] = (amount, "failed" if fails else "succeeded")
+    if history["dispute"] is not None:
+        won = history["outcome"] in ("won", "reinstated")
+        status = "won" if won else ("lost" if history["outcome"] == "lost" else "needs_response")
+        payment.disputes["dp"] = model.Dispute(history["dispute"], status)
+    balance, _ = model.expected([payment], {"u": history["spent"]})["u"]
+    return balance
 
 
 @settings(
