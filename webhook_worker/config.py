@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from webhook_worker.errors import ConfigError
@@ -114,7 +114,7 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
-def _listener_limits(env: Mapping[str, str]) -> dict[str, int]:
+def _listener_limits(env: Mapping[str, str]) -> dict[str, Any]:
     """The public listener's bounds (docs/reliability.md "abuse"); see `listener.py`."""
     return {
         "max_header_bytes": _required_int(env, "MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
@@ -261,7 +261,8 @@ def parse_stripe_api_key(raw: str, stripe_mode: str) -> str | None:
     if not key.startswith(prefixes) or len(key) < 16:
         raise ConfigError(
             "STRIPE_API_KEY does not look like a Stripe key; use a restricted key with "
-            "Events: read, e.g. STRIPE_API_KEY=rk_live_… (rk_test_… or sk_test_… in test mode)"
+            f"Events: read, e.g. STRIPE_API_KEY=rk_{stripe_mode}_… (STRIPE_MODE={stripe_mode}"
+            + (", where sk_test_… works too)" if stripe_mode == "test" else ")")
         )
     key_mode = "live" if "_live_" in key[:8] else "test"
     if key_mode != stripe_mode:
@@ -351,6 +352,58 @@ def refuse_e2e_outside_development(app_env: str, e2e_test_mode: bool) -> None:
         )
 
 
+class EnvReader(Mapping[str, str]):
+    """The environment as `from_env` sees it, remembering every name it asked for: which
+    variables were given, and (for the generated reference) which ones exist at all."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.read.add(name)
+        return self._env[name]
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str):
+            self.read.add(name)
+        return name in self._env
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+    def given(self) -> frozenset[str]:
+        """The names asked for that the environment sets to something other than blanks."""
+        return frozenset(n for n in self.read if self._env.get(n, "").strip())
+
+
+# Each kept alias or "as before" toggle, and what replaces it (a warning at start-up).
+DEPRECATED: dict[str, str] = {
+    "ASYNC_DATABASE_URL": "DATABASE_URL (any postgresql:// DSN; +asyncpg/+psycopg are accepted)",
+    "SYNC_DATABASE_URL": "DATABASE_URL (any postgresql:// DSN; +asyncpg/+psycopg are accepted)",
+    "CENTS_PER_CREDIT": "CREDIT_PRICES=usd:<cents> (prices every currency the same way)",
+    "METRICS_ON_RECEIVER": "METRICS_PORT (the internal listener; keep /metrics off the internet)",
+    "OPS_ON_RECEIVER": "`webhook-worker console` (the ops API on its own private listener)",
+}
+
+
+def _deprecations(env: EnvReader, given: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    used = [name for name in DEPRECATED if name in given]
+    toggles = ("METRICS_ON_RECEIVER", "OPS_ON_RECEIVER")
+    used = [n for n in used if n not in toggles or _bool(env, n, False)]
+    return tuple((name, DEPRECATED[name]) for name in used)
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _required_int(env, name, default, minimum=0)
+    if value > 65535:
+        raise ConfigError(f"{name}={value} is not a TCP port; use 1-65535, e.g. {name}={default}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of README "Configuration", typed. `from_env` is the only parser."""
@@ -406,6 +459,18 @@ class Settings:
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
     users_tenant_column: str | None = None
+    # Where the processes listen and keep local data (the CLI's defaults for --host/--port…).
+    host: str = "127.0.0.1"
+    port: int = 8000
+    web_concurrency: int = 1
+    console_host: str = "127.0.0.1"
+    console_port: int = 8081
+    data_dir: str = ".data"
+    # Which variables the environment set, which came from elsewhere (make run's services
+    # file), and the deprecated names in use with their replacements: `webhook-worker config`.
+    given: frozenset[str] = frozenset()
+    origins: Mapping[str, str] = field(default_factory=dict, hash=False)
+    deprecations: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:  # never print secrets or DSN passwords
         return (
@@ -423,7 +488,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Parse and validate; raise ConfigError naming the variable and a good value."""
-        env = os.environ if env is None else env
+        env = EnvReader(os.environ if env is None else env)
         app_env = _choice(env, "APP_ENV", "production", ("production", "development", "test"))
         e2e = _bool(env, "E2E_TEST_MODE", False)
         refuse_e2e_outside_development(app_env, e2e)
@@ -504,7 +569,18 @@ class Settings:
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
             db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
             users_tenant_column=_column_name(env, "USERS_TENANT_COLUMN"),
-        )
+            host=env.get("HOST", "").strip() or "127.0.0.1",
+            port=_port(env, "PORT", 8000),
+            web_concurrency=_required_int(env, "WEB_CONCURRENCY", 1, minimum=1),
+            console_host=env.get("CONSOLE_HOST", "").strip() or "127.0.0.1",
+            console_port=_port(env, "CONSOLE_PORT", 8081),
+            data_dir=env.get("DATA_DIR", "").strip() or ".data",
+        )._read_from(env)
+
+    def _read_from(self, env: EnvReader) -> Settings:
+        """Record what the environment gave (after every variable has been asked for)."""
+        given = env.given()
+        return replace(self, given=given, deprecations=_deprecations(env, given))
 
     def __post_init__(self) -> None:
         if self.max_body_bytes_in_flight < self.max_body_bytes:
@@ -551,7 +627,8 @@ class Settings:
         if not self.stripe_api_key:
             raise ConfigError(
                 "STRIPE_API_KEY is not set; reconciliation reads Stripe's List Events API: "
-                "create a restricted key with Events: read and set STRIPE_API_KEY=rk_live_…"
+                "create a restricted key with Events: read and set "
+                f"STRIPE_API_KEY=rk_{self.stripe_mode}_… (STRIPE_MODE={self.stripe_mode})"
             )
         return self.stripe_api_key
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import asyncpg
 
+from webhook_worker import local_services
+from webhook_worker.config import Settings
 from webhook_worker.db import migrations
-from webhook_worker.dev import services_file as devservices
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
 
@@ -68,31 +69,41 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run_dev(port: int = 8000, data_dir: str = ".data", console_port: int = 8081) -> int:
+def run_dev(
+    settings: Settings, port: int = 8000, data_dir: str = ".data", console_port: int = 8081
+) -> int:
+    """`settings` decide what to start; the children inherit this environment plus what
+    was started (their own `Settings.from_env` reads it)."""
     _interrupt_on_sigterm()
     folder = Path(data_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.setdefault("APP_ENV", "development")
-    env.setdefault("LOG_FORMAT", "console")
+    env["APP_ENV"] = settings.app_env
+    env["LOG_FORMAT"] = settings.log_format
+    env["PORT"] = str(port)
+    env["DATA_DIR"] = str(folder)
     services: list[EmbeddedPostgres | EmbeddedRedis] = []
-    if not env.get("DATABASE_URL"):
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
+    else:
         from webhook_worker.dev.embedded import free_port
 
         pg = EmbeddedPostgres(folder / "postgres", _port_file(folder, "postgres", free_port()))
         services.append(pg.start())
         env["DATABASE_URL"] = pg.url
         print(f"embedded Postgres: {pg.url} (data in {pg.data_dir})")
-    if not env.get("REDIS_URL"):
+    if settings.redis_url:
+        env["REDIS_URL"] = settings.redis_url
+    else:
         from webhook_worker.dev.embedded import free_port
 
         redis = EmbeddedRedis(folder / "redis", _port_file(folder, "redis", free_port()))
         services.append(redis.start())
         env["REDIS_URL"] = redis.url
         print(f"embedded Redis:    {redis.url}")
-    if not env.get("STRIPE_WEBHOOK_SECRET"):
+    if not settings.webhook_secrets:
         env["STRIPE_WEBHOOK_SECRET"] = _dev_secret(folder)
-    if console_port and not (env.get("OPS_TOKEN") or env.get("OPS_USERS")):
+    if console_port and not settings.operators:
         env["OPS_TOKEN"] = _dev_ops_token(folder)
     console_url = f"http://127.0.0.1:{console_port}/" if console_port else None
     children: list[subprocess.Popen[bytes]] = []
@@ -100,7 +111,7 @@ def run_dev(port: int = 8000, data_dir: str = ".data", console_port: int = 8081)
         applied = asyncio.run(_migrate(env["DATABASE_URL"]))
         print(f"migrations applied: {', '.join(applied) or 'none pending'}")
         children += _start_children(port, console_port, env)
-        devservices.write(folder, env, console_url)
+        local_services.write(folder, env, console_url)
         print(_banner(port, env, console_url), flush=True)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
@@ -116,7 +127,7 @@ def run_dev(port: int = 8000, data_dir: str = ".data", console_port: int = 8081)
                 child.wait(15)
             except subprocess.TimeoutExpired:
                 child.kill()
-        devservices.remove(folder)
+        local_services.remove(folder)
         for service in services:
             service.stop()
 
