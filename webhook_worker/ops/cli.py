@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -69,14 +70,32 @@ def _when(value: Any) -> str:
 # --- events list / show ------------------------------------------------------------------
 
 
+# Shown in this order; kept, as the width allows, by priority: why (the reason, else the
+# error's first line), then type, when, tries.
 _EVENT_COLUMNS = (
     terminal.Column("event id", required=True),
     terminal.Column("status", required=True),
-    terminal.Column("type", wrap="fold"),
-    terminal.Column("received (UTC)"),
-    terminal.Column("reason"),
-    terminal.Column("tries", justify="right"),
-    terminal.Column("error", wrap="cut"),
+    terminal.Column("type", wrap="fold", priority=2),
+    terminal.Column("received (UTC)", priority=3),
+    terminal.Column("tries", justify="right", priority=4),
+    terminal.Column("reason / error", wrap="cut", priority=1),
+)
+
+
+def _why(event: dict[str, Any]) -> str:
+    reason = event.get("status_reason") or ""
+    error = terminal.one_line(event.get("error_message"))
+    return ": ".join(part for part in (reason, error) if part) or "-"
+
+
+_LEDGER_COLUMNS = (
+    terminal.Column("id", required=True),
+    terminal.Column("type", required=True),
+    terminal.Column("amount", required=True, justify="right"),
+    terminal.Column("balance after", justify="right", priority=1),
+    terminal.Column("user", priority=2),
+    terminal.Column("user uuid", priority=4),
+    terminal.Column("session", priority=3),
 )
 
 
@@ -88,9 +107,8 @@ def _print_events(events: list[dict[str, Any]], title: str, *, wide: bool) -> No
             event["processing_status"],
             event["type"],
             _when(event["received_at"]),
-            event.get("status_reason") or "-",
             str(event["attempts"]),
-            terminal.one_line(event.get("error_message")),
+            _why(event),
         )
         for event in events
     ]
@@ -146,24 +164,24 @@ async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
         "payload_pruned",
         "source",
     )
-    for name in fields:
+    for name in fields:  # whole values: the error in full, wrapped, never cut
         value = event.get(name)
-        console.print(f"[bold]{name:<18}[/bold] {'-' if value is None else value}")
+        console.print(f"[bold]{name:<18}[/bold] {escape('-' if value is None else str(value))}")
     ledger = event["ledger"]
     if ledger:
-        table = Table(title="ledger rows", title_justify="left")
-        for column in ("id", "user", "type", "amount", "balance after", "session"):
-            table.add_column(column, no_wrap=True)
-        for row in ledger:
-            table.add_row(
+        rows = [
+            (
                 str(row["id"]),
-                f"{row['user_id']} ({row['user_uuid']})",
                 row["transaction_type"],
                 str(row["amount"]),
                 str(row["balance_after"]),
+                str(row["user_id"]),
+                str(row["user_uuid"]),
                 row["checkout_session_id"] or "-",
             )
-        console.print(table)
+            for row in ledger
+        ]
+        terminal.print_table("ledger rows", _LEDGER_COLUMNS, rows, wide=args.wide)
     else:
         console.print("[bold]ledger            [/bold] no ledger rows")
     if args.raw:
@@ -208,6 +226,7 @@ def _add_events(sub: terminal.Subparsers) -> None:
     )
     show.add_argument("event_id", metavar="EVENT_ID", help="the Stripe event id, evt_…")
     show.add_argument("--raw", action="store_true", help="include the raw Stripe payload")
+    show.add_argument("--wide", action="store_true", help="every ledger column, whole")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=_sync(_events_show))
 

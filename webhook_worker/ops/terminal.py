@@ -50,14 +50,16 @@ def one_line(text: str | None) -> str:
 
 @dataclass(frozen=True)
 class Column:
-    """`required` columns (ids, statuses) are always shown whole; the others, in the order
-    given, are shown whole when they fit, `wrap` ones folded or cut to one line into what
-    is left, and dropped otherwise (`--wide` shows every column whole)."""
+    """`required` columns (ids, statuses) are always shown whole; the others, by `priority`
+    (lowest first), whole when they fit, `fold` ones folded and `cut` ones cut to one line
+    into what is left, and dropped otherwise (`--wide` shows every column whole). They are
+    shown in the order given."""
 
     header: str
     required: bool = False
     wrap: Literal["no", "fold", "cut"] = "no"
     justify: Literal["left", "right"] = "left"
+    priority: int = 0
 
 
 def fit_table(
@@ -77,12 +79,12 @@ def fit_table(
     def room() -> int:
         return width - _TABLE_COST - sum(w + _COLUMN_COST for w in chosen.values())
 
-    for i, col in enumerate(columns):
+    for i in sorted(range(len(columns)), key=lambda i: columns[i].priority):
         if i in chosen:
             continue
         if wide or natural[i] + _COLUMN_COST <= room():
             chosen[i] = natural[i]
-        elif col.wrap != "no" and room() - _COLUMN_COST >= _MIN_WRAPPED:
+        elif columns[i].wrap != "no" and room() - _COLUMN_COST >= _MIN_WRAPPED:
             chosen[i] = room() - _COLUMN_COST
     hidden = [col.header for i, col in enumerate(columns) if i not in chosen]
     caption = f"not shown at this width: {', '.join(hidden)} (--wide shows all)" if hidden else None
