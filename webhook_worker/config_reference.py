@@ -273,7 +273,9 @@ def render_markdown() -> str:
     deprecated = [v for v in entries if v.replacement]
     lines = [_INTRO.format(regenerate=REGENERATE)]
     lines += [
-        f"## Main settings ({len(main)})",
+        "## Main settings",
+        "",
+        f"The {len(main)} variables a deployment sets or is likely to change.",
         "",
         "| variable | default | used by | meaning |",
         "|---|---|---|---|",
@@ -284,9 +286,10 @@ def render_markdown() -> str:
     ]
     lines += [
         "",
-        f"## Advanced ({len(advanced)})",
+        "## Advanced",
         "",
-        "The defaults are right for nearly every deployment; each line says why.",
+        f"{len(advanced)} variables whose defaults are right for nearly every deployment; "
+        "each line says why.",
         "",
         "| variable | default | used by | meaning | why advanced |",
         "|---|---|---|---|---|",
