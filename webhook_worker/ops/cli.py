@@ -368,7 +368,10 @@ def _add_replay(sub: terminal.Subparsers) -> None:
         ),
     )
     p.add_argument(
-        "event_ids", nargs="*", metavar="EVENT_ID", help="events to replay (default: none, then --status selects)"
+        "event_ids",
+        nargs="*",
+        metavar="EVENT_ID",
+        help="events to replay (default: none, then --status selects)",
     )
     p.add_argument(
         "--status",
