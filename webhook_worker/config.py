@@ -406,7 +406,7 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of README "Configuration", typed. `from_env` is the only parser."""
+    """Every setting of docs/configuration.md, typed. `from_env` is the only parser."""
 
     webhook_secrets: tuple[str, ...] = ()
     webhook_tolerance: int = 300

@@ -24,6 +24,6 @@ def receiver_from_env() -> Starlette:
 
 
 def receiver_with_options(settings: Settings, *, freeze_heap: bool = False) -> Starlette:
-    """The receiver, with the ops API on its port when OPS_ON_RECEIVER=true (opt-in, README)."""
+    """The receiver, with the ops API on its port when OPS_ON_RECEIVER=true (deprecated)."""
     extra: list[BaseRoute] = http_api.ops_routes(settings) if settings.ops_on_receiver else []
     return receiver_app.create_app(settings, extra_routes=extra, freeze_heap=freeze_heap)
