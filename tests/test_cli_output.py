@@ -174,3 +174,13 @@ async def test_env_prints_exports_of_a_running_make_run_and_the_cli_uses_them(
     listing = await run_cli(capsys, monkeypatch, isolated, "events", "list", "--json")
     assert listing.code == 0 and "using the services of the running `make run`" in listing.err
     assert os.environ.get("DATABASE_URL") is None  # nothing written back to the environment
+
+
+async def test_the_reconcile_hint_matches_the_mode(cli: Cli) -> None:
+    test_mode = await cli("reconcile", "--dry-run")
+    assert test_mode.code == 2
+    assert "STRIPE_API_KEY=rk_test_" in test_mode.err and "rk_live_" not in test_mode.err
+    live = await cli(
+        "reconcile", "--dry-run", APP_ENV="production", LOG_FORMAT="console", STRIPE_MODE="live"
+    )
+    assert live.code == 2 and "STRIPE_API_KEY=rk_live_" in live.err
