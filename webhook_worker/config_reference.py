@@ -88,11 +88,11 @@ VARIABLES: tuple[Variable, ...] = (
     V("MAX_TRIES", "tries of a transiently failing event before it is `failed`", "work"),
     V("WAIT_MAX_DAYS", "how long a `waiting` event (e.g. a refund before its purchase) waits before it is `ignored`", "work"),
     V("USERS_TENANT_COLUMN", "the `users` column that scopes emails (e.g. `tenant_id`) when no `UNIQUE (tenant, email)` says so", "migrate, verify, deploy", default="unset (detected)"),
-    # Contract names (docs: DESIGN) that land from parallel branches: rendered once read.
+    # Contract names (DESIGN) landing from parallel branches: rendered once Settings reads them.
     V("DIRECT_DATABASE_URL", "a connection that bypasses any pooler, for `migrate`, `deploy_hotfix.py` and the Procfile's `release:`", "migrate, deploy", default="`DATABASE_URL`"),
-    V("USERS_TABLE", "the host's users table, may be schema-qualified (`app.users`)", "all"),
+    V("USERS_TABLE", "the host's users table as written in its DDL, may be schema-qualified (`app.users`); a `users` table in another schema is never shadowed", "all", default="`users`"),
     V("USERS_VERSION_COLUMN", "the host's optimistic-locking column on its users table; every balance change increments it", "work", default="detected (an integer `version` or `lock_version`)"),
-    V("QUEUE_NAME", "the arq queue of this deployment, so two deployments can share a Redis", "serve, work", default="derived per deployment"),
+    V("QUEUE_NAME", "the arq queue of this deployment, so two deployments can share a Redis", "serve, work", default="`arq:queue:<database name>`"),
     V("SHORTFALL_POLICY", "`forgive` or `collect`: credits taken back after they were spent are collected from the next purchase or grant", "work"),
     # --- advanced: the defaults are right for nearly everyone ---------------------------------
     V("STRIPE_WEBHOOK_TOLERANCE", "seconds of clock skew accepted on the signature timestamp, past or future", "serve", advanced="Stripe's own default; change only for a host with a skewed clock", attribute="webhook_tolerance"),
@@ -122,6 +122,9 @@ VARIABLES: tuple[Variable, ...] = (
     V("DB_POOL_MAX", "asyncpg pool size per process, at most", "all", advanced=_POOL),
     V("DB_STATEMENT_CACHE_SIZE", "asyncpg's prepared-statement cache per connection", "all", advanced="`0` only behind PgBouncer in transaction mode"),
     V("DB_ECHO", "log every SQL statement at debug level", "all", advanced="debugging only"),
+    V("MIGRATION_LOCK_TIMEOUT_SECONDS", "how long `migrate` / `deploy_hotfix.py` wait for another run's migration lock before exiting, naming its holder", "migrate, deploy", advanced="two deploys at once are rare; raise it only for a very long migration"),
+    V("REDIS_STARTUP_TIMEOUT_SECONDS", "how long a process retries Redis at start-up before it exits 2 with the cause", "serve, work", advanced="covers a Redis started alongside the service"),
+    V("CONSOLE_IDLE_MINUTES", "a console login unused this long is logged out", "console", advanced="a short break; `CONSOLE_SESSION_HOURS` caps the whole login"),
     V("DATA_DIR", "`make run`'s folder: embedded Postgres and Redis, the development secret and token, `services.json`", "dev, CLI", advanced="one checkout, one folder"),
     # --- deprecated: still accepted, with a warning at start-up that names the replacement ---
     V("ASYNC_DATABASE_URL", "the old deployment's name for the DSN", "all", replacement="DATABASE_URL", value=lambda s: _alias_dsn(s, "ASYNC_DATABASE_URL")),
