@@ -390,7 +390,7 @@ DEPRECATED: dict[str, str] = {
 }
 
 
-def _deprecations(env: EnvReader, given: frozenset[str]) -> tuple[tuple[str, str], ...]:
+def _deprecations(env: Mapping[str, str], given: frozenset[str]) -> tuple[tuple[str, str], ...]:
     used = [name for name in DEPRECATED if name in given]
     toggles = ("METRICS_ON_RECEIVER", "OPS_ON_RECEIVER")
     used = [n for n in used if n not in toggles or _bool(env, n, False)]
@@ -444,6 +444,18 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     metrics_on_receiver: bool = False
+    # Where the processes listen and keep local data (the CLI's defaults for --host/--port…).
+    host: str = "127.0.0.1"
+    port: int = 8000
+    web_concurrency: int = 1
+    console_host: str = "127.0.0.1"
+    console_port: int = 8081
+    data_dir: str = ".data"
+    # Which variables the environment set, which came from elsewhere (make run's services
+    # file), and the deprecated names in use with their replacements: `webhook-worker config`.
+    given: frozenset[str] = frozenset()
+    origins: Mapping[str, str] = field(default_factory=dict, hash=False)
+    deprecations: tuple[tuple[str, str], ...] = ()
     max_header_bytes: int = 16 * 1024
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 10.0
@@ -459,18 +471,6 @@ class Settings:
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
     users_tenant_column: str | None = None
-    # Where the processes listen and keep local data (the CLI's defaults for --host/--port…).
-    host: str = "127.0.0.1"
-    port: int = 8000
-    web_concurrency: int = 1
-    console_host: str = "127.0.0.1"
-    console_port: int = 8081
-    data_dir: str = ".data"
-    # Which variables the environment set, which came from elsewhere (make run's services
-    # file), and the deprecated names in use with their replacements: `webhook-worker config`.
-    given: frozenset[str] = frozenset()
-    origins: Mapping[str, str] = field(default_factory=dict, hash=False)
-    deprecations: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:  # never print secrets or DSN passwords
         return (
@@ -487,8 +487,17 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Parse and validate; raise ConfigError naming the variable and a good value."""
-        env = EnvReader(os.environ if env is None else env)
+        """Parse and validate; raise ConfigError naming the variable and a good value.
+        Records which variables the environment gave and the deprecated ones in use."""
+        reader = EnvReader(os.environ if env is None else env)
+        settings = cls._parse(reader)
+        given = reader.given()
+        return replace(settings, given=given, deprecations=_deprecations(reader, given))
+
+    @classmethod
+    def _parse(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Every variable, read once through `env` (an `EnvReader` from `from_env`)."""
+        env = os.environ if env is None else env
         app_env = _choice(env, "APP_ENV", "production", ("production", "development", "test"))
         e2e = _bool(env, "E2E_TEST_MODE", False)
         refuse_e2e_outside_development(app_env, e2e)
@@ -560,6 +569,12 @@ class Settings:
             metrics_port=_int(env, "METRICS_PORT", None, minimum=1),
             metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
             metrics_on_receiver=_bool(env, "METRICS_ON_RECEIVER", False),
+            host=env.get("HOST", "").strip() or "127.0.0.1",
+            port=_port(env, "PORT", 8000),
+            web_concurrency=_required_int(env, "WEB_CONCURRENCY", 1, minimum=1),
+            console_host=env.get("CONSOLE_HOST", "").strip() or "127.0.0.1",
+            console_port=_port(env, "CONSOLE_PORT", 8081),
+            data_dir=env.get("DATA_DIR", "").strip() or ".data",
             **_listener_limits(env),
             ops_replay_max=_required_int(env, "OPS_REPLAY_MAX", 10_000, minimum=1),
             ops_users=parse_ops_users(env.get("OPS_USERS", "")),
@@ -569,18 +584,7 @@ class Settings:
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
             db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
             users_tenant_column=_column_name(env, "USERS_TENANT_COLUMN"),
-            host=env.get("HOST", "").strip() or "127.0.0.1",
-            port=_port(env, "PORT", 8000),
-            web_concurrency=_required_int(env, "WEB_CONCURRENCY", 1, minimum=1),
-            console_host=env.get("CONSOLE_HOST", "").strip() or "127.0.0.1",
-            console_port=_port(env, "CONSOLE_PORT", 8081),
-            data_dir=env.get("DATA_DIR", "").strip() or ".data",
-        )._read_from(env)
-
-    def _read_from(self, env: EnvReader) -> Settings:
-        """Record what the environment gave (after every variable has been asked for)."""
-        given = env.given()
-        return replace(self, given=given, deprecations=_deprecations(env, given))
+        )
 
     def __post_init__(self) -> None:
         if self.max_body_bytes_in_flight < self.max_body_bytes:
