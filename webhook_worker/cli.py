@@ -303,11 +303,11 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     _add_work,
     _add_console,
     _add_dev,
+    _add_config,
+    _add_env,
     _add_migrate,
     *OPS_REGISTRARS,
     add_reconcile,
-    _add_config,
-    _add_env,
 ]
 
 
