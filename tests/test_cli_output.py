@@ -184,3 +184,15 @@ async def test_the_reconcile_hint_matches_the_mode(cli: Cli) -> None:
         "reconcile", "--dry-run", APP_ENV="production", LOG_FORMAT="console", STRIPE_MODE="live"
     )
     assert live.code == 2 and "STRIPE_API_KEY=rk_live_" in live.err
+
+
+async def test_stats_keeps_event_types_whole_at_80_columns(
+    cli: Cli, db: asyncpg.Connection
+) -> None:
+    await insert_event(db, event_type="checkout.session.async_payment_succeeded", status="failed")
+    result = await cli("stats", columns=80)
+    assert result.code == 0
+    assert max(len(line) for line in result.out.splitlines()) <= 80
+    row = next(line for line in result.out.splitlines() if "async_payment_succeeded" in line)
+    assert "checkout.session.async_payment_succeeded" in row
+    assert "failed" in result.out  # the first status column kept

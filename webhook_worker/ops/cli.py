@@ -408,7 +408,7 @@ def _age(seconds: float | None) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60}m"
 
 
-def _print_stats(stats: dict[str, Any]) -> None:
+def _print_stats(stats: dict[str, Any], *, wide: bool) -> None:
     console = terminal.console()
     status_table = Table(title="events by status", title_justify="left")
     status_table.add_column("status")
@@ -417,13 +417,17 @@ def _print_stats(stats: dict[str, Any]) -> None:
         status_table.add_row(status, str(count))
     status_table.add_row("[bold]total[/bold]", str(stats["events_total"]))
     console.print(status_table)
-    type_table = Table(title="events by type", title_justify="left")
-    type_table.add_column("type", no_wrap=True)
-    for status in store.EVENT_STATUSES:
-        type_table.add_column(status, justify="right")
-    for event_type, counts in stats["events_by_type"].items():
-        type_table.add_row(event_type, *(str(counts.get(s, 0)) for s in store.EVENT_STATUSES))
-    console.print(type_table)
+    # Types whole; the statuses an operator acts on first when the width is short.
+    urgency = ("failed", "waiting", "received", "processing", "ignored", "completed")
+    columns = [terminal.Column("type", required=True)] + [
+        terminal.Column(status, justify="right", priority=urgency.index(status) + 1)
+        for status in store.EVENT_STATUSES
+    ]
+    rows = [
+        (event_type, *(str(counts.get(s, 0)) for s in store.EVENT_STATUSES))
+        for event_type, counts in stats["events_by_type"].items()
+    ]
+    terminal.print_table("events by type", columns, rows, wide=wide)
     if stats["ignored_by_reason"]:
         reasons = Table(title="ignored events by reason", title_justify="left")
         reasons.add_column("reason", no_wrap=True)
@@ -463,7 +467,7 @@ async def _stats(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         terminal.print_json(figures)
     else:
-        _print_stats(figures)
+        _print_stats(figures, wide=args.wide)
     return EXIT_OK
 
 
@@ -471,6 +475,7 @@ def _add_stats(sub: terminal.Subparsers) -> None:
     p = sub.add_parser(
         "stats", help="events by status and type, backlog age, failures, credit totals"
     )
+    p.add_argument("--wide", action="store_true", help="every status column, whole")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_sync(_stats))
 
