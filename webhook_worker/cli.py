@@ -219,7 +219,6 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from webhook_worker.dev.run import run_dev
 
     return run_dev(
-        settings,
         port=settings.port if args.port is None else args.port,
         data_dir=args.data_dir or settings.data_dir,
         console_port=settings.console_port if args.console_port is None else args.console_port,

@@ -1,7 +1,8 @@
 """How a second terminal finds the services `make run` (`webhook-worker dev`) started.
 
-`dev` writes `services.json` (0600) to its data folder (`DATA_DIR`, default `.data`) while
-it runs and deletes it on exit. Every other entry point (`webhook-worker …`,
+`dev` writes `services.json` (0600: the URLs may carry passwords) to its data folder
+(`DATA_DIR`, default `.data`) while it runs and deletes it on exit (only its own: a file
+another `dev` wrote is left). Every other entry point (`webhook-worker …`,
 `deploy_hotfix.py`) loads its settings through `load_settings`: with no DATABASE_URL /
 REDIS_URL, in development (APP_ENV unset or `development`), the missing ones come from that
 file when the `dev` process that wrote it is still alive, and the note says so on stderr: a
@@ -18,7 +19,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from webhook_worker.config import Settings
+from webhook_worker.config import Settings, redact_url
 
 FILE_NAME = "services.json"
 URL_NAMES = ("DATABASE_URL", "REDIS_URL")
@@ -38,8 +39,15 @@ def write(folder: Path, env: Mapping[str, str], console_url: str | None) -> Path
 
 
 def remove(folder: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        (folder / FILE_NAME).unlink()
+    """Delete the file if this process wrote it; another process's file is left alone."""
+    path = folder / FILE_NAME
+    try:
+        owner = json.loads(path.read_text()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return
+    if owner == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _alive(pid: object) -> bool:
@@ -90,5 +98,5 @@ def load_settings(environ: Mapping[str, str]) -> tuple[Settings, str | None]:
         origins["APP_ENV"] = "make run (development)"
     settings = Settings.from_env({**environ, **filled, "APP_ENV": "development"})
     settings = settings.with_overrides(given=settings.given - origins.keys(), origins=origins)
-    used = ", ".join(f"{name}={value}" for name, value in filled.items())
+    used = ", ".join(f"{name}={redact_url(value)}" for name, value in filled.items())
     return settings, f"using the services of the running `make run` ({path}): {used}"

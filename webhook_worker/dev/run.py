@@ -21,7 +21,6 @@ from pathlib import Path
 import asyncpg
 
 from webhook_worker import local_services
-from webhook_worker.config import Settings
 from webhook_worker.db import migrations
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
@@ -69,41 +68,31 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run_dev(
-    settings: Settings, port: int = 8000, data_dir: str = ".data", console_port: int = 8081
-) -> int:
-    """`settings` decide what to start; the children inherit this environment plus what
-    was started (their own `Settings.from_env` reads it)."""
+def run_dev(port: int = 8000, data_dir: str = ".data", console_port: int = 8081) -> int:
     _interrupt_on_sigterm()
     folder = Path(data_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env["APP_ENV"] = settings.app_env
-    env["LOG_FORMAT"] = settings.log_format
-    env["PORT"] = str(port)
-    env["DATA_DIR"] = str(folder)
+    env.setdefault("APP_ENV", "development")
+    env.setdefault("LOG_FORMAT", "console")
     services: list[EmbeddedPostgres | EmbeddedRedis] = []
-    if settings.database_url:
-        env["DATABASE_URL"] = settings.database_url
-    else:
+    if not env.get("DATABASE_URL"):
         from webhook_worker.dev.embedded import free_port
 
         pg = EmbeddedPostgres(folder / "postgres", _port_file(folder, "postgres", free_port()))
         services.append(pg.start())
         env["DATABASE_URL"] = pg.url
         print(f"embedded Postgres: {pg.url} (data in {pg.data_dir})")
-    if settings.redis_url:
-        env["REDIS_URL"] = settings.redis_url
-    else:
+    if not env.get("REDIS_URL"):
         from webhook_worker.dev.embedded import free_port
 
         redis = EmbeddedRedis(folder / "redis", _port_file(folder, "redis", free_port()))
         services.append(redis.start())
         env["REDIS_URL"] = redis.url
         print(f"embedded Redis:    {redis.url}")
-    if not settings.webhook_secrets:
+    if not env.get("STRIPE_WEBHOOK_SECRET"):
         env["STRIPE_WEBHOOK_SECRET"] = _dev_secret(folder)
-    if console_port and not settings.operators:
+    if console_port and not (env.get("OPS_TOKEN") or env.get("OPS_USERS")):
         env["OPS_TOKEN"] = _dev_ops_token(folder)
     console_url = f"http://127.0.0.1:{console_port}/" if console_port else None
     children: list[subprocess.Popen[bytes]] = []

@@ -11,8 +11,8 @@ from typing import Any, Literal, TypeAlias
 
 import orjson
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from webhook_worker.ops import values
 
@@ -99,8 +99,8 @@ def fit_table(
             overflow="fold" if col.wrap == "fold" else "ellipsis",
             justify=col.justify,
         )
-    for row in rows:
-        table.add_row(*(escape(row[i]) for i in keep))
+    for row in rows:  # event data as plain text, never parsed as Rich markup
+        table.add_row(*(Text(row[i]) for i in keep))
     return table
 
 
