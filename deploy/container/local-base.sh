@@ -1,0 +1,31 @@
+#!/bin/sh
+# A local Debian bookworm base image with python3, for building the Dockerfile where no
+# registry image can be pulled (`make image-test`): mmdebstrap builds it from Debian's
+# packages, `podman import` makes it an image.
+#
+#   deploy/container/local-base.sh [IMAGE]      (default localhost/webhook-worker-base:bookworm)
+#
+# The tarball is cached in .cache/image/ (git-ignored): only the first run downloads
+# (~2 min on a busy 2-core machine), later runs import it (seconds) or find the image.
+# The base gets this machine's CA bundle, so pip inside the build trusts what the host
+# trusts (a TLS-inspecting egress proxy included). Delete .cache/image/ to rebuild.
+set -eu
+image=${1:-localhost/webhook-worker-base:bookworm}
+cache=${IMAGE_CACHE_DIR:-.cache/image}
+tarball="$cache/debian-bookworm-python3.tar"
+podman() { command podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
+
+if podman image exists "$image" && [ -s "$tarball" ] && [ "$(podman image inspect --format '{{index .Labels "tarball-mtime"}}' "$image" 2>/dev/null)" = "$(stat -c %Y "$tarball")" ]; then
+  exit 0
+fi
+mkdir -p "$cache"
+if [ ! -s "$tarball" ]; then
+  echo "building the Debian bookworm base with mmdebstrap (cached in $tarball)" >&2
+  mmdebstrap --quiet --variant=minbase --format=tar \
+    --include=python3,python3-venv,ca-certificates \
+    --customize-hook='copy-in /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs' \
+    bookworm "$tarball.part"
+  mv "$tarball.part" "$tarball"
+fi
+podman import --quiet --change "LABEL tarball-mtime=$(stat -c %Y "$tarball")" \
+  "$tarball" "$image" >/dev/null
