@@ -12,7 +12,17 @@
 set -eu
 image=${1:-localhost/webhook-worker-base:bookworm}
 cache=${IMAGE_CACHE_DIR:-.cache/image}
-tarball="$cache/debian-bookworm-python3.tar"
+# Like the official slim images: no documentation, manual pages or translations.
+set -- --variant=minbase --format=tar \
+  --include=python3,python3-venv,ca-certificates \
+  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+  --dpkgopt='path-exclude=/usr/share/info/*' \
+  --customize-hook='copy-in /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs' \
+  bookworm
+# The tarball's name carries a digest of these options: change them and it is rebuilt.
+key=$(printf '%s\n' "$@" | sha256sum | cut -c1-12)
+tarball="$cache/debian-bookworm-python3-$key.tar"
 podman() { command podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
 
 if podman image exists "$image" && [ -s "$tarball" ] && [ "$(podman image inspect --format '{{index .Labels "tarball-mtime"}}' "$image" 2>/dev/null)" = "$(stat -c %Y "$tarball")" ]; then
@@ -21,10 +31,8 @@ fi
 mkdir -p "$cache"
 if [ ! -s "$tarball" ]; then
   echo "building the Debian bookworm base with mmdebstrap (cached in $tarball)" >&2
-  mmdebstrap --quiet --variant=minbase --format=tar \
-    --include=python3,python3-venv,ca-certificates \
-    --customize-hook='copy-in /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs' \
-    bookworm "$tarball.part"
+  rm -f "$cache"/debian-bookworm-python3-*.tar "$cache"/*.part
+  mmdebstrap --quiet "$@" "$tarball.part"
   mv "$tarball.part" "$tarball"
 fi
 podman import --quiet --change "LABEL tarball-mtime=$(stat -c %Y "$tarball")" \
