@@ -20,25 +20,29 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 # Every locked runtime dependency publishes manylinux wheels for CPython 3.11–3.13, so no
 # compiler is needed here either. The lock file is copied alone first: a code change
-# rebuilds only the layers after it.
+# rebuilds only the small layer after it (the service's own wheel).
 COPY requirements.lock ./
 RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m venv /opt/build-tools \
-    && /opt/build-tools/bin/pip wheel --quiet --wheel-dir /wheels --requirement requirements.lock
+    && /opt/build-tools/bin/pip install --quiet "hatchling>=1.18" \
+    && /opt/build-tools/bin/pip wheel --quiet --wheel-dir /wheels --requirement requirements.lock \
+    && python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --quiet --no-index --find-links /wheels \
+       --requirement requirements.lock
 COPY pyproject.toml README.md ./
 COPY sql ./sql
 COPY webhook_worker ./webhook_worker
-RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/build-tools/bin/pip wheel --quiet --no-deps --wheel-dir /wheels . \
-    && python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --quiet --no-index --find-links /wheels \
-       --requirement requirements.lock webhook-worker \
+RUN /opt/build-tools/bin/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir /wheels . \
+    && /opt/venv/bin/pip install --quiet --no-index --no-deps /wheels/webhook_worker-*.whl \
     && /opt/venv/bin/pip uninstall --quiet --yes pip setuptools \
     && /opt/venv/bin/webhook-worker --help >/dev/null
 
 # --- runtime: the venv, a non-root user, nothing else -------------------------------------
 FROM ${BASE_IMAGE} AS runtime
 ARG APP_UID=10001
+LABEL org.opencontainers.image.title="webhook-worker" \
+      org.opencontainers.image.description="Stripe webhook receiver, worker and ops console" \
+      org.opencontainers.image.documentation="docs/deployment.md"
 RUN groupadd --system --gid "${APP_UID}" webhook \
     && useradd --system --uid "${APP_UID}" --gid webhook --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin webhook
@@ -65,5 +69,7 @@ EXPOSE 8000 9091 8081
 # /healthz of the internal listener, which `serve` and `work` both run (METRICS_PORT).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python3", "/app/healthcheck.py"]
+# `serve` drains in-flight requests and `work` gives its claimed events back on SIGTERM.
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["webhook-worker"]
 CMD ["serve"]

@@ -27,7 +27,8 @@ from tests.conftest import TEST_SECRET, sign, wait_for
 from webhook_worker.dev.embedded import free_port
 from webhook_worker.dev.servicekit import wait_http_ok
 
-pytestmark = pytest.mark.image
+# The first run on a machine builds the base (~2.5 min) and the image (~2 min) in setup.
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "localhost/webhook-worker:test"

@@ -6,7 +6,8 @@
 #   deploy/container/local-base.sh [IMAGE]      (default localhost/webhook-worker-base:bookworm)
 #
 # The tarball is cached in .cache/image/ (git-ignored): only the first run downloads
-# (~2 min on a busy 2-core machine), later runs import it (seconds) or find the image.
+# (~2 min on a busy 2-core machine); later runs find the image in podman's store, or
+# import the tarball again (seconds) when the image was removed.
 # The base gets this machine's CA bundle, so pip inside the build trusts what the host
 # trusts (a TLS-inspecting egress proxy included). Delete .cache/image/ to rebuild.
 set -eu
@@ -25,7 +26,8 @@ key=$(printf '%s\n' "$@" | sha256sum | cut -c1-12)
 tarball="$cache/debian-bookworm-python3-$key.tar"
 podman() { command podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
 
-if podman image exists "$image" && [ -s "$tarball" ] && [ "$(podman image inspect --format '{{index .Labels "tarball-mtime"}}' "$image" 2>/dev/null)" = "$(stat -c %Y "$tarball")" ]; then
+# Already imported from these options (a fresh clone on the same machine finds it too)?
+if [ "$(podman image inspect --format '{{index .Labels "base-options"}}' "$image" 2>/dev/null)" = "$key" ]; then
   exit 0
 fi
 mkdir -p "$cache"
@@ -35,5 +37,5 @@ if [ ! -s "$tarball" ]; then
   mmdebstrap --quiet "$@" "$tarball.part"
   mv "$tarball.part" "$tarball"
 fi
-podman import --quiet --change "LABEL tarball-mtime=$(stat -c %Y "$tarball")" \
+podman import --quiet --change "LABEL base-options=$key" \
   "$tarball" "$image" >/dev/null
