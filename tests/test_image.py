@@ -50,6 +50,7 @@ RUN = [
 ]
 APP_UID = 10001
 BUILD_TIMEOUT_S = 900
+OPS_TOKEN = "image-test-ops-token-0123456789abcdef"
 
 
 def _podman(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -249,10 +250,11 @@ async def test_image_migrates_serves_credits_and_stops_on_sigterm(
         applied = await conn.fetchval("SELECT count(*) FROM schema_migrations")
         assert applied == len(migrations)
 
-        # serve and work, strictly read-only, as the image's non-root user
+        # serve, work and console, strictly read-only, as the image's non-root user
         port, receiver_metrics, worker_metrics = free_port(), free_port(), free_port()
-        serve, work = f"ww-serve-{tag}", f"ww-work-{tag}"
-        containers += [serve, work]
+        console_port = free_port()
+        serve, work, ops = f"ww-serve-{tag}", f"ww-work-{tag}", f"ww-console-{tag}"
+        containers += [serve, work, ops]
         receiver = _start(
             serve,
             env_file,
@@ -267,14 +269,30 @@ async def test_image_migrates_serves_credits_and_stops_on_sigterm(
             "work",
             env={**local, "METRICS_PORT": str(worker_metrics)},
         )
+        console = _start(
+            ops,
+            env_file,
+            tmp_path / "console.log",
+            "console",
+            "--host=127.0.0.1",
+            f"--port={console_port}",
+            env={"OPS_TOKEN": OPS_TOKEN},
+        )
         for proc, url, log in (
             (receiver, f"http://127.0.0.1:{receiver_metrics}/readyz", "serve.log"),
             (worker, f"http://127.0.0.1:{worker_metrics}/readyz", "work.log"),
             (receiver, f"http://127.0.0.1:{port}/healthz", "serve.log"),
+            (console, f"http://127.0.0.1:{console_port}/login", "console.log"),
         ):
             wait_http_ok(url, process=proc, log=tmp_path / log, timeout=120)
         _assert_non_root_read_only(serve, "serve")
         _assert_non_root_read_only(work, "work")
+        _assert_non_root_read_only(ops, "console")
+        # the console's pages render from the read-only image (templates, static files)
+        page = httpx.get(f"http://127.0.0.1:{console_port}/login", timeout=10)
+        assert page.status_code == 200 and "<form" in page.text
+        _check(_podman("kill", "--signal=TERM", ops))
+        assert console.wait(timeout=30) == 0
 
         # the image's HEALTHCHECK passes on a running receiver
         assert "healthcheck.py" in _check(
@@ -322,8 +340,11 @@ async def test_image_migrates_serves_credits_and_stops_on_sigterm(
         assert receiver.wait(timeout=30) == 0
     finally:
         await conn.close()
-    # the containers log JSON lines (the image's LOG_FORMAT), never the signing secret
+    # no container logs a secret; receiver and worker log JSON lines (the image's LOG_FORMAT;
+    # the console also prints its address as a plain line for a person)
+    for name in ("serve.ctr", "work.ctr", "console.ctr"):
+        text = "\n".join(_container_lines(tmp_path / name))
+        assert text and TEST_SECRET not in text and OPS_TOKEN not in text
     for name in ("serve.ctr", "work.ctr"):
-        lines = _container_lines(tmp_path / name)
-        assert lines and TEST_SECRET not in "\n".join(lines)
-        assert all(isinstance(json.loads(line), dict) for line in lines if line.strip()), lines
+        lines = [line for line in _container_lines(tmp_path / name) if line.strip()]
+        assert all(isinstance(json.loads(line), dict) for line in lines), lines
