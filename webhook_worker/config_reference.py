@@ -140,6 +140,7 @@ NOT_SETTINGS: tuple[tuple[str, str], ...] = (
     ("TEST_DATABASE_URL / TEST_REDIS_URL", "the test suite's servers (a role allowed to create databases); unset: embedded ones"),
     ("BENCH_DATABASE_URL / BENCH_REDIS_URL", "`make bench` against given servers instead of its own"),
     ("CONSOLE_SCREENSHOTS_DOCS", "`1`: the console's browser tests refresh `docs/screenshots/`"),
+    ("HEALTHCHECK_URL", "the container image's `healthcheck.py` (docs/deployment.md), not the service"),
 )  # fmt: skip
 
 
