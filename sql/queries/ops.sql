@@ -181,3 +181,24 @@ LIMIT $2;
 
 -- name: ops_event_stored
 SELECT processing_status FROM stripe_events WHERE event_id = $1;
+
+-- name: ops_hold_mismatches
+-- Each hold (migration 0025) must match its ledger rows: one HOLD of -amount, and once it is
+-- closed, HOLD_RELEASE rows giving back amount - actual (all of it when released or expired).
+SELECT h.user_id, h.idempotency_key, h.state, coalesce(-ht.amount, 0)::bigint AS held,
+       coalesce(r.back, 0)::bigint AS back
+FROM credit_holds h
+LEFT JOIN credit_transactions ht ON ht.id = h.hold_transaction_id
+LEFT JOIN (
+    SELECT user_id, idempotency_key, sum(amount) AS back
+    FROM credit_transactions
+    WHERE transaction_type = 'HOLD_RELEASE'
+    GROUP BY user_id, idempotency_key
+) r ON r.user_id = h.user_id AND r.idempotency_key = h.idempotency_key
+WHERE ht.transaction_type IS DISTINCT FROM 'HOLD'
+   OR -ht.amount <> h.amount
+   OR coalesce(r.back, 0) <> CASE h.state WHEN 'open' THEN 0
+                                          WHEN 'settled' THEN h.amount - h.actual
+                                          ELSE h.amount END
+ORDER BY h.id
+LIMIT $1;
