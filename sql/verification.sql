@@ -87,7 +87,8 @@ FROM payment_states s
 LEFT JOIN (
     SELECT payment_intent_id, -sum(amount) AS taken
     FROM credit_transactions
-    WHERE transaction_type IN ('REFUND', 'REFUND_REVERSAL', 'DISPUTE', 'DISPUTE_REVERSAL')
+    WHERE transaction_type IN ('REFUND', 'REFUND_REVERSAL', 'DISPUTE', 'DISPUTE_REVERSAL',
+                               'SHORTFALL_COLLECTION')
     GROUP BY payment_intent_id
 ) l ON l.payment_intent_id = s.payment_intent_id
 WHERE s.taken <> coalesce(l.taken, 0) + s.shortfall

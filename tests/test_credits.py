@@ -266,7 +266,7 @@ async def test_expired_holds_are_released_exactly_once(database_url: str) -> Non
         results = await asyncio.gather(
             *(cron() for _ in range(6)), *(app_release(u, 0) for u in users)
         )
-        crons, app = results[:6], results[6:]
+        _crons, app = results[:6], results[6:]
         async with pool.acquire() as conn:
             while await conn.fetchval("SELECT credits_release_expired(100)"):
                 pass

@@ -237,6 +237,67 @@ BEGIN
     END;
     $f$;
 
+    -- SHORTFALL_POLICY=collect, the worker's credit path: ledger_credit_many (0006/0008), then
+    -- in the same transaction each user whose purchase was applied pays its shortfall. The
+    -- users' locks are already held by the batch (advisory locks are re-entrant). The worker
+    -- calls these instead of ledger_credit_many / ledger_credit only under `collect`.
+    CREATE OR REPLACE FUNCTION ledger_credit_many_collect(
+        p_user_ids {KEY}[], p_amounts BIGINT[], p_kinds TEXT[], p_event_ids TEXT[],
+        p_checkout_session_ids TEXT[], p_payment_intent_ids TEXT[], p_descriptions TEXT[],
+        p_lock_timeout_ms INT
+    )
+        RETURNS TABLE (credited_event_id TEXT, applied BOOLEAN, balance BIGINT)
+        LANGUAGE plpgsql VOLATILE
+        AS $f$
+    DECLARE
+        v_row RECORD;
+        v_applied TEXT[] := '{}';
+        v_user RECORD;
+    BEGIN
+        FOR v_row IN
+            SELECT * FROM ledger_credit_many(p_user_ids, p_amounts, p_kinds, p_event_ids,
+                                             p_checkout_session_ids, p_payment_intent_ids,
+                                             p_descriptions, p_lock_timeout_ms)
+        LOOP
+            credited_event_id := v_row.credited_event_id;
+            applied := v_row.applied;
+            balance := v_row.balance;
+            IF v_row.applied THEN
+                v_applied := v_applied || v_row.credited_event_id;
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+        FOR v_user IN
+            SELECT t.user_id, min(t.event_id) AS event_id
+            FROM unnest(p_user_ids, p_event_ids) AS t (user_id, event_id)
+            WHERE t.event_id = ANY (v_applied)
+            GROUP BY t.user_id
+            ORDER BY ledger_lock_key(t.user_id), t.user_id
+        LOOP
+            PERFORM credits_collect_shortfall(
+                v_user.user_id, 'shortfall collected from purchase ' || v_user.event_id);
+        END LOOP;
+    END;
+    $f$;
+
+    CREATE OR REPLACE FUNCTION ledger_credit_collect(
+        p_user_id {KEY}, p_amount BIGINT, p_kind TEXT, p_event_id TEXT,
+        p_checkout_session_id TEXT, p_payment_intent_id TEXT, p_description TEXT,
+        OUT applied BOOLEAN, OUT balance BIGINT
+    )
+        LANGUAGE plpgsql VOLATILE
+        AS $f$
+    BEGIN
+        SELECT c.applied, c.balance INTO applied, balance
+        FROM ledger_credit(p_user_id, p_amount, p_kind, p_event_id, p_checkout_session_id,
+                           p_payment_intent_id, p_description) c;
+        IF applied THEN
+            PERFORM credits_collect_shortfall(
+                p_user_id, 'shortfall collected from purchase ' || p_event_id);
+        END IF;
+    END;
+    $f$;
+
     CREATE OR REPLACE FUNCTION credits_spend(
         p_user_id {KEY}, p_amount BIGINT, p_idempotency_key TEXT,
         p_description TEXT DEFAULT NULL,
@@ -522,6 +583,10 @@ BEGIN
             DROP FUNCTION IF EXISTS credits_adjust({KEY}, BIGINT, TEXT, TEXT);
             DROP FUNCTION IF EXISTS credits_grant({KEY}, BIGINT, TEXT, TEXT);
             DROP FUNCTION IF EXISTS credits_spend({KEY}, BIGINT, TEXT, TEXT);
+            DROP FUNCTION IF EXISTS ledger_credit_collect({KEY}, BIGINT, TEXT, TEXT, TEXT, TEXT,
+                                                          TEXT);
+            DROP FUNCTION IF EXISTS ledger_credit_many_collect({KEY}[], BIGINT[], TEXT[], TEXT[],
+                                                               TEXT[], TEXT[], TEXT[], INT);
             DROP FUNCTION IF EXISTS credits_collect_shortfall({KEY}, TEXT);
             DROP FUNCTION IF EXISTS credits_key_use({KEY}, TEXT);
             DROP FUNCTION IF EXISTS credits_check_args({KEY}, TEXT);

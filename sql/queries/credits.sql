@@ -53,3 +53,40 @@ WHERE credits_settings.shortfall_policy <> EXCLUDED.shortfall_policy;
 
 -- name: credits_recorded_policy
 SELECT shortfall_policy FROM credits_settings;
+
+-- name: credits_shortfall_outstanding
+-- Credits refunds and disputes could not take back (spent), still owed (payment_states).
+SELECT coalesce(sum(shortfall), 0)::bigint FROM payment_states;
+
+-- name: credits_shortfall_collected
+SELECT coalesce(-sum(amount), 0)::bigint FROM credit_transactions
+WHERE transaction_type = 'SHORTFALL_COLLECTION';
+
+-- name: credits_user_shortfall
+-- What refunds and disputes of this user's payments could not take back, still owed.
+SELECT coalesce(sum(s.shortfall), 0)::bigint
+FROM payment_states s
+WHERE s.shortfall > 0
+  AND EXISTS (SELECT 1 FROM credit_transactions p
+              WHERE p.payment_intent_id = s.payment_intent_id AND p.user_id = $1
+                AND p.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT'));
+
+-- name: credits_user_collected
+SELECT coalesce(-sum(amount), 0)::bigint FROM credit_transactions
+WHERE user_id = $1 AND transaction_type = 'SHORTFALL_COLLECTION';
+
+-- name: credits_audit_insert
+-- An operator's grant or adjustment, audited like a replay (migration 0026).
+INSERT INTO ops_audit (who, client, via, action, forced, filters, event_ids, count)
+VALUES ($1, $2, $3, $4, false, $5::jsonb, '{}', 1)
+RETURNING id;
+
+-- name: credits_audit_for_user
+SELECT id, at, who, via, action, filters
+FROM ops_audit
+WHERE action IN ('credits_grant', 'credits_adjust') AND filters ->> 'user_id' = $1::text
+ORDER BY at DESC
+LIMIT 20;
+
+-- name: credits_user_by_customer
+SELECT id FROM users WHERE stripe_customer_id = $1;
