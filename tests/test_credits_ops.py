@@ -101,9 +101,7 @@ async def _spent_then_refunded(
     ids = await deliver(
         db,
         settings,
-        checkout_session_event(
-            credits=10, client_reference_id=str(user), payment_intent="pi_1"
-        ),  # fmt: skip
+        checkout_session_event(credits=10, client_reference_id=str(user), payment_intent="pi_1"),
     )
     await drain(settings)
     assert (await status_of(db, ids[0]))["processing_status"] == "completed"
@@ -163,7 +161,7 @@ async def test_collect_makes_the_next_purchase_and_grant_pay_the_shortfall(
     ]
     assert {
         r["payment_intent_id"] for r in rows if r["transaction_type"] == "SHORTFALL_COLLECTION"
-    } == {"pi_1"}  # noqa: E501
+    } == {"pi_1"}
     numbers = await stats.collect_stats(db)
     assert (numbers["shortfall_outstanding"], numbers["shortfall_collected"]) == (0, 10)
     assert numbers["shortfall_policy"] == "collect"
@@ -176,7 +174,7 @@ async def test_collect_makes_the_next_purchase_and_grant_pay_the_shortfall(
         settings,
         refund_event(
             payment_intent="pi_1", refund_created=refunded_at - 10, created=refunded_at + 10
-        ),  # fmt: skip
+        ),
     )
     await drain(settings)
     assert (await status_of(db, failed[0]))["processing_status"] == "completed"
