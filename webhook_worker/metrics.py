@@ -95,9 +95,10 @@ WAIT_EXPIRED = Counter(
 HOLDS_EXPIRED = Counter(
     "worker_holds_expired_total", "Spending holds past their expiry released by the worker's cron"
 )
-SHORTFALL_COLLECTED = Counter(
-    "worker_shortfall_collected_credits_total",
-    "Credits of refund/dispute shortfalls collected from a purchase (SHORTFALL_POLICY=collect)",
+SHORTFALL_COLLECTED = Gauge(
+    "shortfall_collected_credits",
+    "Credits of refund/dispute shortfalls collected so far (SHORTFALL_POLICY=collect)",
+    multiprocess_mode="max",
 )
 SHORTFALL_OUTSTANDING = Gauge(
     "shortfall_outstanding_credits",

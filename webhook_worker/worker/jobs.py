@@ -315,10 +315,12 @@ async def release_expired_holds(ctx: dict[str, Any]) -> int:
                 if done < SWEEP_BATCH:
                     break
             outstanding = await conn.fetchval(query("credits_shortfall_outstanding"))
+            collected = await conn.fetchval(query("credits_shortfall_collected"))
     except TransientError as exc:
         log.warning("hold_release_failed", error=_error_text(exc))
         return 0
     metrics.SHORTFALL_OUTSTANDING.set(int(outstanding))
+    metrics.SHORTFALL_COLLECTED.set(int(collected))
     if released:
         metrics.HOLDS_EXPIRED.inc(released)
         log.info("expired_holds_released", released=released)
