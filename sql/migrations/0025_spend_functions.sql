@@ -152,16 +152,19 @@ BEGIN
     -- Everything below names no table of the host: it goes through the two functions above.
     v_sql := $tpl$
     -- What an earlier call with this key wrote first (NULL row when the key is new).
+    -- PL/pgSQL, not SQL: its plan is cached per session (a SQL function's is not).
     CREATE OR REPLACE FUNCTION credits_key_use(
         p_user_id {KEY}, p_key TEXT, OUT transaction_id BIGINT, OUT amount BIGINT,
         OUT kind TEXT
     )
-        LANGUAGE sql STABLE
+        LANGUAGE plpgsql STABLE
         AS $f$
-    SELECT t.id, t.amount, t.transaction_type
-    FROM credit_transactions t
-    WHERE t.user_id = p_user_id AND t.idempotency_key = p_key
-      AND t.transaction_type IN ('USAGE', 'BONUS', 'ADJUSTMENT', 'HOLD')
+    BEGIN
+        SELECT t.id, t.amount, t.transaction_type INTO transaction_id, amount, kind
+        FROM credit_transactions t
+        WHERE t.user_id = p_user_id AND t.idempotency_key = p_key
+          AND t.transaction_type IN ('USAGE', 'BONUS', 'ADJUSTMENT', 'HOLD');
+    END;
     $f$;
 
     -- Checks every call makes before it takes the lock.
@@ -499,21 +502,24 @@ BEGIN
         p_user_id {KEY}, p_idempotency_key TEXT, p_actual BIGINT,
         OUT status TEXT, OUT balance BIGINT, OUT transaction_id BIGINT
     )
-        LANGUAGE sql VOLATILE
+        LANGUAGE plpgsql VOLATILE
         AS $f$
-    SELECT c.status, c.balance, c.transaction_id
-    FROM credits_close_hold(p_user_id, p_idempotency_key,
-                            CASE WHEN p_actual IS NULL THEN -1 ELSE p_actual END) c
+    BEGIN
+        SELECT c.status, c.balance, c.transaction_id INTO status, balance, transaction_id
+        FROM credits_close_hold(p_user_id, p_idempotency_key, coalesce(p_actual, -1)) c;
+    END;
     $f$;
 
     CREATE OR REPLACE FUNCTION credits_release(
         p_user_id {KEY}, p_idempotency_key TEXT,
         OUT status TEXT, OUT balance BIGINT, OUT transaction_id BIGINT
     )
-        LANGUAGE sql VOLATILE
+        LANGUAGE plpgsql VOLATILE
         AS $f$
-    SELECT c.status, c.balance, c.transaction_id
-    FROM credits_close_hold(p_user_id, p_idempotency_key, NULL) c
+    BEGIN
+        SELECT c.status, c.balance, c.transaction_id INTO status, balance, transaction_id
+        FROM credits_close_hold(p_user_id, p_idempotency_key, NULL) c;
+    END;
     $f$;
     $tpl$;
     EXECUTE replace(v_sql, '{KEY}', v_key);
