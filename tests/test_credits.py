@@ -287,3 +287,16 @@ async def test_expired_holds_are_released_exactly_once(database_url: str) -> Non
                 assert await ledger_sum(conn, user) == 20  # type: ignore[arg-type]
     finally:
         await pool.close()
+
+
+async def test_verify_names_a_hold_that_disagrees_with_its_rows(db: asyncpg.Connection) -> None:
+    user = await new_user(db, "tampered@example.com")
+    await credits.grant(db, user, 9, idempotency_key="g", reason="seed")
+    await credits.hold(db, user, 4, idempotency_key="h", expires_in=timedelta(hours=1))
+    assert (await verify.verify(db, stale_after_seconds=3600)).problems == []
+    await db.execute("UPDATE credit_holds SET state = 'released' WHERE idempotency_key = 'h'")
+    problems = {
+        c.name: c.detail for c in (await verify.verify(db, stale_after_seconds=3600)).problems
+    }
+    assert set(problems) == {"holds"}
+    assert "hold 'h' (released): held 4, back 0" in problems["holds"]
