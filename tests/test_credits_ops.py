@@ -22,6 +22,7 @@ from webhook_worker.ops import stats, verify
 from webhook_worker.ops.sample_events import (
     charge_refunded_event,
     checkout_session_event,
+    invoice_paid_event,
     refund_event,
 )
 
@@ -179,6 +180,33 @@ async def test_collect_makes_the_next_purchase_and_grant_pay_the_shortfall(
     await drain(settings)
     assert (await status_of(db, failed[0]))["processing_status"] == "completed"
     assert await credits.balance(db, user) == 13  # 3 + the 10 collected
+    assert (await verify.verify(db, stale_after_seconds=3600)).problems == []
+
+
+async def test_collect_takes_the_shortfall_from_a_subscription_credit(
+    db: asyncpg.Connection, database_url: str, clean_redis_url: str
+) -> None:
+    settings = _settings(
+        database_url, clean_redis_url, SHORTFALL_POLICY="collect", PRICE_CREDITS="price_basic:8"
+    )
+    user = await new_user(db, "renews@example.com")
+    await db.execute("UPDATE users SET stripe_customer_id = 'cus_Renews1' WHERE id = $1", user)
+    await _spent_then_refunded(db, settings, user, int(time.time()) - 100)
+    [event_id] = await deliver(
+        db, settings, invoice_paid_event(customer="cus_Renews1", price="price_basic")
+    )
+    await drain(settings)
+    assert (await status_of(db, event_id))["processing_status"] == "completed"
+    assert await credits.balance(db, user) == 0  # 8 credited, 8 of the 10 owed collected
+    assert (
+        await db.fetchval(
+            "SELECT -sum(amount) FROM credit_transactions WHERE transaction_type ="
+            " 'SHORTFALL_COLLECTION' AND user_id = $1",
+            user,
+        )
+        == 8
+    )
+    assert (await stats.collect_stats(db))["shortfall_outstanding"] == 2
     assert (await verify.verify(db, stale_after_seconds=3600)).problems == []
 
 

@@ -90,3 +90,8 @@ LIMIT 20;
 
 -- name: credits_user_by_customer
 SELECT id FROM users WHERE stripe_customer_id = $1;
+
+-- name: credits_collect_shortfall
+-- SHORTFALL_POLICY=collect after a subscription credit: the user's shortfall paid from the
+-- balance in SHORTFALL_COLLECTION rows; the credits collected. Call with the lock held.
+SELECT credits_collect_shortfall($1, $2::text);

@@ -366,7 +366,10 @@ async def open_resources(ctx: dict[str, Any]) -> None:
     # backlog of 100-event jobs must not hold thousands of parsed payloads at once.
     ctx["event_slots"] = asyncio.Semaphore(settings.worker_max_jobs)
     ctx["handler_context"] = handlers.HandlerContext(
-        settings, PostgresMoneyStore(ctx["pool"], batches)
+        settings,
+        PostgresMoneyStore(
+            ctx["pool"], batches, collect_shortfall=settings.shortfall_policy == "collect"
+        ),
     )
     pool = ctx["pool"]
     async with store.acquire(pool, "recording SHORTFALL_POLICY") as conn:
