@@ -12,12 +12,14 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.conftest import base_env
 from tests.ops_support import CliResult, run_cli
 from tests.worker_support import deliver, drain, new_user, status_of
 from webhook_worker import credits
 from webhook_worker.config import Settings
+from webhook_worker.db import store
 from webhook_worker.ops import stats, verify
 from webhook_worker.ops.sample_events import (
     charge_refunded_event,
@@ -25,6 +27,7 @@ from webhook_worker.ops.sample_events import (
     invoice_paid_event,
     refund_event,
 )
+from webhook_worker.worker.jobs import release_expired_holds
 
 Cli = Callable[..., Awaitable[CliResult]]
 
@@ -42,6 +45,12 @@ def cli(
         return await run_cli(capsys, monkeypatch, env, *args)
 
     return run
+
+
+@pytest.mark.parametrize("action", ["show", "grant", "adjust"])
+async def test_credits_commands_have_help(cli: Cli, action: str) -> None:
+    result = await cli("credits", action, "--help")
+    assert result.code == 0 and "usage: webhook-worker credits" in result.out
 
 
 async def test_credits_cli_grants_adjusts_shows_and_audits(
@@ -166,6 +175,13 @@ async def test_collect_makes_the_next_purchase_and_grant_pay_the_shortfall(
     numbers = await stats.collect_stats(db)
     assert (numbers["shortfall_outstanding"], numbers["shortfall_collected"]) == (0, 10)
     assert numbers["shortfall_policy"] == "collect"
+    pool = await store.create_pool(settings)
+    try:
+        await release_expired_holds({"pool": pool})  # the cron refreshes the two gauges
+    finally:
+        await pool.close()
+    assert REGISTRY.get_sample_value("shortfall_outstanding_credits") == 0
+    assert REGISTRY.get_sample_value("shortfall_collected_credits") == 10
     report = await verify.verify(db, stale_after_seconds=3600)
     assert report.problems == []
 
@@ -213,9 +229,6 @@ async def test_collect_takes_the_shortfall_from_a_subscription_credit(
 async def test_the_worker_cron_releases_expired_holds(
     db: asyncpg.Connection, database_url: str, clean_redis_url: str
 ) -> None:
-    from webhook_worker.db import store
-    from webhook_worker.worker.jobs import release_expired_holds
-
     settings = _settings(database_url, clean_redis_url)
     user = await new_user(db, "holder@example.com")
     await credits.grant(db, user, 5, idempotency_key="g", reason="seed")
