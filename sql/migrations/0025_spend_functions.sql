@@ -56,10 +56,8 @@ CREATE TABLE IF NOT EXISTS credits_settings (
         CHECK (shortfall_policy IN ('forgive', 'collect')),
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-INSERT INTO credits_settings (shortfall_policy)
-VALUES (coalesce(nullif(current_setting('webhook_worker.shortfall_policy', true), ''),
-                 'forgive'))
-ON CONFLICT DO NOTHING;
+-- `migrate up` and every worker start then write SHORTFALL_POLICY here (credits_set_policy).
+INSERT INTO credits_settings (shortfall_policy) VALUES ('forgive') ON CONFLICT DO NOTHING;
 
 DO $$
 DECLARE
