@@ -150,7 +150,9 @@ async def _call(db: Executor, name: str, *args: object) -> Result:
     assert row is not None  # each function returns exactly one row
     tid = row["transaction_id"]
     return Result(
-        status=row["status"], balance=int(row["balance"]), transaction_id=tid and int(tid)
+        status=row["status"],
+        balance=int(row["balance"]),
+        transaction_id=None if tid is None else int(tid),
     )
 
 
