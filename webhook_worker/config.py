@@ -49,6 +49,7 @@ __all__ = [
 AppEnv = Literal["production", "development", "test"]
 LogFormat = Literal["json", "console"]
 StripeMode = Literal["live", "test"]
+ShortfallPolicy = Literal["forgive", "collect"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -269,6 +270,9 @@ class Settings:
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
     users_tenant_column: str | None = None
+    # What refunds and disputes could not take back (spent): forgiven, or collected from the
+    # user's next purchase or grant (docs/spending.md "Shortfalls").
+    shortfall_policy: ShortfallPolicy = "forgive"
 
     def __repr__(self) -> str:  # never print secrets or DSN passwords
         return (
@@ -382,6 +386,9 @@ class Settings:
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
             db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
             users_tenant_column=_column_name(env, "USERS_TENANT_COLUMN"),
+            shortfall_policy=_choice(  # type: ignore[arg-type]
+                env, "SHORTFALL_POLICY", "forgive", ("forgive", "collect")
+            ),
         )
 
     def __post_init__(self) -> None:

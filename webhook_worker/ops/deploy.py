@@ -37,7 +37,7 @@ from rich.table import Table
 from webhook_worker import job_queue as queue
 from webhook_worker import local_services
 from webhook_worker.config import Settings, redact_url
-from webhook_worker.db import host, migrations
+from webhook_worker.db import host, migrations, store
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from webhook_worker.log import configure_logging, log_deprecations
@@ -213,6 +213,7 @@ async def _migrate(
             report.add("rollback", "ok", f"rolled back {names}" if done else "nothing to roll back")
             return True
         done = await migrations.migrate_up(conn, tenant_column=settings.users_tenant_column)
+        await store.record_shortfall_policy(conn, settings.shortfall_policy)
     except (MigrationError, asyncpg.PostgresError) as exc:
         report.add("rollback" if args.rollback else "migrate", "FAIL", str(exc))
         return False
