@@ -332,12 +332,19 @@ async def check_histories(
         got_balance = int(
             await db.fetchval("SELECT credits_balance FROM users WHERE id = $1", int(user))
         )
-        got_shortfall = int(
+        got_shortfall = int(  # what is owed now (docs/stripe.md, Shortfalls)
             await db.fetchval(
-                "SELECT coalesce(sum(credits), 0) FROM refund_shortfalls WHERE user_id = $1",
+                "SELECT coalesce(sum(s.shortfall), 0) FROM payment_states s WHERE EXISTS ("
+                "SELECT 1 FROM credit_transactions p WHERE p.payment_intent_id = "
+                "s.payment_intent_id AND p.user_id = $1 AND p.transaction_type IN "
+                "('PURCHASE', 'SUBSCRIPTION_CREDIT'))",
                 int(user),
             )
         )
+        rows = await db.fetchval(
+            "SELECT coalesce(sum(credits), 0) FROM refund_shortfalls WHERE user_id = $1", int(user)
+        )
+        assert rows == got_shortfall, user  # the per-event rows say the same
         if spent.get(user) and sum(p.user == user for p in finals) > 1:
             # Shortfall is kept per payment (docs/stripe.md, limits): the net must hold.
             assert got_balance - got_shortfall == balance - shortfall, user

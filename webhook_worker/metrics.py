@@ -92,10 +92,17 @@ WAIT_EXPIRED = Counter(
     "worker_wait_expired_events_total",
     "Waiting events ignored after WAIT_MAX_DAYS (no_purchase_for_payment)",
 )
-SHORTFALL_OWED = Gauge(
-    "credits_shortfall_owed",
-    "Credits taken back by refunds or disputes after they were spent, still owed "
-    "(refund_shortfalls; set by the sweeper)",
+HOLDS_EXPIRED = Counter(
+    "worker_holds_expired_total", "Spending holds past their expiry released by the worker's cron"
+)
+SHORTFALL_COLLECTED = Gauge(
+    "shortfall_collected_credits",
+    "Credits of refund/dispute shortfalls collected so far (SHORTFALL_POLICY=collect)",
+    multiprocess_mode="max",
+)
+SHORTFALL_OUTSTANDING = Gauge(
+    "shortfall_outstanding_credits",
+    "Credits refunds and disputes could not take back and not yet collected",
     multiprocess_mode="max",
 )
 QUEUE_DEPTH = Gauge("worker_queue_depth", "Jobs waiting in the arq queue", multiprocess_mode="max")

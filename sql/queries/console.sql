@@ -65,13 +65,15 @@ ORDER BY id
 LIMIT 2;
 
 -- name: console_user_shortfall
--- The credits the user still owes: taken back by refunds or disputes after they were spent
--- (refund_shortfalls: what is owed now), per payment.
-SELECT payment_intent_id, sum(credits)::bigint AS credits
-FROM refund_shortfalls
-WHERE user_id::text = $1
-GROUP BY payment_intent_id
-ORDER BY payment_intent_id;
+-- The credits the user still owes, per payment: taken back by refunds or disputes after they
+-- were spent, not given back nor collected since (payment_states.shortfall).
+SELECT s.payment_intent_id, s.shortfall AS credits
+FROM payment_states s
+WHERE s.shortfall > 0
+  AND EXISTS (SELECT 1 FROM credit_transactions p
+              WHERE p.payment_intent_id = s.payment_intent_id AND p.user_id::text = $1
+                AND p.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT'))
+ORDER BY s.payment_intent_id;
 
 -- name: console_user_ledger
 -- The user's ledger, newest first, with the running sum of amounts (which must equal

@@ -164,7 +164,3 @@ FROM (
 ) AS expired
 WHERE e.id = expired.id AND e.processing_status = 'waiting'
 RETURNING e.event_id;
-
--- name: payment_shortfall_owed
--- The credits still owed across users (the credits_shortfall_owed metric).
-SELECT coalesce(sum(credits), 0)::bigint FROM refund_shortfalls;

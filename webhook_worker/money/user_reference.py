@@ -200,7 +200,7 @@ def first_candidate(session: Mapping[str, Any]) -> tuple[str, Candidate] | None:
 
 class UserDirectory(Protocol):
     """The four user statements the resolution rule needs (Postgres: `PostgresUsers`;
-    the unit tier: `memory_money_store.InMemoryMoneyStore`)."""
+    the unit tier: `webhook_worker.testing.InMemoryMoneyStore`)."""
 
     async def match(self, candidate: Candidate) -> UserId | None: ...
 

@@ -36,6 +36,7 @@ from webhook_worker import job_queue as queue
 from webhook_worker import metrics, runtime
 from webhook_worker.config import Settings
 from webhook_worker.db import store
+from webhook_worker.db.queries import query
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger, redact_text
 from webhook_worker.worker import handlers, postgres_money_store, reconcile
@@ -266,7 +267,6 @@ async def sweep_stale_events(ctx: dict[str, Any]) -> int:
                 lease_seconds=lease_seconds(settings),
             )
             backlog = await store.event_backlog_counts(conn)
-            owed = await postgres_money_store.shortfall_owed(conn)
         event_ids = woken + sorted(set(stale) - set(woken))
         queued = await queue.enqueue_events(ctx["redis"], event_ids) if event_ids else 0
         metrics.QUEUE_DEPTH.set(await queue.queue_depth(ctx["redis"]))
@@ -275,7 +275,6 @@ async def sweep_stale_events(ctx: dict[str, Any]) -> int:
         return 0
     for status, count in backlog.items():
         metrics.EVENTS_BY_STATUS.labels(status).set(count)
-    metrics.SHORTFALL_OWED.set(owed)
     if woken:
         metrics.WOKEN.inc(len(woken))
         log.info("waiting_events_woken", woken=len(woken))
@@ -305,6 +304,32 @@ async def prune_old_events(ctx: dict[str, Any]) -> int:
     return pruned
 
 
+async def release_expired_holds(ctx: dict[str, Any]) -> int:
+    """Give back spending holds past their expiry (`credits_release_expired`, migration 0025):
+    each once, under its user's lock, re-checked there, so a settle or release racing the
+    cron and several workers' crons never give one back twice. Also refreshes the
+    outstanding-shortfall gauge."""
+    try:
+        async with store.acquire(resources(ctx).pool, "releasing expired holds") as conn:
+            released = 0
+            while True:
+                done = int(await conn.fetchval(query("credits_release_expired"), SWEEP_BATCH))
+                released += done
+                if done < SWEEP_BATCH:
+                    break
+            outstanding = await conn.fetchval(query("credits_shortfall_outstanding"))
+            collected = await conn.fetchval(query("credits_shortfall_collected"))
+    except TransientError as exc:
+        log.warning("hold_release_failed", error=_error_text(exc))
+        return 0
+    metrics.SHORTFALL_OUTSTANDING.set(int(outstanding))
+    metrics.SHORTFALL_COLLECTED.set(int(collected))
+    if released:
+        metrics.HOLDS_EXPIRED.inc(released)
+        log.info("expired_holds_released", released=released)
+    return released
+
+
 def _every(seconds: int) -> dict[str, Any]:
     """arq cron fields that fire every `seconds` (on whole minutes from 60 up)."""
     if seconds < 60:
@@ -319,6 +344,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     return [
         cron(sweep_stale_events, **_every(settings.sweep_interval_seconds)),
         cron(prune_old_events, minute={17}, second=0),
+        cron(release_expired_holds, **_every(settings.sweep_interval_seconds)),
     ]
 
 
@@ -340,18 +366,22 @@ class WorkerResources:
 
     @classmethod
     def build(cls, settings: Settings, pool: store.Pool) -> WorkerResources:
+        collect = settings.shortfall_policy == "collect"  # SHORTFALL_POLICY
         batches = WorkerBatches(
             pool,
             max_batch=settings.worker_batch_max,
             max_jobs=settings.worker_max_jobs,
             lease_seconds=lease_seconds(settings),
+            collect_shortfall=collect,
         )
         return cls(
             settings,
             pool,
             batches,
             asyncio.Semaphore(settings.worker_max_jobs),
-            handlers.HandlerContext(settings, PostgresMoneyStore(pool, batches)),
+            handlers.HandlerContext(
+                settings, PostgresMoneyStore(pool, batches, collect_shortfall=collect)
+            ),
         )
 
 
@@ -368,6 +398,8 @@ async def open_resources(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     shared = WorkerResources.build(settings, await store.create_pool(settings))
     ctx["resources"] = shared
+    async with store.acquire(shared.pool, "recording SHORTFALL_POLICY") as conn:
+        await store.record_shortfall_policy(conn, settings.shortfall_policy)
     ctx["internal_listener"] = await internal.start(
         settings, lambda: internal.readiness(shared.pool, ctx["redis"]), "worker"
     )

@@ -125,7 +125,9 @@ def _check_credits(purchase: Purchase) -> None:
         raise PermanentError(f"credits must be a positive integer, got {purchase.credits}")
 
 
-async def credit_purchases(conn: Connection, purchases: Sequence[Purchase]) -> list[CreditResult]:
+async def credit_purchases(
+    conn: Connection, purchases: Sequence[Purchase], *, collect_shortfall: bool = False
+) -> list[CreditResult]:
     """`credit_purchase` for many purchases in one server-side call and one commit.
 
     The same semantics one by one (`ledger_credit_many`, migration 0006), results in the
@@ -136,7 +138,7 @@ async def credit_purchases(conn: Connection, purchases: Sequence[Purchase]) -> l
         _check_credits(purchase)
     with translate_errors("crediting purchases"):
         rows = await conn.fetch(
-            query("ledger_credit_many"),
+            query("ledger_credit_many_collect" if collect_shortfall else "ledger_credit_many"),
             [p.user_id for p in purchases],
             [p.credits for p in purchases],
             ["PURCHASE"] * len(purchases),
@@ -154,7 +156,9 @@ async def credit_purchases(conn: Connection, purchases: Sequence[Purchase]) -> l
     return [by_event[p.event_id].pop(0) for p in purchases]
 
 
-async def credit_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
+async def credit_purchase(
+    conn: Connection, purchase: Purchase, *, collect_shortfall: bool = False
+) -> CreditResult:
     """Credit once and mark the event completed, in one transaction.
 
     One autocommit statement: the server-side `ledger_credit` takes the user's lock, inserts
@@ -164,7 +168,10 @@ async def credit_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
     _check_credits(purchase)
     with translate_errors("crediting a purchase"):
         try:
-            row = await conn.fetchrow(query("ledger_credit"), *_purchase_row(purchase))
+            row = await conn.fetchrow(
+                query("ledger_credit_collect" if collect_shortfall else "ledger_credit"),
+                *_purchase_row(purchase),
+            )
         except asyncpg.PostgresError as exc:
             if exc.sqlstate == BALANCE_MOVED_SQLSTATE:
                 raise PermanentError(_balance_moved(purchase.user_id)) from exc
@@ -177,11 +184,14 @@ async def credit_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
     return CreditResult(applied=bool(row["applied"]), balance=int(row["balance"]))
 
 
-async def credit_invoiced_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
+async def credit_invoiced_purchase(
+    conn: Connection, purchase: Purchase, *, collect_shortfall: bool = False
+) -> CreditResult:
     """A PURCHASE that names its post-payment invoice, and the event's `completed` mark, in
     one transaction under the user's lock. The invoice's row is unique among PURCHASE and
     SUBSCRIPTION_CREDIT rows (migration 0020): whichever of the session and its
-    `invoice.paid` comes second inserts nothing."""
+    `invoice.paid` comes second inserts nothing. With `collect_shortfall`
+    (SHORTFALL_POLICY=collect) the user's shortfall is then paid, in the same transaction."""
     _check_credits(purchase)
     assert purchase.invoice_id is not None
     with translate_errors("crediting a purchase with its invoice"):
@@ -195,6 +205,12 @@ async def credit_invoiced_purchase(conn: Connection, purchase: Purchase) -> Cred
             credited = await apply_row(
                 conn, *_purchase_row(purchase), InvoiceColumns(purchase.invoice_id)
             )
+            if collect_shortfall and credited is not None:  # SHORTFALL_POLICY=collect
+                credited -= await conn.fetchval(
+                    query("credits_collect_shortfall"),
+                    purchase.user_id,
+                    f"shortfall collected from purchase {purchase.event_id}",
+                )
             reason = None if credited is not None else "already_credited"
             await store.finish_event(conn, purchase.event_id, "completed", reason=reason)
     balance = int(exists) if credited is None else credited

@@ -89,9 +89,12 @@ from webhook_worker.worker.ledger import apply_row, lock_user
 class PostgresMoneyStore:
     """The service's `MoneyStore`; one per worker process."""
 
-    def __init__(self, pool: store.Pool, batches: WorkerBatches) -> None:
+    def __init__(
+        self, pool: store.Pool, batches: WorkerBatches, *, collect_shortfall: bool = False
+    ) -> None:
         self._pool = pool
         self._batches = batches
+        self._collect_shortfall = collect_shortfall  # SHORTFALL_POLICY=collect
 
     async def find_user(self, candidate: Candidate) -> UserId | None:
         return await self._batches.lookup(candidate)
@@ -103,7 +106,9 @@ class PostgresMoneyStore:
     async def credit_purchase(self, purchase: Purchase) -> CreditResult:
         if purchase.invoice_id is not None:  # rare: a session with a post-payment invoice
             async with store.acquire(self._pool, "crediting a purchase") as conn:
-                return await ledger.credit_invoiced_purchase(conn, purchase)
+                return await ledger.credit_invoiced_purchase(
+                    conn, purchase, collect_shortfall=self._collect_shortfall
+                )
         result = await self._batches.credit(purchase)
         if not result.applied:  # rare: a repeat of a session or payment already credited
             async with store.acquire(self._pool, "recording a repeat purchase") as conn:
@@ -112,7 +117,9 @@ class PostgresMoneyStore:
 
     async def credit_invoice(self, credit: InvoiceCredit) -> InvoiceCredited:
         async with store.acquire(self._pool, "crediting an invoice") as conn:
-            return await subscriptions.credit_invoice(conn, **asdict(credit))
+            return await subscriptions.credit_invoice(
+                conn, **asdict(credit), collect_shortfall=self._collect_shortfall
+            )
 
     async def link_invoice_payment(self, invoice_id: str, payment_intent_id: str) -> str | None:
         async with store.acquire(self._pool, "linking an invoice's payment") as conn:
@@ -294,12 +301,6 @@ async def apply(
         shortfall=plan_.added_shortfall,
         balance=balance,
     )
-
-
-async def shortfall_owed(conn: Connection) -> int:
-    """Credits still owed: taken back after they were spent, not given back since."""
-    with translate_errors("summing owed shortfalls"):
-        return int(await conn.fetchval(query("payment_shortfall_owed")))
 
 
 async def wake_waiting(conn: Connection, limit: int) -> list[str]:
