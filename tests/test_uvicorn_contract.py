@@ -15,6 +15,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from webhook_worker.config import Settings
+from webhook_worker.receiver import listener
 from webhook_worker.receiver.listener import BoundedHttpToolsProtocol
 
 # method: its parameters after self, as the subclass overrides and calls it
@@ -40,6 +42,7 @@ def test_the_overridden_methods_keep_their_signatures() -> None:
 
 
 async def test_a_connection_has_the_attributes_the_subclass_reads() -> None:
+    listener.configure(Settings.from_env({"APP_ENV": "test"}))
     config = Config(app=lambda scope, receive, send: None, http="httptools")
     config.load()
     protocol = BoundedHttpToolsProtocol(
