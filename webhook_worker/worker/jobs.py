@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,8 +40,7 @@ from webhook_worker.db.queries import query
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger, redact_text
 from webhook_worker.worker import handlers, postgres_money_store, reconcile
-from webhook_worker.worker.batching import WorkerBatches
-from webhook_worker.worker.postgres_money_store import PostgresMoneyStore
+from webhook_worker.worker.resources import WorkerResources, lease_seconds, resources
 
 log = get_logger("webhook_worker.worker")
 
@@ -109,11 +108,6 @@ async def _release(pool: store.Pool, event_id: str, message: str, delay_seconds:
         # Left `processing`: once its lease runs out a job (or the sweeper) takes it again.
         log.warning("event_release_failed", error=_error_text(exc))
         return False
-
-
-def lease_seconds(settings: Settings) -> float:
-    """How long a claimed event belongs to its job (see `store.LEASE_MARGIN_S`)."""
-    return settings.job_timeout_seconds + store.LEASE_MARGIN_S
 
 
 class _EventRun:
@@ -348,48 +342,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     ]
 
 
-# --- the process's resources and arq's arguments ------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkerResources:
-    """What the jobs share for the process lifetime, built once (`open_resources`) and kept
-    in arq's ctx under one key, `resources` (arq adds `redis` and `job_try` itself)."""
-
-    settings: Settings
-    pool: store.Pool
-    batches: WorkerBatches  # the coalesced claim / lookup / credit statements
-    # WORKER_MAX_JOBS events in flight per process, however many jobs carry them: a deep
-    # backlog of 100-event jobs must not hold thousands of parsed payloads at once.
-    event_slots: asyncio.Semaphore
-    handler_context: handlers.HandlerContext
-
-    @classmethod
-    def build(cls, settings: Settings, pool: store.Pool) -> WorkerResources:
-        collect = settings.shortfall_policy == "collect"  # SHORTFALL_POLICY
-        batches = WorkerBatches(
-            pool,
-            max_batch=settings.worker_batch_max,
-            max_jobs=settings.worker_max_jobs,
-            lease_seconds=lease_seconds(settings),
-            collect_shortfall=collect,
-        )
-        return cls(
-            settings,
-            pool,
-            batches,
-            asyncio.Semaphore(settings.worker_max_jobs),
-            handlers.HandlerContext(
-                settings, PostgresMoneyStore(pool, batches, collect_shortfall=collect)
-            ),
-        )
-
-
-def resources(ctx: dict[str, Any]) -> WorkerResources:
-    """The worker's resources from an arq ctx."""
-    shared = ctx["resources"]
-    assert isinstance(shared, WorkerResources), "open_resources has not run"
-    return shared
+# --- the process's resources (worker.resources) and arq's arguments ----------------------
 
 
 async def open_resources(ctx: dict[str, Any]) -> None:
