@@ -203,6 +203,16 @@ SELECT processing_status, status_reason, attempts, error_message, processed_at
 FROM stripe_events
 WHERE event_id = $1;
 
+-- name: console_event_ledger
+-- The ledger rows of one event, with their user's email (the event page links the user).
+SELECT t.id, t.user_id::text AS user_id, u.email AS user_email, t.amount, t.balance_after,
+       t.transaction_type, t.checkout_session_id, t.payment_intent_id, t.description,
+       t.created_at
+FROM credit_transactions t
+JOIN users u ON u.id = t.user_id
+WHERE t.event_id = $1
+ORDER BY t.id;
+
 -- name: console_find_user
 -- A user by id ($1, already of the key's type, or NULL), UUID ($2), email
 -- (case-insensitively, $3) or Stripe customer id ($4), each through its unique index.

@@ -334,6 +334,13 @@ async def event_status(conn: Connection, event_id: str) -> dict[str, Any] | None
     return {**values.redact_row(dict(row)), "ledger": [dict(r) for r in ledger]}
 
 
+async def event_ledger(conn: Connection, event_id: str) -> list[dict[str, Any]]:
+    """The ledger rows an event wrote, with the user's email for the link."""
+    with translate_errors("reading an event"):
+        rows = await conn.fetch(query("console_event_ledger"), event_id)
+    return [dict(row) for row in rows]
+
+
 async def _user_key(conn: Connection, key: str) -> Any:
     """`key` as a value of users.id's type, or None when it cannot be one."""
     family = await conn.fetchval(query("console_user_key_family"))
