@@ -4,8 +4,8 @@ that the receiver no longer answers /ops/* by default. Real Postgres and Redis."
 from __future__ import annotations
 
 import io
-import re
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
@@ -221,7 +221,9 @@ async def test_bad_filters_are_400_naming_the_problem_inline(
 ) -> None:
     response = await logged_in.get(f"/events?{query}&type=charge.refunded")
     assert response.status_code == 400
-    alert = re.search(r'<p class="flash error" role="alert" id="filter-error">([^<]+)</p>', response.text)
+    alert = re.search(
+        r'<p class="flash error" role="alert" id="filter-error">([^<]+)</p>', response.text
+    )
     assert alert, "the problem is shown on the events page itself"
     assert "--" not in alert.group(1)  # console wording, not the CLI's options
     assert 'name="type" value="charge.refunded"' in response.text  # the filters are kept

@@ -332,7 +332,9 @@ async def test_a_no_transaction_migration_builds_its_index_concurrently(
         await conn.execute("DELETE FROM schema_migrations WHERE version = 9990")
         assert [m.version for m in await migrations.migrate_up(conn)] == [9990]
         assert [m.version for m in await migrations.migrate_down(conn)] == [9990]
-        assert await conn.fetchval("SELECT to_regclass('stripe_events_test_concurrent_idx')") is None
+        assert (
+            await conn.fetchval("SELECT to_regclass('stripe_events_test_concurrent_idx')") is None
+        )
     finally:
         await conn.close()
 

@@ -122,7 +122,13 @@ JOIN pg_namespace n ON n.oid = c.connamespace
 WHERE n.nspname = current_schema();
 
 -- name: ops_schema_indexes
-SELECT indexname::text AS name FROM pg_indexes WHERE schemaname = current_schema();
+-- Valid indexes only: a CREATE INDEX CONCURRENTLY that failed leaves an invalid one behind,
+-- which serves no query (migrating again rebuilds it).
+SELECT c.relname::text AS name
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND i.indisvalid;
 
 -- name: ops_schema_checks
 SELECT c.conname::text AS name, pg_get_constraintdef(c.oid) AS definition

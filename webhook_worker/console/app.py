@@ -132,6 +132,7 @@ def _templates() -> Jinja2Templates:
     filters["meaning"] = present.reason_meaning
     filters["error_reason"] = present.error_reason
     filters["about"] = present.about
+    filters["soft"] = present.soft_breaks
     filters["stripe_items"] = present.stripe_order
     filters["scalar"] = present.scalar
     templates.env.tests["stripe_id"] = present.is_stripe_id

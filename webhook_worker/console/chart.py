@@ -17,7 +17,7 @@ COLOURS = {
     "received": "#1565c0",
     "processing": "#6a1b9a",
 }
-_WIDTH, _HEIGHT = 1260, 180
+_WIDTH, _HEIGHT = 640, 160
 
 
 def per_minute_svg(rows: list[dict[str, Any]], now: datetime) -> Markup:
@@ -66,9 +66,9 @@ def _stacked(
                 f'<rect x="{index * bar + 1:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" '
                 f'height="{height:.1f}" fill="{colour}"><title>{events} {status}</title></rect>'
             )
-    parts.append(f'<text x="0" y="{_HEIGHT + 15}" font-size="11" fill="#555">{left}</text>')
+    parts.append(f'<text x="0" y="{_HEIGHT + 15}" font-size="12" fill="#555">{left}</text>')
     parts.append(
-        f'<text x="{_WIDTH}" y="{_HEIGHT + 15}" font-size="11" fill="#555" '
+        f'<text x="{_WIDTH}" y="{_HEIGHT + 15}" font-size="12" fill="#555" '
         f'text-anchor="end">now (peak {peak}{unit})</text>'
     )
     parts.append("</svg>")

@@ -37,6 +37,8 @@ _ID_SEARCH = re.compile(r"^[a-z]{2,5}_[A-Za-z0-9_]*$")
 # Statuses counted exactly on the overview (few rows, their own index range); the others
 # are estimated.
 EXACT_STATUSES = ("waiting", "failed", "received", "processing")
+# Below this many rows (the planner's estimate) counting is cheap: counts are exact.
+EXACT_BELOW = 100_000
 
 
 @dataclass(frozen=True)
@@ -257,16 +259,36 @@ async def _older(
     return [row["id"] for row in rows]
 
 
-async def estimated_total(conn: Connection, filters: EventFilters) -> int | None:
-    """About how many events the filters select, when that is cheap to know: all of them
-    (the table's row estimate) or one status; None for other filters."""
+async def estimated_total(conn: Connection, filters: EventFilters) -> tuple[int, bool] | None:
+    """How many events the filters select, when that is cheap to know, and whether it is an
+    estimate: all of them or one status; None for other filters."""
+    if not (filters.empty or set(filters.as_params()) == {"status"}):
+        return None
     with translate_errors("estimating events"):
-        if filters.empty:
-            return int(await conn.fetchval(query("console_estimated_rows")) or 0)
-        if filters.status and set(filters.as_params()) == {"status"}:
-            estimates = await _status_estimates(conn)
-            return estimates.get(filters.status, 0)
-    return None
+        total = int(await conn.fetchval(query("console_estimated_rows")) or 0)
+        by_status = await _status_counts(conn, total)
+    if filters.status:
+        count, estimated = by_status.get(filters.status, (0, False))
+        return count, estimated
+    return (sum(n for n, _ in by_status.values()), False) if total < EXACT_BELOW else (total, True)
+
+
+async def _status_counts(conn: Connection, total: int) -> dict[str, tuple[int, bool]]:
+    """Per status: exact when the table is small or the status is one an operator acts on
+    (few rows), else the planner's estimate."""
+    if total < EXACT_BELOW:
+        rows = await conn.fetch(query("ops_stats_by_status"))
+        exact = {row["status"]: int(row["events"]) for row in rows}
+        return {status: (exact.get(status, 0), False) for status in EVENT_STATUSES}
+    estimates = await _status_estimates(conn)
+    counts = await conn.fetchrow(query("console_status_counts"))
+    assert counts is not None
+    return {
+        status: (int(counts[status]), False)
+        if status in EXACT_STATUSES
+        else (estimates.get(status, 0), True)
+        for status in EVENT_STATUSES
+    }
 
 
 async def _status_estimates(conn: Connection) -> dict[str, int]:
@@ -287,8 +309,8 @@ async def overview(conn: Connection, now: datetime | None = None) -> dict[str, A
             hours = await conn.fetch(query("console_per_hour"), now - timedelta(hours=24))
             credits_day = await conn.fetchrow(query("console_credits_window"), now - timedelta(1))
             users = await conn.fetchrow(query("ops_stats_users"))
-            estimates = await _status_estimates(conn)
             total = int(await conn.fetchval(query("console_estimated_rows")) or 0)
+            all_time = await _status_counts(conn, total)
     assert counts is not None and oldest is not None and users is not None
     assert credits_day is not None
 
@@ -299,10 +321,7 @@ async def overview(conn: Connection, now: datetime | None = None) -> dict[str, A
         return found
 
     exact = {status: int(counts[status]) for status in EXACT_STATUSES}
-    all_time = {
-        status: (exact[status], False) if status in exact else (estimates.get(status, 0), True)
-        for status in EVENT_STATUSES
-    }
+    estimated = total >= EXACT_BELOW
     return {
         "failed": exact["failed"],
         "waiting": exact["waiting"],
@@ -315,7 +334,8 @@ async def overview(conn: Connection, now: datetime | None = None) -> dict[str, A
         "last_hour": window(list(minutes)),
         "last_day": window(list(hours)),
         "all_time": all_time,
-        "total_estimate": total,
+        "total_estimate": total if estimated else sum(n for n, _ in all_time.values()),
+        "estimated": estimated,
         "per_minute": [dict(row) for row in minutes],
         "per_hour": [dict(row) for row in hours],
         "credits_day": dict(credits_day),

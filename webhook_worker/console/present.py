@@ -9,12 +9,31 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from markupsafe import Markup, escape
+
 # Stripe's currencies without minor units, and with three decimals (their docs, "Zero-decimal
 # currencies" / "Three-decimal currencies").
 ZERO_DECIMAL = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+    [
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    ]
 )
-THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
 DASHBOARD = "https://dashboard.stripe.com"
 _STRIPE_ID = re.compile(r"^[a-z]{2,8}_[A-Za-z0-9_]{6,}$")
 
@@ -25,8 +44,7 @@ REASONS = {
     "thin_event": "A thin event from an event destination: no money fields to act on.",
     "not_a_credit_purchase": "A Checkout Session of another mode, with nothing paid, or "
     "with no credits rule.",
-    "awaiting_payment": "Session completed unpaid: the credit comes with "
-    "async_payment_succeeded.",
+    "awaiting_payment": "Session completed unpaid: the credit comes with async_payment_succeeded.",
     "unhandled_type": "A type this service does not handle; nothing to do.",
     "no_payment_intent": "A refund or dispute without a payment intent: nothing to take back.",
     "no_credits_rule": "An invoice none of whose lines has a credits rule.",
@@ -84,7 +102,7 @@ def money(amount: Any, currency: str | None) -> str:
 
 
 def signed(credits: Any) -> str:
-    """+25 / −5 (a real minus sign), '' for none."""
+    """+25 / \u22125 (a real minus sign), '' for none."""
     if credits is None:
         return ""
     value = int(credits)
@@ -138,6 +156,10 @@ def dashboard_url(path: str, *, livemode: bool, account: str | None) -> str:
     return f"{DASHBOARD}{prefix}{mode}/{path}"
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -153,8 +175,8 @@ def summary(event: dict[str, Any], payload: Any) -> dict[str, Any]:
         found = _text(obj.get(name))
         return own if kind == own_kind else found
 
-    details = obj.get("customer_details") if isinstance(obj.get("customer_details"), dict) else {}
-    billing = obj.get("billing_details") if isinstance(obj.get("billing_details"), dict) else {}
+    details = _mapping(obj.get("customer_details"))
+    billing = _mapping(obj.get("billing_details"))
     email = (
         _text(details.get("email"))
         or _text(obj.get("customer_email"))
@@ -187,16 +209,26 @@ def summary(event: dict[str, Any], payload: Any) -> dict[str, Any]:
 
 
 def _links(event: dict[str, Any], facts: dict[str, Any]) -> list[tuple[str, str]]:
-    where = {"livemode": bool(event.get("livemode")), "account": event.get("account")}
-    links = [("Event", dashboard_url(f"events/{event['event_id']}", **where))]
+    livemode, account = bool(event.get("livemode")), _text(event.get("account"))
+    pages = [("Event", f"events/{event['event_id']}")]
     payment = facts["payment_intent"] or facts["charge"]
     if payment:
-        links.append(("Payment", dashboard_url(f"payments/{payment}", **where)))
+        pages.append(("Payment", f"payments/{payment}"))
     if facts["customer"]:
-        links.append(("Customer", dashboard_url(f"customers/{facts['customer']}", **where)))
+        pages.append(("Customer", f"customers/{facts['customer']}"))
     if facts["invoice"]:
-        links.append(("Invoice", dashboard_url(f"invoices/{facts['invoice']}", **where)))
-    return links
+        pages.append(("Invoice", f"invoices/{facts['invoice']}"))
+    return [
+        (label, dashboard_url(path, livemode=livemode, account=account)) for label, path in pages
+    ]
+
+
+def soft_breaks(text: str | None) -> Markup:
+    """An email or a reason that may wrap after `@`, `.` or `_` rather than mid-word."""
+    if not text:
+        return Markup("")
+    pieces = re.split(r"(?<=[@._])", text)
+    return Markup("<wbr>").join(escape(piece) for piece in pieces)
 
 
 def about(count: int) -> str:
