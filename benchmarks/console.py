@@ -359,7 +359,11 @@ async def _reusable(admin_dsn: str) -> tuple[str, dict[str, Any]] | None:
         events = await conn.fetchval("SELECT count(*) FROM stripe_events")
     finally:
         await conn.close()
-    return (dsn, {"reused": True, "events": events}) if events >= 1_000_000 else None
+    if events < 1_000_000:
+        return None
+    earlier = json.loads(RESULTS.read_text()).get("console", {}) if RESULTS.exists() else {}
+    seeded = {k: v for k, v in earlier.get("data", {}).items() if k != "reused"}
+    return dsn, {**seeded, "events": events, "reused": True}
 
 
 def main() -> int:

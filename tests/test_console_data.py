@@ -52,8 +52,8 @@ async def _page(db: asyncpg.Connection, **params: str) -> list[str]:
 async def test_ids_are_found_by_prefix_past_the_newest_rows(db: asyncpg.Connection) -> None:
     found = {
         "pi": await _old_event(db, {"payment_intent": "pi_3OldNeedle0001"}, 90_000),
-        "ch": await _old_event(db, {"charge": "ch_3OldNeedle0002"}, 90_001),
-        "in": await _old_event(db, {"invoice": "in_1OldNeedle0003"}, 90_002),
+        "ch": await _old_event(db, {"id": "ch_3OldNeedle0002", "object": "charge"}, 90_001),
+        "in": await _old_event(db, {"id": "in_1OldNeedle0003", "object": "invoice"}, 90_002),
         "cus": await _old_event(db, {"customer": "cus_OldNeedle0004"}, 90_003),
         "cs": await _old_event(db, {"id": "cs_test_OldNeedle0005"}, 90_004),
     }

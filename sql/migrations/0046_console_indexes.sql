@@ -14,9 +14,12 @@
 --   their own rows newest first, whatever either alone holds.
 -- event_id_pattern: prefix search on event ids (`evt_1Nx`); the unique index on event_id
 --   uses the database's collation, which LIKE 'prefix%' cannot use unless it is C.
--- object_id / payment_intent / charge / invoice / customer: prefix search on the ids an
---   operator pastes from the Stripe Dashboard (cs_, pi_, ch_, in_, cus_): the event's own
---   object, and the objects it points to. Partial (only rows that have the field).
+-- object_id / payment_intent / customer: prefix search on the ids an operator pastes from
+--   the Stripe Dashboard (cs_, pi_, ch_, in_, cus_): the event's own object (a session, a
+--   charge, an invoice, a customer…) and the payment and customer it points to; partial
+--   where most rows lack the field. A refund's or dispute's `charge` and a payment's
+--   `invoice` are not indexed (each index costs every insert): those events are found by
+--   their payment intent.
 -- email_trigrams: substring search on the payer's email (0045's functions), GIN.
 -- failed_updated_at: the overview's "failures by reason in the last 24 h", only failed rows.
 -- credit_transactions created_at: the overview's credits sold / taken back / spent per
@@ -44,16 +47,6 @@ CREATE INDEX CONCURRENTLY stripe_events_payment_intent_idx
     ON stripe_events ((raw_data #>> '{data,object,payment_intent}') text_pattern_ops)
     WHERE (raw_data #>> '{data,object,payment_intent}') IS NOT NULL;
 
-DROP INDEX CONCURRENTLY IF EXISTS stripe_events_charge_idx;
-CREATE INDEX CONCURRENTLY stripe_events_charge_idx
-    ON stripe_events ((raw_data #>> '{data,object,charge}') text_pattern_ops)
-    WHERE (raw_data #>> '{data,object,charge}') IS NOT NULL;
-
-DROP INDEX CONCURRENTLY IF EXISTS stripe_events_invoice_idx;
-CREATE INDEX CONCURRENTLY stripe_events_invoice_idx
-    ON stripe_events ((raw_data #>> '{data,object,invoice}') text_pattern_ops)
-    WHERE (raw_data #>> '{data,object,invoice}') IS NOT NULL;
-
 DROP INDEX CONCURRENTLY IF EXISTS stripe_events_customer_idx;
 CREATE INDEX CONCURRENTLY stripe_events_customer_idx
     ON stripe_events ((raw_data #>> '{data,object,customer}') text_pattern_ops)
@@ -78,8 +71,6 @@ DROP INDEX CONCURRENTLY IF EXISTS credit_transactions_created_at_idx;
 DROP INDEX CONCURRENTLY IF EXISTS stripe_events_failed_updated_at_idx;
 DROP INDEX CONCURRENTLY IF EXISTS stripe_events_email_trigrams_idx;
 DROP INDEX CONCURRENTLY IF EXISTS stripe_events_customer_idx;
-DROP INDEX CONCURRENTLY IF EXISTS stripe_events_invoice_idx;
-DROP INDEX CONCURRENTLY IF EXISTS stripe_events_charge_idx;
 DROP INDEX CONCURRENTLY IF EXISTS stripe_events_payment_intent_idx;
 DROP INDEX CONCURRENTLY IF EXISTS stripe_events_object_id_idx;
 DROP INDEX CONCURRENTLY IF EXISTS stripe_events_event_id_pattern_idx;

@@ -27,8 +27,6 @@ SELECT e.id, e.received_at,
         AND (e.event_id LIKE $8::text
              OR (e.raw_data #>> '{data,object,id}') LIKE $8::text
              OR (e.raw_data #>> '{data,object,payment_intent}') LIKE $8::text
-             OR (e.raw_data #>> '{data,object,charge}') LIKE $8::text
-             OR (e.raw_data #>> '{data,object,invoice}') LIKE $8::text
              OR (e.raw_data #>> '{data,object,customer}') LIKE $8::text))
        OR ($9::text IS NOT NULL AND strpos(stripe_event_email(e.raw_data), $9::text) > 0)
            AS hit
@@ -44,7 +42,7 @@ LIMIT $7;
 
 -- name: console_search_id_hits
 -- The events whose ids start with $1 (a LIKE pattern), through the prefix indexes (0046):
--- the event's id, its object's id and the objects it points to. At most $2.
+-- the event's id, its object's id, its payment intent and customer. At most $2.
 SELECT id FROM stripe_events WHERE event_id LIKE $1::text
 UNION
 SELECT id FROM stripe_events WHERE (raw_data #>> '{data,object,id}') LIKE $1::text
@@ -52,14 +50,6 @@ UNION
 SELECT id FROM stripe_events
 WHERE (raw_data #>> '{data,object,payment_intent}') LIKE $1::text
   AND (raw_data #>> '{data,object,payment_intent}') IS NOT NULL
-UNION
-SELECT id FROM stripe_events
-WHERE (raw_data #>> '{data,object,charge}') LIKE $1::text
-  AND (raw_data #>> '{data,object,charge}') IS NOT NULL
-UNION
-SELECT id FROM stripe_events
-WHERE (raw_data #>> '{data,object,invoice}') LIKE $1::text
-  AND (raw_data #>> '{data,object,invoice}') IS NOT NULL
 UNION
 SELECT id FROM stripe_events
 WHERE (raw_data #>> '{data,object,customer}') LIKE $1::text

@@ -12,6 +12,11 @@ WHERE ($1::text IS NULL OR processing_status = $1::text)
 ORDER BY received_at DESC, id DESC
 LIMIT $4;
 
+-- name: ops_custom_plans
+-- A list is planned with its own values (`$1 IS NULL OR …` folds away), not a generic plan
+-- that would read the whole table for an unset filter (migration 0046's indexes).
+SELECT set_config('plan_cache_mode', 'force_custom_plan', true);
+
 -- name: ops_event_ledger
 SELECT t.id, t.user_id, u.uuid::text AS user_uuid, t.amount, t.balance_after,
        t.transaction_type, t.checkout_session_id, t.payment_intent_id, t.description,

@@ -9,6 +9,7 @@ estimates ("about 1.2 M"), and each read is planned with its own values
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,10 +26,10 @@ PAGE_SIZE = 50
 USER_ROWS = 200
 _MAX_TEXT = 200
 # A search first reads the newest rows the filters select (dense matches end there), then
-# the indexes for older matches, the email index in two slices (about this many times the
-# first look's time span, then the rest).
+# the indexes for older matches; the email index in a slice of time (at most this many times
+# the first look's time span), then the rest.
 SEARCH_WINDOW = 2000
-_EMAIL_SLICES = (25, 200)
+_MAX_EMAIL_SLICE = 200
 # An id prefix matching more events than this is too broad to page through (the page says so).
 MAX_ID_HITS = 5000
 _MIN_EMAIL = 3
@@ -234,14 +235,18 @@ async def _search(
         found = [row["id"] for row in hits]
         more = await _older(conn, "console_search_ids", filters, found, end, None)
         return (ids + more)[:want]
+    # Past the first look, through the email index: first a slice of time sized from the
+    # hits so far to hold the rest of the page (most pages end there, reading only that
+    # slice's matches), then everything older. No hit at all: a rare term, straight on.
     span = recent[0]["received_at"] - end[0]
+    factor = 2 * (want - len(ids)) / max(len(ids), 0.5)
     upper: tuple[datetime, int] = end
-    for factor in (*_EMAIL_SLICES, None):
-        lower = None if factor is None else end[0] - span * factor
+    if factor <= _MAX_EMAIL_SLICE:
+        lower = end[0] - span * factor
         ids += await _older(conn, "console_search_email", filters, search.email, upper, lower)
-        if len(ids) >= want or lower is None:
-            break
         upper = (lower, 0)
+    if len(ids) < want:
+        ids += await _older(conn, "console_search_email", filters, search.email, upper, None)
     return ids[:want]
 
 
@@ -273,7 +278,9 @@ async def estimated_total(conn: Connection, filters: EventFilters) -> tuple[int,
     return (sum(n for n, _ in by_status.values()), False) if total < EXACT_BELOW else (total, True)
 
 
-async def _status_counts(conn: Connection, total: int) -> dict[str, tuple[int, bool]]:
+async def _status_counts(
+    conn: Connection, total: int, counts: Any = None
+) -> dict[str, tuple[int, bool]]:
     """Per status: exact when the table is small or the status is one an operator acts on
     (few rows), else the planner's estimate."""
     if total < EXACT_BELOW:
@@ -281,7 +288,7 @@ async def _status_counts(conn: Connection, total: int) -> dict[str, tuple[int, b
         exact = {row["status"]: int(row["events"]) for row in rows}
         return {status: (exact.get(status, 0), False) for status in EVENT_STATUSES}
     estimates = await _status_estimates(conn)
-    counts = await conn.fetchrow(query("console_status_counts"))
+    counts = counts or await conn.fetchrow(query("console_status_counts"))
     assert counts is not None
     return {
         status: (int(counts[status]), False)
@@ -296,23 +303,51 @@ async def _status_estimates(conn: Connection) -> dict[str, int]:
     return {row["status"]: int(row["estimate"]) for row in rows}
 
 
-async def overview(conn: Connection, now: datetime | None = None) -> dict[str, Any]:
-    """The Overview page's figures: what is stuck first, then throughput and money."""
+async def _stuck(conn: Connection, now: datetime) -> dict[str, Any]:
+    async with planned_with_values(conn):
+        counts = await conn.fetchrow(query("console_status_counts"))
+        assert counts is not None
+        total = int(await conn.fetchval(query("console_estimated_rows")) or 0)
+        return {
+            "counts": counts,
+            "oldest": await conn.fetchrow(query("console_oldest_unprocessed")),
+            "reasons": await conn.fetch(query("console_failures_by_reason"), now - timedelta(1)),
+            "runs": await conn.fetch(query("reconcile_last_runs"), 5),
+            "minutes": await conn.fetch(query("console_per_minute"), now - timedelta(hours=1)),
+            "total": total,
+            "all_time": await _status_counts(conn, total, counts),
+        }
+
+
+async def _flow(conn: Connection, now: datetime) -> dict[str, Any]:
+    async with planned_with_values(conn):
+        return {
+            "hours": await conn.fetch(query("console_per_hour"), now - timedelta(hours=24)),
+            "credits": await conn.fetchrow(query("console_credits_window"), now - timedelta(1)),
+            "users": await conn.fetchrow(query("ops_stats_users")),
+        }
+
+
+async def overview(
+    conn: Connection, other: Connection | None = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """The Overview page's figures: what is stuck first, then throughput and money. With a
+    second connection (`other`) the two halves are read at the same time."""
     now = now or datetime.now(UTC)
     with translate_errors("reading the overview"):
-        async with planned_with_values(conn):
-            counts = await conn.fetchrow(query("console_status_counts"))
-            oldest = await conn.fetchrow(query("console_oldest_unprocessed"))
-            reasons = await conn.fetch(query("console_failures_by_reason"), now - timedelta(days=1))
-            runs = await conn.fetch(query("reconcile_last_runs"), 5)
-            minutes = await conn.fetch(query("console_per_minute"), now - timedelta(minutes=60))
-            hours = await conn.fetch(query("console_per_hour"), now - timedelta(hours=24))
-            credits_day = await conn.fetchrow(query("console_credits_window"), now - timedelta(1))
-            users = await conn.fetchrow(query("ops_stats_users"))
-            total = int(await conn.fetchval(query("console_estimated_rows")) or 0)
-            all_time = await _status_counts(conn, total)
-    assert counts is not None and oldest is not None and users is not None
-    assert credits_day is not None
+        if other is None:
+            stuck, flow = await _stuck(conn, now), await _flow(conn, now)
+        else:
+            stuck, flow = await asyncio.gather(_stuck(conn, now), _flow(other, now))
+    counts, oldest, reasons = stuck["counts"], stuck["oldest"], stuck["reasons"]
+    runs, minutes, total, all_time = (
+        stuck["runs"],
+        stuck["minutes"],
+        stuck["total"],
+        stuck["all_time"],
+    )
+    hours, credits_day, users = flow["hours"], flow["credits"], flow["users"]
+    assert oldest is not None and users is not None and credits_day is not None
 
     def window(rows: list[Any]) -> dict[str, int]:
         found = {status: 0 for status in EVENT_STATUSES}

@@ -143,8 +143,12 @@ async def logout_expired(request: Request) -> Response:
 
 
 async def overview(request: Request) -> Response:
-    async with store.acquire(request.app.state.pool, "reading the overview") as conn:
-        figures = await data.overview(conn)
+    pool = request.app.state.pool
+    async with (
+        store.acquire(pool, "reading the overview") as conn,
+        store.acquire(pool, "reading the overview") as other,
+    ):
+        figures = await data.overview(conn, other)
     minutes = per_minute_svg(figures["per_minute"], figures["now"])
     hours = per_hour_svg(figures["per_hour"], figures["now"])
     return render(
