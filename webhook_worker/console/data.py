@@ -29,6 +29,9 @@ _MAX_TEXT = 200
 # the indexes for older matches; the email index in a slice of time (at most this many times
 # the first look's time span), then the rest.
 SEARCH_WINDOW = 2000
+# With filters the rows they select lie scattered over the table (a page read each), so the
+# first look is shorter.
+FILTERED_SEARCH_WINDOW = 400
 _MAX_EMAIL_SLICE = 200
 # An id prefix matching more events than this is too broad to page through (the page says so).
 MAX_ID_HITS = 5000
@@ -212,17 +215,19 @@ async def _search(
 ) -> list[int]:
     """The ids of the next page's matches, newest first (one more than a page if more)."""
     want = PAGE_SIZE + 1
+    narrowed = any((filters.status, filters.event_type, filters.since, filters.until))
+    window = FILTERED_SEARCH_WINDOW if narrowed or filters.reason else SEARCH_WINDOW
     recent = await conn.fetch(
         query("console_search_recent"),
         *_filter_args(filters),
         *before,
-        SEARCH_WINDOW,
+        window,
         search.id_pattern,
         search.email,
         filters.reason,
     )
     ids = [row["id"] for row in recent if row["hit"]]
-    if len(ids) >= want or len(recent) < SEARCH_WINDOW:
+    if len(ids) >= want or len(recent) < window:
         return ids[:want]
     end = (recent[-1]["received_at"], recent[-1]["id"])
     if search.id_pattern is not None:
