@@ -263,14 +263,6 @@ FROM stripe_events
 WHERE event_id = ANY($1::text[])
 GROUP BY processing_status;
 
--- name: console_status_window
--- Events by status received since $1 (the overview's last hour / last day).
-SELECT processing_status AS status, count(*) AS events
-FROM stripe_events
-WHERE received_at >= $1::timestamptz
-GROUP BY processing_status
-ORDER BY processing_status;
-
 -- name: console_per_minute
 -- Events per minute by outcome since $1, for the overview's chart.
 SELECT date_trunc('minute', received_at) AS minute, processing_status AS status,
