@@ -36,7 +36,7 @@ async def _owed(db: asyncpg.Connection, settings: Settings, user: int) -> tuple[
     """(stats --json figure, the console user page's figure, the metric after the cron that
     refreshes it, the refund_shortfalls rows): all what is owed now."""
     stats = await collect_stats(db)
-    page = await data.user_history(db, str(user))
+    page = await data.user_history(db, user)
     pool = await store.create_pool(settings)
     try:
         await release_expired_holds({"resources": WorkerResources.build(settings, pool)})
