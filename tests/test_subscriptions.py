@@ -30,6 +30,8 @@ from tests.worker_support import (
 )
 from webhook_worker.config import ConfigError, Settings, parse_price_credits
 from webhook_worker.errors import PermanentError
+from webhook_worker.money.invoice_pricing import credit_note_refunds, invoice_credits, line_price_id
+from webhook_worker.money.takebacks import target_taken
 from webhook_worker.ops import replay
 from webhook_worker.ops.sample_events import (
     BASIL,
@@ -44,8 +46,6 @@ from webhook_worker.ops.sample_events import (
     payment_intent_succeeded_event,
 )
 from webhook_worker.ops.test_events import build_test_event
-from webhook_worker.worker.payments import target_taken
-from webhook_worker.worker.subscriptions import credit_note_refunds, invoice_credits, line_price_id
 
 VERSIONS = pytest.mark.parametrize("api_version", [PRE_BASIL, BASIL])
 PRICES = {"price_basic": 1000, "price_pro": 5000}

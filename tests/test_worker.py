@@ -36,6 +36,7 @@ from webhook_worker.ops.sample_events import (
 from webhook_worker.worker import batching as worker_batches
 from webhook_worker.worker import handlers, ledger
 from webhook_worker.worker.jobs import (
+    WorkerResources,
     cron_jobs,
     lease_seconds,
     prune_old_events,
@@ -47,10 +48,11 @@ from webhook_worker.worker.jobs import (
 
 @pytest.fixture
 async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    """What on_startup puts in a worker's ctx, for calling cron functions directly."""
+    """What a worker's ctx holds (its `WorkerResources`, arq's `redis`), for calling cron
+    functions directly."""
     pool = await store.create_pool(settings)
     redis = await queue.create_redis(settings)
-    yield {"settings": settings, "pool": pool, "redis": redis}
+    yield {"resources": WorkerResources.build(settings, pool), "redis": redis}
     await redis.aclose()
     await pool.close()
 

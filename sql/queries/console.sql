@@ -214,6 +214,17 @@ WHERE id = $1 OR uuid = $2::uuid OR lower(email) = lower($3::text)
 ORDER BY id
 LIMIT 2;
 
+-- name: console_user_shortfall
+-- The credits the user still owes, per payment: taken back by refunds or disputes after they
+-- were spent, not given back nor collected since (payment_states.shortfall).
+SELECT s.payment_intent_id, s.shortfall AS credits
+FROM payment_states s
+WHERE s.shortfall > 0
+  AND EXISTS (SELECT 1 FROM credit_transactions p
+              WHERE p.payment_intent_id = s.payment_intent_id AND p.user_id = $1
+                AND p.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT'))
+ORDER BY s.payment_intent_id;
+
 -- name: console_user_key_family
 SELECT ledger_user_key_family();
 

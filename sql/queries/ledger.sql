@@ -70,3 +70,26 @@ SELECT credits_balance FROM users WHERE id = $1;
 INSERT INTO refund_shortfalls (event_id, user_id, payment_intent_id, credits)
 VALUES ($1, $2, $3, $4)
 ON CONFLICT (event_id) DO NOTHING;
+
+-- name: ledger_cancel_shortfall
+-- A failed refund or a won dispute gives back credits that could not be taken (spent):
+-- the payment's owed shortfall falls by $2, newest rows first; a row cancelled whole goes.
+-- refund_shortfalls holds what is owed now (stats, the console, the metric). Runs under the
+-- user's lock, with the payment's state row locked (payment_state_get ... FOR UPDATE).
+WITH ordered AS (
+    SELECT id, credits,
+           sum(credits) OVER (ORDER BY id DESC) - credits AS newer
+    FROM refund_shortfalls
+    WHERE payment_intent_id = $1
+), cut AS (
+    SELECT id, credits, LEAST(credits, GREATEST($2::bigint - newer, 0)) AS cancel
+    FROM ordered
+), gone AS (
+    DELETE FROM refund_shortfalls s USING cut
+    WHERE s.id = cut.id AND cut.cancel = cut.credits
+    RETURNING s.id
+)
+UPDATE refund_shortfalls s
+SET credits = s.credits - cut.cancel
+FROM cut
+WHERE s.id = cut.id AND cut.cancel > 0 AND cut.cancel < cut.credits;

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from webhook_worker.db.queries import query
+from webhook_worker.money import UserId as UserId  # re-exported: the host key type
 
 KeyFamily = Literal["integer", "uuid", "text"]
-UserId = int | str  # an integer key as int; uuid and text keys as their text
 
 FAMILIES: dict[str, KeyFamily] = {
     "int2": "integer",

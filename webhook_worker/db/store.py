@@ -57,10 +57,6 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, _TRANSIENT | TransientError)
-
-
 @contextlib.contextmanager
 def translate_errors(action: str) -> Iterator[None]:
     """Re-raise driver errors as the project's own; the message names the action only."""
