@@ -443,7 +443,7 @@ def _print_stats(stats: dict[str, Any], *, wide: bool) -> None:
     summary.add_row("credits granted", str(stats["credits_granted"]))
     summary.add_row("credits refunded (net)", str(stats["credits_refunded"]))
     summary.add_row("credits disputed (net)", str(stats["credits_disputed"]))
-    summary.add_row("credits spent (usage and settled holds)", str(stats["credits_spent"]))
+    summary.add_row("credits spent (usage, settled holds)", str(stats["credits_spent"]))
     summary.add_row("open holds", f"{stats['open_holds']} ({stats['credits_held']} credits)")
     summary.add_row(
         f"shortfall owed (policy {stats['shortfall_policy']})", str(stats["shortfall_outstanding"])
@@ -457,13 +457,15 @@ def _print_stats(stats: dict[str, Any], *, wide: bool) -> None:
     summary.add_row("credits outstanding", str(stats["credits_outstanding"]))
     summary.add_row("users with credits", str(stats["users_with_credits"]))
     last = stats["last_reconcile"]
+    # Two short rows rather than one long value: the table keeps to 80 columns.
     summary.add_row(
         "last reconcile",
-        f"{last['status']} {_when(last['finished_at'] or last['started_at'])} UTC, "
-        f"{last['events_recovered']} recovered"
-        if last
-        else "never",
+        f"{last['status']}, {last['events_recovered']} recovered" if last else "never",
     )
+    if last:
+        summary.add_row(
+            "last reconcile at", f"{_when(last['finished_at'] or last['started_at'])} UTC"
+        )
     console.print(summary)
 
 
