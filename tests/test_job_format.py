@@ -20,12 +20,11 @@ from arq.constants import job_key_prefix
 from arq.jobs import deserialize_job
 from arq.utils import timestamp_ms
 
+from tests.worker_support import drain, status_of, store_events, sweep
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
 from webhook_worker.job_format import UNDECODABLE_JOB, dump_job, load_job
 from webhook_worker.ops.sample_events import checkout_session_event
-
-from tests.worker_support import drain, status_of, store_events, sweep
 
 
 class _Exploit:
@@ -90,8 +89,7 @@ async def test_a_malicious_pickle_on_the_queue_never_runs(
 
         # …and the stored event is not lost: the sweeper enqueues it once it is stale.
         await db.execute(
-            "UPDATE stripe_events SET updated_at = now() - interval '1 hour' "
-            "WHERE event_id = $1",
+            "UPDATE stripe_events SET updated_at = now() - interval '1 hour' WHERE event_id = $1",
             event_id,
         )
         assert await sweep(settings) == 1

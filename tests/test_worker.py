@@ -27,9 +27,9 @@ from tests.worker_support import (
 )
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
-from webhook_worker.job_format import UNDECODABLE_JOB, dump_job, load_job
 from webhook_worker.db import store
 from webhook_worker.errors import TransientError
+from webhook_worker.job_format import UNDECODABLE_JOB, dump_job, load_job
 from webhook_worker.ops.sample_events import (
     checkout_session_event,
     event_envelope,
