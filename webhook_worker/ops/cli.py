@@ -24,6 +24,7 @@ import orjson
 from arq.connections import ArqRedis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
@@ -86,7 +87,8 @@ def _events_table(events: list[dict[str, Any]], title: str) -> Table:
     table.add_column("received (UTC)", no_wrap=True)
     table.add_column("error")
     for event in events:
-        table.add_row(
+        terminal.row(
+            table,
             event["event_id"],
             event["type"],
             event["processing_status"],
@@ -124,7 +126,7 @@ async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
     async with _connection(settings) as conn:
         event = await listing.show_event(conn, args.event_id, raw=args.raw)
     if event is None:
-        print(f"event {args.event_id} not found", file=sys.stderr)
+        print(f"event {terminal.plain(args.event_id)} not found", file=sys.stderr)
         return EXIT_PROBLEM
     if args.json:
         terminal.print_json(event)
@@ -149,14 +151,15 @@ async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
     )
     for name in fields:
         value = event.get(name)
-        console.print(f"[bold]{name:<18}[/bold] {'-' if value is None else value}")
+        console.print(Text.assemble((f"{name:<18}", "bold"), " ", terminal.cell(value)))
     ledger = event["ledger"]
     if ledger:
         table = Table(title="ledger rows", title_justify="left")
         for column in ("id", "user", "type", "amount", "balance after", "session"):
             table.add_column(column, no_wrap=True)
         for row in ledger:
-            table.add_row(
+            terminal.row(
+                table,
                 str(row["id"]),
                 f"{row['user_id']} ({row['user_uuid']})",
                 row["transaction_type"],
@@ -172,7 +175,8 @@ async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
         if payload is None:
             print("raw payload: pruned")
         else:
-            print(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
+            text = orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode()
+            print(terminal.plain(text, block=True))
     return EXIT_OK
 
 
@@ -240,7 +244,7 @@ def _print_replay(result: replay.ReplayResult) -> None:
             f"{result.enqueued} job(s) enqueued"
         )
         for event_id in result.replayed[:20]:
-            print(f"  {event_id}")
+            print(f"  {terminal.plain(event_id)}")
         if len(result.replayed) > 20:
             print(f"  … and {len(result.replayed) - 20} more")
     else:
@@ -252,9 +256,12 @@ def _print_replay(result: replay.ReplayResult) -> None:
             file=sys.stderr,
         )
     for event_id in result.not_found:
-        print(f"not found: {event_id}", file=sys.stderr)
+        print(f"not found: {terminal.plain(event_id)}", file=sys.stderr)
     for skipped in result.skipped:
-        print(f"skipped: {skipped['event_id']}: {skipped['reason']}", file=sys.stderr)
+        print(
+            f"skipped: {terminal.plain(skipped['event_id'])}: {terminal.plain(skipped['reason'])}",
+            file=sys.stderr,
+        )
     if result.enqueue_error:
         print(f"warning: {result.enqueue_error}", file=sys.stderr)
 
@@ -364,22 +371,22 @@ def _print_stats(stats: dict[str, Any]) -> None:
     status_table.add_column("status")
     status_table.add_column("events", justify="right")
     for status, count in stats["events_by_status"].items():
-        status_table.add_row(status, str(count))
-    status_table.add_row("[bold]total[/bold]", str(stats["events_total"]))
+        terminal.row(status_table, status, count)
+    terminal.row(status_table, terminal.cell("total", "bold"), stats["events_total"])
     console.print(status_table)
     type_table = Table(title="events by type", title_justify="left")
     type_table.add_column("type", no_wrap=True)
     for status in store.EVENT_STATUSES:
         type_table.add_column(status, justify="right")
     for event_type, counts in stats["events_by_type"].items():
-        type_table.add_row(event_type, *(str(counts.get(s, 0)) for s in store.EVENT_STATUSES))
+        terminal.row(type_table, event_type, *(counts.get(s, 0) for s in store.EVENT_STATUSES))
     console.print(type_table)
     if stats["ignored_by_reason"]:
         reasons = Table(title="ignored events by reason", title_justify="left")
         reasons.add_column("reason", no_wrap=True)
         reasons.add_column("events", justify="right")
         for reason, count in stats["ignored_by_reason"].items():
-            reasons.add_row(reason, str(count))
+            terminal.row(reasons, reason, count)
         console.print(reasons)
     summary = Table(title="health and credits", title_justify="left", show_header=False)
     summary.add_column("what")
@@ -432,18 +439,19 @@ def print_verify_report(report: verify.VerifyReport) -> None:
     """A checklist, then the problems again as a list (also used by deploy_hotfix.py)."""
     console = terminal.console()
     for line in report.host_shape:
-        console.print(f"host: {line}", markup=False)
+        console.print(terminal.cell(f"host: {line}"))
     for check in report.checks:
         mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
         if check.ok and check.warning:
             mark = "[yellow]warn[/yellow]"
-        console.print(f"{mark} {check.name}: {check.detail}", markup=True)
+        detail = terminal.cell(f"{check.name}: {check.detail}")
+        console.print(Text.from_markup(mark) + Text(" ") + detail)
     if report.ok:
         console.print(f"verify passed: {len(report.checks)} checks")
     else:
         console.print(f"verify FAILED: {len(report.problems)} problem(s)")
         for check in report.problems:
-            console.print(f"  - {check.name}: {check.detail}", markup=False)
+            console.print(terminal.cell(f"  - {check.name}: {check.detail}"))
 
 
 async def _verify(args: argparse.Namespace, settings: Settings) -> int:
