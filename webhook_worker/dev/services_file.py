@@ -1,6 +1,7 @@
 """How a second terminal finds the services `make run` (`webhook-worker dev`) started.
 
-`dev` writes `services.json` (0600) to its data folder while it runs and deletes it on exit.
+`dev` writes `services.json` (0600: the URLs carry the folder's passwords) to its data folder
+while it runs and deletes it on exit — only its own: a file another `dev` wrote is left.
 A CLI command run with no DATABASE_URL / REDIS_URL, in development (APP_ENV unset or
 `development`), fills the missing ones from that file when the `dev` process that wrote it
 is still alive, and says so on stderr: a newcomer's `webhook-worker events list` just works,
@@ -15,6 +16,8 @@ import json
 import os
 from collections.abc import MutableMapping
 from pathlib import Path
+
+from webhook_worker.config import redact_url
 
 FILE_NAME = "services.json"
 
@@ -33,8 +36,15 @@ def write(folder: Path, env: dict[str, str], console_url: str | None) -> Path:
 
 
 def remove(folder: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        (folder / FILE_NAME).unlink()
+    """Delete the file if this process wrote it; another process's file is left alone."""
+    path = folder / FILE_NAME
+    try:
+        owner = json.loads(path.read_text()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return
+    if owner == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _alive(pid: object) -> bool:
@@ -67,5 +77,5 @@ def apply(environ: MutableMapping[str, str]) -> str | None:
         if isinstance(data.get(name), str):
             environ[name] = data[name]
     environ.setdefault("APP_ENV", "development")
-    used = ", ".join(f"{name}={environ[name]}" for name in missing)
+    used = ", ".join(f"{name}={redact_url(environ[name])}" for name in missing)
     return f"using the services of the running `make run` ({path}): {used}"
