@@ -186,3 +186,16 @@ def test_a_busy_port_is_named_before_anything_starts(tmp_path: Path) -> None:
     assert f"port {busy} (console) is busy" in result.stderr
     assert not (data / "postgres").exists()  # nothing was started
     assert not (data / "services.json").exists()
+
+
+def test_services_json_is_removed_only_by_the_process_that_wrote_it(tmp_path: Path) -> None:
+    from webhook_worker.dev import services_file as devservices
+
+    env = {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x"}
+    theirs = tmp_path / "services.json"
+    theirs.write_text(json.dumps({"pid": os.getppid(), **env}))  # another `dev`'s file
+    devservices.remove(tmp_path)
+    assert theirs.exists()
+    devservices.write(tmp_path, env, None)
+    devservices.remove(tmp_path)
+    assert not theirs.exists()
