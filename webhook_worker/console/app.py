@@ -74,7 +74,7 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def _routes(settings: Settings) -> list[BaseRoute]:
+def _routes(settings: Settings, throttle: LoginThrottle) -> list[BaseRoute]:
     page = require_session
     return [
         Route("/login", views.login_page, methods=["GET"]),
@@ -94,7 +94,7 @@ def _routes(settings: Settings) -> list[BaseRoute]:
         Route("/users/{key}", page(views.user), methods=["GET"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
-        *ops_api.ops_routes(settings),
+        *ops_api.ops_routes(settings, throttle),  # one throttle: guesses on both count
     ]
 
 
@@ -163,11 +163,14 @@ def create_app(settings: Settings) -> Starlette:
         ConfigError: _bad_input,
         TransientError: _unavailable,
     }
-    app = Starlette(routes=_routes(settings), lifespan=lifespan, exception_handlers=handlers)
+    throttle = LoginThrottle()
+    app = Starlette(
+        routes=_routes(settings, throttle), lifespan=lifespan, exception_handlers=handlers
+    )
     app.state.settings = settings
     app.state.operators = operators
     app.state.signer = Signer(operators, settings.console_session_hours * 3600)
-    app.state.login_throttle = LoginThrottle()
+    app.state.login_throttle = throttle
     app.state.templates = _templates()
     app.state.guarded_logout = require_session(views.logout)
     app.add_middleware(ConsoleGuard)
