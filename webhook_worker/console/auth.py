@@ -107,7 +107,8 @@ async def start_session(request: Request, operator: str) -> str:
     """A new session for `operator`, held on the server; its cookie value."""
     signer: Signer = request.app.state.signer
     cookie, session = signer.issue(operator)
-    await sessions.record(request.app.state.pool, session, signer.lifetime)
+    idle = request.app.state.settings.console_idle_minutes * 60
+    await sessions.record(request.app.state.pool, session, signer.lifetime, idle)
     return cookie
 
 

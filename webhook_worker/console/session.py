@@ -112,9 +112,12 @@ def _sid_hash(sid: str) -> bytes:
     return hashlib.sha256(sid.encode()).digest()
 
 
-async def record(pool: store.Pool, session: Session, lifetime_seconds: int) -> None:
-    """Store a new session (and drop the ended ones while at it)."""
+async def record(
+    pool: store.Pool, session: Session, lifetime_seconds: int, idle_seconds: int
+) -> None:
+    """Store a new session (and drop the expired and idle ones while at it)."""
     async with store.acquire(pool, "starting a console session") as conn:
+        await conn.execute(query("console_sessions_prune"), float(idle_seconds))
         await conn.execute(
             query("console_session_start"),
             _sid_hash(session.sid),
