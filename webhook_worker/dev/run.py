@@ -29,10 +29,11 @@ from pathlib import Path
 
 import asyncpg
 
+from webhook_worker import local_services
 from webhook_worker.config import redact_url
 from webhook_worker.db import migrations
 from webhook_worker.dev import instance
-from webhook_worker.dev import services_file as devservices
+
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 
@@ -165,7 +166,7 @@ def _run_claimed(folder: Path, port: int, console_port: int) -> int:
         applied = asyncio.run(_migrate(env["DATABASE_URL"]))
         print(f"migrations applied: {', '.join(applied) or 'none pending'}")
         children += _start_children(port, console_port, env)
-        devservices.write(folder, env, console_url)
+        local_services.write(folder, env, console_url)
         print(_banner(port, env, console_url), flush=True)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
@@ -190,7 +191,7 @@ def _stop(
             child.wait(15)
         except subprocess.TimeoutExpired:
             child.kill()
-    devservices.remove(folder)
+    local_services.remove(folder)
     for service in services:
         service.stop()  # only what this process started (EmbeddedPostgres.started)
 
