@@ -33,7 +33,6 @@ from webhook_worker import local_services
 from webhook_worker.config import redact_url
 from webhook_worker.db import migrations
 from webhook_worker.dev import instance
-
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 

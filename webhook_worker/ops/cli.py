@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
