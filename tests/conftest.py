@@ -12,6 +12,7 @@ import asyncio
 import io
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -45,6 +46,8 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile("service")
 
 TEST_SECRET = "whsec_test_secret_0123456789abcdef"
+# The embedded services need a password, as `make run`'s do: one per test session.
+SERVICE_PASSWORD = secrets.token_urlsafe(18)
 SECOND_SECRET = "whsec_second_secret_fedcba9876543210"
 
 
@@ -63,7 +66,7 @@ def postgres_admin_dsn(services_dir: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    server = EmbeddedPostgres(services_dir / "postgres").start()
+    server = EmbeddedPostgres(services_dir / "postgres", password=SERVICE_PASSWORD).start()
     yield server.url
     server.destroy()
 
@@ -74,7 +77,7 @@ def redis_url(services_dir: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    server = EmbeddedRedis(services_dir / "redis").start()
+    server = EmbeddedRedis(services_dir / "redis", password=SERVICE_PASSWORD).start()
     yield server.url
     server.destroy()
 
@@ -159,7 +162,9 @@ def sign(
 @pytest.fixture
 def own_postgres(services_dir: Path) -> Iterator[EmbeddedPostgres]:
     """A Postgres this test may stop, kill and restart; migrated database `postgres`."""
-    server = EmbeddedPostgres(services_dir / f"pg-{uuid.uuid4().hex[:8]}").start()
+    server = EmbeddedPostgres(
+        services_dir / f"pg-{uuid.uuid4().hex[:8]}", password=SERVICE_PASSWORD
+    ).start()
     asyncio.run(migrate_database(server.url))
     yield server
     server.destroy()
@@ -168,7 +173,9 @@ def own_postgres(services_dir: Path) -> Iterator[EmbeddedPostgres]:
 @pytest.fixture
 def own_redis(services_dir: Path) -> Iterator[EmbeddedRedis]:
     """A Redis this test may stop, kill and restart."""
-    server = EmbeddedRedis(services_dir / f"redis-{uuid.uuid4().hex[:8]}").start()
+    server = EmbeddedRedis(
+        services_dir / f"redis-{uuid.uuid4().hex[:8]}", password=SERVICE_PASSWORD
+    ).start()
     yield server
     server.destroy()
 

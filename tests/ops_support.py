@@ -16,12 +16,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from arq.connections import ArqRedis
 
 from tests.worker_support import stop_worker as stop_process
 from webhook_worker import cli
 from webhook_worker.dev.embedded import free_port
-from webhook_worker.job_queue import QUEUE_NAME
+from webhook_worker.job_queue import QUEUE_NAME, redis_from_url
 from webhook_worker.ops import sample_events
 
 
@@ -144,7 +143,7 @@ async def event_row(db: asyncpg.Connection, event_id: str) -> dict[str, Any]:
 
 async def queued_jobs(redis_url: str) -> list[list[str]]:
     """The event ids of each job waiting in the arq queue (arq's public `queued_jobs`)."""
-    client = ArqRedis.from_url(redis_url)
+    client = redis_from_url(redis_url)
     try:
         jobs = await client.queued_jobs(queue_name=QUEUE_NAME)
     finally:

@@ -29,6 +29,7 @@ from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
 from webhook_worker.db import store
 from webhook_worker.errors import TransientError
+from webhook_worker.job_format import UNDECODABLE_JOB, dump_job, load_job
 from webhook_worker.ops.sample_events import (
     checkout_session_event,
     event_envelope,
@@ -80,7 +81,8 @@ def test_worker_options_follow_the_settings() -> None:
     assert options["keep_result"] == 0  # job ids are never reused; Postgres has the outcome
     assert options["handle_signals"] is False  # the supervisor handles signals
     assert options["queue_name"] == queue.QUEUE_NAME
-    assert [f.name for f in options["functions"]] == [queue.PROCESS_EVENTS_JOB]
+    assert [f.name for f in options["functions"]] == [queue.PROCESS_EVENTS_JOB, UNDECODABLE_JOB]
+    assert (options["job_serializer"], options["job_deserializer"]) == (dump_job, load_job)
     assert {job.name for job in options["cron_jobs"]} == {
         "cron:sweep_stale_events",
         "cron:prune_old_events",

@@ -266,6 +266,7 @@ class Settings:
     ops_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     ops_on_receiver: bool = False
     console_session_hours: int = 8
+    console_idle_minutes: int = 30
     db_pool_min: int = 2
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
@@ -382,6 +383,7 @@ class Settings:
             ops_users=parse_ops_users(env.get("OPS_USERS", "")),
             ops_on_receiver=_bool(env, "OPS_ON_RECEIVER", False),
             console_session_hours=_required_int(env, "CONSOLE_SESSION_HOURS", 8, minimum=1),
+            console_idle_minutes=_required_int(env, "CONSOLE_IDLE_MINUTES", 30, minimum=1),
             db_pool_min=_required_int(env, "DB_POOL_MIN", 2, minimum=0),
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
             db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),

@@ -194,7 +194,7 @@ async def _host(
     recorded = await host.recorded_shape(conn)
     console = _console()
     for line in shape.describe(recorded):
-        console.print(f"host: {line}", markup=False)
+        console.print(terminal.cell(f"host: {line}"))
     problems = shape.problems()
     if problems and not args.rollback:
         report.add("host users", "FAIL", "; ".join(problems))
@@ -309,7 +309,7 @@ def _print_report(report: Report) -> None:
     table.add_column("result", no_wrap=True)
     table.add_column("detail")
     for step in report.steps:
-        table.add_row(step.name, step.status, step.detail)
+        terminal.row(table, step.name, step.status, step.detail)
     console = _console()
     console.print(table)
     console.print("deploy PASSED" if report.ok else "deploy FAILED")

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 from arq import cron, func
+from arq.constants import job_key_prefix
 from arq.cron import CronJob
 
 from webhook_worker import internal_listener as internal
@@ -38,6 +39,7 @@ from webhook_worker.config import Settings
 from webhook_worker.db import store
 from webhook_worker.db.queries import query
 from webhook_worker.errors import PermanentError, TransientError
+from webhook_worker.job_format import UNDECODABLE_JOB, dump_job, load_job
 from webhook_worker.log import get_logger, redact_text
 from webhook_worker.worker import handlers, postgres_money_store, reconcile
 from webhook_worker.worker.resources import WorkerResources, lease_seconds, resources
@@ -236,6 +238,13 @@ async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> di
     return dict(Counter(outcomes))
 
 
+async def drop_undecodable_job(ctx: dict[str, Any]) -> None:
+    """What runs instead of a job that is not JSON of ours (`job_format.load_job`): a pickle
+    queued before the upgrade or a value someone else wrote. Nothing of it is run; arq
+    drops it once this returns, and the sweeper enqueues any of its events again."""
+    log.warning("job_dropped", job_key=f"{job_key_prefix}{ctx.get('job_id')}")
+
+
 # --- cron: sweeper and pruner --------------------------------------------------------------
 
 
@@ -390,7 +399,13 @@ def worker_options(settings: Settings, *, with_cron: bool = True) -> dict[str, A
     the supervisor adds the shared ctx; arq's on_startup/on_shutdown are not used)."""
     redis = replace(queue.redis_settings(settings), conn_retries=5, conn_retry_delay=1)
     return {
-        "functions": [func(process_stripe_events, name=queue.PROCESS_EVENTS_JOB)],
+        "functions": [
+            func(process_stripe_events, name=queue.PROCESS_EVENTS_JOB),
+            func(drop_undecodable_job, name=UNDECODABLE_JOB, max_tries=1),
+        ],
+        # Jobs are JSON, never pickle: a key written to Redis must not be code (job_format).
+        "job_serializer": dump_job,
+        "job_deserializer": load_job,
         "cron_jobs": cron_jobs(settings) if with_cron else None,
         "redis_settings": redis,
         "queue_name": queue.QUEUE_NAME,
