@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from webhook_worker.config import Settings
+from webhook_worker.db.queries import bind_users_table
 from webhook_worker.dev import services_file as devservices
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
@@ -45,14 +46,18 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_OK
         if args.action == "up":
             applied = await migrations.migrate_up(
-                conn, to=args.to, tenant_column=settings.users_tenant_column
+                conn,
+                to=args.to,
+                tenant_column=settings.users_tenant_column,
+                users_table=settings.users_table,
+                version_column=settings.users_version_column,
             )
             for m in applied:
                 print(f"applied {m.version:04d}_{m.name}")
             if not applied:
                 print("nothing to apply: the schema is up to date")
             return EXIT_OK
-        rolled = await migrations.migrate_down(conn, to=args.to)
+        rolled = await migrations.migrate_down(conn, to=args.to, users_table=settings.users_table)
         for m in rolled:
             print(f"rolled back {m.version:04d}_{m.name}")
         if not rolled:
@@ -237,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(note, file=sys.stderr)
     try:
         settings = Settings() if getattr(args, "skip_settings", False) else Settings.from_env()
+        bind_users_table(settings.users_table)
         # Ops commands print their results (and --json) on stdout; their logs, such as the
         # replay audit line, go to stderr so the two never mix.
         configure_logging(

@@ -59,7 +59,7 @@ WHERE event_id = $1;
 -- works.
 SELECT id::text AS id, uuid::text AS uuid, email, stripe_customer_id, credits_balance,
        created_at
-FROM users
+FROM {users}
 WHERE id::text = $1 OR uuid::text = $1 OR lower(email) = lower($1)
 ORDER BY id
 LIMIT 2;

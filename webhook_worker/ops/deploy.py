@@ -36,6 +36,7 @@ from rich.table import Table
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings, redact_url
 from webhook_worker.db import host, migrations
+from webhook_worker.db.queries import bind_users_table
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from webhook_worker.log import configure_logging
@@ -183,16 +184,20 @@ async def _host(
     conn: asyncpg.Connection, settings: Settings, args: argparse.Namespace, report: Report
 ) -> bool:
     """Print the host `users` shape and the choices made; refuse an unsupported one."""
-    shape = await host.inspect_host(conn, settings.users_tenant_column)
+    shape, problems = await host.inspect_configured(
+        conn,
+        settings.users_table,
+        settings.users_tenant_column,
+        settings.users_version_column,
+    )
     recorded = await host.recorded_shape(conn)
     console = _console()
     for line in shape.describe(recorded):
         console.print(f"host: {line}", markup=False)
-    problems = shape.problems()
     if problems and not args.rollback:
         report.add("host users", "FAIL", "; ".join(problems))
         return False
-    report.add("host users", "ok", f"users.id {shape.key_type}")
+    report.add("host users", "ok", f"{shape.table}.id {shape.key_type}")
     return True
 
 
@@ -201,11 +206,16 @@ async def _migrate(
 ) -> bool:
     try:
         if args.rollback:
-            done = await migrations.migrate_down(conn, to=args.to)
+            done = await migrations.migrate_down(conn, to=args.to, users_table=settings.users_table)
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in done)
             report.add("rollback", "ok", f"rolled back {names}" if done else "nothing to roll back")
             return True
-        done = await migrations.migrate_up(conn, tenant_column=settings.users_tenant_column)
+        done = await migrations.migrate_up(
+            conn,
+            tenant_column=settings.users_tenant_column,
+            users_table=settings.users_table,
+            version_column=settings.users_version_column,
+        )
     except (MigrationError, asyncpg.PostgresError) as exc:
         report.add("rollback" if args.rollback else "migrate", "FAIL", str(exc))
         return False
@@ -219,6 +229,8 @@ async def _verify(conn: asyncpg.Connection, settings: Settings, report: Report) 
         conn,
         stale_after_seconds=settings.stale_after_seconds,
         tenant_column=settings.users_tenant_column,
+        users_table=settings.users_table,
+        version_column=settings.users_version_column,
     )
     print_verify_report(result)
     if result.ok:
@@ -318,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report()
     try:
         settings = Settings.from_env()
+        bind_users_table(settings.users_table)
         configure_logging(settings.log_format, settings.log_level)
         terminal.quiet_http_logs()
         asyncio.run(deploy(args, settings, report))

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhook_worker.config import Settings
-from webhook_worker.db import host, migrations
+from webhook_worker.db import functions, host, migrations
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import MigrationError
+from webhook_worker.identifier import DEFAULT_USERS_TABLE, TableName
 from webhook_worker.worker import scope
 
 # What the schema contract names (README "Schema and migrations"), checked by `verify`; as in
@@ -80,21 +81,28 @@ EXPECTED_CHECK_VALUES: dict[str, tuple[str, ...]] = {
 
 
 EXPECTED_CONSTRAINTS: dict[str, str] = {
-    "credits_balance_nonneg": "users.credits_balance >= 0",
     "stripe_events_event_id_key": "stripe_events.event_id unique",
     "stripe_events_status_check": "stripe_events.processing_status values",
     "credit_transactions_event_id_key": "credit_transactions.event_id unique",
     "credit_transactions_amount_nonzero": "credit_transactions.amount <> 0",
     "credit_transactions_type_check": "credit_transactions.transaction_type values",
-    "credit_transactions_user_id_fkey": "credit_transactions.user_id -> users",
     "credit_transactions_event_id_fkey": "credit_transactions.event_id -> stripe_events",
 }
 
 
-EXPECTED_INDEXES: dict[str, str] = {
+# On the host's users table (USERS_TABLE, wherever its schema): not on a view, which takes
+# no constraint or index (the table under it carries them).
+USERS_CONSTRAINTS: dict[str, str] = {
+    "credits_balance_nonneg": "users.credits_balance >= 0",
+    "credit_transactions_user_id_fkey": "credit_transactions.user_id -> users",
+}
+USERS_INDEXES: dict[str, str] = {
     "users_uuid_key": "users.uuid unique",
     "users_email_lower_key": "users.email unique case-insensitively",
     "users_stripe_customer_id_key": "users.stripe_customer_id unique",
+}
+
+EXPECTED_INDEXES: dict[str, str] = {
     "stripe_events_status_received_at_idx": "stripe_events by status, oldest first",
     "credit_transactions_one_purchase_per_session": "one PURCHASE per checkout session",
     "credit_transactions_one_purchase_per_payment_intent": "one PURCHASE per payment intent",
@@ -153,23 +161,24 @@ async def _verify_schema(
     present: dict[str, set[str]] = {}
     for row in rows:
         present.setdefault(row["table_name"], set()).add(row["column_name"])
-    complete: set[str] = set()
-    for table, columns in EXPECTED_COLUMNS.items():
-        if table not in present:
-            report.add(f"table {table}", False, f"table {table} is missing")
-            continue
-        missing = [column for column in columns if column not in present[table]]
-        if missing:
-            report.add(f"table {table}", False, f"{table} lacks column(s): {', '.join(missing)}")
-        else:
-            report.add(f"table {table}", True, f"{len(columns)} columns present")
-            complete.add(table)
+    # The host's table is found by USERS_TABLE, not by name in the current schema.
+    present.pop("users", None)
+    if shape.exists:
+        present["users"] = {c.name for c in shape.columns}
+    complete = _verify_columns(report, present)
     constraints = {row["name"] for row in await conn.fetch(query("ops_schema_constraints"))}
-    for name, meaning in EXPECTED_CONSTRAINTS.items():
+    indexes = {row["name"] for row in await conn.fetch(query("ops_schema_indexes"))}
+    if shape.exists:
+        on_users = {
+            row["name"] for row in await conn.fetch(query("host_users_objects"), shape.table.sql)
+        }
+        constraints |= on_users
+        indexes |= on_users
+    view = shape.kind == "view"
+    for name, meaning in {**EXPECTED_CONSTRAINTS, **({} if view else USERS_CONSTRAINTS)}.items():
         found = name in constraints
         report.add(f"constraint {name}", found, meaning if found else f"missing ({meaning})")
-    indexes = {row["name"] for row in await conn.fetch(query("ops_schema_indexes"))}
-    for name, meaning in _expected_indexes(tenant).items():
+    for name, meaning in _expected_indexes(tenant, view).items():
         found = name in indexes
         report.add(f"index {name}", found, meaning if found else f"missing ({meaning})")
     if tenant is not None and "users_email_lower_key" in indexes:
@@ -202,11 +211,30 @@ async def _verify_schema(
     return complete
 
 
-def _expected_indexes(tenant: str | None) -> dict[str, str]:
-    """A multi-tenant users gets a plain lower(email) index instead of the unique one."""
-    if tenant is None:
+def _verify_columns(report: VerifyReport, present: dict[str, set[str]]) -> set[str]:
+    complete: set[str] = set()
+    for table, columns in EXPECTED_COLUMNS.items():
+        if table not in present:
+            report.add(f"table {table}", False, f"table {table} is missing")
+            continue
+        missing = [column for column in columns if column not in present[table]]
+        if missing:
+            report.add(f"table {table}", False, f"{table} lacks column(s): {', '.join(missing)}")
+        else:
+            report.add(f"table {table}", True, f"{len(columns)} columns present")
+            complete.add(table)
+    return complete
+
+
+def _expected_indexes(tenant: str | None, view: bool) -> dict[str, str]:
+    """A multi-tenant users gets a plain lower(email) index instead of the unique one; a view
+    none (the table under it carries the host's own)."""
+    if view:
         return EXPECTED_INDEXES
-    expected = {k: v for k, v in EXPECTED_INDEXES.items() if k != "users_email_lower_key"}
+    expected = {**USERS_INDEXES, **EXPECTED_INDEXES}
+    if tenant is None:
+        return expected
+    expected.pop("users_email_lower_key")
     expected["users_email_lower_idx"] = f"users.email lookups (unique per users.{tenant})"
     return expected
 
@@ -256,16 +284,15 @@ _LOCK_SAMPLES: dict[host.KeyFamily, tuple[host.UserId, ...]] = {
 
 
 async def _verify_host(
-    conn: Connection, report: VerifyReport, shape: host.HostShape
+    conn: Connection, report: VerifyReport, shape: host.HostShape, problems: list[str]
 ) -> dict[str, Any] | None:
     """The host shape found, what migrations recorded, and the lock key function."""
     recorded = await host.recorded_shape(conn)
     report.host_shape = shape.describe(recorded)
-    problems = shape.problems()
     report.add(
         "host users",
         not problems,
-        "; ".join(problems) if problems else f"users.id {shape.key_type} is supported",
+        "; ".join(problems) if problems else f"{shape.table}.id {shape.key_type} is supported",
     )
     family = shape.key_family
     if recorded is None or recorded.get("key_type") is None or family is None:
@@ -290,7 +317,78 @@ async def _verify_host(
     else:
         report.add("host shape recorded", True, f"ledger user_id {recorded['ledger_key_type']}")
     await _verify_lock_key(conn, report, family, recorded)
+    _verify_users_table(report, shape, recorded)
+    await _verify_functions(conn, report, shape, family, recorded)
     return recorded
+
+
+_REINSTALL = "re-install the functions (`webhook-worker migrate down --to 34`, then `migrate up`)"
+
+
+def _verify_users_table(
+    report: VerifyReport, shape: host.HostShape, recorded: dict[str, Any]
+) -> None:
+    """The table and version column the functions were installed for are the ones now."""
+    installed_for = recorded.get("users_table")
+    if installed_for is not None and installed_for != str(shape.table):
+        report.add(
+            "users table",
+            False,
+            f"USERS_TABLE finds {shape.table}, but the ledger functions were installed for "
+            f"{installed_for}: set USERS_TABLE={installed_for}, or {_REINSTALL}",
+        )
+    else:
+        report.add("users table", True, f"{shape.table} ({shape.kind})")
+    version = shape.version_column
+    installed = recorded.get("version_column")
+    if installed_for is not None and installed != version:
+        report.add(
+            "version column",
+            False,
+            f"{shape.table} has version column {version or 'none'} now, but the functions "
+            f"increment {installed or 'none'}; {_REINSTALL}",
+        )
+    else:
+        report.add(
+            "version column",
+            True,
+            f"{shape.table}.{version} is incremented by every balance change"
+            if version
+            else "none: the host has no integer version or lock_version column",
+        )
+
+
+async def _verify_functions(
+    conn: Connection,
+    report: VerifyReport,
+    shape: host.HostShape,
+    family: host.KeyFamily,
+    recorded: dict[str, Any],
+) -> None:
+    """The installed functions are sql/functions/ rendered for this host (issue 26: one
+    current-state source)."""
+    tenant = recorded.get("tenant_column")
+    expected = functions.render(
+        functions.FunctionShape(
+            key_family=family,
+            users=shape.table,
+            version_column=recorded.get("version_column"),
+            tenant_column=tenant,
+            tenant_type=next((c.type for c in shape.columns if c.name == tenant), None),
+        )
+    )
+    rows = await conn.fetch(query("host_function_sources"), [f.name for f in expected])
+    installed: dict[str, list[str]] = {}
+    for row in rows:
+        installed.setdefault(row["name"], []).append(row["source"])
+    differ = [f.name for f in expected if f.body not in installed.get(f.name, [])]
+    report.add(
+        "functions",
+        not differ,
+        f"differ from sql/functions/: {', '.join(differ)}; {_REINSTALL}"
+        if differ
+        else f"{len(expected)} functions equal sql/functions/",
+    )
 
 
 def _tenant_text(column: str | None) -> str:
@@ -413,6 +511,8 @@ async def verify(
     stale_after_seconds: int,
     tenant_column: str | None = None,
     settings: Settings | None = None,
+    users_table: TableName | None = None,
+    version_column: str | None = None,
 ) -> VerifyReport:
     """The deployment check: the host's users supported and recorded, the lock key agreeing
     with Python, contract schema present, balances match ledgers, none stuck; with
@@ -421,8 +521,14 @@ async def verify(
     if settings is not None:
         check_scope(report, settings)
     with translate_errors("verifying the database"):
-        shape = await host.inspect_host(conn, tenant_column)
-        recorded = await _verify_host(conn, report, shape)
+        if users_table is None:
+            users_table = settings.users_table if settings is not None else DEFAULT_USERS_TABLE
+        if version_column is None and settings is not None:
+            version_column = settings.users_version_column
+        shape, problems = await host.inspect_configured(
+            conn, users_table, tenant_column, version_column
+        )
+        recorded = await _verify_host(conn, report, shape, problems)
         tenant = recorded.get("tenant_column") if recorded else shape.tenant_column
         complete = await _verify_schema(conn, report, shape, tenant)
         if settings is not None and settings.stripe_api_key and "reconcile_runs" in complete:
