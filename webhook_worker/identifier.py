@@ -43,8 +43,27 @@ class TableName:
 DEFAULT_USERS_TABLE = TableName("users")
 
 
+# Postgres's reserved key words: a table called one of them must be quoted (`"user"`).
+_RESERVED = frozenset(
+    "all analyse analyze and any array as asc asymmetric both case cast check collate column "
+    "constraint create current_catalog current_date current_role current_time "
+    "current_timestamp current_user default deferrable desc distinct do else end except false "
+    "fetch for foreign from grant group having in initially intersect into lateral leading "
+    "limit localtime localtimestamp not null offset on only or order placing primary "
+    "references returning select session_user some symmetric system_user table then to "
+    "trailing true union unique user using variadic when where window with".split()
+)
+
+
 def _plain(part: str) -> bool:
-    return part.replace("_", "a").isalnum() and part.isascii() and not part[0].isdigit()
+    """Readable without quotes: lower case, ASCII letters, digits and _, not reserved."""
+    return (
+        part.replace("_", "a").isalnum()
+        and part.isascii()
+        and part == part.lower()
+        and not part[0].isdigit()
+        and part not in _RESERVED
+    )
 
 
 def check_identifier(part: str) -> str:

@@ -51,8 +51,10 @@ CREATE OR REPLACE FUNCTION users_create_by_email(p_email TEXT, p_tenant TEXT)
 DECLARE
     v_id {key};
 BEGIN
+    -- No conflict target: Postgres infers none through a view, and any unique key that
+    -- refuses the row (lower(email) above all) means the user exists or cannot be made.
     INSERT INTO {users} AS u (email) VALUES (p_email)
-    ON CONFLICT ((lower(email))) DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING u.id INTO v_id;
     IF FOUND THEN
         user_id := v_id;

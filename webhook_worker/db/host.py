@@ -185,6 +185,11 @@ class HostShape:
             return "USERS_VERSION_COLUMN"
         return "detected: an integer column named version or lock_version"
 
+    @property
+    def label(self) -> str:
+        """The table's name for messages (`users`, `user`): its columns read `users.id`."""
+        return str(TableName(self.table.name))
+
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
 
@@ -214,7 +219,7 @@ class HostShape:
         """Why the service cannot install into this table; empty when it can."""
         if not self.exists:
             return []
-        t = str(self.table)
+        t = self.label
         found: list[str] = []
         id_column = self.column("id")
         if id_column is None:
@@ -259,7 +264,7 @@ class HostShape:
         return found
 
     def _version_problems(self) -> list[str]:
-        t = str(self.table)
+        t = self.label
         if self.version_override:
             column = self.column(self.version_override)
             if column is None or column.base_type not in INTEGER_TYPES:
@@ -277,7 +282,7 @@ class HostShape:
         return []
 
     def _view_problems(self) -> list[str]:
-        t = str(self.table)
+        t = self.label
         family = self.key_family
         needed = VIEW_COLUMNS + (("uuid",) if family == "integer" else ())
         missing = [n for n in needed if self.column(n) is None]
@@ -299,7 +304,7 @@ class HostShape:
     def describe(self, recorded: dict[str, Any] | None = None) -> list[str]:
         """One line per fact and choice, for `verify` and `deploy_hotfix.py --dry-run`."""
         family = self.key_family
-        t = str(TableName(self.table.name))
+        t = self.label
         found = f"found ({self.kind}), {len(self.columns)} columns"
         lines = [
             f"users table: {self.table}, "

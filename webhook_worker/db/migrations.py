@@ -213,7 +213,7 @@ async def install_functions(
     )
     await conn.execute(
         query("host_record_functions"),
-        str(now.table),
+        now.table.sql,
         "view" if now.kind == "view" else "table",
         now.version_column or "",
     )

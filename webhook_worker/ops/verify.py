@@ -330,12 +330,12 @@ def _verify_users_table(
 ) -> None:
     """The table and version column the functions were installed for are the ones now."""
     installed_for = recorded.get("users_table")
-    if installed_for is not None and installed_for != str(shape.table):
+    if installed_for is not None and installed_for != shape.table.sql:
         report.add(
             "users table",
             False,
-            f"USERS_TABLE finds {shape.table}, but the ledger functions were installed for "
-            f"{installed_for}: set USERS_TABLE={installed_for}, or {_REINSTALL}",
+            f"USERS_TABLE finds {shape.table.sql}, but the ledger functions were installed "
+            f"for {installed_for}: set USERS_TABLE to that table, or {_REINSTALL}",
         )
     else:
         report.add("users table", True, f"{shape.table} ({shape.kind})")
