@@ -8,6 +8,8 @@ real worker (Postgres and Redis), and compares with values written here, not com
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -68,6 +70,7 @@ CREATE TABLE user_invoice (
 );
 """
 SEED_TABLES = ("user", "user_details", "subscription", "user_invoice")
+VERIFICATION_SQL = Path(__file__).resolve().parent.parent / "sql" / "verification.sql"
 
 
 async def _seed_user(conn: asyncpg.Connection, email: str) -> int:
@@ -138,6 +141,19 @@ async def _catalog(conn: asyncpg.Connection, tables: tuple[str, ...]) -> dict[st
     return out
 
 
+def _verification_sql_reads(database_url: str, table: str) -> None:
+    """sql/verification.sql, by hand with psql, finds the recorded table."""
+    result = subprocess.run(
+        ["psql", database_url, "-X", "-v", "ON_ERROR_STOP=1", "-f", str(VERIFICATION_SQL)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f" {table} " in result.stdout
+    assert "differ from their ledger sum" in result.stdout
+
+
 def _settings(database_url: str, redis_url: str, **env: str) -> Settings:
     """Settings, with the process's statements naming their USERS_TABLE (as `webhook-worker`
     does at start; the conftest names `users` again after the test)."""
@@ -171,6 +187,7 @@ async def test_seed_host_user_table_install_purchase_refund_and_uninstall(
         assert tuple(recorded) == ('"public"."user"', "table", "version")
         report = await verify.verify(conn, stale_after_seconds=3600, settings=settings)
         assert report.ok, [(c.name, c.detail) for c in report.problems]
+        _verification_sql_reads(empty_database_url, '"public"."user"')
         checks = {c.name: c.detail for c in report.checks}
         assert checks["version column"] == (
             'public."user".version is incremented by every balance change'
