@@ -82,7 +82,7 @@ async def test_installed_functions_equal_the_source_for_each_key_type(
                 await verify.verify(conn, stale_after_seconds=60, tenant_column=shape.tenant_env)
             ).checks
         }
-        assert checks["functions"].ok, checks["functions"].detail
+        assert checks["sql/functions"].ok, checks["sql/functions"].detail
     finally:
         await conn.close()
 
@@ -95,8 +95,8 @@ async def test_verify_names_a_function_that_differs_from_its_source(database_url
             " LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT 0 $$"
         )
         checks = {c.name: c for c in (await verify.verify(conn, stale_after_seconds=60)).checks}
-        assert not checks["functions"].ok
-        assert checks["functions"].detail.startswith("differ from sql/functions/: ledger_lock_key;")
+        assert not checks["sql/functions"].ok
+        assert checks["sql/functions"].detail.startswith("differ from sql/functions/: ledger_lock_key;")
     finally:
         await conn.close()
 

@@ -190,7 +190,7 @@ async def test_seed_host_user_table_install_purchase_refund_and_uninstall(
         assert checks["version column"] == (
             'public."user".version is incremented by every balance change'
         )
-        assert checks["functions"].endswith("functions equal sql/functions/")
+        assert checks["sql/functions"].endswith("functions equal sql/functions/")
 
         buyer = await _seed_user(conn, "buyer@example.com")
         other = await _seed_user(conn, "other@example.com")

@@ -115,6 +115,10 @@ EXPECTED_FUNCTIONS: dict[str, str] = {
     "ledger_lock_key": "the user's int4 advisory-lock key",
     "ledger_credit": "one purchase credited under the user's lock",
     "ledger_credit_many": "a batch of purchases credited in one commit",
+    "ledger_apply": "one ledger row and its balance move (refunds, disputes, expiries)",
+    "users_match": "every reference kind matched in one statement",
+    "users_create_by_email": "a user created from an email, race-safe",
+    "users_remember_stripe_customer": "a user's Stripe customer id, remembered once",
 }
 
 
@@ -383,7 +387,7 @@ async def _verify_functions(
         installed.setdefault(row["name"], []).append(row["source"])
     differ = [f.name for f in expected if f.body not in installed.get(f.name, [])]
     report.add(
-        "functions",
+        "sql/functions",
         not differ,
         f"differ from sql/functions/: {', '.join(differ)}; {_REINSTALL}"
         if differ
