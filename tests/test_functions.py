@@ -96,7 +96,9 @@ async def test_verify_names_a_function_that_differs_from_its_source(database_url
         )
         checks = {c.name: c for c in (await verify.verify(conn, stale_after_seconds=60)).checks}
         assert not checks["sql/functions"].ok
-        assert checks["sql/functions"].detail.startswith("differ from sql/functions/: ledger_lock_key;")
+        assert checks["sql/functions"].detail.startswith(
+            "differ from sql/functions/: ledger_lock_key;"
+        )
     finally:
         await conn.close()
 
