@@ -15,7 +15,7 @@
 --   text ids spread evenly, where taking the key's own leading bytes would not.
 --
 -- The ledger functions of 0005/0006 take BIGINT; for uuid and text keys they are dropped,
--- and the line `-- migrate:functions` below installs the functions of sql/functions/ (their
+-- and the line `-- migrate:functions …` below installs the functions of sql/functions/ (their
 -- one current-state source) typed for the key: `ledger_*`, `users_match` (every reference
 -- kind in one statement) and `users_create_by_email`, generated for the key type and the
 -- tenant column, so the worker's SQL never casts a reference to a type it may not hold.
@@ -102,7 +102,7 @@ BEGIN
 END
 $$;
 
--- migrate:functions
+-- migrate:functions ledger.sql users.sql
 
 -- migrate:down
 DROP FUNCTION IF EXISTS users_create_by_email(TEXT, TEXT);

@@ -3,8 +3,9 @@
 Each file holds sections that start with `-- function: NAME` (optionally `when tenant` /
 `when no tenant`), each one `CREATE OR REPLACE FUNCTION` with placeholders in braces. They
 are rendered for what `migrate` found of the host (`FunctionShape`) and installed by every
-migration that carries the line `-- migrate:functions`, inside that migration's transaction.
-A change of a function is an edit of its source plus a new migration with that line.
+migration that carries the line `-- migrate:functions` (every file) or `-- migrate:functions
+ledger.sql users.sql` (those files), after its up part and inside its transaction. A change
+of a function is an edit of its source plus a new migration with that line.
 
 Every placeholder is filled from a fixed table (key types, lock key expressions, the
 matches of each key family) or with an identifier quoted by `identifier.quote_ident`; no
@@ -21,7 +22,9 @@ from webhook_worker.db.host import KeyFamily
 from webhook_worker.db.queries import sql_dir
 from webhook_worker.identifier import TableName, quote_ident
 
-MARKER = re.compile(r"^--\s*migrate:functions\s*$", re.MULTILINE)
+MARKER = re.compile(
+    r"^--[ \t]*migrate:functions(?P<files>(?:[ \t]+[a-z0-9_]+\.sql)*)[ \t]*$", re.MULTILINE
+)
 _SECTION = re.compile(
     r"^-- function: ([a-z_][a-z0-9_]*)(?: when (tenant|no tenant))?\s*$", re.MULTILINE
 )
@@ -112,12 +115,23 @@ def _values(shape: FunctionShape) -> dict[str, str]:
     }
 
 
-def render(shape: FunctionShape) -> list[Function]:
-    """Every function of sql/functions/, rendered for `shape`, in file order."""
+def marked_files(migration_up: str) -> list[str] | None:
+    """The files a migration's `-- migrate:functions` line installs: None for no such line,
+    [] for every file."""
+    match = MARKER.search(migration_up)
+    if match is None:
+        return None
+    return match.group("files").split()
+
+
+def render(shape: FunctionShape, files: list[str] | None = None) -> list[Function]:
+    """The functions of sql/functions/ (of `files`, default all), rendered for `shape`."""
     values = _values(shape)
     wanted = "tenant" if shape.tenant_column else "no tenant"
     functions = []
     for path in sorted((sql_dir() / "functions").glob("*.sql")):
+        if files and path.name not in files:
+            continue
         for name, condition, text in _sections(path.read_text(), path.name):
             if condition is not None and condition != wanted:
                 continue
@@ -129,9 +143,11 @@ def render(shape: FunctionShape) -> list[Function]:
     return functions
 
 
-async def install(conn: Any, shape: FunctionShape) -> list[Function]:
-    """Create or replace every function for `shape`, and record what they were built on."""
-    functions = render(shape)
+async def install(
+    conn: Any, shape: FunctionShape, files: list[str] | None = None
+) -> list[Function]:
+    """Create or replace the functions of `files` (default all) for `shape`."""
+    functions = render(shape, files)
     for function in functions:
         await conn.execute(function.sql)
     return functions

@@ -185,7 +185,7 @@ async def _set_users_table(conn: asyncpg.Connection, shape: host.HostShape) -> N
 
 
 async def install_functions(
-    conn: asyncpg.Connection, shape: host.HostShape
+    conn: asyncpg.Connection, shape: host.HostShape, files: list[str] | None = None
 ) -> list[functions.Function]:
     """Render sql/functions/ for the host as it is now (inside the migration's transaction,
     after its up part) and record what they were built on."""
@@ -210,6 +210,7 @@ async def install_functions(
             tenant_column=tenant,
             tenant_type=tenant_type,
         ),
+        files,
     )
     await conn.execute(
         query("host_record_functions"),
@@ -255,8 +256,9 @@ async def migrate_up(
             try:
                 async with conn.transaction():
                     await conn.execute(migration.up)
-                    if shape is not None and functions.MARKER.search(migration.up):
-                        await install_functions(conn, shape)
+                    files = functions.marked_files(migration.up)
+                    if shape is not None and files is not None:
+                        await install_functions(conn, shape, files)
                     await conn.execute(
                         query("record_migration"),
                         migration.version,
