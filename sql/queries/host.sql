@@ -70,12 +70,13 @@ SELECT CASE WHEN $1::text IS NULL THEN current_schema()
             ELSE (SELECT nspname::text FROM pg_namespace WHERE nspname = $1::text) END;
 
 -- name: host_set_users_table
--- For the migrations of this session: the users table's schema, name and kind (table,
+-- For the migration of this transaction: the users table's schema, name and kind (table,
 -- view), and the version column ('' for none); 0001/0003/0004/0008/0035 read them.
-SELECT set_config('webhook_worker.users_schema', $1, false),
-       set_config('webhook_worker.users_name', $2, false),
-       set_config('webhook_worker.users_kind', $3, false),
-       set_config('webhook_worker.users_version_column', $4, false);
+-- Transaction-local: nothing to lose or leak through a transaction-pooling PgBouncer.
+SELECT set_config('webhook_worker.users_schema', $1, true),
+       set_config('webhook_worker.users_name', $2, true),
+       set_config('webhook_worker.users_kind', $3, true),
+       set_config('webhook_worker.users_version_column', $4, true);
 
 -- name: host_record_functions
 -- What the installed functions were built on (webhook_worker/db/functions.py).

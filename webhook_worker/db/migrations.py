@@ -169,11 +169,11 @@ async def check_host(
     recorded = await host.recorded_shape(conn)
     tenant = recorded["tenant_column"] if recorded else shape.tenant_column
     await conn.execute(query("host_set_tenant_column"), tenant or "")
-    await _set_users_table(conn, shape)
     return shape
 
 
 async def _set_users_table(conn: asyncpg.Connection, shape: host.HostShape) -> None:
+    """Name the users table for the migration of the current transaction."""
     kind = "view" if shape.kind == "view" else "table"
     await conn.execute(
         query("host_set_users_table"),
@@ -255,6 +255,8 @@ async def migrate_up(
                 continue
             try:
                 async with conn.transaction():
+                    if shape is not None:
+                        await _set_users_table(conn, shape)
                     await conn.execute(migration.up)
                     files = functions.marked_files(migration.up)
                     if shape is not None and files is not None:
@@ -285,7 +287,7 @@ async def migrate_down(
     done: list[Migration] = []
     await conn.execute(query("migration_lock"), MIGRATION_LOCK_KEY)
     try:
-        await _set_users_table(conn, await host.inspect_host(conn, users_table=users_table))
+        shape = await host.inspect_host(conn, users_table=users_table)
         await _ensure_table(conn)
         applied = await _applied(conn)
         migrations = load_migrations()
@@ -294,6 +296,7 @@ async def migrate_down(
         targets = targets[:1] if to is None else [m for m in targets if m.version > to]
         for migration in targets:
             async with conn.transaction():
+                await _set_users_table(conn, shape)
                 await conn.execute(migration.down)
                 await conn.execute(query("forget_migration"), migration.version)
             done.append(migration)
