@@ -431,3 +431,27 @@ async def test_a_view_postgres_cannot_update_is_refused_with_the_fix(
         assert await conn.fetchval("SELECT to_regclass('schema_migrations')") is None
     finally:
         await conn.close()
+
+
+async def test_a_version_column_added_later_is_reported_then_bumped_after_reinstall(
+    db: asyncpg.Connection,
+) -> None:
+    """The documented fix: verify names the new column; `migrate up`, with nothing to apply,
+    re-installs the functions, which then increment it."""
+    await db.execute("ALTER TABLE users ADD COLUMN lock_version INTEGER NOT NULL DEFAULT 0")
+    checks = {c.name: c for c in (await verify.verify(db, stale_after_seconds=60)).checks}
+    assert not checks["version column"].ok
+    assert "has version column lock_version now, but the functions increment none" in (
+        checks["version column"].detail
+    )
+    assert "run `webhook-worker migrate`" in checks["version column"].detail
+
+    assert await migrations.migrate_up(db) == []
+    report = await verify.verify(db, stale_after_seconds=60)
+    assert report.ok, [(c.name, c.detail) for c in report.problems]
+
+    user = await db.fetchval("INSERT INTO users (email) VALUES ('v@example.com') RETURNING id")
+    await db.execute("INSERT INTO stripe_events (event_id, type) VALUES ('evt_v', 't')")
+    purchase = ledger.Purchase(user, 2, "evt_v", "cs_v", None, "v")
+    assert (await ledger.credit_purchase(db, purchase)).balance == 2
+    assert await db.fetchval("SELECT lock_version FROM users WHERE id = $1", user) == 1

@@ -272,9 +272,52 @@ async def migrate_up(
                     f"{migration.path.name} failed and was rolled back: {exc}"
                 ) from exc
             done.append(migration)
+        if to is None:
+            await refresh_functions(conn, users_table, tenant_column, version_column)
     finally:
         await conn.execute(query("migration_unlock"), MIGRATION_LOCK_KEY)
     return done
+
+
+async def refresh_functions(
+    conn: asyncpg.Connection,
+    users_table: TableName,
+    tenant_column: str | None,
+    version_column: str | None,
+) -> bool:
+    """Re-install sql/functions/ when the installed ones no longer fit the host as it is now
+    (a version column added or renamed since, a function edited by hand), like a repeatable
+    migration; True when it did. Never re-points them to another table: `verify` reports
+    that, since the ledger's foreign key names the table it was installed on."""
+    recorded = await host.recorded_shape(conn)
+    if not recorded or recorded.get("users_table") is None:
+        return False  # 0035 not applied: its own marker installs them
+    shape, problems = await host.inspect_configured(
+        conn, users_table, tenant_column, version_column
+    )
+    family = shape.key_family
+    if problems or family is None or shape.table.sql != recorded["users_table"]:
+        return False
+    tenant = recorded.get("tenant_column")
+    expected = functions.render(
+        functions.FunctionShape(
+            key_family=family,
+            users=shape.table,
+            version_column=shape.version_column,
+            tenant_column=tenant,
+            tenant_type=next((c.type for c in shape.columns if c.name == tenant), None),
+        )
+    )
+    rows = await conn.fetch(query("host_function_sources"), [f.name for f in expected])
+    installed = {(r["name"], r["source"]) for r in rows}
+    if recorded.get("version_column") == shape.version_column and all(
+        (f.name, f.body) in installed for f in expected
+    ):
+        return False
+    async with conn.transaction():
+        await _set_users_table(conn, shape)
+        await install_functions(conn, shape)
+    return True
 
 
 async def migrate_down(

@@ -326,7 +326,7 @@ async def _verify_host(
     return recorded
 
 
-_REINSTALL = "re-install the functions (`webhook-worker migrate down --to 34`, then `migrate up`)"
+_REINSTALL = "run `webhook-worker migrate`: it re-installs the functions for the table as it is"
 
 
 def _verify_users_table(
