@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhook_worker.config import Settings
-from webhook_worker.db import functions, host, migrations
+from webhook_worker.db import host, migrations
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import MigrationError
 from webhook_worker.identifier import DEFAULT_USERS_TABLE, TableName
+from webhook_worker.ops import host_checks
 from webhook_worker.worker import scope
 
 # What the schema contract names (README "Schema and migrations"), checked by `verify`; as in
@@ -89,18 +90,6 @@ EXPECTED_CONSTRAINTS: dict[str, str] = {
     "credit_transactions_event_id_fkey": "credit_transactions.event_id -> stripe_events",
 }
 
-
-# On the host's users table (USERS_TABLE, wherever its schema): not on a view, which takes
-# no constraint or index (the table under it carries them).
-USERS_CONSTRAINTS: dict[str, str] = {
-    "credits_balance_nonneg": "users.credits_balance >= 0",
-    "credit_transactions_user_id_fkey": "credit_transactions.user_id -> users",
-}
-USERS_INDEXES: dict[str, str] = {
-    "users_uuid_key": "users.uuid unique",
-    "users_email_lower_key": "users.email unique case-insensitively",
-    "users_stripe_customer_id_key": "users.stripe_customer_id unique",
-}
 
 EXPECTED_INDEXES: dict[str, str] = {
     "stripe_events_status_received_at_idx": "stripe_events by status, oldest first",
@@ -179,10 +168,10 @@ async def _verify_schema(
         constraints |= on_users
         indexes |= on_users
     view = shape.kind == "view"
-    for name, meaning in {**EXPECTED_CONSTRAINTS, **({} if view else USERS_CONSTRAINTS)}.items():
+    for name, meaning in {**EXPECTED_CONSTRAINTS, **host_checks.users_constraints(view)}.items():
         found = name in constraints
         report.add(f"constraint {name}", found, meaning if found else f"missing ({meaning})")
-    for name, meaning in _expected_indexes(tenant, view).items():
+    for name, meaning in {**host_checks.users_indexes(tenant, view), **EXPECTED_INDEXES}.items():
         found = name in indexes
         report.add(f"index {name}", found, meaning if found else f"missing ({meaning})")
     if tenant is not None and "users_email_lower_key" in indexes:
@@ -228,19 +217,6 @@ def _verify_columns(report: VerifyReport, present: dict[str, set[str]]) -> set[s
             report.add(f"table {table}", True, f"{len(columns)} columns present")
             complete.add(table)
     return complete
-
-
-def _expected_indexes(tenant: str | None, view: bool) -> dict[str, str]:
-    """A multi-tenant users gets a plain lower(email) index instead of the unique one; a view
-    none (the table under it carries the host's own)."""
-    if view:
-        return EXPECTED_INDEXES
-    expected = {**USERS_INDEXES, **EXPECTED_INDEXES}
-    if tenant is None:
-        return expected
-    expected.pop("users_email_lower_key")
-    expected["users_email_lower_idx"] = f"users.email lookups (unique per users.{tenant})"
-    return expected
 
 
 def _verify_users_insertable(shape: host.HostShape, report: VerifyReport) -> None:
@@ -321,78 +297,9 @@ async def _verify_host(
     else:
         report.add("host shape recorded", True, f"ledger user_id {recorded['ledger_key_type']}")
     await _verify_lock_key(conn, report, family, recorded)
-    _verify_users_table(report, shape, recorded)
-    await _verify_functions(conn, report, shape, family, recorded)
+    host_checks.check_users_table(report.add, shape, recorded)
+    await host_checks.check_function_sources(conn, report.add, shape, family, recorded)
     return recorded
-
-
-_REINSTALL = "run `webhook-worker migrate`: it re-installs the functions for the table as it is"
-
-
-def _verify_users_table(
-    report: VerifyReport, shape: host.HostShape, recorded: dict[str, Any]
-) -> None:
-    """The table and version column the functions were installed for are the ones now."""
-    installed_for = recorded.get("users_table")
-    if installed_for is not None and installed_for != shape.table.sql:
-        report.add(
-            "users table",
-            False,
-            f"USERS_TABLE finds {shape.table.sql}, but the ledger functions were installed "
-            f"for {installed_for}: set USERS_TABLE to that table, or {_REINSTALL}",
-        )
-    else:
-        report.add("users table", True, f"{shape.table} ({shape.kind})")
-    version = shape.version_column
-    installed = recorded.get("version_column")
-    if installed_for is not None and installed != version:
-        report.add(
-            "version column",
-            False,
-            f"{shape.table} has version column {version or 'none'} now, but the functions "
-            f"increment {installed or 'none'}; {_REINSTALL}",
-        )
-    else:
-        report.add(
-            "version column",
-            True,
-            f"{shape.table}.{version} is incremented by every balance change"
-            if version
-            else "none: the host has no integer version or lock_version column",
-        )
-
-
-async def _verify_functions(
-    conn: Connection,
-    report: VerifyReport,
-    shape: host.HostShape,
-    family: host.KeyFamily,
-    recorded: dict[str, Any],
-) -> None:
-    """The installed functions are sql/functions/ rendered for this host (issue 26: one
-    current-state source)."""
-    tenant = recorded.get("tenant_column")
-    expected = functions.render(
-        functions.FunctionShape(
-            key_family=family,
-            users=shape.table,
-            version_column=recorded.get("version_column"),
-            tenant_column=tenant,
-            tenant_type=next((c.type for c in shape.columns if c.name == tenant), None),
-        )
-    )
-    rows = await conn.fetch(query("host_function_sources"), [f.name for f in expected])
-    installed: dict[str, list[str]] = {}
-    for row in rows:
-        installed.setdefault(row["name"], []).append(row["source"])
-    differ = [f.name for f in expected if f.body not in installed.get(f.name, [])]
-    report.add(
-        "sql/functions",
-        not differ,
-        f"differ from sql/functions/: {', '.join(differ)}; {_REINSTALL}"
-        if differ
-        else f"{len(expected)} functions equal sql/functions/",
-    )
 
 
 def _tenant_text(column: str | None) -> str:
