@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,12 +35,13 @@ from rich.console import Console
 from rich.table import Table
 
 from webhook_worker import job_queue as queue
+from webhook_worker import local_services
 from webhook_worker.config import Settings, redact_url
 from webhook_worker.db import host, migrations
 from webhook_worker.db.queries import bind_users_table
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
-from webhook_worker.log import configure_logging
+from webhook_worker.log import configure_logging, log_deprecations
 from webhook_worker.ops import terminal, test_events, verify
 from webhook_worker.ops.cli import print_verify_report
 from webhook_worker.worker import scope
@@ -86,9 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-migration", action="store_true", help="do not migrate")
     parser.add_argument("--rollback", action="store_true", help="run down migrations instead")
     parser.add_argument(
-        "--to", type=int, metavar="VERSION", help="with --rollback: keep VERSION and below"
+        "--to",
+        type=int,
+        metavar="VERSION",
+        help="with --rollback: keep VERSION and below (default: undo only the newest)",
     )
-    parser.add_argument("--smoke-url", metavar="URL", help="POST a signed test event here")
+    parser.add_argument(
+        "--smoke-url", metavar="URL", help="POST a signed test event here (default: no smoke test)"
+    )
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask; for CI/release")
     return parser
 
@@ -329,9 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     report = Report()
     try:
-        settings = Settings.from_env()
+        # Like every command: next to a running `make run`, its services (development only).
+        settings, note = local_services.load_settings(os.environ)
+        if note:
+            print(note, file=sys.stderr)
         bind_users_table(settings.users_table)
         configure_logging(settings.log_format, settings.log_level)
+        log_deprecations(settings.deprecations)
         terminal.quiet_http_logs()
         asyncio.run(deploy(args, settings, report))
     except ConfigError as exc:
