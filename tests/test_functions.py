@@ -71,6 +71,8 @@ async def test_installed_functions_equal_the_source_for_each_key_type(
             "users_match",
             "users_create_by_email",
             "users_remember_stripe_customer",
+            "credits_locked_balance",
+            "credits_write_row",
         }
         installed = await _installed(conn)
         for function in expected:
@@ -117,7 +119,8 @@ def test_every_balance_update_in_the_source_bumps_the_version_column() -> None:
             updates += 1
             assert statement.startswith('UPDATE "public"."user" AS u'), statement
             assert '"version" = u."version" + 1' in statement, (function.name, statement)
-    assert updates == 3  # ledger_apply, ledger_credit, users_remember_stripe_customer
+    # ledger_apply, ledger_credit, users_remember_stripe_customer, credits_write_row
+    assert updates == 4
     unversioned = functions.render(
         functions.FunctionShape(key_family="uuid", users=TableName("users", "public"))
     )

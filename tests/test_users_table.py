@@ -215,6 +215,7 @@ async def test_seed_host_user_table_install_purchase_refund_and_uninstall(
         assert (await status_of(conn, refund[0]))["processing_status"] == "completed"
         assert await _row(conn, buyer) == (15, 3)
 
+
         # A purchase by an email nobody has creates the user in "user" (status and role take
         # their defaults), never in a `users` table.
         by_email = await deliver(
@@ -291,10 +292,22 @@ async def test_an_orm_write_from_before_a_credit_fails_stale_and_the_credit_stay
             await session.rollback()
 
         assert await _row(conn, user) == (17, 3)  # the credit stays
+        # A spend by the application (credits_spend, docs/spending.md) bumps it too.
+        spent = await conn.fetchrow(
+            "SELECT status, balance FROM credits_spend($1, 4, 'report-1', 'a report')", user
+        )
+        assert tuple(spent) == ("spent", 13)
+        assert await _row(conn, user) == (13, 4)
+        # A grant (ops adjustments go through the same credits_write_row) bumps it again.
+        granted = await conn.fetchrow(
+            "SELECT status, balance FROM credits_grant($1, 2, 'goodwill-1', 'support')", user
+        )
+        assert tuple(granted) == ("granted", 15)
+        assert await _row(conn, user) == (15, 5)
         ledger_total = await conn.fetchval(
             "SELECT sum(amount) FROM credit_transactions WHERE user_id = $1", user
         )
-        assert ledger_total == 17
+        assert ledger_total == 15  # balance = ledger sum
     finally:
         await engine.dispose()
         await conn.close()

@@ -23,6 +23,7 @@ from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerErro
 from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from webhook_worker.log import configure_logging, log_deprecations
 from webhook_worker.ops.cli import OPS_REGISTRARS
+from webhook_worker.ops.credits_cli import add_credits
 from webhook_worker.ops.reconcile_cli import add_reconcile
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -36,7 +37,7 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from webhook_worker.db import migrations
+    from webhook_worker.db import migrations, store
 
     conn = await asyncpg.connect(settings.require_database(), timeout=10)
     try:
@@ -55,6 +56,7 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             )
             for m in applied:
                 print(f"applied {m.version:04d}_{m.name}")
+            await store.record_shortfall_policy(conn, settings.shortfall_policy)
             if not applied:
                 print("nothing to apply: the schema is up to date")
             return EXIT_OK
@@ -312,6 +314,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     _add_migrate,
     *OPS_REGISTRARS,
     add_reconcile,
+    add_credits,
 ]
 
 

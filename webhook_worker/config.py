@@ -55,6 +55,7 @@ __all__ = [
 AppEnv = Literal["production", "development", "test"]
 LogFormat = Literal["json", "console"]
 StripeMode = Literal["live", "test"]
+ShortfallPolicy = Literal["forgive", "collect"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -303,6 +304,9 @@ class Settings:
     users_table: TableName = DEFAULT_USERS_TABLE
     # The host's optimistic-locking column (USERS_VERSION_COLUMN); None: detected at migrate.
     users_version_column: str | None = None
+    # What refunds and disputes could not take back (spent): forgiven, or collected from the
+    # user's next purchase or grant (docs/spending.md "Shortfalls").
+    shortfall_policy: ShortfallPolicy = "forgive"
 
     def __repr__(self) -> str:  # never print secrets or DSN passwords
         return (
@@ -418,6 +422,9 @@ class Settings:
             users_tenant_column=_column_name(env, "USERS_TENANT_COLUMN"),
             users_table=_users_table(env),
             users_version_column=_identifier(env, "USERS_VERSION_COLUMN", "lock_version"),
+            shortfall_policy=_choice(  # type: ignore[arg-type]
+                env, "SHORTFALL_POLICY", "forgive", ("forgive", "collect")
+            ),
         )
 
     def __post_init__(self) -> None:

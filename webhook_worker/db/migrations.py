@@ -52,6 +52,8 @@ EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
         }
     ),
     8: frozenset({"feafee1dc247a50402377d6f9e17b5a0c9abf22294bd78d03fe3e567569bc187"}),
+    # 0025 as issue 27 landed it (a table named users only).
+    25: frozenset({"9823a31ac5550651b1aa5557b2e2c54bf46992961e7a6d2e16d2cd3af3e67ec6"}),
 }
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _UP = re.compile(r"^--\s*migrate:up\s*$", re.MULTILINE)

@@ -443,6 +443,12 @@ def _print_stats(stats: dict[str, Any], *, wide: bool) -> None:
     summary.add_row("credits granted", str(stats["credits_granted"]))
     summary.add_row("credits refunded (net)", str(stats["credits_refunded"]))
     summary.add_row("credits disputed (net)", str(stats["credits_disputed"]))
+    summary.add_row("credits spent (usage and settled holds)", str(stats["credits_spent"]))
+    summary.add_row("open holds", f"{stats['open_holds']} ({stats['credits_held']} credits)")
+    summary.add_row(
+        f"shortfall owed (policy {stats['shortfall_policy']})", str(stats["shortfall_outstanding"])
+    )
+    summary.add_row("shortfall collected", str(stats["shortfall_collected"]))
     summary.add_row(
         "waiting for their purchase",
         f"{stats['waiting_events']}"

@@ -37,7 +37,7 @@ from rich.table import Table
 from webhook_worker import job_queue as queue
 from webhook_worker import local_services
 from webhook_worker.config import Settings, redact_url
-from webhook_worker.db import host, migrations
+from webhook_worker.db import host, migrations, store
 from webhook_worker.db.queries import bind_users_table
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
@@ -223,6 +223,7 @@ async def _migrate(
             users_table=settings.users_table,
             version_column=settings.users_version_column,
         )
+        await store.record_shortfall_policy(conn, settings.shortfall_policy)
     except (MigrationError, asyncpg.PostgresError) as exc:
         report.add("rollback" if args.rollback else "migrate", "FAIL", str(exc))
         return False
