@@ -215,7 +215,6 @@ async def test_seed_host_user_table_install_purchase_refund_and_uninstall(
         assert (await status_of(conn, refund[0]))["processing_status"] == "completed"
         assert await _row(conn, buyer) == (15, 3)
 
-
         # A purchase by an email nobody has creates the user in "user" (status and role take
         # their defaults), never in a `users` table.
         by_email = await deliver(
