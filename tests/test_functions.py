@@ -72,6 +72,7 @@ async def test_installed_functions_equal_the_source_for_each_key_type(
             "users_create_by_email",
             "users_remember_stripe_customer",
             "credits_locked_balance",
+            "users_balance",
             "credits_write_row",
         }
         installed = await _installed(conn)

@@ -128,3 +128,13 @@ WHERE u.id = p_user_id
   AND NOT EXISTS (SELECT 1 FROM {users} other WHERE other.stripe_customer_id = p_customer)
 RETURNING u.id::{key}
 $$;
+
+-- function: users_balance
+-- The user's balance (NULL for no such user), for the application's Python API
+-- (webhook_worker.credits.balance), which runs in the host's process: the table is written
+-- here, so that process needs no USERS_TABLE of its own.
+CREATE OR REPLACE FUNCTION users_balance(p_user_id {key}) RETURNS BIGINT
+    LANGUAGE sql STABLE
+    AS $$
+SELECT u.credits_balance FROM {users} u WHERE u.id = p_user_id
+$$;

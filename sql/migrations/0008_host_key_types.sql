@@ -120,6 +120,9 @@ DROP FUNCTION IF EXISTS ledger_credit(TEXT, BIGINT, TEXT, TEXT, TEXT, TEXT, TEXT
 DROP FUNCTION IF EXISTS ledger_lock_key(UUID);
 DROP FUNCTION IF EXISTS ledger_lock_key(TEXT);
 -- Installed from sql/functions/ by the edited text (and by 0035 on earlier installs).
+DROP FUNCTION IF EXISTS users_balance(BIGINT);
+DROP FUNCTION IF EXISTS users_balance(UUID);
+DROP FUNCTION IF EXISTS users_balance(TEXT);
 DROP FUNCTION IF EXISTS users_remember_stripe_customer(BIGINT, TEXT);
 DROP FUNCTION IF EXISTS users_remember_stripe_customer(UUID, TEXT);
 DROP FUNCTION IF EXISTS users_remember_stripe_customer(TEXT, TEXT);
