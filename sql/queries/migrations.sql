@@ -21,5 +21,8 @@ DELETE FROM schema_migrations WHERE version = $1;
 -- name: migration_lock
 SELECT pg_advisory_lock($1);
 
+-- name: migration_try_lock
+SELECT pg_try_advisory_lock($1);
+
 -- name: migration_unlock
 SELECT pg_advisory_unlock($1);

@@ -3,10 +3,19 @@
 Every migration runs in its own transaction; a session advisory lock serialises concurrent
 runs (two deploys at once apply each migration once); a changed checksum of an applied file
 is refused, because the database no longer matches what the file says.
+
+A file whose first lines carry `-- migrate:no-transaction` runs outside a transaction, one
+statement at a time (each ends with `;` at the end of a line; no dollar-quoted bodies): the
+way to `CREATE INDEX CONCURRENTLY`, which Postgres refuses inside a transaction block, so a
+deploy on a large table never locks out the receiver's inserts. Such a file must be safe to
+run again after a crash part-way (`DROP INDEX CONCURRENTLY IF EXISTS` before each
+`CREATE INDEX CONCURRENTLY`, which also clears an invalid index a failed build leaves); it is
+recorded once all its statements succeeded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
@@ -55,9 +64,12 @@ EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
     # 0025 as issue 27 landed it (a table named users only).
     25: frozenset({"9823a31ac5550651b1aa5557b2e2c54bf46992961e7a6d2e16d2cd3af3e67ec6"}),
 }
+_LOCK_POLL_SECONDS = 0.2
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _UP = re.compile(r"^--\s*migrate:up\s*$", re.MULTILINE)
 _DOWN = re.compile(r"^--\s*migrate:down\s*$", re.MULTILINE)
+_NO_TRANSACTION = re.compile(r"^--\s*migrate:no-transaction\s*$", re.MULTILINE)
+_STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class Migration:
     down: str
     checksum: str
     path: Path
+    transactional: bool = True
 
 
 @dataclass(frozen=True)
@@ -97,12 +110,40 @@ def load_migrations(folder: Path | None = None) -> list[Migration]:
                 down=text[down_match.end() :].strip(),
                 checksum=hashlib.sha256(text.encode()).hexdigest(),
                 path=path,
+                transactional=_NO_TRANSACTION.search(text[: up_match.start()]) is None,
             )
         )
     versions = [m.version for m in migrations]
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a version number")
     return migrations
+
+
+def split_statements(sql: str) -> list[str]:
+    """The statements of a no-transaction part: each ends with `;` at the end of a line."""
+    parts = [part.strip() for part in _STATEMENT_END.split(sql)]
+    return [part for part in parts if part and not _only_comments(part)]
+
+
+def _only_comments(part: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in part.splitlines())
+
+
+async def _run_part(conn: asyncpg.Connection, migration: Migration, sql: str) -> None:
+    """One part (up or down): in the caller's transaction, or statement by statement."""
+    if migration.transactional:
+        await conn.execute(sql)
+        return
+    for statement in split_statements(sql):
+        await conn.execute(statement)
+
+
+async def _lock(conn: asyncpg.Connection) -> None:
+    """Take the migration lock, polling with pg_try_advisory_lock rather than waiting inside
+    pg_advisory_lock: a waiting statement holds a snapshot, and CREATE INDEX CONCURRENTLY in
+    the run that holds the lock waits for every snapshot to end, a deadlock."""
+    while not await conn.fetchval(query("migration_try_lock"), MIGRATION_LOCK_KEY):  # noqa: ASYNC110 - another process holds it; no event to wait on
+        await asyncio.sleep(_LOCK_POLL_SECONDS)
 
 
 async def _ensure_table(conn: asyncpg.Connection) -> None:
@@ -238,7 +279,7 @@ async def migrate_up(
     USERS_VERSION_COLUMN (without it an integer `version` or `lock_version` is detected).
     """
     done: list[Migration] = []
-    await conn.execute(query("migration_lock"), MIGRATION_LOCK_KEY)
+    await _lock(conn)
     try:
         migrations = load_migrations()
         if await conn.fetchval(query("schema_migrations_exists")):
@@ -256,10 +297,13 @@ async def migrate_up(
             if migration.version in applied or (to is not None and migration.version > to):
                 continue
             try:
+                if not migration.transactional:
+                    await _run_part(conn, migration, migration.up)
                 async with conn.transaction():
                     if shape is not None:
                         await _set_users_table(conn, shape)
-                    await conn.execute(migration.up)
+                    if migration.transactional:
+                        await _run_part(conn, migration, migration.up)
                     files = functions.marked_files(migration.up)
                     if shape is not None and files is not None:
                         await install_functions(conn, shape, files)
@@ -270,9 +314,8 @@ async def migrate_up(
                         migration.checksum,
                     )
             except asyncpg.PostgresError as exc:
-                raise MigrationError(
-                    f"{migration.path.name} failed and was rolled back: {exc}"
-                ) from exc
+                outcome = "was rolled back" if migration.transactional else "stopped part-way"
+                raise MigrationError(f"{migration.path.name} failed and {outcome}: {exc}") from exc
             done.append(migration)
         if to is None:
             await refresh_functions(conn, users_table, tenant_column, version_column)
@@ -330,7 +373,7 @@ async def migrate_down(
 ) -> list[Migration]:
     """Roll back the newest migration, or every migration above version `to`."""
     done: list[Migration] = []
-    await conn.execute(query("migration_lock"), MIGRATION_LOCK_KEY)
+    await _lock(conn)
     try:
         shape = await host.inspect_host(conn, users_table=users_table)
         await _ensure_table(conn)
@@ -340,9 +383,12 @@ async def migrate_down(
         targets = [m for m in reversed(migrations) if m.version in applied]
         targets = targets[:1] if to is None else [m for m in targets if m.version > to]
         for migration in targets:
+            if not migration.transactional:
+                await _run_part(conn, migration, migration.down)
             async with conn.transaction():
                 await _set_users_table(conn, shape)
-                await conn.execute(migration.down)
+                if migration.transactional:
+                    await _run_part(conn, migration, migration.down)
                 await conn.execute(query("forget_migration"), migration.version)
             done.append(migration)
     finally:
