@@ -27,6 +27,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from webhook_worker.config import Settings
+from webhook_worker.db.queries import bind_users_table
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from webhook_worker.dev.servicekit import (
     create_database,
@@ -35,6 +36,7 @@ from webhook_worker.dev.servicekit import (
     migrate_database,
 )
 from webhook_worker.dev.servicekit import wait_for as wait_for  # re-exported for the test modules
+from webhook_worker.identifier import DEFAULT_USERS_TABLE
 from webhook_worker.log import configure_logging
 from webhook_worker.ops.sample_events import sign_payload
 
@@ -121,6 +123,14 @@ async def clean_redis_url(redis_url: str) -> AsyncIterator[str]:
     yield redis_url
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _statements_name_the_default_users_table() -> Iterator[None]:
+    """A test that binds USERS_TABLE (a worker or CLI started with it) leaves the process's
+    statements naming `users` again for the next test."""
+    yield
+    bind_users_table(DEFAULT_USERS_TABLE)
 
 
 def base_env(database_url: str, redis_url: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ import asyncpg
 
 from webhook_worker import local_services
 from webhook_worker.config import Settings
+from webhook_worker.db.queries import bind_users_table
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from webhook_worker.log import configure_logging, log_deprecations
@@ -47,7 +48,11 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_OK
         if args.action == "up":
             applied = await migrations.migrate_up(
-                conn, to=args.to, tenant_column=settings.users_tenant_column
+                conn,
+                to=args.to,
+                tenant_column=settings.users_tenant_column,
+                users_table=settings.users_table,
+                version_column=settings.users_version_column,
             )
             for m in applied:
                 print(f"applied {m.version:04d}_{m.name}")
@@ -55,7 +60,7 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             if not applied:
                 print("nothing to apply: the schema is up to date")
             return EXIT_OK
-        rolled = await migrations.migrate_down(conn, to=args.to)
+        rolled = await migrations.migrate_down(conn, to=args.to, users_table=settings.users_table)
         for m in rolled:
             print(f"rolled back {m.version:04d}_{m.name}")
         if not rolled:
@@ -348,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     try:
         settings = _load_settings(args)
+        bind_users_table(settings.users_table)
         # Ops commands print their results (and --json) on stdout; their logs, such as the
         # replay audit line, go to stderr so the two never mix.
         configure_logging(

@@ -29,6 +29,12 @@ from webhook_worker.config_values import (
     redact_url,
 )
 from webhook_worker.errors import ConfigError
+from webhook_worker.identifier import (
+    DEFAULT_USERS_TABLE,
+    TableName,
+    check_identifier,
+    parse_table_name,
+)
 
 __all__ = [
     "OPS_TOKEN_MIN_CHARS",
@@ -93,6 +99,31 @@ def _column_name(env: Mapping[str, str], name: str) -> str | None:
     if not _COLUMN.fullmatch(raw):
         raise ConfigError(f"{name}={raw!r} is not a plain column name; use e.g. {name}=tenant_id")
     return raw
+
+
+def _users_table(env: Mapping[str, str]) -> TableName:
+    """USERS_TABLE: any identifier, exactly as written (reserved words, mixed case), or
+    schema.table; it reaches SQL only through identifier.quote_ident."""
+    raw = env.get("USERS_TABLE", "").strip()
+    if not raw:
+        return DEFAULT_USERS_TABLE
+    try:
+        return parse_table_name(raw, "USERS_TABLE")
+    except ValueError as exc:
+        raise ConfigError(
+            f"{exc}; name the host's users table as written in its DDL, e.g. USERS_TABLE=user "
+            "or USERS_TABLE=app.users"
+        ) from None
+
+
+def _identifier(env: Mapping[str, str], name: str, example: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return check_identifier(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}; use e.g. {name}={example}") from None
 
 
 def _required_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
@@ -271,6 +302,9 @@ class Settings:
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
     users_tenant_column: str | None = None
+    users_table: TableName = DEFAULT_USERS_TABLE
+    # The host's optimistic-locking column (USERS_VERSION_COLUMN); None: detected at migrate.
+    users_version_column: str | None = None
     # What refunds and disputes could not take back (spent): forgiven, or collected from the
     # user's next purchase or grant (docs/spending.md "Shortfalls").
     shortfall_policy: ShortfallPolicy = "forgive"
@@ -388,6 +422,8 @@ class Settings:
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
             db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
             users_tenant_column=_column_name(env, "USERS_TENANT_COLUMN"),
+            users_table=_users_table(env),
+            users_version_column=_identifier(env, "USERS_VERSION_COLUMN", "lock_version"),
             shortfall_policy=_choice(  # type: ignore[arg-type]
                 env, "SHORTFALL_POLICY", "forgive", ("forgive", "collect")
             ),

@@ -113,7 +113,7 @@ FROM (
     WHERE w.processing_status = 'waiting'
       AND CASE WHEN w.status_reason = 'awaiting_customer'
                -- an invoice: its customer is now linked to a user (users_stripe_customer_id_key)
-               THEN EXISTS (SELECT 1 FROM users u WHERE u.stripe_customer_id = w.waiting_for)
+               THEN EXISTS (SELECT 1 FROM {users} u WHERE u.stripe_customer_id = w.waiting_for)
                WHEN w.status_reason = 'awaiting_invoice'
                -- an invoice payment: its invoice is now credited
                THEN EXISTS (SELECT 1 FROM credit_transactions t

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import asyncpg
 
-from webhook_worker.db import host
+from webhook_worker.db import functions, host
 from webhook_worker.db.queries import query, sql_dir
 from webhook_worker.errors import MigrationError
+from webhook_worker.identifier import DEFAULT_USERS_TABLE, TableName
 
 # Fixed advisory-lock key for migrations ("wwmigrat" as bytes); the ledger uses another space.
 MIGRATION_LOCK_KEY = 0x77776D6967726174
@@ -36,10 +37,32 @@ MIGRATION_LOCK_KEY = 0x77776D6967726174
 # failed; 0001 additionally records what it adds to a host's users (its down then removes
 # exactly that) and skips the global email index on multi-tenant hosts. Installs made with
 # the earlier 0001 have no such record: its down keeps their columns, as it always did.
+# Issue 34 (USERS_TABLE) edited 0001, 0003, 0004 and 0008 again: on a table named `users`
+# they build what their issue-13 text built (the table name now comes from the runner, and
+# 0008 installs its functions from sql/functions/, the same bodies), so that text is
+# accepted too.
 EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
-    1: frozenset({"073791c9a4158ca79a8a24aaf2d38368a3e41ab3b5bac90ae697667dbd6b2fd6"}),
-    3: frozenset({"4c6cf8162a21d69b9c93b979d75f7f18988f5f896656754362928356c34e6376"}),
-    4: frozenset({"dbfa172e71d15d05504f95520f8bb530fc6751c3961461ac2695da3c4118e3e2"}),
+    1: frozenset(
+        {
+            "073791c9a4158ca79a8a24aaf2d38368a3e41ab3b5bac90ae697667dbd6b2fd6",
+            "e037c5d06cc6861efde9b42e4d158e25f74856ded73677a9d19e38df463bee82",
+        }
+    ),
+    3: frozenset(
+        {
+            "4c6cf8162a21d69b9c93b979d75f7f18988f5f896656754362928356c34e6376",
+            "2dab4ef5f2a8f014692f5d79229d2541b2ee06cbb9f4c6761202a42a84ac9a19",
+        }
+    ),
+    4: frozenset(
+        {
+            "dbfa172e71d15d05504f95520f8bb530fc6751c3961461ac2695da3c4118e3e2",
+            "ed168f476a06222fd1cadf361648524265a77c5daaa9396e0177797f9e9bf718",
+        }
+    ),
+    8: frozenset({"feafee1dc247a50402377d6f9e17b5a0c9abf22294bd78d03fe3e567569bc187"}),
+    # 0025 as issue 27 landed it (a table named users only).
+    25: frozenset({"9823a31ac5550651b1aa5557b2e2c54bf46992961e7a6d2e16d2cd3af3e67ec6"}),
 }
 _LOCK_POLL_SECONDS = 0.2
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -171,11 +194,19 @@ async def pending_migrations(conn: asyncpg.Connection) -> list[Migration]:
     return [m for m in migrations if m.version not in applied]
 
 
-async def check_host(conn: asyncpg.Connection, tenant_column: str | None) -> host.HostShape:
-    """Refuse a host `users` the service cannot support, before anything is changed; else
-    hand the tenant column to this session's migrations (the recorded one once there is)."""
-    shape = await host.inspect_host(conn, tenant_column)
-    problems = shape.problems()
+async def check_host(
+    conn: asyncpg.Connection,
+    tenant_column: str | None,
+    *,
+    users_table: TableName = DEFAULT_USERS_TABLE,
+    version_column: str | None = None,
+) -> host.HostShape:
+    """Refuse a host users table the service cannot support (or would shadow), before
+    anything is changed; else hand the table, the tenant column (the recorded one once there
+    is) and the version column to this session's migrations."""
+    shape, problems = await host.inspect_configured(
+        conn, users_table, tenant_column, version_column
+    )
     if problems:
         raise MigrationError("nothing was changed: " + "; ".join(problems))
     recorded = await host.recorded_shape(conn)
@@ -184,13 +215,68 @@ async def check_host(conn: asyncpg.Connection, tenant_column: str | None) -> hos
     return shape
 
 
+async def _set_users_table(conn: asyncpg.Connection, shape: host.HostShape) -> None:
+    """Name the users table for the migration of the current transaction."""
+    kind = "view" if shape.kind == "view" else "table"
+    await conn.execute(
+        query("host_set_users_table"),
+        shape.table.schema or "",
+        shape.table.name,
+        kind,
+        shape.version_column or "",
+    )
+
+
+async def install_functions(
+    conn: asyncpg.Connection, shape: host.HostShape, files: list[str] | None = None
+) -> list[functions.Function]:
+    """Render sql/functions/ for the host as it is now (inside the migration's transaction,
+    after its up part) and record what they were built on."""
+    now = await host.inspect_host(
+        conn,
+        shape.tenant_override,
+        users_table=shape.table,
+        version_override=shape.version_override,
+    )
+    recorded = await host.recorded_shape(conn) or {}
+    tenant = recorded.get("tenant_column") or now.tenant_column
+    family = now.key_family
+    if family is None:
+        raise MigrationError(f"{now.table}.id has a key type the ledger functions cannot take")
+    tenant_type = next((c.type for c in now.columns if c.name == tenant), None)
+    installed = await functions.install(
+        conn,
+        functions.FunctionShape(
+            key_family=family,
+            users=now.table,
+            version_column=now.version_column,
+            tenant_column=tenant,
+            tenant_type=tenant_type,
+        ),
+        files,
+    )
+    await conn.execute(
+        query("host_record_functions"),
+        now.table.sql,
+        "view" if now.kind == "view" else "table",
+        now.version_column or "",
+    )
+    return installed
+
+
 async def migrate_up(
-    conn: asyncpg.Connection, to: int | None = None, *, tenant_column: str | None = None
+    conn: asyncpg.Connection,
+    to: int | None = None,
+    *,
+    tenant_column: str | None = None,
+    users_table: TableName = DEFAULT_USERS_TABLE,
+    version_column: str | None = None,
 ) -> list[Migration]:
     """Apply pending migrations up to `to` (all by default); return what was applied.
 
     `tenant_column` is USERS_TENANT_COLUMN; without it a tenant column is detected from a
-    unique constraint on (tenant, email).
+    unique constraint on (tenant, email). `users_table` is USERS_TABLE, `version_column`
+    USERS_VERSION_COLUMN (without it an integer `version` or `lock_version` is detected).
     """
     done: list[Migration] = []
     await _lock(conn)
@@ -201,8 +287,11 @@ async def migrate_up(
             _check_checksums(migrations, applied)
         else:
             applied = {}
+        shape = None
         if any(m.version not in applied for m in migrations):
-            await check_host(conn, tenant_column)
+            shape = await check_host(
+                conn, tenant_column, users_table=users_table, version_column=version_column
+            )
         await _ensure_table(conn)
         for migration in migrations:
             if migration.version in applied or (to is not None and migration.version > to):
@@ -211,8 +300,13 @@ async def migrate_up(
                 if not migration.transactional:
                     await _run_part(conn, migration, migration.up)
                 async with conn.transaction():
+                    if shape is not None:
+                        await _set_users_table(conn, shape)
                     if migration.transactional:
                         await _run_part(conn, migration, migration.up)
+                    files = functions.marked_files(migration.up)
+                    if shape is not None and files is not None:
+                        await install_functions(conn, shape, files)
                     await conn.execute(
                         query("record_migration"),
                         migration.version,
@@ -223,16 +317,65 @@ async def migrate_up(
                 outcome = "was rolled back" if migration.transactional else "stopped part-way"
                 raise MigrationError(f"{migration.path.name} failed and {outcome}: {exc}") from exc
             done.append(migration)
+        if to is None:
+            await refresh_functions(conn, users_table, tenant_column, version_column)
     finally:
         await conn.execute(query("migration_unlock"), MIGRATION_LOCK_KEY)
     return done
 
 
-async def migrate_down(conn: asyncpg.Connection, to: int | None = None) -> list[Migration]:
+async def refresh_functions(
+    conn: asyncpg.Connection,
+    users_table: TableName,
+    tenant_column: str | None,
+    version_column: str | None,
+) -> bool:
+    """Re-install sql/functions/ when the installed ones no longer fit the host as it is now
+    (a version column added or renamed since, a function edited by hand), like a repeatable
+    migration; True when it did. Never re-points them to another table: `verify` reports
+    that, since the ledger's foreign key names the table it was installed on."""
+    recorded = await host.recorded_shape(conn)
+    if not recorded or recorded.get("users_table") is None:
+        return False  # 0035 not applied: its own marker installs them
+    shape, problems = await host.inspect_configured(
+        conn, users_table, tenant_column, version_column
+    )
+    family = shape.key_family
+    if problems or family is None or shape.table.sql != recorded["users_table"]:
+        return False
+    tenant = recorded.get("tenant_column")
+    expected = functions.render(
+        functions.FunctionShape(
+            key_family=family,
+            users=shape.table,
+            version_column=shape.version_column,
+            tenant_column=tenant,
+            tenant_type=next((c.type for c in shape.columns if c.name == tenant), None),
+        )
+    )
+    rows = await conn.fetch(query("host_function_sources"), [f.name for f in expected])
+    installed = {(r["name"], r["source"]) for r in rows}
+    if recorded.get("version_column") == shape.version_column and all(
+        (f.name, f.body) in installed for f in expected
+    ):
+        return False
+    async with conn.transaction():
+        await _set_users_table(conn, shape)
+        await install_functions(conn, shape)
+    return True
+
+
+async def migrate_down(
+    conn: asyncpg.Connection,
+    to: int | None = None,
+    *,
+    users_table: TableName = DEFAULT_USERS_TABLE,
+) -> list[Migration]:
     """Roll back the newest migration, or every migration above version `to`."""
     done: list[Migration] = []
     await _lock(conn)
     try:
+        shape = await host.inspect_host(conn, users_table=users_table)
         await _ensure_table(conn)
         applied = await _applied(conn)
         migrations = load_migrations()
@@ -243,6 +386,7 @@ async def migrate_down(conn: asyncpg.Connection, to: int | None = None) -> list[
             if not migration.transactional:
                 await _run_part(conn, migration, migration.down)
             async with conn.transaction():
+                await _set_users_table(conn, shape)
                 if migration.transactional:
                     await _run_part(conn, migration, migration.down)
                 await conn.execute(query("forget_migration"), migration.version)

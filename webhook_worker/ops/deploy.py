@@ -38,6 +38,7 @@ from webhook_worker import job_queue as queue
 from webhook_worker import local_services
 from webhook_worker.config import Settings, redact_url
 from webhook_worker.db import host, migrations, store
+from webhook_worker.db.queries import bind_users_table
 from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
 from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from webhook_worker.log import configure_logging, log_deprecations
@@ -190,16 +191,20 @@ async def _host(
     conn: asyncpg.Connection, settings: Settings, args: argparse.Namespace, report: Report
 ) -> bool:
     """Print the host `users` shape and the choices made; refuse an unsupported one."""
-    shape = await host.inspect_host(conn, settings.users_tenant_column)
+    shape, problems = await host.inspect_configured(
+        conn,
+        settings.users_table,
+        settings.users_tenant_column,
+        settings.users_version_column,
+    )
     recorded = await host.recorded_shape(conn)
     console = _console()
     for line in shape.describe(recorded):
         console.print(terminal.cell(f"host: {line}"))
-    problems = shape.problems()
     if problems and not args.rollback:
         report.add("host users", "FAIL", "; ".join(problems))
         return False
-    report.add("host users", "ok", f"users.id {shape.key_type}")
+    report.add("host users", "ok", f"{shape.table}.id {shape.key_type}")
     return True
 
 
@@ -208,11 +213,16 @@ async def _migrate(
 ) -> bool:
     try:
         if args.rollback:
-            done = await migrations.migrate_down(conn, to=args.to)
+            done = await migrations.migrate_down(conn, to=args.to, users_table=settings.users_table)
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in done)
             report.add("rollback", "ok", f"rolled back {names}" if done else "nothing to roll back")
             return True
-        done = await migrations.migrate_up(conn, tenant_column=settings.users_tenant_column)
+        done = await migrations.migrate_up(
+            conn,
+            tenant_column=settings.users_tenant_column,
+            users_table=settings.users_table,
+            version_column=settings.users_version_column,
+        )
         await store.record_shortfall_policy(conn, settings.shortfall_policy)
     except (MigrationError, asyncpg.PostgresError) as exc:
         report.add("rollback" if args.rollback else "migrate", "FAIL", str(exc))
@@ -227,6 +237,8 @@ async def _verify(conn: asyncpg.Connection, settings: Settings, report: Report) 
         conn,
         stale_after_seconds=settings.stale_after_seconds,
         tenant_column=settings.users_tenant_column,
+        users_table=settings.users_table,
+        version_column=settings.users_version_column,
     )
     print_verify_report(result)
     if result.ok:
@@ -329,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings, note = local_services.load_settings(os.environ)
         if note:
             print(note, file=sys.stderr)
+        bind_users_table(settings.users_table)
         configure_logging(settings.log_format, settings.log_level)
         log_deprecations(settings.deprecations)
         terminal.quiet_http_logs()

@@ -12,7 +12,8 @@ from webhook_worker.db import host, migrations
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import MigrationError
-from webhook_worker.ops import expected_schema, webhook_endpoints
+from webhook_worker.identifier import DEFAULT_USERS_TABLE, TableName
+from webhook_worker.ops import expected_schema, host_checks, webhook_endpoints
 from webhook_worker.worker import scope
 
 # The schema contract `verify` checks: webhook_worker.ops.expected_schema.
@@ -66,23 +67,24 @@ async def _verify_schema(
     present: dict[str, set[str]] = {}
     for row in rows:
         present.setdefault(row["table_name"], set()).add(row["column_name"])
-    complete: set[str] = set()
-    for table, columns in EXPECTED_COLUMNS.items():
-        if table not in present:
-            report.add(f"table {table}", False, f"table {table} is missing")
-            continue
-        missing = [column for column in columns if column not in present[table]]
-        if missing:
-            report.add(f"table {table}", False, f"{table} lacks column(s): {', '.join(missing)}")
-        else:
-            report.add(f"table {table}", True, f"{len(columns)} columns present")
-            complete.add(table)
+    # The host's table is found by USERS_TABLE, not by name in the current schema.
+    present.pop("users", None)
+    if shape.exists:
+        present["users"] = {c.name for c in shape.columns}
+    complete = _verify_columns(report, present)
     constraints = {row["name"] for row in await conn.fetch(query("ops_schema_constraints"))}
-    for name, meaning in EXPECTED_CONSTRAINTS.items():
+    indexes = {row["name"] for row in await conn.fetch(query("ops_schema_indexes"))}
+    if shape.exists:
+        on_users = {
+            row["name"] for row in await conn.fetch(query("host_users_objects"), shape.table.sql)
+        }
+        constraints |= on_users
+        indexes |= on_users
+    view = shape.kind == "view"
+    for name, meaning in {**EXPECTED_CONSTRAINTS, **host_checks.users_constraints(view)}.items():
         found = name in constraints
         report.add(f"constraint {name}", found, meaning if found else f"missing ({meaning})")
-    indexes = {row["name"] for row in await conn.fetch(query("ops_schema_indexes"))}
-    for name, meaning in _expected_indexes(tenant).items():
+    for name, meaning in {**host_checks.users_indexes(tenant, view), **EXPECTED_INDEXES}.items():
         found = name in indexes
         report.add(f"index {name}", found, meaning if found else f"missing ({meaning})")
     if tenant is not None and "users_email_lower_key" in indexes:
@@ -115,13 +117,19 @@ async def _verify_schema(
     return complete
 
 
-def _expected_indexes(tenant: str | None) -> dict[str, str]:
-    """A multi-tenant users gets a plain lower(email) index instead of the unique one."""
-    if tenant is None:
-        return EXPECTED_INDEXES
-    expected = {k: v for k, v in EXPECTED_INDEXES.items() if k != "users_email_lower_key"}
-    expected["users_email_lower_idx"] = f"users.email lookups (unique per users.{tenant})"
-    return expected
+def _verify_columns(report: VerifyReport, present: dict[str, set[str]]) -> set[str]:
+    complete: set[str] = set()
+    for table, columns in EXPECTED_COLUMNS.items():
+        if table not in present:
+            report.add(f"table {table}", False, f"table {table} is missing")
+            continue
+        missing = [column for column in columns if column not in present[table]]
+        if missing:
+            report.add(f"table {table}", False, f"{table} lacks column(s): {', '.join(missing)}")
+        else:
+            report.add(f"table {table}", True, f"{len(columns)} columns present")
+            complete.add(table)
+    return complete
 
 
 def _verify_users_insertable(shape: host.HostShape, report: VerifyReport) -> None:
@@ -169,16 +177,15 @@ _LOCK_SAMPLES: dict[host.KeyFamily, tuple[host.UserId, ...]] = {
 
 
 async def _verify_host(
-    conn: Connection, report: VerifyReport, shape: host.HostShape
+    conn: Connection, report: VerifyReport, shape: host.HostShape, problems: list[str]
 ) -> dict[str, Any] | None:
     """The host shape found, what migrations recorded, and the lock key function."""
     recorded = await host.recorded_shape(conn)
     report.host_shape = shape.describe(recorded)
-    problems = shape.problems()
     report.add(
         "host users",
         not problems,
-        "; ".join(problems) if problems else f"users.id {shape.key_type} is supported",
+        "; ".join(problems) if problems else f"{shape.table}.id {shape.key_type} is supported",
     )
     family = shape.key_family
     if recorded is None or recorded.get("key_type") is None or family is None:
@@ -203,6 +210,8 @@ async def _verify_host(
     else:
         report.add("host shape recorded", True, f"ledger user_id {recorded['ledger_key_type']}")
     await _verify_lock_key(conn, report, family, recorded)
+    host_checks.check_users_table(report.add, shape, recorded)
+    await host_checks.check_function_sources(conn, report.add, shape, family, recorded)
     return recorded
 
 
@@ -339,6 +348,8 @@ async def verify(
     stale_after_seconds: int,
     tenant_column: str | None = None,
     settings: Settings | None = None,
+    users_table: TableName | None = None,
+    version_column: str | None = None,
 ) -> VerifyReport:
     """The deployment check: the host's users supported and recorded, the lock key agreeing
     with Python, contract schema present, balances match ledgers, none stuck; with
@@ -347,8 +358,14 @@ async def verify(
     if settings is not None:
         check_scope(report, settings)
     with translate_errors("verifying the database"):
-        shape = await host.inspect_host(conn, tenant_column)
-        recorded = await _verify_host(conn, report, shape)
+        if users_table is None:
+            users_table = settings.users_table if settings is not None else DEFAULT_USERS_TABLE
+        if version_column is None and settings is not None:
+            version_column = settings.users_version_column
+        shape, problems = await host.inspect_configured(
+            conn, users_table, tenant_column, version_column
+        )
+        recorded = await _verify_host(conn, report, shape, problems)
         tenant = recorded.get("tenant_column") if recorded else shape.tenant_column
         complete = await _verify_schema(conn, report, shape, tenant)
         if settings is not None and settings.stripe_api_key and "reconcile_runs" in complete:
