@@ -2,13 +2,13 @@
 -- Read-only. `webhook-worker verify` runs the same checks (exit 1 and a list on a problem);
 -- this file is for a human at a psql prompt.
 
-\echo '== tables and columns of the contract (expect 9 tables) =='
+\echo '== tables and columns of the contract (expect 10 tables) =='
 SELECT table_name, string_agg(column_name, ', ' ORDER BY ordinal_position) AS columns
 FROM information_schema.columns
 WHERE table_schema = current_schema()
   AND table_name IN ('users', 'stripe_events', 'credit_transactions', 'schema_migrations',
                      'payment_states', 'payment_refund_failures', 'payment_disputes',
-                     'reconcile_runs', 'credit_note_refunds')
+                     'reconcile_runs', 'credit_note_refunds', 'reconcile_lease')
 GROUP BY table_name
 ORDER BY table_name;
 

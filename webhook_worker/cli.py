@@ -17,8 +17,13 @@ import asyncpg
 
 from webhook_worker.config import Settings
 from webhook_worker.dev import services_file as devservices
-from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
-from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from webhook_worker.errors import (
+    ConfigError,
+    MigrationError,
+    MigrationLockTimeout,
+    WebhookWorkerError,
+)
+from webhook_worker.exit_codes import EXIT_LOCKED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from webhook_worker.log import configure_logging
 from webhook_worker.ops.cli import OPS_REGISTRARS
 from webhook_worker.ops.reconcile_cli import add_reconcile
@@ -36,7 +41,7 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from webhook_worker.db import migrations
 
-    conn = await asyncpg.connect(settings.require_database(), timeout=10)
+    conn = await migrations.connect_direct(settings)
     try:
         if args.action == "status":
             for row in await migrations.migration_status(conn):
@@ -45,14 +50,24 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_OK
         if args.action == "up":
             applied = await migrations.migrate_up(
-                conn, to=args.to, tenant_column=settings.users_tenant_column
+                conn,
+                to=args.to,
+                tenant_column=settings.users_tenant_column,
+                lock_timeout=settings.migration_lock_timeout_seconds,
+                on_wait=_say,
             )
             for m in applied:
                 print(f"applied {m.version:04d}_{m.name}")
             if not applied:
                 print("nothing to apply: the schema is up to date")
             return EXIT_OK
-        rolled = await migrations.migrate_down(conn, to=args.to)
+        rolled = await migrations.migrate_down(
+            conn,
+            to=args.to,
+            drop_data=args.drop_data,
+            lock_timeout=settings.migration_lock_timeout_seconds,
+            on_wait=_say,
+        )
         for m in rolled:
             print(f"rolled back {m.version:04d}_{m.name}")
         if not rolled:
@@ -62,10 +77,19 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
         await conn.close()
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _add_migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("migrate", help="apply, roll back or list schema migrations (sql/)")
     p.add_argument("action", nargs="?", choices=("up", "down", "status"), default="up")
     p.add_argument("--to", type=int, default=None, help="target version (up: at most; down: keep)")
+    p.add_argument(
+        "--drop-data",
+        action="store_true",
+        help="down: proceed even when it drops ledger, event or audit rows",
+    )
     p.set_defaults(handler=lambda a, s: _run_async(_migrate(a, s)))
 
 
@@ -250,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except MigrationLockTimeout as exc:
+        print(f"migration error: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
     except MigrationError as exc:
         print(f"migration error: {exc}", file=sys.stderr)
         return EXIT_PROBLEM

@@ -181,3 +181,6 @@ LIMIT $2;
 
 -- name: ops_event_stored
 SELECT processing_status FROM stripe_events WHERE event_id = $1;
+
+-- name: ops_event_outcome
+SELECT processing_status, status_reason, error_message FROM stripe_events WHERE event_id = $1;

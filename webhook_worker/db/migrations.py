@@ -1,22 +1,37 @@
 """Plain-SQL migrations from `sql/migrations/NNNN_name.sql`, each with an up and a down part.
 
-Every migration runs in its own transaction; a session advisory lock serialises concurrent
-runs (two deploys at once apply each migration once); a changed checksum of an applied file
-is refused, because the database no longer matches what the file says.
+Every migration runs in its own transaction, which first takes a transaction-scoped
+advisory lock (`pg_try_advisory_xact_lock`) and re-reads what is applied: two deploys at
+once apply each migration once, and nothing outlives a transaction, so the runner is safe
+through PgBouncer's transaction pooling (no session lock to strand on a pooled backend, no
+session setting to lose between statements). A run that finds the lock taken says who holds
+it (pid, application_name, since when) and gives up after `lock_timeout` seconds
+(`MigrationLockTimeout`). A changed checksum of an applied file is refused, because the
+database no longer matches what the file says. A rollback that would drop or empty a table
+holding rows refuses, naming the tables and their row counts (`DataLossRefused`), unless
+`drop_data` is given.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 
+from webhook_worker.config import Settings
 from webhook_worker.db import host
 from webhook_worker.db.queries import query, sql_dir
-from webhook_worker.errors import MigrationError
+from webhook_worker.errors import DataLossRefused, MigrationError, MigrationLockTimeout
+from webhook_worker.log import get_logger
+
+log = get_logger("webhook_worker.migrations")
 
 # Fixed advisory-lock key for migrations ("wwmigrat" as bytes); the ledger uses another space.
 MIGRATION_LOCK_KEY = 0x77776D6967726174
@@ -32,6 +47,15 @@ EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
     3: frozenset({"4c6cf8162a21d69b9c93b979d75f7f18988f5f896656754362928356c34e6376"}),
     4: frozenset({"dbfa172e71d15d05504f95520f8bb530fc6751c3961461ac2695da3c4118e3e2"}),
 }
+DEFAULT_LOCK_TIMEOUT_S = 60.0
+_LOCK_POLL_S = 0.25
+# Bookkeeping tables a rollback may drop with their rows: nothing of value is in them.
+_DISPOSABLE_TABLES = frozenset({"users_host_shape", "schema_migrations", "reconcile_lease"})
+_DROPS_ROWS = re.compile(
+    r"\b(?:DROP\s+TABLE(?:\s+IF\s+EXISTS)?|TRUNCATE(?:\s+TABLE)?|DELETE\s+FROM)\s+"
+    r"((?:ONLY\s+)?[A-Za-z_][A-Za-z0-9_.]*(?:\s*,\s*[A-Za-z_][A-Za-z0-9_.]*)*)",
+    re.IGNORECASE,
+)
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _UP = re.compile(r"^--\s*migrate:up\s*$", re.MULTILINE)
 _DOWN = re.compile(r"^--\s*migrate:down\s*$", re.MULTILINE)
@@ -45,6 +69,29 @@ class Migration:
     down: str
     checksum: str
     path: Path
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    application_name: str
+    since: datetime | None
+    state: str
+
+    def describe(self) -> str:
+        since = self.since.isoformat(timespec="seconds") if self.since else "an unknown time"
+        name = self.application_name or "(no application_name)"
+        return f"pid {self.pid} ({name}, {self.state or 'state hidden'}) since {since}"
+
+
+@dataclass(frozen=True)
+class TableAtRisk:
+    table: str
+    rows: int
+    migration: str
+
+    def describe(self) -> str:
+        return f"{self.table} ({self.rows} rows, dropped by {self.migration} down)"
 
 
 @dataclass(frozen=True)
@@ -82,6 +129,17 @@ def load_migrations(folder: Path | None = None) -> list[Migration]:
     return migrations
 
 
+async def connect_direct(settings: Settings) -> asyncpg.Connection:
+    """The migration connection: DIRECT_DATABASE_URL (else DATABASE_URL), with the
+    DB_STATEMENT_CACHE_SIZE of the services (0 behind a pooler that cannot keep them)."""
+    return await asyncpg.connect(
+        settings.require_direct_database(),
+        timeout=10,
+        statement_cache_size=settings.db_statement_cache_size,
+        server_settings={"application_name": "webhook-worker migrate"},
+    )
+
+
 async def _ensure_table(conn: asyncpg.Connection) -> None:
     await conn.execute(query("create_schema_migrations"))
 
@@ -108,8 +166,8 @@ def _check_checksums(migrations: list[Migration], applied: dict[int, asyncpg.Rec
 
 
 async def migration_status(conn: asyncpg.Connection) -> list[MigrationStatus]:
-    await _ensure_table(conn)
-    applied = await _applied(conn)
+    """Read-only (works with the runtime role's grants): before any migration, all pending."""
+    applied = await _applied_now(conn)
     return [
         MigrationStatus(
             version=m.version,
@@ -131,76 +189,195 @@ async def pending_migrations(conn: asyncpg.Connection) -> list[Migration]:
 
 
 async def check_host(conn: asyncpg.Connection, tenant_column: str | None) -> host.HostShape:
-    """Refuse a host `users` the service cannot support, before anything is changed; else
-    hand the tenant column to this session's migrations (the recorded one once there is)."""
+    """Refuse a host `users` the service cannot support, before anything is changed."""
     shape = await host.inspect_host(conn, tenant_column)
     problems = shape.problems()
     if problems:
         raise MigrationError("nothing was changed: " + "; ".join(problems))
-    recorded = await host.recorded_shape(conn)
-    tenant = recorded["tenant_column"] if recorded else shape.tenant_column
-    await conn.execute(query("host_set_tenant_column"), tenant or "")
     return shape
 
 
+async def _tenant_setting(conn: asyncpg.Connection, shape: host.HostShape) -> str:
+    """The tenant column the migrations read (the recorded one once there is); '' for none."""
+    recorded = await host.recorded_shape(conn)
+    tenant = recorded["tenant_column"] if recorded else shape.tenant_column
+    return str(tenant or "")
+
+
+async def lock_holder(conn: asyncpg.Connection) -> LockHolder | None:
+    """Who holds the migration lock now (a run of this or an earlier version), if anyone."""
+    row = await conn.fetchrow(query("migration_lock_holder"), MIGRATION_LOCK_KEY)
+    if row is None:
+        return None
+    return LockHolder(
+        pid=int(row["pid"]),
+        application_name=str(row["application_name"] or ""),
+        since=row["since"],
+        state=str(row["state"] or ""),
+    )
+
+
+def _report_wait(message: str) -> None:
+    log.warning("migration_lock_waiting", holder=message)
+
+
+async def take_lock(
+    conn: asyncpg.Connection,
+    timeout: float = DEFAULT_LOCK_TIMEOUT_S,  # noqa: ASYNC109 - a polling deadline
+    on_wait: Callable[[str], None] = _report_wait,
+) -> None:
+    """In the current transaction: the migration lock, waiting at most `timeout` seconds.
+
+    While it waits, `on_wait` hears who holds it (each new holder once); then
+    MigrationLockTimeout names the holder and how to end it.
+    """
+    deadline = time.monotonic() + timeout
+    told: LockHolder | None = None
+    while not await conn.fetchval(query("migration_try_lock"), MIGRATION_LOCK_KEY):
+        holder = await lock_holder(conn)
+        described = holder.describe() if holder else "a session this role cannot see"
+        if time.monotonic() >= deadline:
+            raise MigrationLockTimeout(
+                f"gave up after {timeout:g}s waiting for the migration lock, held by {described}; "
+                "let that run finish, or end it with SELECT pg_terminate_backend(<pid>) if it "
+                "is stuck, then run again (MIGRATION_LOCK_TIMEOUT_SECONDS sets the wait)"
+            )
+        if holder != told:
+            on_wait(f"waiting for the migration lock, held by {described}")
+            told = holder
+        await asyncio.sleep(_LOCK_POLL_S)
+
+
+async def _applied_now(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
+    if not await conn.fetchval(query("schema_migrations_exists")):
+        return {}
+    return await _applied(conn)
+
+
 async def migrate_up(
-    conn: asyncpg.Connection, to: int | None = None, *, tenant_column: str | None = None
+    conn: asyncpg.Connection,
+    to: int | None = None,
+    *,
+    tenant_column: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    on_wait: Callable[[str], None] = _report_wait,
 ) -> list[Migration]:
     """Apply pending migrations up to `to` (all by default); return what was applied.
 
     `tenant_column` is USERS_TENANT_COLUMN; without it a tenant column is detected from a
     unique constraint on (tenant, email).
     """
-    done: list[Migration] = []
-    await conn.execute(query("migration_lock"), MIGRATION_LOCK_KEY)
-    try:
-        migrations = load_migrations()
-        if await conn.fetchval(query("schema_migrations_exists")):
-            applied = await _applied(conn)
-            _check_checksums(migrations, applied)
-        else:
-            applied = {}
+    migrations = load_migrations()
+    async with conn.transaction():
+        await take_lock(conn, lock_timeout, on_wait)
+        applied = await _applied_now(conn)
+        _check_checksums(migrations, applied)
+        tenant = ""
         if any(m.version not in applied for m in migrations):
-            await check_host(conn, tenant_column)
+            tenant = await _tenant_setting(conn, await check_host(conn, tenant_column))
         await _ensure_table(conn)
-        for migration in migrations:
-            if migration.version in applied or (to is not None and migration.version > to):
-                continue
-            try:
-                async with conn.transaction():
-                    await conn.execute(migration.up)
-                    await conn.execute(
-                        query("record_migration"),
-                        migration.version,
-                        migration.name,
-                        migration.checksum,
-                    )
-            except asyncpg.PostgresError as exc:
-                raise MigrationError(
-                    f"{migration.path.name} failed and was rolled back: {exc}"
-                ) from exc
-            done.append(migration)
-    finally:
-        await conn.execute(query("migration_unlock"), MIGRATION_LOCK_KEY)
+    done: list[Migration] = []
+    for migration in migrations:
+        if migration.version in applied or (to is not None and migration.version > to):
+            continue
+        try:
+            async with conn.transaction():
+                await take_lock(conn, lock_timeout, on_wait)
+                if await conn.fetchval(query("migration_applied"), migration.version):
+                    continue  # another run applied it while this one waited
+                # Transaction-local: read by 0001 and 0008 within this transaction only.
+                await conn.execute(query("host_set_tenant_column"), tenant)
+                await conn.execute(migration.up)
+                await conn.execute(
+                    query("record_migration"),
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+        except asyncpg.PostgresError as exc:
+            raise MigrationError(
+                f"{migration.path.name} failed and was rolled back: {exc}"
+            ) from exc
+        done.append(migration)
     return done
 
 
-async def migrate_down(conn: asyncpg.Connection, to: int | None = None) -> list[Migration]:
-    """Roll back the newest migration, or every migration above version `to`."""
-    done: list[Migration] = []
-    await conn.execute(query("migration_lock"), MIGRATION_LOCK_KEY)
-    try:
+def dropped_tables(migration: Migration) -> list[str]:
+    """The tables `migration`'s down part drops, truncates or deletes from."""
+    names: list[str] = []
+    for match in _DROPS_ROWS.finditer(migration.down):
+        for name in match.group(1).split(","):
+            table = re.sub(r"^ONLY\s+", "", name.strip(), flags=re.IGNORECASE).lower()
+            if table not in names:
+                names.append(table)
+    return names
+
+
+async def data_at_risk(conn: asyncpg.Connection, targets: list[Migration]) -> list[TableAtRisk]:
+    """Each table the down parts of `targets` would drop or empty that holds rows now."""
+    risks: list[TableAtRisk] = []
+    for migration in targets:
+        for table in dropped_tables(migration):
+            if table.split(".")[-1] in _DISPOSABLE_TABLES:
+                continue
+            if not await conn.fetchval(query("table_exists"), table):
+                continue
+            ident = ".".join(f'"{part}"' for part in table.split("."))
+            rows = int(await conn.fetchval(f"SELECT count(*) FROM {ident}"))
+            if rows:
+                name = f"{migration.version:04d}_{migration.name}"
+                risks.append(TableAtRisk(table, rows, name))
+    return risks
+
+
+def refusal(risks: list[TableAtRisk]) -> str:
+    tables = "; ".join(risk.describe() for risk in risks)
+    return (
+        f"nothing was rolled back: the rollback would drop rows of {tables}. These are ledger, "
+        "event or audit rows: back the database up first, then run it again with --drop-data "
+        "if they are truly to go"
+    )
+
+
+def rollback_targets(
+    migrations: list[Migration], applied: dict[int, asyncpg.Record], to: int | None
+) -> list[Migration]:
+    targets = [m for m in reversed(migrations) if m.version in applied]
+    return targets[:1] if to is None else [m for m in targets if m.version > to]
+
+
+async def migrate_down(
+    conn: asyncpg.Connection,
+    to: int | None = None,
+    *,
+    drop_data: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    on_wait: Callable[[str], None] = _report_wait,
+) -> list[Migration]:
+    """Roll back the newest migration, or every migration above version `to`.
+
+    Refuses (DataLossRefused, nothing changed) when a down part would drop or empty a table
+    holding rows, unless `drop_data`.
+    """
+    migrations = load_migrations()
+    async with conn.transaction():
+        await take_lock(conn, lock_timeout, on_wait)
         await _ensure_table(conn)
         applied = await _applied(conn)
-        migrations = load_migrations()
         _check_checksums(migrations, applied)
-        targets = [m for m in reversed(migrations) if m.version in applied]
-        targets = targets[:1] if to is None else [m for m in targets if m.version > to]
-        for migration in targets:
-            async with conn.transaction():
-                await conn.execute(migration.down)
-                await conn.execute(query("forget_migration"), migration.version)
-            done.append(migration)
-    finally:
-        await conn.execute(query("migration_unlock"), MIGRATION_LOCK_KEY)
+        targets = rollback_targets(migrations, applied, to)
+        risks = await data_at_risk(conn, targets)
+    if risks and not drop_data:
+        raise DataLossRefused(refusal(risks))
+    if risks:
+        log.warning("rollback_dropping_data", tables=[r.describe() for r in risks])
+    done: list[Migration] = []
+    for migration in targets:
+        async with conn.transaction():
+            await take_lock(conn, lock_timeout, on_wait)
+            if not await conn.fetchval(query("migration_applied"), migration.version):
+                continue  # another run rolled it back meanwhile
+            await conn.execute(migration.down)
+            await conn.execute(query("forget_migration"), migration.version)
+        done.append(migration)
     return done

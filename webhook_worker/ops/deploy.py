@@ -1,17 +1,23 @@
 """Roll the webhook-worker hotfix out: preflight, migrate, verify, smoke test, report.
 
     python deploy_hotfix.py [--yes] [--dry-run] [--skip-migration] [--smoke-url URL]
-    python deploy_hotfix.py --rollback [--to VERSION] [--yes]
+    python deploy_hotfix.py --rollback [--to VERSION] [--drop-data] [--yes]
 
 1. preflight — settings parse (`Settings.from_env`), DATABASE_URL / REDIS_URL set, every
-   STRIPE_WEBHOOK_SECRET entry looks like `whsec_…`, Postgres and Redis answer.
-2. migrate   — `sql/migrations` up (each in its own transaction, advisory-locked);
-   `--skip-migration` skips it; `--rollback [--to VERSION]` runs down parts instead (the
-   newest migration, or every one above VERSION) and skips verify.
+   STRIPE_WEBHOOK_SECRET entry looks like `whsec_…`, Postgres and Redis answer, and the
+   migration role may change `users` when a migration is pending. Schema work uses
+   DIRECT_DATABASE_URL (a connection past any pooler), else DATABASE_URL.
+2. migrate   — `sql/migrations` up (each in its own transaction, under a transaction-scoped
+   advisory lock; a run holding it is named, and after MIGRATION_LOCK_TIMEOUT_SECONDS the
+   deploy gives up with exit 3); `--skip-migration` skips it; `--rollback [--to VERSION]`
+   runs down parts instead (the newest migration, or every one above VERSION) and skips
+   verify. A rollback that would drop ledger, event or audit rows refuses, naming the
+   tables and row counts, unless `--drop-data` is given (and typed again at the prompt).
 3. verify    — the same checks as `webhook-worker verify`.
 4. smoke     — with `--smoke-url`: POST a signed test-mode event of type
-   `webhook_worker.smoke_test` (the worker marks it `ignored`; no balance is touched) and
-   see it stored in `stripe_events`.
+   `webhook_worker.smoke_test` and wait until a worker has processed it (`ignored`,
+   `unhandled_type`; no balance is touched); the step fails saying whether the event was
+   not stored, or stored but not processed within the timeout.
 5. report    — one line per step. Exit 0 only when every step passed, 1 when one failed,
    2 on bad configuration or usage.
 
@@ -36,14 +42,19 @@ from rich.table import Table
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings, redact_url
 from webhook_worker.db import host, migrations
-from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
-from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from webhook_worker.errors import (
+    ConfigError,
+    MigrationError,
+    MigrationLockTimeout,
+    WebhookWorkerError,
+)
+from webhook_worker.exit_codes import EXIT_LOCKED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from webhook_worker.log import configure_logging
 from webhook_worker.ops import terminal, test_events, verify
 from webhook_worker.ops.cli import print_verify_report
 from webhook_worker.worker import scope
 
-SMOKE_TIMEOUT_SECONDS = 15.0
+SMOKE_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass
@@ -56,6 +67,7 @@ class Step:
 @dataclass
 class Report:
     steps: list[Step] = field(default_factory=list)
+    lock_timed_out: bool = False
 
     def add(self, name: str, status: str, detail: str) -> Step:
         step = Step(name, status, detail)
@@ -87,7 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--to", type=int, metavar="VERSION", help="with --rollback: keep VERSION and below"
     )
+    parser.add_argument(
+        "--drop-data",
+        action="store_true",
+        help="with --rollback: proceed even when it drops ledger, event or audit rows",
+    )
     parser.add_argument("--smoke-url", metavar="URL", help="POST a signed test event here")
+    parser.add_argument(
+        "--smoke-timeout",
+        type=float,
+        default=SMOKE_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"how long the worker may take to process the smoke event ({SMOKE_TIMEOUT_SECONDS:g})",
+    )
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask; for CI/release")
     return parser
 
@@ -96,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _preflight(settings: Settings, report: Report) -> asyncpg.Connection | None:
-    dsn = settings.require_database()
+    settings.require_database()
     settings.require_redis()
     if settings.webhook_secrets:
         report.add(
@@ -117,8 +141,9 @@ async def _preflight(settings: Settings, report: Report) -> asyncpg.Connection |
     report.add("preflight: scope", "ok", scope.describe(settings))
     for warning in scope.warnings(settings):
         report.add("preflight: scope", "warn", warning)
+    dsn = settings.require_direct_database()
     try:
-        conn = await asyncpg.connect(dsn, timeout=10)
+        conn = await migrations.connect_direct(settings)
         version = await conn.fetchval("SHOW server_version")
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         report.add(
@@ -153,6 +178,19 @@ async def _plan(conn: asyncpg.Connection, args: argparse.Namespace) -> list[migr
     return targets[:1] if args.to is None else [m for m in targets if m.version > args.to]
 
 
+async def _risks(
+    conn: asyncpg.Connection, plan: list[migrations.Migration], args: argparse.Namespace
+) -> list[migrations.TableAtRisk]:
+    """With --rollback: the tables holding rows that the plan's down parts would drop."""
+    if not args.rollback or not plan:
+        return []
+    risks = await migrations.data_at_risk(conn, plan)
+    console = _console()
+    for risk in risks:
+        console.print(f"plan: DROPS DATA: {risk.describe()}", markup=False)
+    return risks
+
+
 def _print_plan(plan: list[migrations.Migration], args: argparse.Namespace) -> None:
     console = _console()
     verb = "roll back" if args.rollback else "apply"
@@ -171,10 +209,21 @@ def _print_plan(plan: list[migrations.Migration], args: argparse.Namespace) -> N
             console.print(f"plan: then POST a signed test event to {args.smoke_url}", markup=False)
 
 
-def _confirm(plan: list[migrations.Migration], args: argparse.Namespace) -> bool:
+def _confirm(
+    plan: list[migrations.Migration],
+    args: argparse.Namespace,
+    risks: list[migrations.TableAtRisk],
+) -> bool:
     if args.yes or not plan or not sys.stdin.isatty():
         return True
     verb = "Roll back" if args.rollback else "Apply"
+    if risks:
+        tables = ", ".join(f"{r.table} ({r.rows} rows)" for r in risks)
+        answer = input(
+            f"{verb} {len(plan)} migration(s) listed above, DELETING {tables}? "
+            "Type --drop-data to confirm: "
+        )
+        return answer.strip() == "--drop-data"
     answer = input(f"{verb} {len(plan)} migration(s) listed above? [y/N] ")
     return answer.strip().lower() in {"y", "yes"}
 
@@ -201,17 +250,36 @@ async def _migrate(
 ) -> bool:
     try:
         if args.rollback:
-            done = await migrations.migrate_down(conn, to=args.to)
+            done = await migrations.migrate_down(
+                conn,
+                to=args.to,
+                drop_data=args.drop_data,
+                lock_timeout=settings.migration_lock_timeout_seconds,
+                on_wait=_say,
+            )
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in done)
             report.add("rollback", "ok", f"rolled back {names}" if done else "nothing to roll back")
             return True
-        done = await migrations.migrate_up(conn, tenant_column=settings.users_tenant_column)
+        done = await migrations.migrate_up(
+            conn,
+            tenant_column=settings.users_tenant_column,
+            lock_timeout=settings.migration_lock_timeout_seconds,
+            on_wait=_say,
+        )
+    except MigrationLockTimeout as exc:
+        report.lock_timed_out = True
+        report.add("rollback" if args.rollback else "migrate", "FAIL", str(exc))
+        return False
     except (MigrationError, asyncpg.PostgresError) as exc:
         report.add("rollback" if args.rollback else "migrate", "FAIL", str(exc))
         return False
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in done)
     report.add("migrate", "ok", f"applied {names}" if done else "nothing to apply; up to date")
     return True
+
+
+def _say(message: str) -> None:
+    _console().print(f"migrate: {message}", markup=False)
 
 
 async def _verify(conn: asyncpg.Connection, settings: Settings, report: Report) -> bool:
@@ -229,7 +297,16 @@ async def _verify(conn: asyncpg.Connection, settings: Settings, report: Report) 
     return False
 
 
-async def _smoke(conn: asyncpg.Connection, settings: Settings, url: str, report: Report) -> bool:
+_NOT_PROCESSED = frozenset({"received", "processing"})
+
+
+async def _smoke(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    url: str,
+    timeout: float,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
+    report: Report,
+) -> bool:
     secret = test_events.pick_secret(settings, None)
     event = test_events.build_test_event(test_events.SMOKE_EVENT_TYPE)
     try:
@@ -242,20 +319,41 @@ async def _smoke(conn: asyncpg.Connection, settings: Settings, url: str, report:
             "smoke test", "FAIL", f"{url} answered HTTP {result.status_code}: {result.body[:200]}"
         )
         return False
-    deadline = time.monotonic() + SMOKE_TIMEOUT_SECONDS
-    status = await test_events.event_status(conn, result.event_id)
-    while status is None and time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout
+    outcome = await test_events.event_outcome(conn, result.event_id)
+    while (outcome is None or outcome[0] in _NOT_PROCESSED) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        status = await test_events.event_status(conn, result.event_id)
-    if status is None:
+        outcome = await test_events.event_outcome(conn, result.event_id)
+    if outcome is None:
         report.add(
             "smoke test",
             "FAIL",
             f"{url} answered 200 but {result.event_id} is not in stripe_events of this "
-            "DATABASE_URL (is the receiver on another database?)",
+            f"DATABASE_URL after {timeout:g}s (is the receiver on another database?)",
         )
         return False
-    report.add("smoke test", "ok", f"{result.event_id} stored ({status}) via {url}")
+    status, reason = outcome
+    if status in _NOT_PROCESSED:
+        report.add(
+            "smoke test",
+            "FAIL",
+            f"{result.event_id} was stored but no worker processed it within {timeout:g}s "
+            f"(still {status}): is `webhook-worker work` running, on the same REDIS_URL and "
+            "QUEUE_NAME as the receiver?",
+        )
+        return False
+    if status != "ignored":
+        report.add(
+            "smoke test",
+            "FAIL",
+            f"{result.event_id} ended {status} ({reason}); a smoke event should be ignored",
+        )
+        return False
+    report.add(
+        "smoke test",
+        "ok",
+        f"{result.event_id} stored and processed by a worker ({status}, {reason})",
+    )
     return True
 
 
@@ -270,12 +368,19 @@ async def deploy(args: argparse.Namespace, settings: Settings, report: Report) -
             report.add("plan", "FAIL", str(exc))
             return
         _print_plan(plan, args)
+        risks = await _risks(conn, plan, args)
         if not await _host(conn, settings, args, report):
             return
-        if args.dry_run:
-            report.add("dry run", "ok", f"{len(plan)} migration(s) planned; nothing changed")
+        if risks and not args.drop_data:
+            report.add("rollback", "FAIL", migrations.refusal(risks))
             return
-        if not _confirm(plan, args):
+        if args.dry_run:
+            dropping = f"; would drop {len(risks)} table(s) with rows" if risks else ""
+            report.add(
+                "dry run", "ok", f"{len(plan)} migration(s) planned{dropping}; nothing changed"
+            )
+            return
+        if not _confirm(plan, args, risks):
             report.add("confirm", "FAIL", "not confirmed; nothing changed")
             return
         if args.skip_migration and not args.rollback:
@@ -290,7 +395,7 @@ async def deploy(args: argparse.Namespace, settings: Settings, report: Report) -
             )
             return
         if await _verify(conn, settings, report) and args.smoke_url:
-            await _smoke(conn, settings, args.smoke_url, report)
+            await _smoke(conn, settings, args.smoke_url, args.smoke_timeout, report)
     finally:
         await conn.close()
 
@@ -312,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.to is not None and not args.rollback:
         print("--to goes with --rollback", file=sys.stderr)
         return EXIT_USAGE
+    if args.drop_data and not args.rollback:
+        print("--drop-data goes with --rollback", file=sys.stderr)
+        return EXIT_USAGE
     if args.rollback and (args.skip_migration or args.smoke_url):
         print("--rollback cannot be combined with --skip-migration or --smoke-url", file=sys.stderr)
         return EXIT_USAGE
@@ -330,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     _print_report(report)
+    if report.lock_timed_out:
+        return EXIT_LOCKED
     return EXIT_OK if report.ok else EXIT_PROBLEM
 
 
