@@ -147,7 +147,9 @@ async def _ledger_rows(dsn: str, purchases: int) -> None:
     """A user, `purchases` stored events and their ledger rows (as the worker writes them)."""
     conn = await asyncpg.connect(dsn)
     try:
-        user = await conn.fetchval("INSERT INTO users (email) VALUES ('r@example.com') RETURNING id")
+        user = await conn.fetchval(
+            "INSERT INTO users (email) VALUES ('r@example.com') RETURNING id"
+        )
         for i in range(purchases):
             await conn.execute(
                 "INSERT INTO stripe_events (event_id, type, processing_status) "

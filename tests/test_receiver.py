@@ -19,7 +19,6 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import SECOND_SECRET, TEST_SECRET, sign
 from tests.worker_support import queued_event_ids
-from webhook_worker import job_queue as queue
 from webhook_worker.cli import main as cli_main
 from webhook_worker.config import Settings
 from webhook_worker.dev.embedded import free_port
@@ -360,11 +359,11 @@ async def test_each_alias_route_accepts_events(
 
 
 async def test_an_accepted_event_has_its_arq_job_in_redis(
-    client: httpx.AsyncClient, redis_client: ArqRedis
+    client: httpx.AsyncClient, redis_client: ArqRedis, settings: Settings
 ) -> None:
     event_id, body = _body()
     assert (await post_signed(client, body)).status_code == 200
-    [job] = await redis_client.queued_jobs(queue_name=queue.QUEUE_NAME)
+    [job] = await redis_client.queued_jobs(queue_name=settings.queue_name)
     assert (job.function, job.args, job.kwargs) == ("process_stripe_events", ([event_id],), {})
 
 

@@ -77,7 +77,7 @@ def test_worker_options_follow_the_settings() -> None:
     assert options["poll_delay"] == 0.2
     assert options["keep_result"] == 0  # job ids are never reused; Postgres has the outcome
     assert options["handle_signals"] is False  # the supervisor handles signals
-    assert options["queue_name"] == queue.QUEUE_NAME
+    assert options["queue_name"] == settings.queue_name
     assert [f.name for f in options["functions"]] == [queue.PROCESS_EVENTS_JOB]
     assert {job.name for job in options["cron_jobs"]} == {
         "cron:sweep_stale_events",

@@ -24,7 +24,7 @@ from webhook_worker.errors import (
     WebhookWorkerError,
 )
 from webhook_worker.exit_codes import EXIT_LOCKED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
-from webhook_worker.log import configure_logging
+from webhook_worker.log import configure_logging, get_logger
 from webhook_worker.ops.cli import OPS_REGISTRARS
 from webhook_worker.ops.reconcile_cli import add_reconcile
 
@@ -96,10 +96,53 @@ def _add_migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 # --- serve / work / dev ------------------------------------------------------------------
 
 
+def _check_services(settings: Settings, role: str) -> None:
+    """Before a service starts: Redis fit for it (else, after REDIS_STARTUP_TIMEOUT_SECONDS,
+    RedisMisconfigured: exit 2 with the cause and the fix)."""
+    from webhook_worker.redis_check import check_redis
+
+    log = get_logger("webhook_worker.startup")
+
+    def retrying(cause: str) -> None:
+        log.warning("redis_misconfigured", role=role, cause=cause, retrying=True)
+
+    warning = asyncio.run(check_redis(settings, on_retry=retrying))
+    if warning:
+        log.warning("redis_unreachable_at_startup", role=role, detail=warning)
+    missing = asyncio.run(_missing_grants(settings))
+    if missing:
+        for line in missing:
+            log.error("runtime_grant_missing", role=role, detail=line)
+        raise ConfigError(
+            f"the DATABASE_URL role lacks {len(missing)} grant(s) the {role} needs: "
+            + "; ".join(missing)
+            + " (docs/deployment.md, Database roles)"
+        )
+
+
+async def _missing_grants(settings: Settings) -> list[str]:
+    """What the runtime role lacks; [] when Postgres does not answer now (it may later)."""
+    from webhook_worker.db import privileges
+
+    try:
+        conn = await asyncpg.connect(
+            settings.require_database(),
+            timeout=5,
+            statement_cache_size=settings.db_statement_cache_size,
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return []
+    try:
+        return await privileges.missing_runtime_grants(conn)
+    finally:
+        await conn.close()
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     settings.require_receiver()
+    _check_services(settings, "receiver")
     _prepare_multiprocess_metrics(settings, args.workers)
     _raise_open_files_limit(settings.max_connections)
     uvicorn.run(
@@ -194,6 +237,7 @@ def _work(args: argparse.Namespace, settings: Settings) -> int:
 
     settings.require_database()
     settings.require_redis()
+    _check_services(settings, "worker")
     run_worker(settings, burst=args.burst)
     return EXIT_OK
 

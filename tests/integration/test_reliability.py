@@ -357,7 +357,7 @@ async def test_receiver_killed_between_commit_and_enqueue_sweeper_processes_it(
             "SELECT processing_status FROM stripe_events WHERE event_id = $1", event["id"]
         )
         assert status == "received"  # durable…
-        assert await redis.zcard("arq:queue") == 0  # …but never enqueued
+        assert await redis.zcard("arq:queue:postgres") == 0  # …but never enqueued
         cluster.extra_env.update(STALE_AFTER_SECONDS="1", SWEEP_INTERVAL_SECONDS="1")
         cluster.start_worker()
         await _all_final(cluster, expected_rows=1, timeout=60)

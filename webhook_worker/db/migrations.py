@@ -26,7 +26,7 @@ from pathlib import Path
 import asyncpg
 
 from webhook_worker.config import Settings
-from webhook_worker.db import host
+from webhook_worker.db import host, privileges
 from webhook_worker.db.queries import query, sql_dir
 from webhook_worker.errors import DataLossRefused, MigrationError, MigrationLockTimeout
 from webhook_worker.log import get_logger
@@ -275,6 +275,9 @@ async def migrate_up(
         tenant = ""
         if any(m.version not in applied for m in migrations):
             tenant = await _tenant_setting(conn, await check_host(conn, tenant_column))
+            problems = await privileges.migration_role_problems(conn)
+            if problems:
+                raise MigrationError("nothing was changed: " + "; ".join(problems))
         await _ensure_table(conn)
     done: list[Migration] = []
     for migration in migrations:

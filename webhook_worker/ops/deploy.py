@@ -41,7 +41,7 @@ from rich.table import Table
 
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings, redact_url
-from webhook_worker.db import host, migrations
+from webhook_worker.db import host, migrations, privileges
 from webhook_worker.errors import (
     ConfigError,
     MigrationError,
@@ -357,6 +357,29 @@ async def _smoke(
     return True
 
 
+async def _checks_pass(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    args: argparse.Namespace,
+    report: Report,
+    plan: list[migrations.Migration],
+    risks: list[migrations.TableAtRisk],
+) -> bool:
+    """The host's users, the migration role's rights, a rollback's data: True to go on."""
+    if not await _host(conn, settings, args, report):
+        return False
+    if plan and not args.rollback:
+        problems = await privileges.migration_role_problems(conn)
+        for problem in problems:
+            report.add("preflight: privileges", "FAIL", problem)
+        if problems:
+            return False
+    if risks and not args.drop_data:
+        report.add("rollback", "FAIL", migrations.refusal(risks))
+        return False
+    return True
+
+
 async def deploy(args: argparse.Namespace, settings: Settings, report: Report) -> None:
     conn = await _preflight(settings, report)
     if conn is None:
@@ -369,10 +392,7 @@ async def deploy(args: argparse.Namespace, settings: Settings, report: Report) -
             return
         _print_plan(plan, args)
         risks = await _risks(conn, plan, args)
-        if not await _host(conn, settings, args, report):
-            return
-        if risks and not args.drop_data:
-            report.add("rollback", "FAIL", migrations.refusal(risks))
+        if not await _checks_pass(conn, settings, args, report, plan, risks):
             return
         if args.dry_run:
             dropping = f"; would drop {len(risks)} table(s) with rows" if risks else ""

@@ -381,7 +381,7 @@ def worker_options(settings: Settings, *, with_cron: bool = True) -> dict[str, A
         "functions": [func(process_stripe_events, name=queue.PROCESS_EVENTS_JOB)],
         "cron_jobs": cron_jobs(settings) if with_cron else None,
         "redis_settings": redis,
-        "queue_name": queue.QUEUE_NAME,
+        "queue_name": settings.queue_name,
         "max_jobs": settings.worker_max_jobs,
         "poll_delay": settings.worker_poll_delay,
         # arq runs a job again once its in-progress key expires (job_timeout + 10 s) when its
