@@ -53,7 +53,7 @@ REQUIRED_COMMANDS: tuple[str, ...] = (
     "exists",
     "expire",
     "pexpire",
-    "incr",
+    "incrby",  # redis-py sends INCR as INCRBY
     "zadd",
     "zrem",
     "zcard",
