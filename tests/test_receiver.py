@@ -674,7 +674,7 @@ async def test_readyz_is_200_when_postgres_and_redis_answer(make_settings: MakeS
     async with serve(make_settings(METRICS_ON_RECEIVER="true")) as client:
         response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"ready": True, "postgres": "ok", "redis": "ok"}
+    assert response.json() == {"ready": True, "postgres": "ok", "redis": "ok", "grants": "ok"}
 
 
 async def test_readyz_is_503_when_redis_is_down(make_settings: MakeSettings) -> None:

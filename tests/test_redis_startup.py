@@ -81,15 +81,14 @@ async def test_receiver_and_worker_run_as_an_acl_user_with_exactly_the_documente
                         client_reference_id=str(user), credits=credits
                     )
                     body = json.dumps(event).encode()
-                    response = await post_event(
-                        client, f"{base}/webhooks/stripe", body, sign(body)
-                    )
+                    response = await post_event(client, f"{base}/webhooks/stripe", body, sign(body))
                     assert response.status_code == 200, response.text
 
                 async def credited() -> bool:
-                    return await conn.fetchval(
-                        "SELECT credits_balance FROM users WHERE id = $1", user
-                    ) == 7
+                    return (
+                        await conn.fetchval("SELECT credits_balance FROM users WHERE id = $1", user)
+                        == 7
+                    )
 
                 await wait_for(credited, timeout=60)
     finally:
