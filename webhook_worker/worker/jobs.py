@@ -35,7 +35,7 @@ from webhook_worker import internal_listener as internal
 from webhook_worker import job_queue as queue
 from webhook_worker import metrics, runtime
 from webhook_worker.config import Settings
-from webhook_worker.db import store
+from webhook_worker.db import recovery, store
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger, redact_text
 from webhook_worker.worker import handlers, payments, reconcile
@@ -200,10 +200,17 @@ class _EventRun:
         return "retried"
 
     async def release_unfinished(self) -> None:
-        """The job was cancelled (shutdown): a claimed event goes back, due at once, so the
-        run arq starts again takes it without waiting for its lease to run out."""
-        if self.claimed and not self.finished:
-            await _release(self.pool, self.event_id, "worker stopped during the job")
+        """The job was cancelled (shutdown): a claimed event goes back, due at once, with a
+        fresh job of its own enqueued after the release committed, so any worker takes it
+        now (arq's re-run of the cancelled job may have been picked up before the release
+        and skipped it)."""
+        if not self.claimed or self.finished:
+            return
+        if await _release(self.pool, self.event_id, "worker stopped during the job"):
+            try:
+                await queue.enqueue_event_jobs(self.ctx["redis"], [self.event_id])
+            except TransientError as exc:  # Redis away: the worker that starts sweeps
+                log.warning("release_enqueue_failed", error=_error_text(exc))
 
 
 async def _process_event(ctx: dict[str, Any], event_id: str) -> str:
@@ -236,8 +243,32 @@ async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> di
         async with slots:
             return await _process_event(ctx, event_id)
 
-    outcomes = await asyncio.gather(*(in_a_slot(event_id) for event_id in dict.fromkeys(event_ids)))
+    unique = list(dict.fromkeys(event_ids))
+    outcomes = await asyncio.gather(*(in_a_slot(event_id) for event_id in unique))
+    skipped = [
+        event_id for event_id, outcome in zip(unique, outcomes, strict=True) if outcome == "skipped"
+    ]
+    if skipped:  # rare (a duplicate job): only then ask whether the events are ours at all
+        await _warn_foreign(ctx, skipped)
     return dict(Counter(outcomes))
+
+
+async def _warn_foreign(ctx: dict[str, Any], event_ids: list[str]) -> None:
+    """Events this database never stored came from another deployment sharing the queue."""
+    settings: Settings = ctx["settings"]
+    try:
+        async with store.acquire(ctx["pool"], "looking events up") as conn:
+            foreign = await recovery.unknown_events(conn, event_ids)
+    except (TransientError, PermanentError):
+        return
+    if foreign:
+        log.warning(
+            "foreign_jobs_found",
+            events=len(foreign),
+            queue=settings.queue_name,
+            fix="another deployment shares this Redis database and queue: give each its own "
+            "QUEUE_NAME (or Redis database); its events are left alone here",
+        )
 
 
 # --- cron: sweeper and pruner --------------------------------------------------------------

@@ -11,6 +11,11 @@ Redis error escapes `main()`, it logs `redis_unavailable`, closes that generatio
 The jobs the closed generation was running were cancelled: each released its claimed events
 (due at once), and arq runs the job again when Redis is back.
 
+Recovery in seconds: when the first generation starts, when one starts again after Redis
+errors, and when the marker key `<QUEUE_NAME>:alive` has vanished (checked every second:
+Redis restarted or was flushed, losing its queue), it enqueues every event not yet processed
+(`db.recovery.enqueue_unfinished`) instead of leaving them to the stale-event sweeper.
+
 It handles SIGINT/SIGTERM itself: the current generation is closed, then the resources, and
 the process exits 0, even with Redis away. In burst mode it returns when `main()` does.
 
@@ -31,6 +36,8 @@ from redis.exceptions import RedisError
 
 from webhook_worker import job_queue, metrics
 from webhook_worker.config import Settings
+from webhook_worker.db import recovery
+from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger, redact_text
 from webhook_worker.worker import jobs
 
@@ -43,6 +50,8 @@ FIRST_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 5.0
 # A generation still polling after this long has recovered from an outage.
 RUNNING_AFTER_S = 1.0
+# How often the marker key is checked (one SET NX): a vanished marker means lost jobs.
+MARKER_CHECK_S = 1.0
 
 
 def _fault_text(exc: BaseException) -> str:
@@ -83,6 +92,9 @@ class WorkerSupervisor:
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
+        self._sweep_due = True  # at start, and after every Redis fault
+        self._first = True
+        self._marker = f"{settings.queue_name}:alive"
 
     # --- control ------------------------------------------------------------------------
 
@@ -113,10 +125,17 @@ class WorkerSupervisor:
         self._stopped.clear()
         redis = job_queue.connect_redis_lazily(self.settings)
         self.ctx["redis"] = redis
+        watcher: asyncio.Task[None] | None = None
         try:
             await jobs.open_resources(self.ctx)
+            if not self.burst:
+                watcher = asyncio.create_task(self._watch_marker(redis))
             await self._run_generations(redis)
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             try:
                 await jobs.close_resources(self.ctx)
             finally:
@@ -134,6 +153,8 @@ class WorkerSupervisor:
                 self._redis_failed(exc)
                 await self._back_off()
                 continue
+            if self._sweep_due and not self.burst:
+                await self._recover(redis, "worker_started" if self._first else "redis_reconnected")
             generation = Worker(**self.options, ctx=dict(self.ctx))
             self.worker = generation
             try:
@@ -175,7 +196,36 @@ class WorkerSupervisor:
         self._redis_failed(exc)
         return False
 
+    async def _recover(self, redis: ArqRedis, trigger: str) -> None:
+        """Enqueue every unprocessed event now; on failure, try again at the next chance."""
+        try:
+            await redis.set(self._marker, b"1")
+            enqueued = await recovery.enqueue_unfinished(
+                self.ctx["pool"], redis, lease_seconds=jobs.lease_seconds(self.settings)
+            )
+        except (*REDIS_FAULTS, TransientError, PermanentError) as exc:
+            log.warning("unfinished_events_not_enqueued", trigger=trigger, error=_fault_text(exc))
+            return
+        self._sweep_due = False
+        self._first = False
+        log.info("unfinished_events_enqueued", trigger=trigger, events=enqueued)
+
+    async def _watch_marker(self, redis: ArqRedis) -> None:
+        """Every MARKER_CHECK_S: if the marker is gone, Redis lost its data (and its queue)."""
+        while True:
+            await asyncio.sleep(MARKER_CHECK_S)
+            if self._sweep_due:
+                continue  # a generation start sweeps anyway
+            try:
+                lost = await redis.set(self._marker, b"1", nx=True)
+            except REDIS_FAULTS:
+                continue
+            if lost:
+                log.warning("redis_data_lost", marker=self._marker)
+                await self._recover(redis, "redis_data_lost")
+
     def _redis_failed(self, exc: BaseException) -> None:
+        self._sweep_due = True
         self.redis_failures += 1
         metrics.REDIS_OUTAGE_RETRIES.inc()
         log.warning(
