@@ -53,8 +53,9 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def redis_client(clean_redis_url: str) -> AsyncIterator[ArqRedis]:
+async def redis_client(clean_redis_url: str, settings: Settings) -> AsyncIterator[ArqRedis]:
     r = ArqRedis.from_url(clean_redis_url)
+    r.default_queue_name = settings.queue_name
     yield r
     await r.aclose()
 

@@ -163,6 +163,7 @@ async def test_redis_flushed_with_jobs_in_it_sweeper_recovers(cluster: Cluster) 
             body = encode_event(event)
             assert (await post_event(client, url, body, sign_payload(body, OLD_SECRET))).is_success
     redis = ArqRedis.from_url(cluster.redis.url)
+    redis.default_queue_name = "arq:queue:postgres"  # derived from the cluster's database
     try:
         assert len(await queued_event_ids(redis)) == 40  # the jobs were there…
         await redis.flushall()  # …and Redis lost them
