@@ -148,7 +148,7 @@ class WorkerBatches:
     ) -> None:
         self._pool = pool
         claims = _Claims(lease_seconds)
-        sizes = {
+        sizes: dict[str, Any] = {
             "max_batch": max_batch,
             "max_inflight": max(_INFLIGHT, -(-max_jobs // max(1, max_batch))),
         }
