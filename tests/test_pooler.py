@@ -20,6 +20,7 @@ from tests.ops_support import running_receiver
 from tests.pgbouncer import PgBouncer
 from tests.worker_support import spawn_worker, stop_worker, worker_env
 from webhook_worker.db import migrations
+from webhook_worker.dev.embedded import free_port
 from webhook_worker.exit_codes import EXIT_LOCKED, EXIT_OK
 from webhook_worker.ops import sample_events
 
@@ -222,5 +223,22 @@ async def _wait_completed(dsn: str, count: int) -> None:
             return int(finished) >= count
 
         await wait_for(done, timeout=60)
+    finally:
+        await conn.close()
+
+
+async def test_migrate_uses_direct_database_url_when_database_url_is_a_pooler(
+    empty_database_url: str,
+) -> None:
+    """DATABASE_URL points nowhere Postgres answers; DIRECT_DATABASE_URL is the server."""
+    parts = empty_database_url.rsplit("@", 1)
+    nowhere = f"{parts[0]}@127.0.0.1:{free_port()}/{parts[1].split('/', 1)[1]}"
+    env = _cli_env(nowhere, DIRECT_DATABASE_URL=empty_database_url)
+    code, out = await _finish(_cli(env, "migrate", "up"), timeout=120)
+    assert code == EXIT_OK, out
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        applied = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+        assert applied == len(ALL_VERSIONS)
     finally:
         await conn.close()
