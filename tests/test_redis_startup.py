@@ -179,3 +179,23 @@ async def test_an_acl_fixed_while_the_worker_waits_lets_it_start(
         assert worker.poll() is None
     finally:
         stop_worker(worker)
+
+
+async def test_the_deploy_preflight_fails_on_an_acl_without_a_needed_command(
+    own_redis: EmbeddedRedis, database_url: str
+) -> None:
+    await _acl(own_redis.url, f"ACL SETUSER locked on >{PASSWORD} ~arq:* +@all -@dangerous")
+    env = worker_env(
+        database_url, _user_url(own_redis, "locked"), STRIPE_WEBHOOK_SECRET=TEST_SECRET
+    )
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(ROOT / "deploy_hotfix.py"), "--dry-run"],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "preflight: redis" in result.stdout and "'info' command" in result.stdout
+    assert "deploy FAILED" in result.stdout

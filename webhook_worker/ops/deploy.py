@@ -39,7 +39,7 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
-from webhook_worker import job_queue as queue
+from webhook_worker import redis_check
 from webhook_worker.config import Settings, redact_url
 from webhook_worker.db import host, migrations, privileges
 from webhook_worker.errors import (
@@ -154,13 +154,17 @@ async def _preflight(settings: Settings, report: Report) -> asyncpg.Connection |
         return None
     report.add("preflight: postgres", "ok", f"{redact_url(dsn)} answers (server {version})")
     try:
-        redis = await queue.create_redis(settings)
-        try:
-            await redis.ping()
-        finally:
-            await redis.aclose()
-    except (WebhookWorkerError, OSError) as exc:
-        report.add("preflight: redis", "FAIL", f"{redact_url(settings.redis_url or '')}: {exc}")
+        # Each command the service needs, on probe keys: a wrong password, an ACL without a
+        # command or a missing database fails here, naming the fix (no retry in a deploy).
+        unreachable = await redis_check.check_redis(
+            settings.with_overrides(redis_startup_timeout_seconds=0)
+        )
+    except WebhookWorkerError as exc:
+        unreachable = str(exc)
+    if unreachable:
+        report.add(
+            "preflight: redis", "FAIL", f"{redact_url(settings.redis_url or '')}: {unreachable}"
+        )
         await conn.close()
         return None
     report.add("preflight: redis", "ok", f"{redact_url(settings.redis_url or '')} answers")
