@@ -14,17 +14,18 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import TEST_SECRET, sign, wait_for
 from tests.integration.cluster import post_event
 from tests.ops_support import running_receiver
-from tests.worker_support import spawn_worker, stop_worker, worker_env
+from tests.worker_support import in_process_worker, spawn_worker, stop_worker, worker_env
 from webhook_worker.config import Settings
 from webhook_worker.dev.embedded import EmbeddedRedis, free_port
 from webhook_worker.exit_codes import EXIT_USAGE
 from webhook_worker.ops import sample_events
-from webhook_worker.redis_check import acl_setuser_line, check_redis
+from webhook_worker.redis_check import RedisMisconfigured, acl_setuser_line, check_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cret-acl-pass-0123"
@@ -199,3 +200,32 @@ async def test_the_deploy_preflight_fails_on_an_acl_without_a_needed_command(
     assert result.returncode == 1, result.stdout
     assert "preflight: redis" in result.stdout and "'info' command" in result.stdout
     assert "deploy FAILED" in result.stdout
+
+
+async def test_a_password_changed_while_the_worker_runs_stops_it_after_the_bounded_retry(
+    own_redis: EmbeddedRedis, database_url: str
+) -> None:
+    await _acl(own_redis.url, _documented_acl().replace("<password>", PASSWORD))
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": _user_url(own_redis, "webhook_worker"),
+            "REDIS_STARTUP_TIMEOUT_SECONDS": "1",
+            "APP_ENV": "test",
+        }
+    )
+    worker = in_process_worker(settings, burst=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await wait_for(lambda: worker.worker is not None, timeout=30)
+        await _acl(own_redis.url, "ACL SETUSER webhook_worker resetpass >rotated-elsewhere")
+        admin = aioredis.from_url(own_redis.url)
+        try:
+            await admin.execute_command("CLIENT", "KILL", "USER", "webhook_worker")
+        finally:
+            await admin.aclose()
+        with pytest.raises(RedisMisconfigured, match="refused the credentials"):
+            await asyncio.wait_for(task, timeout=60)
+    finally:
+        if not task.done():
+            await worker.close()

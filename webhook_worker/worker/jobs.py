@@ -245,12 +245,11 @@ async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> di
 
     unique = list(dict.fromkeys(event_ids))
     outcomes = await asyncio.gather(*(in_a_slot(event_id) for event_id in unique))
-    skipped = [
-        event_id for event_id, outcome in zip(unique, outcomes, strict=True) if outcome == "skipped"
-    ]
-    if skipped:  # rare (a duplicate job): only then ask whether the events are ours at all
+    counts = Counter(outcomes)
+    if counts.get("skipped"):  # rare (a duplicate job): only then ask whether they are ours
+        skipped = [e for e, outcome in zip(unique, outcomes, strict=True) if outcome == "skipped"]
         await _warn_foreign(ctx, skipped)
-    return dict(Counter(outcomes))
+    return dict(counts)
 
 
 async def _warn_foreign(ctx: dict[str, Any], event_ids: list[str]) -> None:

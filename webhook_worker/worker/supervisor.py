@@ -34,7 +34,7 @@ from arq import Worker
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from webhook_worker import job_queue, metrics
+from webhook_worker import job_queue, metrics, redis_check
 from webhook_worker.config import Settings
 from webhook_worker.db import recovery
 from webhook_worker.errors import PermanentError, TransientError
@@ -95,6 +95,10 @@ class WorkerSupervisor:
         self._sweep_due = True  # at start, and after every Redis fault
         self._first = True
         self._marker = f"{settings.queue_name}:alive"
+        # A Redis that refuses (password, ACL, database) rather than being away: since when,
+        # and the error that ends the process once it lasts REDIS_STARTUP_TIMEOUT_SECONDS.
+        self._refused_since: float | None = None
+        self._fatal: redis_check.RedisMisconfigured | None = None
 
     # --- control ------------------------------------------------------------------------
 
@@ -143,6 +147,8 @@ class WorkerSupervisor:
                     await redis.aclose()
                 self._running = False
                 self._stopped.set()
+        if self._fatal is not None:
+            raise self._fatal
 
     async def _run_generations(self, redis: ArqRedis) -> None:
         while not self._stop.is_set():
@@ -227,6 +233,7 @@ class WorkerSupervisor:
     def _redis_failed(self, exc: BaseException) -> None:
         self._sweep_due = True
         self.redis_failures += 1
+        self._note_refusal(exc)
         metrics.REDIS_OUTAGE_RETRIES.inc()
         log.warning(
             "redis_unavailable",
@@ -234,6 +241,21 @@ class WorkerSupervisor:
             consecutive_failures=self.redis_failures,
             retry_in_s=self._backoff(),
         )
+
+    def _note_refusal(self, exc: BaseException) -> None:
+        """A password changed or an ACL tightened while running: retried like an outage for
+        REDIS_STARTUP_TIMEOUT_SECONDS, then the process stops (exit 2) naming the fix."""
+        cause = redis_check.diagnose(exc, self.settings)
+        if cause is None:
+            self._refused_since = None
+            return
+        now = asyncio.get_running_loop().time()
+        if self._refused_since is None:
+            self._refused_since = now
+        log.error("redis_misconfigured", cause=cause)
+        if now - self._refused_since >= self.settings.redis_startup_timeout_seconds:
+            self._fatal = redis_check.RedisMisconfigured(cause)
+            self.stop()
 
     def _backoff(self) -> float:
         exponent = min(max(self.redis_failures - 1, 0), 10)
