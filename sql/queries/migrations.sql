@@ -43,3 +43,8 @@ LIMIT 1;
 
 -- name: table_exists
 SELECT to_regclass($1) IS NOT NULL;
+
+-- name: table_quoted_name
+-- The table $1 as Postgres quotes it (regclass), for the one statement built at run time:
+-- a rollback's exact row count of a table its down part drops (`migrations.data_at_risk`).
+SELECT $1::regclass::text;

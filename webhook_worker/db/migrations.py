@@ -325,8 +325,9 @@ async def data_at_risk(conn: asyncpg.Connection, targets: list[Migration]) -> li
                 continue
             if not await conn.fetchval(query("table_exists"), table):
                 continue
-            ident = ".".join(f'"{part}"' for part in table.split("."))
-            rows = int(await conn.fetchval(f"SELECT count(*) FROM {ident}"))
+            # A table name cannot be a parameter: Postgres resolves and quotes it (regclass).
+            quoted = await conn.fetchval(query("table_quoted_name"), table)
+            rows = int(await conn.fetchval(f"SELECT count(*) FROM {quoted}"))
             if rows:
                 name = f"{migration.version:04d}_{migration.name}"
                 risks.append(TableAtRisk(table, rows, name))
