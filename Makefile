@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast test-slow lint bench clean chromium pgbouncer
+.PHONY: install run test test-fast test-slow lint bench clean chromium pgbouncer image-deps image-test image-clean deploy-check
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -29,7 +29,7 @@ lint: $(STAMP)
 ## make test: install (Debian's chromium and pgbouncer too, for the console's browser tests
 ## and the connection-pooler tests), lint, type-check and run the whole fast suite
 test: lint chromium pgbouncer
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not image"
 
 ## The browser tests drive Debian's chromium (never a downloaded browser); as root, install it.
 chromium:
@@ -56,8 +56,44 @@ pgbouncer:
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 
+## make image-test: builds the Dockerfile on a local Debian base (mmdebstrap + podman import,
+## cached under .cache/image/) and runs migrate, serve and work as read-only, non-root
+## containers against real Postgres and Redis (tests/test_image.py; docs/deployment.md).
+image-test: $(STAMP) image-deps
+	$(BIN)/pytest -m image tests/test_image.py -p no:randomly -s
+
+## make image-clean: the test images, their build cache and the cached base tarball
+image-clean:
+	-podman rmi --force localhost/webhook-worker:test localhost/webhook-worker-base:bookworm
+	-podman image prune --force
+	rm -rf .cache/image
+
+## Debian's podman, runc and mmdebstrap (as root, like chromium); never a downloaded binary.
+image-deps:
+	@missing=""; for tool in podman runc mmdebstrap; do \
+	  command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq podman runc mmdebstrap; \
+	  else \
+	    echo "make image-test needs$$missing: sudo apt-get install -y podman runc mmdebstrap"; exit 1; \
+	  fi; \
+	fi
+
+## make deploy-check: checkov over deploy/kubernetes/ and the Dockerfile. checkov lives in its
+## own venv under .tools/ (pinned here), apart from the service's and the dev dependencies.
+CHECKOV_VERSION := 3.3.30
+CHECKOV := .tools/checkov/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/python -m pip install --quiet --disable-pip-version-check 'checkov==$(CHECKOV_VERSION)'
+
+deploy-check: $(CHECKOV)
+	BC_SKIP_MAPPING=TRUE $(CHECKOV) --quiet --compact --skip-download --framework kubernetes -d deploy/kubernetes
+	BC_SKIP_MAPPING=TRUE $(CHECKOV) --quiet --compact --skip-download --framework dockerfile -f Dockerfile
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .tools .cache

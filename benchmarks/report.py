@@ -17,6 +17,12 @@ TARGETS: dict[str, tuple[str, float]] = {
     "receiver_rss_mb": ("<", 150.0),
     "worker_rss_mb": ("<", 150.0),
 }
+# The spend phase's (benchmarks/spend.py), reported apart: a run may measure it alone.
+SPEND_TARGETS: dict[str, tuple[str, float]] = {
+    "spend_ratio_random": (">=", 0.5),
+    "spend_ratio_hot": (">=", 0.8),
+    "p99_ms_spend_half_load": ("<", 25.0),
+}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -31,12 +37,39 @@ def median_index(values: list[float]) -> int:
 
 
 def meets(name: str, value: float) -> bool:
-    comparison, bound = TARGETS[name]
+    comparison, bound = {**TARGETS, **SPEND_TARGETS}[name]
     return value >= bound if comparison == ">=" else value < bound
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(results, indent=2))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def print_spend(r: dict[str, Any]) -> None:
+    """The spend phase's targets, each held in how many repetitions."""
+    reps = r["spend"]["repetitions"]
+    lines = [
+        f"\n| spend metric | median | min to max ({len(reps)} repetitions) | target | held in |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (comparison, bound) in SPEND_TARGETS.items():
+        low, high = r[f"{name}_spread"]
+        held = sum(meets(name, rep[name]) for rep in reps)
+        lines.append(
+            f"| {name} | {_fmt(name, r[name])} | {_fmt(name, low)} to {_fmt(name, high)} "
+            f"| {comparison} {bound:g} | {held}/{len(reps)} |"
+        )
+    lines.append(
+        f"\nspends/s: random {r['spend']['random']:.0f} (ledger ceiling "
+        f"{r['spend']['ledger_random']:.0f}), hot {r['spend']['hot']:.0f} (ledger ceiling "
+        f"{r['spend']['ledger_hot']:.0f})"
+    )
+    print("\n".join(lines))
 
 
 def chart(points: list[dict[str, Any]], path: Path) -> None:
@@ -60,7 +93,7 @@ def chart(points: list[dict[str, Any]], path: Path) -> None:
 
 
 def _fmt(name: str, value: float) -> str:
-    return f"{value:.1f}" if name.endswith(("_ms", "_ms_half_load")) else f"{value:.2f}"
+    return f"{value:.1f}" if name.endswith(("_ms", "_half_load")) else f"{value:.2f}"
 
 
 def _repetition_rows(reps: list[dict[str, Any]]) -> list[str]:

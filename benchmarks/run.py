@@ -10,6 +10,9 @@
    workers draining stored events, for many users and for one hot user, back to back.
 4. Before every measured step the phase's database is vacuumed and checkpointed, and the
    checkpoints and autovacuum runs that still happened during the step are recorded.
+4b. Spend, on a database of its own: each repetition measures the ledger ceiling and the
+   application's `credits_spend` (benchmarks/spend.py) for many users and for one hot user,
+   back to back, then the p99 of one spend at half the random rate.
 5. Report each ratio's median and spread over the repetitions (a ratio divides two rates
    measured seconds apart, never minutes), `benchmarks/results.json` and
    `benchmarks/throughput.png`.
@@ -43,6 +46,7 @@ from benchmarks.services import (
     service_env,
     settle,
 )
+from benchmarks.spend import fund_users, measure_spend, p99_at_rate
 from webhook_worker.ops.sample_events import checkout_session_event, encode_event
 
 HERE = Path(__file__).parent
@@ -148,6 +152,69 @@ def _credit_repetition(
         _alternate(index, ceiling, service)
         out[f"credit_ratio_{label}"] = out[f"credit_{label}"] / out[f"ledger_{label}"]
     return out
+
+
+def _spend_repetition(index: int, steps: Steps, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, hot in (("random", False), ("hot", True)):
+
+        def ceiling(label: str = label, hot: bool = hot) -> None:
+            measure = lambda: measure_ledger(steps.dsn, hot, args.seconds)  # noqa: E731
+            out[f"ledger_{label}"] = rate = steps.run(f"ledger_{label}", measure)
+            print(f"  pgbench ledger {label:<6} {rate:>6.0f} /s")
+
+        def service(label: str = label, hot: bool = hot) -> None:
+            measure = lambda: measure_spend(steps.dsn, hot, args.seconds)  # noqa: E731
+            out[f"spend_{label}"] = rate = steps.run(f"spend_{label}", measure)
+            print(f"  credits_spend  {label:<6} {rate:>6.0f} /s")
+
+        _alternate(index, ceiling, service)
+        out[f"spend_ratio_{label}"] = out[f"spend_{label}"] / out[f"ledger_{label}"]
+    half = out["spend_random"] / 2
+    out["p99_ms_spend_half_load"] = p99 = steps.run(
+        "spend_half_load", lambda: p99_at_rate(steps.dsn, half, args.seconds)
+    )
+    print(f"  credits_spend p99 at {half:.0f}/s: {p99:.1f} ms")
+    return out
+
+
+def measure_spending(
+    servers: Servers, args: argparse.Namespace, roles: Roles
+) -> list[dict[str, Any]]:
+    dsn = asyncio.run(fresh_database(servers.admin_dsn, "ww_bench_spend"))
+    fund_users(dsn)
+    reps = []
+    for index in range(args.repetitions):
+        print(f"spend, repetition {index + 1} of {args.repetitions}:")
+        steps = Steps(dsn, args.settle, roles)
+        reps.append(
+            {**_spend_repetition(index, steps, args), "server_events_spend": steps.server_events}
+        )
+    asyncio.run(drop_phase_database(servers.admin_dsn, "ww_bench_spend"))
+    return reps
+
+
+SPEND_FIGURES = ("spend_ratio_random", "spend_ratio_hot", "p99_ms_spend_half_load",
+                 "spend_random", "spend_hot")  # fmt: skip
+
+
+def summarise_spend(spend_reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The spend phase's keys of results.json: medians, spreads and each repetition."""
+    spreads = {name: report.spread([rep[name] for rep in spend_reps]) for name in SPEND_FIGURES}
+    return {
+        "spend": {
+            "random": spreads["spend_random"]["median"],
+            "hot": spreads["spend_hot"]["median"],
+            "ledger_random": report.spread([r["ledger_random"] for r in spend_reps])["median"],
+            "ledger_hot": report.spread([r["ledger_hot"] for r in spend_reps])["median"],
+            "repetitions": [_compact(rep) for rep in spend_reps],
+        },
+        **{name: spreads[name]["median"] for name in SPEND_FIGURES[:3]},
+        **{
+            f"{name}_spread": [spreads[name]["min"], spreads[name]["max"]]
+            for name in SPEND_FIGURES[:3]
+        },
+    }
 
 
 def measure_ingest(
@@ -270,6 +337,12 @@ def _compact(rep: dict[str, Any]) -> dict[str, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--phases",
+        default="ingest,credit,spend",
+        help="phases to run (ingest,credit,spend); a run without ingest and credit updates "
+        "only the spend keys of --out",
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each load step")
     parser.add_argument(
         "--repetitions", type=int, default=3, help="paired ceiling/service measurements"
@@ -325,13 +398,24 @@ def main(argv: list[str] | None = None) -> int:
         machine = f"{os.cpu_count()} cores, Python {platform.python_version()}"
         print(f"benchmark on {platform.node()}: {machine}, {args.repetitions} repetitions")
         roles = servers.roles()
+        phases = set(args.phases.split(","))
+        spend = summarise_spend(measure_spending(servers, args, roles)) if "spend" in phases else {}
+        if not {"ingest", "credit"} <= phases:
+            # A spend-only run: its keys replace the spend keys of the last full run's file.
+            out = Path(args.out)
+            results = {**(report.read_json(out) if out.exists() else {}), **spend}
+            report.write_json(results, out)
+            report.print_spend(results)
+            return 0
         ingest_reps, receiver_rss = measure_ingest(servers, args, logs, roles)
         credit_reps, worker_rss, scaling = measure_credit(servers, args, logs, roles)
         rss = {"receiver": receiver_rss, "worker": worker_rss}
-        results = summarise(ingest_reps, credit_reps, rss, scaling)
+        results = {**summarise(ingest_reps, credit_reps, rss, scaling), **spend}
         report.write_json(results, Path(args.out))
         report.chart(results["ingest"]["points"], HERE / "throughput.png")
         report.print_report(results)
+        if spend:
+            report.print_spend(results)
         return 0
     finally:
         servers.destroy()

@@ -2,13 +2,14 @@
 -- Read-only. `webhook-worker verify` runs the same checks (exit 1 and a list on a problem);
 -- this file is for a human at a psql prompt.
 
-\echo '== tables and columns of the contract (expect 10 tables) =='
+\echo '== tables and columns of the contract (expect 11 tables) =='
 SELECT table_name, string_agg(column_name, ', ' ORDER BY ordinal_position) AS columns
 FROM information_schema.columns
 WHERE table_schema = current_schema()
   AND table_name IN ('users', 'stripe_events', 'credit_transactions', 'schema_migrations',
                      'payment_states', 'payment_refund_failures', 'payment_disputes',
-                     'reconcile_runs', 'credit_note_refunds', 'reconcile_lease')
+                     'reconcile_runs', 'credit_note_refunds', 'credit_holds',
+                     'reconcile_lease')
 GROUP BY table_name
 ORDER BY table_name;
 
@@ -37,7 +38,7 @@ FROM (VALUES
 ) AS expected (name)
 ORDER BY present, expected.name;
 
-\echo '== status and type checks accept the money flows (every row t: migrations 0013, 0014) =='
+\echo '== status and type checks accept the money flows (every row t: migrations 0013, 0014, 0025) =='
 SELECT expected.name, expected.value,
        position(quote_literal(expected.value) IN coalesce((
            SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c
@@ -48,16 +49,22 @@ FROM (VALUES
     ('stripe_events_status_check', 'waiting'),
     ('credit_transactions_type_check', 'REFUND_REVERSAL'),
     ('credit_transactions_type_check', 'DISPUTE'),
-    ('credit_transactions_type_check', 'DISPUTE_REVERSAL')
+    ('credit_transactions_type_check', 'DISPUTE_REVERSAL'),
+    ('credit_transactions_type_check', 'HOLD'),
+    ('credit_transactions_type_check', 'HOLD_RELEASE'),
+    ('credit_transactions_type_check', 'SHORTFALL_COLLECTION')
 ) AS expected (name, value)
 ORDER BY accepted, expected.name;
 
-\echo '== ledger functions the worker calls (present = t for every row) =='
+\echo '== ledger and spending functions (present = t for every row; 0025: docs/spending.md) =='
 SELECT expected.name,
        EXISTS (SELECT 1 FROM pg_proc p
                JOIN pg_namespace n ON n.oid = p.pronamespace
                WHERE n.nspname = current_schema() AND p.proname = expected.name) AS present
-FROM (VALUES ('ledger_lock_key'), ('ledger_credit'), ('ledger_credit_many')) AS expected (name)
+FROM (VALUES ('ledger_lock_key'), ('ledger_credit'), ('ledger_credit_many'),
+             ('credits_spend'), ('credits_grant'), ('credits_adjust'), ('credits_hold'),
+             ('credits_settle'), ('credits_release'), ('credits_release_expired'))
+    AS expected (name)
 ORDER BY present, expected.name;
 
 \echo '== host users shape the ledger was built on (key_type must match users.id below) =='
@@ -87,11 +94,38 @@ FROM payment_states s
 LEFT JOIN (
     SELECT payment_intent_id, -sum(amount) AS taken
     FROM credit_transactions
-    WHERE transaction_type IN ('REFUND', 'REFUND_REVERSAL', 'DISPUTE', 'DISPUTE_REVERSAL')
+    WHERE transaction_type IN ('REFUND', 'REFUND_REVERSAL', 'DISPUTE', 'DISPUTE_REVERSAL',
+                               'SHORTFALL_COLLECTION')
     GROUP BY payment_intent_id
 ) l ON l.payment_intent_id = s.payment_intent_id
 WHERE s.taken <> coalesce(l.taken, 0) + s.shortfall
 LIMIT 20;
+
+\echo '== holds whose HOLD / HOLD_RELEASE rows differ from credit_holds (expect none) =='
+SELECT h.user_id, h.idempotency_key, h.state, h.amount, h.actual,
+       -ht.amount AS held, coalesce(r.back, 0) AS back
+FROM credit_holds h
+LEFT JOIN credit_transactions ht ON ht.id = h.hold_transaction_id
+LEFT JOIN (
+    SELECT user_id, idempotency_key, sum(amount) AS back
+    FROM credit_transactions
+    WHERE transaction_type = 'HOLD_RELEASE'
+    GROUP BY user_id, idempotency_key
+) r ON r.user_id = h.user_id AND r.idempotency_key = h.idempotency_key
+WHERE ht.transaction_type IS DISTINCT FROM 'HOLD'
+   OR -ht.amount <> h.amount
+   OR coalesce(r.back, 0) <> CASE h.state WHEN 'open' THEN 0
+                                          WHEN 'settled' THEN h.amount - h.actual
+                                          ELSE h.amount END
+LIMIT 20;
+
+\echo '== open holds, expired holds not yet released (the worker cron releases them), shortfall =='
+SELECT count(*) FILTER (WHERE state = 'open') AS open_holds,
+       count(*) FILTER (WHERE state = 'open' AND expires_at < now() - interval '2 minutes')
+           AS overdue,
+       (SELECT coalesce(sum(shortfall), 0) FROM payment_states) AS shortfall_owed,
+       (SELECT shortfall_policy FROM credits_settings) AS shortfall_policy
+FROM credit_holds;
 
 \echo '== stuck: received/processing for over 2 minutes (expect none while a worker runs) =='
 SELECT event_id, type, processing_status, attempts, updated_at

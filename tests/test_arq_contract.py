@@ -1,7 +1,7 @@
 """The public arq behaviours the worker's design relies on, against a real Redis.
 
 The version pinned in pyproject.toml is the one these ran on; a new arq must pass them
-before the pin moves (see README, "Worker"). Only arq's public API is used here too.
+before the pin moves (see docs/design.md, "Worker"). Only arq's public API is used here too.
 """
 
 from __future__ import annotations

@@ -157,3 +157,27 @@ def test_a_target_holds_in_a_repetition_only_on_its_side_of_the_bound() -> None:
     assert report.meets("p99_ms_half_load", 24.9) and not report.meets("p99_ms_half_load", 25)
     assert report.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
     assert report.median_index([3.0, 1.0, 2.0]) == 2
+
+
+def test_the_spend_phase_reports_its_medians_spreads_and_targets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks.run import summarise_spend
+
+    def rep(ratio: float, p99: float) -> dict[str, Any]:
+        return {
+            "ledger_random": 2000.0, "spend_random": 2000.0 * ratio, "spend_ratio_random": ratio,
+            "ledger_hot": 1000.0, "spend_hot": 900.0, "spend_ratio_hot": 0.9,
+            "p99_ms_spend_half_load": p99, "server_events_spend": {},
+        }  # fmt: skip
+
+    results = summarise_spend([rep(0.4, 30.0), rep(0.7, 10.0), rep(0.6, 12.0)])
+    assert results["spend_ratio_random"] == 0.6
+    assert results["spend_ratio_random_spread"] == [0.4, 0.7]
+    assert results["p99_ms_spend_half_load"] == 12.0
+    assert results["spend"]["random"] == 1200.0 and results["spend"]["ledger_hot"] == 1000.0
+    report.print_spend(results)
+    out = capsys.readouterr().out
+    assert "| spend_ratio_random | 0.60 | 0.40 to 0.70 | >= 0.5 | 2/3 |" in out
+    assert "| p99_ms_spend_half_load | 12.0 | 10.0 to 30.0 | < 25 | 2/3 |" in out
+    assert report.meets("spend_ratio_hot", 0.8) and not report.meets("spend_ratio_hot", 0.79)

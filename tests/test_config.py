@@ -339,3 +339,82 @@ def test_direct_database_url_defaults_to_database_url() -> None:
     assert direct.require_direct_database() == "postgresql://u@db:5432/app"
     with pytest.raises(ConfigError, match="DIRECT_DATABASE_URL"):
         Settings.from_env({"DIRECT_DATABASE_URL": "mysql://x"})
+
+
+@pytest.mark.parametrize(
+    ("env", "replaced"),
+    [
+        ({"ASYNC_DATABASE_URL": "postgresql+asyncpg://u:p@h/db"}, "ASYNC_DATABASE_URL"),
+        ({"SYNC_DATABASE_URL": "postgresql+psycopg://u:p@h/db"}, "SYNC_DATABASE_URL"),
+        ({"CENTS_PER_CREDIT": "100"}, "CENTS_PER_CREDIT"),
+        ({"METRICS_ON_RECEIVER": "true"}, "METRICS_ON_RECEIVER"),
+        ({"OPS_ON_RECEIVER": "true"}, "OPS_ON_RECEIVER"),
+    ],
+)
+def test_each_deprecated_name_still_works_and_names_its_replacement(
+    env: dict[str, str], replaced: str
+) -> None:
+    settings = Settings.from_env(env)
+    assert [name for name, _ in settings.deprecations] == [replaced]
+    replacement = dict(settings.deprecations)[replaced]
+    assert replacement.split()[0].strip("`") in {
+        "DATABASE_URL",
+        "CREDIT_PRICES=usd:<cents>",
+        "METRICS_PORT",
+        "webhook-worker",
+    }
+
+
+def test_a_toggle_left_off_and_the_current_names_are_not_deprecated() -> None:
+    settings = settings_from(
+        METRICS_ON_RECEIVER="false",
+        OPS_ON_RECEIVER="false",
+        DATABASE_URL="postgresql://h/db",
+        CREDIT_PRICES="usd:100",
+    )
+    assert settings.deprecations == ()
+    assert {"DATABASE_URL", "CREDIT_PRICES"} <= settings.given
+
+
+def test_listen_addresses_and_the_data_folder_are_settings() -> None:
+    settings = settings_from(
+        HOST="0.0.0.0",
+        PORT="5000",
+        WEB_CONCURRENCY="3",
+        CONSOLE_PORT="9000",
+        DATA_DIR="var/dev-data",
+    )
+    assert (settings.host, settings.port, settings.web_concurrency) == ("0.0.0.0", 5000, 3)
+    assert (settings.console_host, settings.console_port, settings.data_dir) == (
+        "127.0.0.1",
+        9000,
+        "var/dev-data",
+    )
+    for name, value in (("PORT", "http"), ("PORT", "70000"), ("WEB_CONCURRENCY", "0")):
+        with pytest.raises(ConfigError, match=name):
+            settings_from(**{name: value})
+
+
+# Reads of the environment outside `Settings`, each with its reason; anything else fails.
+_ALLOWED_ENV_READS = {
+    "webhook_worker/config.py",  # Settings.from_env itself
+    "webhook_worker/cli.py",  # passes os.environ to Settings; PROMETHEUS_MULTIPROC_DIR
+    "webhook_worker/ops/deploy.py",  # passes os.environ to Settings (local_services)
+    "webhook_worker/metrics.py",  # PROMETHEUS_MULTIPROC_DIR, prometheus-client's own variable
+    "webhook_worker/dev/run.py",  # copies the environment for its child processes
+}
+
+
+def test_every_environment_read_goes_through_settings() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readers = {
+        str(path.relative_to(root))
+        for path in (root / "webhook_worker").rglob("*.py")
+        if "os.environ" in path.read_text() or "getenv" in path.read_text()
+    }
+    assert readers <= _ALLOWED_ENV_READS, (
+        f"{sorted(readers - _ALLOWED_ENV_READS)} read the environment: add the variable to "
+        "Settings.from_env (webhook_worker/config.py) and pass Settings instead"
+    )

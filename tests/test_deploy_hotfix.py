@@ -99,6 +99,27 @@ async def test_dry_run_on_an_empty_database_prints_the_plan_and_changes_nothing(
     assert await _tables(empty_database_url) == set()
 
 
+async def test_next_to_make_run_it_finds_its_services_like_the_other_commands(
+    empty_database_url: str, clean_redis_url: str, tmp_path: Path
+) -> None:
+    from webhook_worker import local_services
+
+    bare = {
+        name: value
+        for name, value in _env(empty_database_url, clean_redis_url).items()
+        if name not in ("DATABASE_URL", "REDIS_URL", "APP_ENV")
+    }
+    alone = await deploy({**bare, "DATA_DIR": str(tmp_path)}, "--dry-run")
+    assert alone.code == 2 and "DATABASE_URL is not set" in alone.out
+    # This test process plays the running `make run` that wrote the file.
+    urls = {"DATABASE_URL": empty_database_url, "REDIS_URL": clean_redis_url}
+    local_services.write(tmp_path, urls, None)
+    run = await deploy({**bare, "DATA_DIR": str(tmp_path)}, "--dry-run")
+    assert run.code == 0, run.out
+    assert "using the services of the running `make run`" in run.out
+    assert f"plan: apply {ALL[0]}" in run.out
+
+
 async def test_real_run_migrates_verifies_and_a_second_run_is_a_no_op(
     empty_database_url: str, clean_redis_url: str
 ) -> None:

@@ -102,22 +102,25 @@ async def test_dev_runs_the_whole_service_and_stops_cleanly(tmp_path: Path) -> N
 
 
 def test_the_cli_ignores_a_services_file_in_production_or_of_a_dead_dev(tmp_path: Path) -> None:
-    from webhook_worker.dev import services_file as devservices
+    from webhook_worker.local_services import load_settings
 
     (tmp_path / "services.json").write_text(
         json.dumps(
             {"pid": os.getpid(), "DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x"}
         )
     )
-    env = {"DATA_DIR": str(tmp_path), "APP_ENV": "production"}
-    assert devservices.apply(env) is None and "DATABASE_URL" not in env
-    env = {"DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://mine/db"}
-    note = devservices.apply(env)
-    assert note and "REDIS_URL=redis://x" in note and env["DATABASE_URL"] == "postgresql://mine/db"
+    settings, note = load_settings({"DATA_DIR": str(tmp_path), "APP_ENV": "production"})
+    assert note is None and settings.database_url is None
+    settings, note = load_settings(
+        {"DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://mine/db"}
+    )
+    assert note and "REDIS_URL=redis://x" in note
+    assert settings.database_url == "postgresql://mine/db" and settings.redis_url == "redis://x"
+    assert settings.app_env == "development" and "REDIS_URL" in settings.origins
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / "services.json").write_text(
         json.dumps({"pid": dead.pid, "DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x"})
     )
-    env = {"DATA_DIR": str(tmp_path)}
-    assert devservices.apply(env) is None and "DATABASE_URL" not in env
+    settings, note = load_settings({"DATA_DIR": str(tmp_path)})
+    assert note is None and settings.database_url is None

@@ -149,8 +149,9 @@ async def test_events_show_prints_status_error_and_ledger_rows(
     assert "completed" in result.out
     assert "ledger rows" in result.out and "PURCHASE" in result.out
     assert "cs_test_show" in result.out
-    assert user["uuid"] in result.out
     assert '"object": "event"' not in result.out  # no payload without --raw
+    wide = await cli("events", "show", event_id, "--wide")
+    assert user["uuid"] in wide.out
 
     data = (await cli("events", "show", event_id, "--json")).json()
     assert data["processing_status"] == "completed"

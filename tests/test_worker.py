@@ -82,6 +82,7 @@ def test_worker_options_follow_the_settings() -> None:
     assert {job.name for job in options["cron_jobs"]} == {
         "cron:sweep_stale_events",
         "cron:prune_old_events",
+        "cron:release_expired_holds",
     }
     assert worker_options(settings, with_cron=False)["cron_jobs"] is None
 

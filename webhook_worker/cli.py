@@ -10,13 +10,14 @@ import argparse
 import asyncio
 import os
 import sys
+from collections import ChainMap
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import asyncpg
 
+from webhook_worker import local_services
 from webhook_worker.config import Settings
-from webhook_worker.dev import services_file as devservices
 from webhook_worker.errors import (
     ConfigError,
     MigrationError,
@@ -24,8 +25,9 @@ from webhook_worker.errors import (
     WebhookWorkerError,
 )
 from webhook_worker.exit_codes import EXIT_LOCKED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
-from webhook_worker.log import configure_logging, get_logger
+from webhook_worker.log import configure_logging, get_logger, log_deprecations
 from webhook_worker.ops.cli import OPS_REGISTRARS
+from webhook_worker.ops.credits_cli import add_credits
 from webhook_worker.ops.reconcile_cli import add_reconcile
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -39,7 +41,7 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from webhook_worker.db import migrations
+    from webhook_worker.db import migrations, store
 
     conn = await migrations.connect_direct(settings)
     try:
@@ -58,6 +60,7 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             )
             for m in applied:
                 print(f"applied {m.version:04d}_{m.name}")
+            await store.record_shortfall_policy(conn, settings.shortfall_policy)
             if not applied:
                 print("nothing to apply: the schema is up to date")
             return EXIT_OK
@@ -82,13 +85,38 @@ def _say(message: str) -> None:
 
 
 def _add_migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("migrate", help="apply, roll back or list schema migrations (sql/)")
-    p.add_argument("action", nargs="?", choices=("up", "down", "status"), default="up")
-    p.add_argument("--to", type=int, default=None, help="target version (up: at most; down: keep)")
+    p = sub.add_parser(
+        "migrate",
+        help="apply, roll back or list schema migrations (sql/migrations/)",
+        description=(
+            "up: apply every pending migration, each in its own transaction (default). "
+            "down: roll back the newest one, or with --to every one above that version; it "
+            "refuses when that would drop ledger, event or audit rows, unless --drop-data. "
+            "status: list applied and pending migrations (read-only). Runs are serialised by "
+            "a transaction-scoped advisory lock (MIGRATION_LOCK_TIMEOUT_SECONDS, then exit 3); "
+            "an applied file whose checksum changed is refused. Uses DIRECT_DATABASE_URL when "
+            "set, else DATABASE_URL."
+        ),
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("up", "down", "status"),
+        default="up",
+        help="up (apply pending), down (roll back) or status (list); default: %(default)s",
+    )
+    p.add_argument(
+        "--to",
+        type=int,
+        default=None,
+        metavar="VERSION",
+        help="up: apply at most up to VERSION; down: keep VERSION and roll back every later "
+        "one (default: up applies all, down rolls back only the newest)",
+    )
     p.add_argument(
         "--drop-data",
         action="store_true",
-        help="down: proceed even when it drops ledger, event or audit rows",
+        help="down: proceed even when it drops ledger, event or audit rows (default: refuse)",
     )
     p.set_defaults(handler=lambda a, s: _run_async(_migrate(a, s)))
 
@@ -143,14 +171,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     settings.require_receiver()
     _check_services(settings, "receiver")
-    _prepare_multiprocess_metrics(settings, args.workers)
+    workers = args.workers or settings.web_concurrency
+    _prepare_multiprocess_metrics(settings, workers)
     _raise_open_files_limit(settings.max_connections)
     uvicorn.run(
         "webhook_worker.entrypoints:receiver_from_env",
         factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
+        host=args.host or settings.host,
+        port=settings.port if args.port is None else args.port,
+        workers=workers,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         # uvicorn's httptools protocol plus header-size and header/body-time bounds.
         http="webhook_worker.receiver.listener:BoundedHttpToolsProtocol",
@@ -194,10 +223,18 @@ def _raise_open_files_limit(connections: int) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the webhook receiver under uvicorn")
-    p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    p.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    p = sub.add_parser(
+        "serve",
+        help="run the webhook receiver (POST /webhooks/stripe, /healthz) under uvicorn",
+        description="Needs STRIPE_WEBHOOK_SECRET, DATABASE_URL and REDIS_URL.",
+    )
+    p.add_argument(
+        "--host", help="address to bind (default: $HOST, else 127.0.0.1; 0.0.0.0 on a platform)"
+    )
+    p.add_argument("--port", type=int, help="port to bind (default: $PORT, else 8000)")
+    p.add_argument(
+        "--workers", type=int, help="receiver processes (default: $WEB_CONCURRENCY, else 1)"
+    )
     p.set_defaults(handler=_serve)
 
 
@@ -207,14 +244,15 @@ def _console(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_database()
     settings.require_redis()
     settings.require_operators()
-    print(
-        f"ops console on http://{args.host}:{args.port}/ (log in with OPS_TOKEN)", file=sys.stderr
-    )
+    host = args.host or settings.console_host
+    port = settings.console_port if args.port is None else args.port
+    login = "OPS_TOKEN" if settings.ops_token else "your token from OPS_USERS"
+    print(f"ops console on http://{host}:{port}/ (log in with {login})", file=sys.stderr)
     uvicorn.run(
         "webhook_worker.console.app:create_app_from_env",
         factory=True,
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         log_config=None,
         access_log=False,  # query strings can hold an email (the events search)
@@ -225,10 +263,12 @@ def _console(args: argparse.Namespace, settings: Settings) -> int:
 
 def _add_console(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "console", help="run the ops console (pages + /ops API) on its own, private listener"
+        "console",
+        help="run the ops console (pages + /ops API) on its own, private listener",
+        description="Needs DATABASE_URL, REDIS_URL and OPS_TOKEN or OPS_USERS. Keep it private.",
     )
-    p.add_argument("--host", default=os.environ.get("CONSOLE_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("CONSOLE_PORT", "8081")))
+    p.add_argument("--host", help="address to bind (default: $CONSOLE_HOST, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default: $CONSOLE_PORT, else 8081)")
     p.set_defaults(handler=_console)
 
 
@@ -251,22 +291,81 @@ def _add_work(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from webhook_worker.dev.run import run_dev
 
-    return run_dev(port=args.port, data_dir=args.data_dir, console_port=args.console_port)
+    return run_dev(
+        port=settings.port if args.port is None else args.port,
+        data_dir=args.data_dir or settings.data_dir,
+        console_port=settings.console_port if args.console_port is None else args.console_port,
+    )
 
 
 def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "dev", help="receiver + worker on embedded Postgres/Redis (when the URLs are unset)"
+        "dev",
+        help="`make run`: receiver, worker and ops console on this machine; embedded "
+        "Postgres/Redis when DATABASE_URL/REDIS_URL are unset",
+        description=(
+            "Starts the receiver, one worker and the ops console as child processes "
+            "(APP_ENV=development), after applying migrations; with DATABASE_URL / REDIS_URL "
+            "unset, an embedded Postgres and Redis under --data-dir. Prints the endpoint, a "
+            "development signing secret, the console's URL and token. Ctrl-C stops everything."
+        ),
     )
-    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", ".data"))
+    p.add_argument("--port", type=int, help="the receiver's port (default: $PORT, else 8000)")
+    p.add_argument(
+        "--data-dir", help="embedded services and dev secrets (default: $DATA_DIR, else .data)"
+    )
     p.add_argument(
         "--console-port",
         type=int,
-        default=int(os.environ.get("CONSOLE_PORT", "8081")),
-        help="the ops console's port (0: no console)",
+        help="the ops console's port, 0 for no console (default: $CONSOLE_PORT, else 8081)",
     )
-    p.set_defaults(handler=_dev, skip_settings=True)
+    p.set_defaults(handler=_dev, development=True)
+
+
+# --- config / env ------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook_worker.ops import config_cli
+
+    return config_cli.print_config(settings, as_json=args.json)
+
+
+def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "config",
+        help="print the effective configuration (secrets redacted) and where each value came from",
+        description=(
+            "Every variable of docs/configuration.md with the value in effect and its source: "
+            "the environment, a default, or make run's services. --markdown prints "
+            "docs/configuration.md itself (from the defaults, not this environment)."
+        ),
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the configuration reference (docs/configuration.md) instead",
+    )
+    p.set_defaults(handler=_config)
+
+
+def _env(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook_worker.ops import config_cli
+
+    return config_cli.print_env(settings)
+
+
+def _add_env(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "env",
+        help="print `export DATABASE_URL=… REDIS_URL=…` for the services of a running make run",
+        description=(
+            'For tools outside this CLI: eval "$(webhook-worker env)"; then psql "$DATABASE_URL". '
+            "Exit 1 when no make run is running in --data-dir."
+        ),
+    )
+    p.set_defaults(handler=_env, development=True)
 
 
 # --- entry point -------------------------------------------------------------------------
@@ -276,9 +375,12 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     _add_work,
     _add_console,
     _add_dev,
+    _add_config,
+    _add_env,
     _add_migrate,
     *OPS_REGISTRARS,
     add_reconcile,
+    add_credits,
 ]
 
 
@@ -296,15 +398,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_settings(args: argparse.Namespace) -> Settings:
+    """The one read of the environment: development defaults for `dev` and `env`, make run's
+    services filled in for every other command (`local_services`)."""
+    if getattr(args, "development", False):
+        return Settings.from_env(ChainMap(dict(os.environ), {"APP_ENV": "development"}))
+    settings, note = local_services.load_settings(os.environ)
+    if note:
+        print(note, file=sys.stderr)
+    return settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command != "dev":
-        note = devservices.apply(os.environ)
-        if note:
-            print(note, file=sys.stderr)
+    if getattr(args, "markdown", False):  # the reference, independent of this environment
+        from webhook_worker.config_reference import render_markdown
+
+        print(render_markdown(), end="")
+        return EXIT_OK
     try:
-        settings = Settings() if getattr(args, "skip_settings", False) else Settings.from_env()
+        settings = _load_settings(args)
         # Ops commands print their results (and --json) on stdout; their logs, such as the
         # replay audit line, go to stderr so the two never mix.
         configure_logging(
@@ -313,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             e2e_bypass=settings.e2e_test_mode,
             stream="stdout" if args.command in _SERVICES else "stderr",
         )
+        if args.command != "serve":  # serve's app factory warns in each of its processes
+            log_deprecations(settings.deprecations)
         handler: Handler = args.handler
         return handler(args, settings)
     except ConfigError as exc:

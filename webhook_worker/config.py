@@ -10,51 +10,49 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
+from webhook_worker.config_values import (
+    OPS_TOKEN_MIN_CHARS,
+    SECONDS_PER_DAY,
+    EnvReader,
+    normalise_database_url,
+    parse_connect_accounts,
+    parse_credit_prices,
+    parse_duration,
+    parse_ops_users,
+    parse_price_credits,
+    parse_redis_url,
+    parse_stripe_api_key,
+    parse_webhook_secrets,
+    redact_url,
+)
 from webhook_worker.errors import ConfigError
+
+__all__ = [
+    "OPS_TOKEN_MIN_CHARS",
+    "STRIPE_EVENTS_HISTORY_SECONDS",
+    "EnvReader",
+    "Settings",
+    "normalise_database_url",
+    "parse_connect_accounts",
+    "parse_credit_prices",
+    "parse_duration",
+    "parse_ops_users",
+    "parse_price_credits",
+    "parse_stripe_api_key",
+    "parse_webhook_secrets",
+    "redact_url",
+]
 
 AppEnv = Literal["production", "development", "test"]
 LogFormat = Literal["json", "console"]
 StripeMode = Literal["live", "test"]
+ShortfallPolicy = Literal["forgive", "collect"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-_PG_SCHEMES = {
-    "postgres": "postgresql",
-    "postgresql": "postgresql",
-    "postgresql+asyncpg": "postgresql",
-    "postgresql+psycopg": "postgresql",
-    "postgresql+psycopg2": "postgresql",
-    "postgres+asyncpg": "postgresql",
-}
-_REDIS_SCHEMES = {"redis", "rediss", "unix"}
-OPS_TOKEN_MIN_CHARS = 32
-
-
-def parse_ops_users(raw: str) -> tuple[tuple[str, str], ...]:
-    """`OPS_USERS=alice:<token>,bob:<token>`: named console/API tokens, so the audit says who."""
-    users: list[tuple[str, str]] = []
-    for item in raw.split(","):
-        if not item.strip():
-            continue
-        name, sep, token = item.strip().partition(":")
-        name, token = name.strip(), token.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
-            raise ConfigError(
-                "OPS_USERS entries are name:token (name of letters, digits, _ . @ -), "
-                "e.g. OPS_USERS=alice:$(openssl rand -hex 32),bob:$(openssl rand -hex 32)"
-            )
-        if len(token) < OPS_TOKEN_MIN_CHARS:
-            raise ConfigError(
-                f"OPS_USERS: the token of {name} is too short; use at least "
-                f"{OPS_TOKEN_MIN_CHARS} random characters, e.g. $(openssl rand -hex 32)"
-            )
-        if any(name == other for other, _ in users):
-            raise ConfigError(f"OPS_USERS names {name} twice; give each operator one token")
-        users.append((name, token))
-    return tuple(users)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -134,7 +132,7 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
-def _listener_limits(env: Mapping[str, str]) -> dict[str, int]:
+def _listener_limits(env: Mapping[str, str]) -> dict[str, Any]:
     """The public listener's bounds (docs/reliability.md "abuse"); see `listener.py`."""
     return {
         "max_header_bytes": _required_int(env, "MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
@@ -148,92 +146,7 @@ def _listener_limits(env: Mapping[str, str]) -> dict[str, int]:
     }
 
 
-def parse_webhook_secrets(raw: str, name: str = "STRIPE_WEBHOOK_SECRET") -> tuple[str, ...]:
-    """Split a comma-separated secret list; each must look like Stripe's `whsec_…`."""
-    secrets = tuple(part.strip() for part in raw.split(",") if part.strip())
-    if not secrets:
-        raise ConfigError(f"{name} is empty; set it to your endpoint's secret, e.g. whsec_abc123…")
-    for index, secret in enumerate(secrets, start=1):
-        if not secret.startswith("whsec_") or len(secret) < 12:
-            # Never echo the value itself: it is a secret.
-            raise ConfigError(
-                f"{name}: secret #{index} does not look like a Stripe webhook secret; "
-                "each comma-separated entry must start with whsec_ (e.g. whsec_abc123…)"
-            )
-    return secrets
-
-
-_CURRENCY = re.compile(r"[a-z]{3}")
-_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,250}")
 DEFAULT_MAX_CREDITS_PER_EVENT = 1_000_000
-
-
-def parse_credit_prices(raw: str, name: str = "CREDIT_PRICES") -> dict[str, int]:
-    """`usd:100,eur:95,jpy:150`: the price of one credit in each currency's minor unit."""
-    example = f"{name}=usd:100,eur:95,jpy:150"
-    prices: dict[str, int] = {}
-    for part in (item.strip() for item in raw.split(",")):
-        if not part:
-            continue
-        currency, sep, amount = (text.strip() for text in part.partition(":"))
-        currency = currency.lower()
-        if not sep or not _CURRENCY.fullmatch(currency):
-            raise ConfigError(
-                f"{name}: {part!r} is not currency:price; use three-letter ISO currency codes "
-                f"and prices in the currency's minor unit, e.g. {example}"
-            )
-        if not (amount.isascii() and amount.isdigit()) or int(amount) < 1:
-            raise ConfigError(
-                f"{name}: the price of {currency} ({amount!r}) is not a positive integer "
-                f"number of minor units (cents, yen…); e.g. {example}"
-            )
-        if currency in prices:
-            raise ConfigError(
-                f"{name}: {currency} is priced twice; give each currency once, e.g. {example}"
-            )
-        prices[currency] = int(amount)
-    return prices
-
-
-_PRICE_ID = re.compile(r"price_[A-Za-z0-9_]{1,250}")
-
-
-def parse_price_credits(raw: str, name: str = "PRICE_CREDITS") -> dict[str, int]:
-    """`price_123:1000,price_456:5000`: the credits one unit of each Stripe price buys."""
-    example = f"{name}=price_1Pq0AbC:1000,price_1Pq0XyZ:5000"
-    credits: dict[str, int] = {}
-    for part in (item.strip() for item in raw.split(",")):
-        if not part:
-            continue
-        price, sep, amount = (text.strip() for text in part.partition(":"))
-        if not sep or not _PRICE_ID.fullmatch(price):
-            raise ConfigError(
-                f"{name}: {part[:60]!r} is not price_id:credits; use Stripe price ids "
-                f"(price_…) and the credits one unit buys, e.g. {example}"
-            )
-        if not (amount.isascii() and amount.isdigit()) or not 0 < int(amount) < 2**62:
-            raise ConfigError(
-                f"{name}: the credits of {price} ({amount[:20]!r}) are not a positive "
-                f"integer; e.g. {example}"
-            )
-        if price in credits:
-            raise ConfigError(
-                f"{name}: {price} is given twice; give each price once, e.g. {example}"
-            )
-        credits[price] = int(amount)
-    return credits
-
-
-def parse_connect_accounts(raw: str, name: str = "STRIPE_CONNECT_ACCOUNTS") -> frozenset[str]:
-    """A comma list of connected account ids (`acct_…`)."""
-    accounts = [part.strip() for part in raw.split(",") if part.strip()]
-    for account in accounts:
-        if not _ACCOUNT.fullmatch(account):
-            raise ConfigError(
-                f"{name}: {account[:40]!r} is not a Stripe account id; "
-                f"use a comma list such as {name}=acct_1Nv0FGQ9RKHgCVdK,acct_1Nv0FGQ9RKHgCVdL"
-            )
-    return frozenset(accounts)
 
 
 def _credit_prices(env: Mapping[str, str]) -> dict[str, int]:
@@ -251,46 +164,7 @@ def _credit_prices(env: Mapping[str, str]) -> dict[str, int]:
 
 
 DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
-_DAY = 86400
-STRIPE_EVENTS_HISTORY_SECONDS = 30 * _DAY  # what the List Events API keeps
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": _DAY}
-
-
-def parse_duration(raw: str, name: str) -> int:
-    """Seconds from `3d`, `72h`, `90m`, `45s` or a plain number of seconds."""
-    match = _DURATION.match(raw)
-    if not match:
-        raise ConfigError(f"{name}={raw!r} is not a duration; use e.g. {name}=3d, 72h or 259200")
-    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def parse_stripe_api_key(raw: str, stripe_mode: str) -> str | None:
-    """A restricted key (`rk_…`, Events: read is enough) or a test secret key; never a live
-    secret key, and never a key of the other mode."""
-    key = raw.strip()
-    if not key:
-        return None
-    if key.startswith("sk_live_"):
-        raise ConfigError(
-            "STRIPE_API_KEY is a live secret key (sk_live_…), which can do anything on the "
-            "account; reconciliation only reads events. Create a restricted key with "
-            "Events: read (rk_live_…) and use it instead"
-        )
-    prefixes = ("rk_live_", "rk_test_", "sk_test_")
-    if not key.startswith(prefixes) or len(key) < 16:
-        raise ConfigError(
-            "STRIPE_API_KEY does not look like a Stripe key; use a restricted key with "
-            "Events: read, e.g. STRIPE_API_KEY=rk_live_… (rk_test_… or sk_test_… in test mode)"
-        )
-    key_mode = "live" if "_live_" in key[:8] else "test"
-    if key_mode != stripe_mode:
-        raise ConfigError(
-            f"STRIPE_API_KEY is a {key_mode}-mode key but STRIPE_MODE={stripe_mode}: "
-            f"reconciliation would only find events this deployment ignores; use a "
-            f"{stripe_mode}-mode key"
-        )
-    return key
+STRIPE_EVENTS_HISTORY_SECONDS = 30 * SECONDS_PER_DAY  # what the List Events API keeps
 
 
 def _stripe_api_base(env: Mapping[str, str]) -> str:
@@ -306,59 +180,13 @@ def _stripe_api_base(env: Mapping[str, str]) -> str:
 
 def _lookback(env: Mapping[str, str]) -> int:
     raw = env.get("RECONCILE_LOOKBACK", "").strip()
-    seconds = parse_duration(raw, "RECONCILE_LOOKBACK") if raw else 3 * _DAY
+    seconds = parse_duration(raw, "RECONCILE_LOOKBACK") if raw else 3 * SECONDS_PER_DAY
     if not 0 < seconds <= STRIPE_EVENTS_HISTORY_SECONDS:
         raise ConfigError(
             f"RECONCILE_LOOKBACK={raw!r} is outside 1s..30d (Stripe keeps 30 days of events); "
             "e.g. RECONCILE_LOOKBACK=3d"
         )
     return seconds
-
-
-def normalise_database_url(raw: str, name: str = "DATABASE_URL") -> str:
-    """Accept SQLAlchemy-style schemes from the old deployment and return a plain asyncpg DSN."""
-    value = raw.strip()
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        parts = None
-    scheme = parts.scheme.lower() if parts else ""
-    if parts is None or scheme not in _PG_SCHEMES or not (parts.hostname or parts.path):
-        raise ConfigError(
-            f"{name} is not a Postgres DSN; use {name}=postgresql://user:password@host:5432/dbname "
-            "(postgresql+asyncpg:// and postgresql+psycopg:// are accepted too)"
-        )
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ConfigError(
-            f"{name} has an invalid port; use {name}=postgresql://user:password@host:5432/dbname"
-        ) from None
-    return urlunsplit(parts._replace(scheme=_PG_SCHEMES[scheme]))
-
-
-def _redis_url(raw: str) -> str:
-    value = raw.strip()
-    try:
-        parts = urlsplit(value)
-        _ = parts.port
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme.lower() not in _REDIS_SCHEMES:
-        raise ConfigError(
-            "REDIS_URL is not a Redis URL; use REDIS_URL=redis://localhost:6379/0 "
-            "(rediss:// for TLS)"
-        )
-    return value
-
-
-def redact_url(url: str) -> str:
-    """A DSN with its password replaced, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def refuse_e2e_outside_development(app_env: str, e2e_test_mode: bool) -> None:
@@ -371,9 +199,33 @@ def refuse_e2e_outside_development(app_env: str, e2e_test_mode: bool) -> None:
         )
 
 
+# Each kept alias or "as before" toggle, and what replaces it (a warning at start-up).
+DEPRECATED: dict[str, str] = {
+    "ASYNC_DATABASE_URL": "DATABASE_URL (any postgresql:// DSN; +asyncpg/+psycopg are accepted)",
+    "SYNC_DATABASE_URL": "DATABASE_URL (any postgresql:// DSN; +asyncpg/+psycopg are accepted)",
+    "CENTS_PER_CREDIT": "CREDIT_PRICES=usd:<cents> (prices every currency the same way)",
+    "METRICS_ON_RECEIVER": "METRICS_PORT (the internal listener; keep /metrics off the internet)",
+    "OPS_ON_RECEIVER": "`webhook-worker console` (the ops API on its own private listener)",
+}
+
+
+def _deprecations(env: Mapping[str, str], given: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    used = [name for name in DEPRECATED if name in given]
+    toggles = ("METRICS_ON_RECEIVER", "OPS_ON_RECEIVER")
+    used = [n for n in used if n not in toggles or _bool(env, n, False)]
+    return tuple((name, DEPRECATED[name]) for name in used)
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _required_int(env, name, default, minimum=0)
+    if value > 65535:
+        raise ConfigError(f"{name}={value} is not a TCP port; use 1-65535, e.g. {name}={default}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of README "Configuration", typed. `from_env` is the only parser."""
+    """Every setting of docs/configuration.md, typed. `from_env` is the only parser."""
 
     webhook_secrets: tuple[str, ...] = ()
     webhook_tolerance: int = 300
@@ -397,7 +249,7 @@ class Settings:
     stripe_api_key: str | None = field(default=None, repr=False)
     stripe_api_base: str = DEFAULT_STRIPE_API_BASE
     reconcile_interval_seconds: int = 3600
-    reconcile_lookback_seconds: int = 3 * _DAY
+    reconcile_lookback_seconds: int = 3 * SECONDS_PER_DAY
     retention_days: int = 90
     max_tries: int = 8
     retry_base_seconds: int = 2
@@ -411,6 +263,18 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     metrics_on_receiver: bool = False
+    # Where the processes listen and keep local data (the CLI's defaults for --host/--port…).
+    host: str = "127.0.0.1"
+    port: int = 8000
+    web_concurrency: int = 1
+    console_host: str = "127.0.0.1"
+    console_port: int = 8081
+    data_dir: str = ".data"
+    # Which variables the environment set, which came from elsewhere (make run's services
+    # file), and the deprecated names in use with their replacements: `webhook-worker config`.
+    given: frozenset[str] = frozenset()
+    origins: Mapping[str, str] = field(default_factory=dict, hash=False)
+    deprecations: tuple[tuple[str, str], ...] = ()
     max_header_bytes: int = 16 * 1024
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 10.0
@@ -432,6 +296,9 @@ class Settings:
     # The arq queue of this deployment; None derives it from the database (`queue_name`).
     queue_name_override: str | None = None
     redis_startup_timeout_seconds: int = 30
+    # What refunds and disputes could not take back (spent): forgiven, or collected from the
+    # user's next purchase or grant (docs/spending.md "Shortfalls").
+    shortfall_policy: ShortfallPolicy = "forgive"
 
     def __repr__(self) -> str:  # never print secrets or DSN passwords
         return (
@@ -448,7 +315,16 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Parse and validate; raise ConfigError naming the variable and a good value."""
+        """Parse and validate; raise ConfigError naming the variable and a good value.
+        Records which variables the environment gave and the deprecated ones in use."""
+        reader = EnvReader(os.environ if env is None else env)
+        settings = cls._parse(reader)
+        given = reader.given()
+        return replace(settings, given=given, deprecations=_deprecations(reader, given))
+
+    @classmethod
+    def _parse(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Every variable, read once through `env` (an `EnvReader` from `from_env`)."""
         env = os.environ if env is None else env
         app_env = _choice(env, "APP_ENV", "production", ("production", "development", "test"))
         e2e = _bool(env, "E2E_TEST_MODE", False)
@@ -484,7 +360,7 @@ class Settings:
             webhook_secrets=secrets,
             webhook_tolerance=_required_int(env, "STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1),
             database_url=database_url,
-            redis_url=_redis_url(redis_raw) if redis_raw else None,
+            redis_url=parse_redis_url(redis_raw) if redis_raw else None,
             e2e_test_mode=e2e,
             app_env=app_env,  # type: ignore[arg-type]
             db_echo=_bool(env, "DB_ECHO", False),
@@ -521,6 +397,12 @@ class Settings:
             metrics_port=_int(env, "METRICS_PORT", None, minimum=1),
             metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
             metrics_on_receiver=_bool(env, "METRICS_ON_RECEIVER", False),
+            host=env.get("HOST", "").strip() or "127.0.0.1",
+            port=_port(env, "PORT", 8000),
+            web_concurrency=_required_int(env, "WEB_CONCURRENCY", 1, minimum=1),
+            console_host=env.get("CONSOLE_HOST", "").strip() or "127.0.0.1",
+            console_port=_port(env, "CONSOLE_PORT", 8081),
+            data_dir=env.get("DATA_DIR", "").strip() or ".data",
             **_listener_limits(env),
             ops_replay_max=_required_int(env, "OPS_REPLAY_MAX", 10_000, minimum=1),
             ops_users=parse_ops_users(env.get("OPS_USERS", "")),
@@ -537,6 +419,9 @@ class Settings:
             queue_name_override=_queue_name(env),
             redis_startup_timeout_seconds=_required_int(
                 env, "REDIS_STARTUP_TIMEOUT_SECONDS", 30, minimum=0
+            ),
+            shortfall_policy=_choice(  # type: ignore[arg-type]
+                env, "SHORTFALL_POLICY", "forgive", ("forgive", "collect")
             ),
         )
 
@@ -598,7 +483,8 @@ class Settings:
         if not self.stripe_api_key:
             raise ConfigError(
                 "STRIPE_API_KEY is not set; reconciliation reads Stripe's List Events API: "
-                "create a restricted key with Events: read and set STRIPE_API_KEY=rk_live_…"
+                "create a restricted key with Events: read and set "
+                f"STRIPE_API_KEY=rk_{self.stripe_mode}_… (STRIPE_MODE={self.stripe_mode})"
             )
         return self.stripe_api_key
 

@@ -155,3 +155,10 @@ def _mark_bypass(
 
 def get_logger(name: str) -> Any:
     return structlog.stdlib.get_logger(name)
+
+
+def log_deprecations(deprecations: tuple[tuple[str, str], ...]) -> None:
+    """One warning per deprecated variable in use, naming what replaces it."""
+    logger = get_logger("webhook_worker.config")
+    for variable, replacement in deprecations:
+        logger.warning("setting_deprecated", variable=variable, replacement=replacement)

@@ -92,6 +92,19 @@ WAIT_EXPIRED = Counter(
     "worker_wait_expired_events_total",
     "Waiting events ignored after WAIT_MAX_DAYS (no_purchase_for_payment)",
 )
+HOLDS_EXPIRED = Counter(
+    "worker_holds_expired_total", "Spending holds past their expiry released by the worker's cron"
+)
+SHORTFALL_COLLECTED = Gauge(
+    "shortfall_collected_credits",
+    "Credits of refund/dispute shortfalls collected so far (SHORTFALL_POLICY=collect)",
+    multiprocess_mode="max",
+)
+SHORTFALL_OUTSTANDING = Gauge(
+    "shortfall_outstanding_credits",
+    "Credits refunds and disputes could not take back and not yet collected",
+    multiprocess_mode="max",
+)
 QUEUE_DEPTH = Gauge("worker_queue_depth", "Jobs waiting in the arq queue", multiprocess_mode="max")
 EVENTS_BY_STATUS = Gauge(
     "stripe_events_by_status",

@@ -17,6 +17,18 @@ SELECT credited_event_id, applied, balance
 FROM ledger_credit_many($1, $2::bigint[], $3::text[], $4::text[], $5::text[],
                         $6::text[], $7::text[], $8::int);
 
+-- name: ledger_credit_collect
+-- SHORTFALL_POLICY=collect: ledger_credit, then the user's shortfall paid in the same
+-- transaction (migration 0025).
+SELECT applied, balance FROM ledger_credit_collect($1, $2, $3, $4, $5, $6, $7);
+
+-- name: ledger_credit_many_collect
+-- SHORTFALL_POLICY=collect: ledger_credit_many, then each credited user's shortfall paid in the
+-- same call and commit (migration 0025).
+SELECT credited_event_id, applied, balance
+FROM ledger_credit_many_collect($1, $2::bigint[], $3::text[], $4::text[], $5::text[],
+                                $6::text[], $7::text[], $8::int);
+
 -- name: ledger_lock_user
 -- The key computed by the server (ledger_lock_key of the host's key type, 0005/0008), the
 -- same function ledger_credit locks with.

@@ -94,10 +94,16 @@ FROM stripe_events
 WHERE processing_status = 'failed' AND updated_at >= now() - interval '1 day';
 
 -- name: ops_stats_credits
--- refunded and disputed are net of their reversals; granted counts no reversal.
+-- refunded and disputed are net of their reversals; granted counts no reversal and no hold
+-- given back; spent is USAGE plus holds net of what went back (0025).
 SELECT coalesce(sum(amount) FILTER (WHERE amount > 0 AND transaction_type NOT IN
-                                    ('REFUND_REVERSAL', 'DISPUTE_REVERSAL')), 0)::bigint
+                                    ('REFUND_REVERSAL', 'DISPUTE_REVERSAL', 'HOLD_RELEASE')),
+                0)::bigint
            AS granted,
+       coalesce(-sum(amount) FILTER (WHERE transaction_type IN ('USAGE', 'HOLD', 'HOLD_RELEASE')),
+                0)::bigint AS spent,
+       coalesce(-sum(amount) FILTER (WHERE transaction_type = 'SHORTFALL_COLLECTION'), 0)::bigint
+           AS shortfall_collected,
        coalesce(-sum(amount) FILTER (WHERE transaction_type IN ('REFUND', 'REFUND_REVERSAL')),
                 0)::bigint AS refunded,
        coalesce(-sum(amount) FILTER (WHERE transaction_type IN ('DISPUTE', 'DISPUTE_REVERSAL')),
@@ -138,13 +144,15 @@ WHERE processing_status = 'waiting';
 
 -- name: ops_payment_state_mismatches
 -- Each payment's credits taken back (payment_states.taken) must equal its REFUND, DISPUTE
--- and reversal rows plus what could not be taken (shortfall).
+-- and reversal rows, the shortfall collected later (SHORTFALL_COLLECTION, 0025) and what
+-- could not be taken (shortfall).
 SELECT s.payment_intent_id, s.taken, s.shortfall, coalesce(l.taken, 0)::bigint AS ledger_taken
 FROM payment_states s
 LEFT JOIN (
     SELECT payment_intent_id, -sum(amount) AS taken
     FROM credit_transactions
-    WHERE transaction_type IN ('REFUND', 'REFUND_REVERSAL', 'DISPUTE', 'DISPUTE_REVERSAL')
+    WHERE transaction_type IN ('REFUND', 'REFUND_REVERSAL', 'DISPUTE', 'DISPUTE_REVERSAL',
+                               'SHORTFALL_COLLECTION')
       AND payment_intent_id IS NOT NULL
     GROUP BY payment_intent_id
 ) l ON l.payment_intent_id = s.payment_intent_id
@@ -184,3 +192,33 @@ SELECT processing_status FROM stripe_events WHERE event_id = $1;
 
 -- name: ops_event_outcome
 SELECT processing_status, status_reason, error_message FROM stripe_events WHERE event_id = $1;
+
+-- name: ops_hold_mismatches
+-- Each hold (migration 0025) must match its ledger rows: one HOLD of -amount, and once it is
+-- closed, HOLD_RELEASE rows giving back amount - actual (all of it when released or expired).
+SELECT h.user_id, h.idempotency_key, h.state, coalesce(-ht.amount, 0)::bigint AS held,
+       coalesce(r.back, 0)::bigint AS back
+FROM credit_holds h
+LEFT JOIN credit_transactions ht ON ht.id = h.hold_transaction_id
+LEFT JOIN (
+    SELECT user_id, idempotency_key, sum(amount) AS back
+    FROM credit_transactions
+    WHERE transaction_type = 'HOLD_RELEASE'
+    GROUP BY user_id, idempotency_key
+) r ON r.user_id = h.user_id AND r.idempotency_key = h.idempotency_key
+WHERE ht.transaction_type IS DISTINCT FROM 'HOLD'
+   OR -ht.amount <> h.amount
+   OR coalesce(r.back, 0) <> CASE h.state WHEN 'open' THEN 0
+                                          WHEN 'settled' THEN h.amount - h.actual
+                                          ELSE h.amount END
+ORDER BY h.id
+LIMIT $1;
+
+-- name: ops_stats_spending
+-- Open holds, the shortfall still owed (refunds and disputes that found the credits spent)
+-- and the policy the SQL functions follow (migration 0025).
+SELECT (SELECT count(*) FROM credit_holds WHERE state = 'open') AS open_holds,
+       (SELECT coalesce(sum(amount), 0) FROM credit_holds WHERE state = 'open')::bigint
+           AS credits_held,
+       (SELECT coalesce(sum(shortfall), 0) FROM payment_states)::bigint AS shortfall_outstanding,
+       (SELECT shortfall_policy FROM credits_settings) AS shortfall_policy;

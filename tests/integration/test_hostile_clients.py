@@ -4,7 +4,7 @@ Each scenario runs an attack while a parallel sender delivers real signed events
 what an operator relies on: the attack's connections are closed by the server within a
 deadline, the process's RSS stays under 150 MB during and after, and every real delivery is
 answered 200. The bounds are shortened (2 s header/body time) so the suite stays short; the
-defaults are documented in README "Configuration" and docs/reliability.md "abuse", where the
+defaults are documented in docs/configuration.md and docs/reliability.md "abuse", where the
 senders' p99 printed here is recorded.
 """
 

@@ -1,5 +1,5 @@
 """Trust scope through real HTTP and real workers: only this account's money, in the
-configured mode, mints credits (README, "Wiring Stripe").
+configured mode, mints credits (docs/stripe.md, "Wiring Stripe").
 
 Each deployment is a real `webhook-worker serve` process and a real `webhook-worker work`
 process on a database of its own; events are signed and POSTed the way Stripe sends them.
@@ -210,7 +210,7 @@ async def test_an_event_from_an_unlisted_connected_account_is_ignored(
 async def test_a_listed_connected_account_resolves_against_the_platform_users(
     test_mode: Deployment,
 ) -> None:
-    """README: a listed account's references (id, UUID, email) name platform users."""
+    """docs/stripe.md: a listed account's references (id, UUID, email) name platform users."""
     async with connect(test_mode) as conn:
         user = await new_user(conn)
         user_uuid = str(await conn.fetchval("SELECT uuid FROM users WHERE id = $1", user))

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
-from webhook_worker.console import views
+from webhook_worker.console import credits_views, views
 from webhook_worker.console.auth import Forbidden, require_session
 from webhook_worker.console.session import Signer
 from webhook_worker.db import store
@@ -89,6 +89,7 @@ def _routes(settings: Settings) -> list[BaseRoute]:
         Route("/replay/{audit_id}/progress", page(views.bulk_progress), methods=["GET"]),
         Route("/users", page(views.user_search), methods=["GET"]),
         Route("/users/{key}", page(views.user), methods=["GET"]),
+        Route("/users/{key}/credits", page(credits_views.change_credits), methods=["POST"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         *ops_api.ops_routes(settings),

@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from webhook_worker.console import data
+from webhook_worker.console import credits_views, data
 from webhook_worker.console.auth import (
     LOGIN_NONCE_COOKIE,
     Forbidden,
@@ -351,6 +351,7 @@ async def _user(request: Request, key: str) -> Response:
     async with store.acquire(request.app.state.pool, "finding a user") as conn:
         matches = await data.find_users(conn, key)
         history = await data.user_history(conn, matches[0]["id"]) if len(matches) == 1 else None
+        spending = await credits_views.spending_context(conn, matches[0]["id"]) if history else {}
     if not matches:
         return error_page(request, 404, "No user has that id, UUID or email.")
     return render(
@@ -361,6 +362,7 @@ async def _user(request: Request, key: str) -> Response:
             "matches": matches if history is None else [],
             "history": history,
             "page": "users",
+            **spending,
         },
     )
 

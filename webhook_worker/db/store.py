@@ -283,3 +283,12 @@ async def event_backlog_counts(conn: Connection) -> dict[str, int]:
     with translate_errors("counting the backlog"):
         rows = await conn.fetch(query("event_backlog_counts"))
     return {row["status"]: int(row["events"]) for row in rows}
+
+
+async def record_shortfall_policy(conn: Connection, policy: str) -> None:
+    """SHORTFALL_POLICY where the spending functions read it (credits_settings, migration
+    0025); written by `migrate` and at worker start, only when it changed. Before 0025 is
+    applied there is nowhere to write it, and nothing reads it."""
+    with translate_errors("recording SHORTFALL_POLICY"):
+        if await conn.fetchval("SELECT to_regclass('credits_settings') IS NOT NULL"):
+            await conn.execute(query("credits_set_policy"), policy)

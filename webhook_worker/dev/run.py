@@ -20,8 +20,8 @@ from pathlib import Path
 
 import asyncpg
 
+from webhook_worker import local_services
 from webhook_worker.db import migrations
-from webhook_worker.dev import services_file as devservices
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
 
@@ -100,7 +100,7 @@ def run_dev(port: int = 8000, data_dir: str = ".data", console_port: int = 8081)
         applied = asyncio.run(_migrate(env["DATABASE_URL"]))
         print(f"migrations applied: {', '.join(applied) or 'none pending'}")
         children += _start_children(port, console_port, env)
-        devservices.write(folder, env, console_url)
+        local_services.write(folder, env, console_url)
         print(_banner(port, env, console_url), flush=True)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
@@ -116,7 +116,7 @@ def run_dev(port: int = 8000, data_dir: str = ".data", console_port: int = 8081)
                 child.wait(15)
             except subprocess.TimeoutExpired:
                 child.kill()
-        devservices.remove(folder)
+        local_services.remove(folder)
         for service in services:
             service.stop()
 

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -67,35 +67,52 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
-def _short(text: str | None, width: int = 60) -> str:
-    if not text:
-        return ""
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 # --- events list / show ------------------------------------------------------------------
 
 
-def _events_table(events: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("event id", no_wrap=True)
-    table.add_column("type", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("reason", no_wrap=True)
-    table.add_column("attempts", justify="right")
-    table.add_column("received (UTC)", no_wrap=True)
-    table.add_column("error")
-    for event in events:
-        table.add_row(
+# Shown in this order; kept, as the width allows, by priority: why (the reason, else the
+# error's first line), then type, when, tries.
+_EVENT_COLUMNS = (
+    terminal.Column("event id", required=True),
+    terminal.Column("status", required=True),
+    terminal.Column("type", wrap="fold", priority=2),
+    terminal.Column("received (UTC)", priority=3),
+    terminal.Column("tries", justify="right", priority=4),
+    terminal.Column("reason / error", wrap="cut", priority=1),
+)
+
+
+def _why(event: dict[str, Any]) -> str:
+    reason = event.get("status_reason") or ""
+    error = terminal.one_line(event.get("error_message"))
+    return ": ".join(part for part in (reason, error) if part) or "-"
+
+
+_LEDGER_COLUMNS = (
+    terminal.Column("id", required=True),
+    terminal.Column("type", required=True),
+    terminal.Column("amount", required=True, justify="right"),
+    terminal.Column("balance after", justify="right", priority=1),
+    terminal.Column("user", priority=2),
+    terminal.Column("user uuid", priority=4),
+    terminal.Column("session", priority=3),
+)
+
+
+def _print_events(events: list[dict[str, Any]], title: str, *, wide: bool) -> None:
+    """Ids and statuses whole at any width; the rest as room allows (`--wide`: all)."""
+    rows = [
+        (
             event["event_id"],
-            event["type"],
             event["processing_status"],
-            event.get("status_reason") or "-",
-            str(event["attempts"]),
+            event["type"],
             _when(event["received_at"]),
-            _short(event.get("error_message")),
+            str(event["attempts"]),
+            _why(event),
         )
-    return table
+        for event in events
+    ]
+    terminal.print_table(title, _EVENT_COLUMNS, rows, wide=wide)
 
 
 async def _events_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -116,7 +133,7 @@ async def _events_list(args: argparse.Namespace, settings: Settings) -> int:
     if not events:
         print("no events match")
         return EXIT_OK
-    terminal.console().print(_events_table(events, f"{len(events)} event(s), newest first"))
+    _print_events(events, f"{len(events)} event(s), newest first", wide=args.wide)
     return EXIT_OK
 
 
@@ -147,24 +164,24 @@ async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
         "payload_pruned",
         "source",
     )
-    for name in fields:
+    for name in fields:  # whole values: the error in full, wrapped, never cut
         value = event.get(name)
-        console.print(f"[bold]{name:<18}[/bold] {'-' if value is None else value}")
+        console.print(f"[bold]{name:<18}[/bold] {escape('-' if value is None else str(value))}")
     ledger = event["ledger"]
     if ledger:
-        table = Table(title="ledger rows", title_justify="left")
-        for column in ("id", "user", "type", "amount", "balance after", "session"):
-            table.add_column(column, no_wrap=True)
-        for row in ledger:
-            table.add_row(
+        rows = [
+            (
                 str(row["id"]),
-                f"{row['user_id']} ({row['user_uuid']})",
                 row["transaction_type"],
                 str(row["amount"]),
                 str(row["balance_after"]),
+                str(row["user_id"]),
+                str(row["user_uuid"]),
                 row["checkout_session_id"] or "-",
             )
-        console.print(table)
+            for row in ledger
+        ]
+        terminal.print_table("ledger rows", _LEDGER_COLUMNS, rows, wide=args.wide)
     else:
         console.print("[bold]ledger            [/bold] no ledger rows")
     if args.raw:
@@ -180,20 +197,36 @@ def _add_events(sub: terminal.Subparsers) -> None:
     p = sub.add_parser("events", help="list and inspect stored Stripe events")
     events = p.add_subparsers(dest="events_command", required=True, metavar="ACTION")
     lst = events.add_parser("list", help="list events, newest first")
-    lst.add_argument("--status", choices=store.EVENT_STATUSES, help="only this status")
-    lst.add_argument("--type", help="only this event type, e.g. checkout.session.completed")
-    lst.add_argument("--since", help="received since: 2024-06-01, an ISO time, or 24h / 7d")
     lst.add_argument(
-        "--reason", help="only this status reason, e.g. livemode_mismatch (see README)"
+        "--status", choices=store.EVENT_STATUSES, help="only this status (default: every status)"
     )
-    lst.add_argument("--limit", type=int, default=listing.DEFAULT_LIST_LIMIT, help="at most N rows")
+    lst.add_argument(
+        "--type", help="only this event type, e.g. checkout.session.completed (default: all)"
+    )
+    lst.add_argument(
+        "--since", help="received since: 2024-06-01, an ISO time, or 24h / 7d (default: ever)"
+    )
+    lst.add_argument(
+        "--reason",
+        help="only this status reason, e.g. livemode_mismatch (docs/stripe.md; default: any)",
+    )
+    lst.add_argument(
+        "--limit",
+        type=int,
+        default=listing.DEFAULT_LIST_LIMIT,
+        help="at most N rows (default: %(default)s)",
+    )
+    lst.add_argument(
+        "--wide", action="store_true", help="every column, whole, however wide the terminal"
+    )
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     lst.set_defaults(handler=_sync(_events_list))
     show = events.add_parser(
         "show", help="one event: status, attempts, error and the ledger rows it produced"
     )
-    show.add_argument("event_id", metavar="EVENT_ID")
+    show.add_argument("event_id", metavar="EVENT_ID", help="the Stripe event id, evt_…")
     show.add_argument("--raw", action="store_true", help="include the raw Stripe payload")
+    show.add_argument("--wide", action="store_true", help="every ledger column, whole")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=_sync(_events_show))
 
@@ -222,8 +255,7 @@ async def _replay_with_progress(
         )
 
 
-def _print_replay(result: replay.ReplayResult) -> None:
-    console = terminal.console()
+def _print_replay(result: replay.ReplayResult, *, wide: bool) -> None:
     if result.dry_run:
         if result.selected:
             total = max(result.count, len(result.selected))
@@ -231,7 +263,7 @@ def _print_replay(result: replay.ReplayResult) -> None:
             title = f"dry run: would replay {more} event(s); nothing changed"
             if total > len(result.selected):
                 title += f" (first {len(result.selected)} shown)"
-            console.print(_events_table(result.selected, title))
+            _print_events(result.selected, title, wide=wide)
         else:
             print("dry run: nothing to replay")
     elif result.replayed:
@@ -300,15 +332,17 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         terminal.print_json(result.as_dict())
     else:
-        _print_replay(result)
+        _print_replay(result, wide=args.wide)
     return EXIT_OK if result.ok else EXIT_PROBLEM
 
 
 def _log_replay(args: argparse.Namespace, result: replay.ReplayResult) -> None:
-    """Who (the OS user of the CLI), when, and which events: ids, or the filters and count."""
+    """Who (the OS user of the CLI), when, and which events: ids, or the filters and count.
+    A dry run changed nothing: its line is debug only, so it never joins the human output."""
     filters = {"status": args.status, "type": args.type, "since": args.since, "until": args.until}
     ids = result.replayed if not result.dry_run else [e["event_id"] for e in result.selected]
-    _log.info(
+    log = _log.debug if result.dry_run else _log.info
+    log(
         "ops_replayed",
         who={"cli_user": getpass.getuser()},
         at=datetime.now(UTC).isoformat(),
@@ -333,13 +367,29 @@ def _add_replay(sub: terminal.Subparsers) -> None:
             "(the events then wait as received for the sweeper)."
         ),
     )
-    p.add_argument("event_ids", nargs="*", metavar="EVENT_ID", help="events to replay")
-    p.add_argument("--status", choices=store.EVENT_STATUSES, help="replay every event in it")
-    p.add_argument("--type", help="with --status: only this event type")
-    p.add_argument("--since", help="with --status: received since (2024-06-01, 24h, 7d)")
-    p.add_argument("--until", help="only events received before this date (same forms)")
+    p.add_argument(
+        "event_ids",
+        nargs="*",
+        metavar="EVENT_ID",
+        help="events to replay (default: none, then --status selects)",
+    )
+    p.add_argument(
+        "--status",
+        choices=store.EVENT_STATUSES,
+        help="replay every event in it (default: only the EVENT_IDs given)",
+    )
+    p.add_argument("--type", help="with --status: only this event type (default: all)")
+    p.add_argument(
+        "--since", help="with --status: received since (2024-06-01, 24h, 7d; default: ever)"
+    )
+    p.add_argument(
+        "--until", help="only events received before this date (same forms; default: now)"
+    )
     p.add_argument("--force", action="store_true", help="also replay completed/ignored events")
-    p.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    p.add_argument(
+        "--dry-run", action="store_true", help="count and list what would be replayed; no change"
+    )
+    p.add_argument("--wide", action="store_true", help="with --dry-run: every column, whole")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_sync(_replay))
 
@@ -358,7 +408,7 @@ def _age(seconds: float | None) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60}m"
 
 
-def _print_stats(stats: dict[str, Any]) -> None:
+def _print_stats(stats: dict[str, Any], *, wide: bool) -> None:
     console = terminal.console()
     status_table = Table(title="events by status", title_justify="left")
     status_table.add_column("status")
@@ -367,13 +417,17 @@ def _print_stats(stats: dict[str, Any]) -> None:
         status_table.add_row(status, str(count))
     status_table.add_row("[bold]total[/bold]", str(stats["events_total"]))
     console.print(status_table)
-    type_table = Table(title="events by type", title_justify="left")
-    type_table.add_column("type", no_wrap=True)
-    for status in store.EVENT_STATUSES:
-        type_table.add_column(status, justify="right")
-    for event_type, counts in stats["events_by_type"].items():
-        type_table.add_row(event_type, *(str(counts.get(s, 0)) for s in store.EVENT_STATUSES))
-    console.print(type_table)
+    # Types whole; the statuses an operator acts on first when the width is short.
+    urgency = ("failed", "waiting", "received", "processing", "ignored", "completed")
+    columns = [terminal.Column("type", required=True)] + [
+        terminal.Column(status, justify="right", priority=urgency.index(status) + 1)
+        for status in store.EVENT_STATUSES
+    ]
+    rows = [
+        (event_type, *(str(counts.get(s, 0)) for s in store.EVENT_STATUSES))
+        for event_type, counts in stats["events_by_type"].items()
+    ]
+    terminal.print_table("events by type", columns, rows, wide=wide)
     if stats["ignored_by_reason"]:
         reasons = Table(title="ignored events by reason", title_justify="left")
         reasons.add_column("reason", no_wrap=True)
@@ -389,6 +443,12 @@ def _print_stats(stats: dict[str, Any]) -> None:
     summary.add_row("credits granted", str(stats["credits_granted"]))
     summary.add_row("credits refunded (net)", str(stats["credits_refunded"]))
     summary.add_row("credits disputed (net)", str(stats["credits_disputed"]))
+    summary.add_row("credits spent (usage and settled holds)", str(stats["credits_spent"]))
+    summary.add_row("open holds", f"{stats['open_holds']} ({stats['credits_held']} credits)")
+    summary.add_row(
+        f"shortfall owed (policy {stats['shortfall_policy']})", str(stats["shortfall_outstanding"])
+    )
+    summary.add_row("shortfall collected", str(stats["shortfall_collected"]))
     summary.add_row(
         "waiting for their purchase",
         f"{stats['waiting_events']}"
@@ -413,7 +473,7 @@ async def _stats(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         terminal.print_json(figures)
     else:
-        _print_stats(figures)
+        _print_stats(figures, wide=args.wide)
     return EXIT_OK
 
 
@@ -421,6 +481,7 @@ def _add_stats(sub: terminal.Subparsers) -> None:
     p = sub.add_parser(
         "stats", help="events by status and type, backlog age, failures, credit totals"
     )
+    p.add_argument("--wide", action="store_true", help="every status column, whole")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_sync(_stats))
 
@@ -474,13 +535,13 @@ def _add_verify(sub: terminal.Subparsers) -> None:
 # --- send-test-event ---------------------------------------------------------------------
 
 
-def _default_url() -> str:
-    return f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/webhooks/stripe"
+def _default_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.port}/webhooks/stripe"
 
 
-def _dev_secret() -> str | None:
+def _dev_secret(settings: Settings) -> str | None:
     """The secret `webhook-worker dev` created and printed, when run from the same folder."""
-    path = Path(os.environ.get("DATA_DIR", ".data")) / "dev_webhook_secret"
+    path = Path(settings.data_dir) / "dev_webhook_secret"
     if not path.is_file():
         return None
     return path.read_text().strip() or None
@@ -488,8 +549,9 @@ def _dev_secret() -> str | None:
 
 async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
     secret = test_events.pick_secret(
-        settings, args.secret or (None if settings.webhook_secrets else _dev_secret())
+        settings, args.secret or (None if settings.webhook_secrets else _dev_secret(settings))
     )
+    url = args.url or _default_url(settings)
     terminal.quiet_http_logs()
     if args.credits is not None and args.credits < 1:
         raise values.OpsInputError("--credits must be a positive integer")
@@ -504,7 +566,7 @@ async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
         customer=args.customer,
         invoice=args.invoice,
     )
-    result = await test_events.send_event(args.url, event, secret)
+    result = await test_events.send_event(url, event, secret)
     if args.json:
         terminal.print_json(
             {
@@ -515,7 +577,7 @@ async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
             }
         )
     else:
-        print(f"sent {result.event_type} {result.event_id} to {args.url}")
+        print(f"sent {result.event_type} {result.event_id} to {url}")
         print(f"HTTP {result.status_code} {result.body}")
     return EXIT_OK if result.status_code == 200 else EXIT_PROBLEM
 
@@ -550,7 +612,10 @@ def _add_send_test_event(sub: terminal.Subparsers) -> None:
             "unless --allow-credit is given."
         ),
     )
-    p.add_argument("--url", default=_default_url(), help="receiver endpoint (default: %(default)s)")
+    p.add_argument(
+        "--url",
+        help="receiver endpoint (default: http://127.0.0.1:$PORT/webhooks/stripe, PORT 8000)",
+    )
     p.add_argument(
         "--type",
         default="checkout.session.completed",
@@ -559,13 +624,24 @@ def _add_send_test_event(sub: terminal.Subparsers) -> None:
         "to the user linked to --customer; credit_note.created refunds --invoice in full",
     )
     who = p.add_mutually_exclusive_group()
-    who.add_argument("--email", help="buyer email (customer_email / customer_details.email)")
-    who.add_argument("--user-id", help="users.id, sent as client_reference_id")
-    who.add_argument("--user-uuid", help="users.uuid, sent as metadata.user_uuid")
+    who.add_argument(
+        "--email",
+        help="buyer email (customer_email / customer_details.email; default: none)",
+    )
+    who.add_argument("--user-id", help="users.id, sent as client_reference_id (default: none)")
+    who.add_argument("--user-uuid", help="users.uuid, sent as metadata.user_uuid (default: none)")
     p.add_argument("--credits", type=int, default=10, help="metadata.credits (default: 10)")
-    p.add_argument("--payment-intent", help="pi_… to use (refunds point at the purchase's)")
-    p.add_argument("--customer", help="cus_… the event names (invoice.paid: a linked customer)")
-    p.add_argument("--invoice", help="in_… a credit note refunds (credit_note.created)")
+    p.add_argument(
+        "--payment-intent",
+        help="pi_… to use; refunds point at the purchase's (default: a new random id)",
+    )
+    p.add_argument(
+        "--customer",
+        help="cus_… the event names; invoice.paid: a linked customer (default: a new one)",
+    )
+    p.add_argument(
+        "--invoice", help="in_… a credit note refunds, credit_note.created (default: a new one)"
+    )
     p.add_argument(
         "--secret",
         help="sign with this whsec_… (default: the first STRIPE_WEBHOOK_SECRET, "
@@ -601,7 +677,9 @@ def _add_prune(sub: terminal.Subparsers) -> None:
         "prune",
         help="drop raw payloads of old completed/ignored events (ids, status, ledger stay)",
     )
-    p.add_argument("--older-than", type=int, metavar="DAYS", help="default: RETENTION_DAYS (90)")
+    p.add_argument(
+        "--older-than", type=int, metavar="DAYS", help="age in days (default: RETENTION_DAYS, 90)"
+    )
     p.add_argument("--dry-run", action="store_true", help="count only, change nothing")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_sync(_prune))

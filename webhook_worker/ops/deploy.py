@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -39,9 +40,9 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
-from webhook_worker import redis_check
+from webhook_worker import local_services, redis_check
 from webhook_worker.config import Settings, redact_url
-from webhook_worker.db import host, migrations, privileges
+from webhook_worker.db import host, migrations, privileges, store
 from webhook_worker.errors import (
     ConfigError,
     MigrationError,
@@ -49,7 +50,7 @@ from webhook_worker.errors import (
     WebhookWorkerError,
 )
 from webhook_worker.exit_codes import EXIT_LOCKED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
-from webhook_worker.log import configure_logging
+from webhook_worker.log import configure_logging, log_deprecations
 from webhook_worker.ops import terminal, test_events, verify
 from webhook_worker.ops.cli import print_verify_report
 from webhook_worker.worker import scope
@@ -91,26 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deploy_hotfix.py",
         description="Preflight, migrate, verify and smoke-test a webhook-worker deployment.",
-        epilog="Exit 0 only when every step passed; 1 when a step failed; 2 on bad config.",
+        epilog="Exit 0 only when every step passed; 1 when a step failed; 2 on bad config; "
+        "3 when a migration gave up waiting for the lock another run holds.",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and SQL only")
     parser.add_argument("--skip-migration", action="store_true", help="do not migrate")
     parser.add_argument("--rollback", action="store_true", help="run down migrations instead")
     parser.add_argument(
-        "--to", type=int, metavar="VERSION", help="with --rollback: keep VERSION and below"
+        "--to",
+        type=int,
+        metavar="VERSION",
+        help="with --rollback: keep VERSION and below (default: undo only the newest)",
     )
     parser.add_argument(
-        "--drop-data",
-        action="store_true",
-        help="with --rollback: proceed even when it drops ledger, event or audit rows",
+        "--smoke-url", metavar="URL", help="POST a signed test event here (default: no smoke test)"
     )
-    parser.add_argument("--smoke-url", metavar="URL", help="POST a signed test event here")
     parser.add_argument(
         "--smoke-timeout",
         type=float,
         default=SMOKE_TIMEOUT_SECONDS,
         metavar="SECONDS",
-        help=f"how long the worker may take to process the smoke event ({SMOKE_TIMEOUT_SECONDS:g})",
+        help="how long a worker may take to process the smoke event (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--drop-data",
+        action="store_true",
+        help="with --rollback: proceed even when it drops ledger, event or audit rows "
+        "(default: refuse)",
     )
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask; for CI/release")
     return parser
@@ -270,6 +278,7 @@ async def _migrate(
             lock_timeout=settings.migration_lock_timeout_seconds,
             on_wait=_say,
         )
+        await store.record_shortfall_policy(conn, settings.shortfall_policy)
     except MigrationLockTimeout as exc:
         report.lock_timed_out = True
         report.add("rollback" if args.rollback else "migrate", "FAIL", str(exc))
@@ -449,8 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     report = Report()
     try:
-        settings = Settings.from_env()
+        # Like every command: next to a running `make run`, its services (development only).
+        settings, note = local_services.load_settings(os.environ)
+        if note:
+            print(note, file=sys.stderr)
         configure_logging(settings.log_format, settings.log_level)
+        log_deprecations(settings.deprecations)
         terminal.quiet_http_logs()
         asyncio.run(deploy(args, settings, report))
     except ConfigError as exc:

@@ -133,7 +133,9 @@ def add_reconcile(sub: terminal.Subparsers) -> None:
         "is not in stripe_events yet. Needs STRIPE_API_KEY (a restricted key with Events: "
         "read is enough).",
     )
-    p.add_argument("--since", default="3d", help="2024-06-01, an ISO time, or 24h / 7d (3d)")
+    p.add_argument(
+        "--since", default="3d", help="2024-06-01, an ISO time, or 24h / 7d (default: %(default)s)"
+    )
     p.add_argument("--until", help="same forms; default: now")
     p.add_argument(
         "--type",

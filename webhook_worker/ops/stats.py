@@ -19,6 +19,7 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
         failures = await conn.fetchval(query("ops_stats_recent_failures"))
         credits = await conn.fetchrow(query("ops_stats_credits"))
         users = await conn.fetchrow(query("ops_stats_users"))
+        spending = await conn.fetchrow(query("ops_stats_spending"))
         last_reconcile = await conn.fetchrow(query("reconcile_last_runs"), 1)
     statuses = {status: 0 for status in EVENT_STATUSES}
     statuses.update({row["status"]: int(row["events"]) for row in by_status})
@@ -26,7 +27,7 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
     for row in by_type:
         types.setdefault(row["type"], {})[row["status"]] = int(row["events"])
     assert oldest is not None and credits is not None and users is not None
-    assert waiting is not None
+    assert waiting is not None and spending is not None
     return {
         "events_by_status": statuses,
         "events_total": sum(statuses.values()),
@@ -38,6 +39,12 @@ async def collect_stats(conn: Connection) -> dict[str, Any]:
         "credits_granted": int(credits["granted"]),
         "credits_refunded": int(credits["refunded"]),
         "credits_disputed": int(credits["disputed"]),
+        "credits_spent": int(credits["spent"]),
+        "open_holds": int(spending["open_holds"]),
+        "credits_held": int(spending["credits_held"]),
+        "shortfall_outstanding": int(spending["shortfall_outstanding"]),
+        "shortfall_collected": int(credits["shortfall_collected"]),
+        "shortfall_policy": spending["shortfall_policy"],
         "waiting_events": int(waiting["events"]),
         "oldest_waiting_at": waiting["oldest"],
         "credit_transactions": int(credits["transactions"]),

@@ -54,7 +54,18 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "checkout_session_id",
         "payment_intent_id",
         "description",
+        "idempotency_key",
         "created_at",
+    ),
+    "credit_holds": (
+        "user_id",
+        "idempotency_key",
+        "amount",
+        "state",
+        "actual",
+        "hold_transaction_id",
+        "release_transaction_id",
+        "expires_at",
     ),
     "schema_migrations": ("version", "name", "checksum", "applied_at"),
     "reconcile_runs": ("trigger", "window_start", "window_end", "status", "events_recovered"),
@@ -73,10 +84,17 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-# Values the status and type checks must accept (migrations 0013, 0014).
+# Values the status and type checks must accept (migrations 0013, 0014, 0025).
 EXPECTED_CHECK_VALUES: dict[str, tuple[str, ...]] = {
     "stripe_events_status_check": ("waiting",),
-    "credit_transactions_type_check": ("REFUND_REVERSAL", "DISPUTE", "DISPUTE_REVERSAL"),
+    "credit_transactions_type_check": (
+        "REFUND_REVERSAL",
+        "DISPUTE",
+        "DISPUTE_REVERSAL",
+        "HOLD",
+        "HOLD_RELEASE",
+        "SHORTFALL_COLLECTION",
+    ),
 }
 
 
@@ -101,6 +119,8 @@ EXPECTED_INDEXES: dict[str, str] = {
     "credit_transactions_one_purchase_per_payment_intent": "one PURCHASE per payment intent",
     "credit_transactions_one_credit_per_invoice": "one SUBSCRIPTION_CREDIT per invoice",
     "credit_transactions_one_expiry_per_invoice": "one EXPIRY per invoice",
+    "credit_transactions_user_idempotency_key": "one spending call per user and idempotency key",
+    "credit_transactions_one_release_per_hold": "a hold goes back at most once",
 }
 
 
@@ -108,6 +128,13 @@ EXPECTED_FUNCTIONS: dict[str, str] = {
     "ledger_lock_key": "the user's int4 advisory-lock key",
     "ledger_credit": "one purchase credited under the user's lock",
     "ledger_credit_many": "a batch of purchases credited in one commit",
+    "credits_spend": "spending: a USAGE row under the user's lock (docs/spending.md)",
+    "credits_grant": "spending: a BONUS row",
+    "credits_adjust": "spending: an ADJUSTMENT row with its reason",
+    "credits_hold": "spending: a HOLD row",
+    "credits_settle": "spending: a hold kept in part, the rest back",
+    "credits_release": "spending: a hold given back",
+    "credits_release_expired": "the worker's cron: expired holds released once",
 }
 
 
@@ -378,6 +405,19 @@ async def _verify_data(
             report.add(
                 "payment states", True, "credits taken back equal each payment's ledger rows"
             )
+    if {"credit_holds", "credit_transactions"} <= complete:
+        rows = await conn.fetch(query("ops_hold_mismatches"), _SAMPLE)
+        if rows:
+            shown = "; ".join(
+                f"user {r['user_id']} hold {r['idempotency_key']!r} ({r['state']}): "
+                f"held {r['held']}, back {r['back']}"
+                for r in rows[:10]
+            )
+            report.add(
+                "holds", False, f"{len(rows)} hold(s) differ from their ledger rows: {shown}"
+            )
+        else:
+            report.add("holds", True, "every hold matches its HOLD and HOLD_RELEASE rows")
     if "stripe_events" in complete:
         rows = await conn.fetch(query("ops_stuck_events"), stale_after_seconds, _SAMPLE)
         if rows:

@@ -54,11 +54,20 @@ class ListenerLimits:
 _limits: ListenerLimits | None = None
 
 
-def _current_limits() -> ListenerLimits:
-    """Read once per process from the environment `serve` validated at start-up."""
+def configure(settings: Settings) -> None:
+    """Set this process's bounds from the one `Settings` its app factory parsed
+    (`entrypoints.receiver_from_env`; uvicorn loads the app before it accepts a connection,
+    in every worker process), so the environment is never parsed a second time."""
     global _limits
+    _limits = ListenerLimits.from_settings(settings)
+
+
+def _current_limits() -> ListenerLimits:
     if _limits is None:
-        _limits = ListenerLimits.from_settings(Settings.from_env())
+        raise RuntimeError(
+            "BoundedHttpToolsProtocol has no limits: serve it with the app factory "
+            "webhook_worker.entrypoints:receiver_from_env, which calls listener.configure()"
+        )
     return _limits
 
 

@@ -17,6 +17,7 @@ and a user whose lock is held elsewhere keeps only its own events waiting.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -135,7 +136,8 @@ class WorkerBatches:
     `lookup(candidate)`: the user id a resolver candidate matches, or None.
     `credit(purchase)`: credit once and mark the event completed, in the same commit.
     `max_batch` = 1 gives every event its own statements and transaction (no batching);
-    then as many run at once as the worker runs events.
+    then as many run at once as the worker runs events. `collect_shortfall`
+    (SHORTFALL_POLICY=collect): each credit first pays the user's shortfall, in the same call.
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class WorkerBatches:
         max_batch: int = 256,
         max_jobs: int = 100,
         lease_seconds: float = store.DEFAULT_LEASE_S,
+        collect_shortfall: bool = False,
     ) -> None:
         self._pool = pool
         claims = _Claims(lease_seconds)
@@ -169,8 +172,8 @@ class WorkerBatches:
             pool,
             "credit",
             "crediting purchases",
-            ledger.credit_purchase,
-            ledger.credit_purchases,
+            functools.partial(ledger.credit_purchase, collect_shortfall=collect_shortfall),
+            functools.partial(ledger.credit_purchases, collect_shortfall=collect_shortfall),
             **sizes,
         )
 

@@ -36,6 +36,7 @@ from webhook_worker import job_queue as queue
 from webhook_worker import metrics, runtime
 from webhook_worker.config import Settings
 from webhook_worker.db import recovery, store
+from webhook_worker.db.queries import query
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger, redact_text
 from webhook_worker.worker import handlers, payments, reconcile
@@ -330,6 +331,32 @@ async def prune_old_events(ctx: dict[str, Any]) -> int:
     return pruned
 
 
+async def release_expired_holds(ctx: dict[str, Any]) -> int:
+    """Give back spending holds past their expiry (`credits_release_expired`, migration 0025):
+    each once, under its user's lock, re-checked there, so a settle or release racing the
+    cron and several workers' crons never give one back twice. Also refreshes the
+    outstanding-shortfall gauge."""
+    try:
+        async with store.acquire(ctx["pool"], "releasing expired holds") as conn:
+            released = 0
+            while True:
+                done = int(await conn.fetchval(query("credits_release_expired"), SWEEP_BATCH))
+                released += done
+                if done < SWEEP_BATCH:
+                    break
+            outstanding = await conn.fetchval(query("credits_shortfall_outstanding"))
+            collected = await conn.fetchval(query("credits_shortfall_collected"))
+    except TransientError as exc:
+        log.warning("hold_release_failed", error=_error_text(exc))
+        return 0
+    metrics.SHORTFALL_OUTSTANDING.set(int(outstanding))
+    metrics.SHORTFALL_COLLECTED.set(int(collected))
+    if released:
+        metrics.HOLDS_EXPIRED.inc(released)
+        log.info("expired_holds_released", released=released)
+    return released
+
+
 def _every(seconds: int) -> dict[str, Any]:
     """arq cron fields that fire every `seconds` (on whole minutes from 60 up)."""
     if seconds < 60:
@@ -344,6 +371,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     return [
         cron(sweep_stale_events, **_every(settings.sweep_interval_seconds)),
         cron(prune_old_events, minute={17}, second=0),
+        cron(release_expired_holds, **_every(settings.sweep_interval_seconds)),
     ]
 
 
@@ -361,15 +389,21 @@ async def open_resources(ctx: dict[str, Any]) -> None:
         max_batch=settings.worker_batch_max,
         max_jobs=settings.worker_max_jobs,
         lease_seconds=lease_seconds(settings),
+        collect_shortfall=settings.shortfall_policy == "collect",
     )
     ctx["batches"] = batches
     # WORKER_MAX_JOBS events in flight per process, however many jobs carry them: a deep
     # backlog of 100-event jobs must not hold thousands of parsed payloads at once.
     ctx["event_slots"] = asyncio.Semaphore(settings.worker_max_jobs)
     ctx["handler_context"] = handlers.HandlerContext(
-        settings, PostgresMoneyStore(ctx["pool"], batches)
+        settings,
+        PostgresMoneyStore(
+            ctx["pool"], batches, collect_shortfall=settings.shortfall_policy == "collect"
+        ),
     )
     pool = ctx["pool"]
+    async with store.acquire(pool, "recording SHORTFALL_POLICY") as conn:
+        await store.record_shortfall_policy(conn, settings.shortfall_policy)
     ctx["internal_listener"] = await internal.start(
         settings, lambda: internal.readiness(pool, ctx["redis"]), "worker"
     )

@@ -124,7 +124,9 @@ def _check_credits(purchase: Purchase) -> None:
         raise PermanentError(f"credits must be a positive integer, got {purchase.credits}")
 
 
-async def credit_purchases(conn: Connection, purchases: Sequence[Purchase]) -> list[CreditResult]:
+async def credit_purchases(
+    conn: Connection, purchases: Sequence[Purchase], *, collect_shortfall: bool = False
+) -> list[CreditResult]:
     """`credit_purchase` for many purchases in one server-side call and one commit.
 
     The same semantics one by one (`ledger_credit_many`, migration 0006), results in the
@@ -135,7 +137,7 @@ async def credit_purchases(conn: Connection, purchases: Sequence[Purchase]) -> l
         _check_credits(purchase)
     with translate_errors("crediting purchases"):
         rows = await conn.fetch(
-            query("ledger_credit_many"),
+            query("ledger_credit_many_collect" if collect_shortfall else "ledger_credit_many"),
             [p.user_id for p in purchases],
             [p.credits for p in purchases],
             ["PURCHASE"] * len(purchases),
@@ -153,7 +155,9 @@ async def credit_purchases(conn: Connection, purchases: Sequence[Purchase]) -> l
     return [by_event[p.event_id].pop(0) for p in purchases]
 
 
-async def credit_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
+async def credit_purchase(
+    conn: Connection, purchase: Purchase, *, collect_shortfall: bool = False
+) -> CreditResult:
     """Credit once and mark the event completed, in one transaction.
 
     One autocommit statement: the server-side `ledger_credit` takes the user's lock, inserts
@@ -164,7 +168,7 @@ async def credit_purchase(conn: Connection, purchase: Purchase) -> CreditResult:
     with translate_errors("crediting a purchase"):
         try:
             row = await conn.fetchrow(
-                query("ledger_credit"),
+                query("ledger_credit_collect" if collect_shortfall else "ledger_credit"),
                 purchase.user_id,
                 purchase.credits,
                 "PURCHASE",

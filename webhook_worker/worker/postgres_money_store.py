@@ -20,9 +20,12 @@ from webhook_worker.worker.subscriptions import InvoiceCredit, InvoiceCredited
 class PostgresMoneyStore:
     """The service's `MoneyStore`; one per worker process."""
 
-    def __init__(self, pool: store.Pool, batches: WorkerBatches) -> None:
+    def __init__(
+        self, pool: store.Pool, batches: WorkerBatches, *, collect_shortfall: bool = False
+    ) -> None:
         self._pool = pool
         self._batches = batches
+        self._collect_shortfall = collect_shortfall  # SHORTFALL_POLICY=collect
 
     async def find_user(self, candidate: Candidate) -> UserId | None:
         return await self._batches.lookup(candidate)
@@ -40,7 +43,9 @@ class PostgresMoneyStore:
 
     async def credit_invoice(self, credit: InvoiceCredit) -> InvoiceCredited:
         async with store.acquire(self._pool, "crediting an invoice") as conn:
-            return await subscriptions.credit_invoice(conn, **asdict(credit))
+            return await subscriptions.credit_invoice(
+                conn, **asdict(credit), collect_shortfall=self._collect_shortfall
+            )
 
     async def link_invoice_payment(self, invoice_id: str, payment_intent_id: str) -> str | None:
         async with store.acquire(self._pool, "linking an invoice's payment") as conn:

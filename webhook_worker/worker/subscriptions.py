@@ -335,11 +335,14 @@ async def credit_invoice(
     invoice_created: datetime | None = None,
     starts_period: bool = True,
     expire: bool = False,
+    collect_shortfall: bool = False,
 ) -> InvoiceCredited:
     """One SUBSCRIPTION_CREDIT row for the invoice and the event's `completed` mark, in one
     transaction under the user's lock. A repeat inserts nothing and changes nothing. With
     `expire` (SUBSCRIPTION_CREDITS_EXPIRE), the unspent credits of the subscription's
-    earlier periods expire in the same transaction."""
+    earlier periods expire in the same transaction. With `collect_shortfall`
+    (SHORTFALL_POLICY=collect), the user's shortfall is then paid from the balance in the same
+    transaction (`credits_collect_shortfall`, migration 0025)."""
     with translate_errors("crediting an invoice"):
         async with conn.transaction():
             await lock_user(conn, user_id)
@@ -368,6 +371,12 @@ async def credit_invoice(
             if expire and applied and subscription is not None:
                 expired = await expire_previous_periods(conn, user_id, subscription, description)
                 balance -= expired
+            if collect_shortfall and applied:
+                balance -= await conn.fetchval(
+                    query("credits_collect_shortfall"),
+                    user_id,
+                    f"shortfall collected from invoice {invoice_id}",
+                )
             await store.finish_event(
                 conn, event_id, "completed", reason=None if applied else "already_credited"
             )
