@@ -50,7 +50,9 @@ EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
 DEFAULT_LOCK_TIMEOUT_S = 60.0
 _LOCK_POLL_S = 0.25
 # Bookkeeping tables a rollback may drop with their rows: nothing of value is in them.
-_DISPOSABLE_TABLES = frozenset({"users_host_shape", "schema_migrations", "reconcile_lease"})
+_DISPOSABLE_TABLES = frozenset(
+    {"users_host_shape", "schema_migrations", "reconcile_lease", "credits_settings"}
+)
 _DROPS_ROWS = re.compile(
     r"\b(?:DROP\s+TABLE(?:\s+IF\s+EXISTS)?|TRUNCATE(?:\s+TABLE)?|DELETE\s+FROM)\s+"
     r"((?:ONLY\s+)?[A-Za-z_][A-Za-z0-9_.]*(?:\s*,\s*[A-Za-z_][A-Za-z0-9_.]*)*)",
