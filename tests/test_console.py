@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
@@ -211,14 +212,31 @@ async def test_pages_render_for_an_operator(
         "before=garbage",
         "before=2024-01-01T00:00:00,1",
         "q=" + "x" * 201,
+        "q=ab",
+        "q=evt_1",
     ],
 )
-async def test_bad_filters_are_400_naming_the_problem(
+async def test_bad_filters_are_400_naming_the_problem_inline(
     logged_in: httpx.AsyncClient, query: str
 ) -> None:
-    response = await logged_in.get(f"/events?{query}")
+    response = await logged_in.get(f"/events?{query}&type=charge.refunded")
     assert response.status_code == 400
-    assert "Bad request" in response.text
+    alert = re.search(
+        r'<p class="flash error" role="alert" id="filter-error">([^<]+)</p>', response.text
+    )
+    assert alert, "the problem is shown on the events page itself"
+    assert "--" not in alert.group(1)  # console wording, not the CLI's options
+    assert 'name="type" value="charge.refunded"' in response.text  # the filters are kept
+    assert '<table class="events">' not in response.text
+
+
+async def test_a_bad_date_keeps_what_was_typed(logged_in: httpx.AsyncClient) -> None:
+    response = await logged_in.get("/events?since=bogus&status=failed&q=bob")
+    assert response.status_code == 400
+    assert "from &#39;bogus&#39; is not a date" in response.text
+    assert 'name="since" value="bogus"' in response.text
+    assert 'name="q" value="bob"' in response.text
+    assert '<option value="failed" selected>' in response.text
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
 WAIT_MS = 60_000
+STAMP = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"
 
 
 @pytest.fixture
@@ -106,7 +107,8 @@ async def _shot(page: Page, name: str, *, docs: bool = False) -> None:
     await page.screenshot(path=str(path), full_page=True)
     if docs and os.environ.get("CONSOLE_SCREENSHOTS_DOCS") == "1":
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)  # the README's: one screen each
-        await page.screenshot(path=str(DOCS_SHOTS / f"{name}.png"))
+        docs_name = name.removesuffix("-1400")
+        await page.screenshot(path=str(DOCS_SHOTS / f"{docs_name}.png"))
 
 
 async def _log_in(page: Page, token: str = TOKEN, *, go: bool = True) -> None:
@@ -161,9 +163,9 @@ async def test_an_operator_finds_replays_and_bulk_replays_failed_events(
     # Overview
     await page.goto("/")
     await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
-    await expect(page.locator(".card.bad b")).to_have_text("51")
+    await expect(page.locator("#failed b")).to_have_text("51")
     await expect(page.locator("svg.chart rect").first).to_be_visible()
-    await _shot(page, "overview", docs=True)
+    await _shot(page, "overview-1360")
 
     # Events: find the failed purchase by its checkout session id
     await page.get_by_role("link", name="Events", exact=True).click()
@@ -176,7 +178,7 @@ async def test_an_operator_finds_replays_and_bulk_replays_failed_events(
     await page.goto("/events?status=failed")
     await expect(rows).to_have_count(50)
     await expect(page.get_by_role("link", name="Older →")).to_be_visible()
-    await _shot(page, "events", docs=True)
+    await _shot(page, "events-failed-1360")
     await page.goto("/events?q=cs_test_browser_needle")
     await page.get_by_role("link", name=needle).click()
 
@@ -190,17 +192,24 @@ async def test_an_operator_finds_replays_and_bulk_replays_failed_events(
     await expect(ledger.first).to_contain_text("PURCHASE")
     await expect(ledger.first).to_contain_text("25")
     await expect(page.locator("#replay-message")).to_have_text("Done.")
+    # the new state in the page's own formats, and the replay listed, without a reload
+    await expect(page.locator("#processed")).to_have_text(re.compile(STAMP))
+    await expect(page.locator("#moved")).to_contain_text("+25 PURCHASE")
+    await expect(
+        page.locator("#replays-section").get_by_role("cell", name="console")
+    ).to_be_visible()
+    await expect(ledger.first).to_contain_text(re.compile(STAMP[1:-1]))
     await page.reload()  # the audit row is on the page for the next operator
     await expect(page.get_by_role("cell", name="console")).to_be_visible()
-    await page.locator("details summary").click()
-    await expect(page.locator("details pre")).to_contain_text("cs_test_browser_needle")
-    await _shot(page, "event", docs=True)
+    await page.locator("#payload > summary").click()
+    await expect(page.locator("#payload .tree")).to_contain_text("cs_test_browser_needle")
+    await _shot(page, "event-after-replay-1360")
 
     # User: balance and ledger with running sum
     await page.locator("#ledger tbody a").first.click()
     await expect(page.locator("#balance")).to_contain_text("25")
     await expect(page.get_by_text("late.signup@example.com")).to_be_visible()
-    await _shot(page, "user")
+    await _shot(page, "user-1360")
 
     # Bulk replay: dry run first (nothing changes), then the confirmed replay with progress
     await page.get_by_role("link", name="Bulk replay").click()
@@ -216,6 +225,176 @@ async def test_an_operator_finds_replays_and_bulk_replays_failed_events(
     assert await _count(db, "failed") == 0
     assert await db.fetchval("SELECT count(*) FROM ops_audit") == 2
     assert await db.fetchval("SELECT count FROM ops_audit ORDER BY id DESC LIMIT 1") == 50
+
+
+# --- issue 31: what an operator sees at a glance, at 800 px and at 1400 px --------------------
+
+NEEDLE_CUSTOMER = "cus_BrowserNeedle01"
+CONNECT_ACCOUNT = "acct_1BrowserConnect"
+# Chromium's computed colours of the status badges (console.css)
+RED, GREY = "rgb(198, 40, 40)", "rgb(158, 158, 158)"
+
+
+async def _arrange_glance(db: asyncpg.Connection) -> dict[str, str]:
+    needle = await _arrange(db)
+    user = await insert_user(db, email="late.signup@example.com")
+    await db.execute(
+        "UPDATE users SET stripe_customer_id = $2 WHERE id = $1", user["id"], NEEDLE_CUSTOMER
+    )
+    await db.execute(
+        "UPDATE stripe_events SET raw_data = jsonb_set(jsonb_set(raw_data, "
+        "'{data,object,customer}', to_jsonb($2::text)), '{data,object,metadata,note}', "
+        "'\"<b>25 credits</b> & more\"') WHERE event_id = $1",
+        needle,
+        NEEDLE_CUSTOMER,
+    )
+    connect = await insert_event(db, status="ignored", email="platform@example.com", age_seconds=7)
+    await db.execute(
+        "UPDATE stripe_events SET account = $2, status_reason = 'connect_account_not_allowed', "
+        "raw_data = jsonb_set(raw_data, '{account}', to_jsonb($2::text)) WHERE event_id = $1",
+        connect,
+        CONNECT_ACCOUNT,
+    )
+    purchase = await db.fetchval(
+        "SELECT event_id FROM credit_transactions WHERE checkout_session_id = 'cs_test_done_0_0'"
+    )
+    return {"needle": needle, "connect": connect, "purchase": purchase}
+
+
+async def _no_horizontal_scroll(page: Page) -> None:
+    widths = await page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert widths[0] <= widths[1], f"the page scrolls sideways: {widths}"
+
+
+async def _ids_whole(page: Page) -> None:
+    """Every id on the page is on screen in full: not clipped, not cut, not hidden."""
+    clipped = await page.evaluate(
+        """() => [...document.querySelectorAll("code.id")].filter((el) => {
+             const box = el.getBoundingClientRect();
+             if (!el.offsetParent || !el.textContent) return false;
+             const holder = el.parentElement
+               .closest("td, dd, .card, h1, li, p, div").getBoundingClientRect();
+             return el.scrollWidth > el.clientWidth + 1 || box.right > innerWidth || box.left < 0
+               || box.right > holder.right + 1 || el.getClientRects().length > 1;
+           }).map((el) => el.textContent)"""
+    )
+    assert clipped == [], f"ids cut or off screen: {clipped}"
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+async def test_an_operator_answers_who_paid_what_moved_and_is_anything_stuck(
+    browser: Browser, console_url: str, db: asyncpg.Connection, width: int
+) -> None:
+    ids = await _arrange_glance(db)
+    ctx = await browser.new_context(base_url=console_url, viewport={"width": width, "height": 900})
+    await ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=console_url)
+    docs = width == 1400
+    try:
+        page = await ctx.new_page()
+        await _log_in(page)
+
+        # Overview: "is anything stuck?" above the fold, counts linked to their lists
+        await expect(page.get_by_role("heading", name="Is anything stuck?")).to_be_visible()
+        stuck = await page.locator("#stuck").bounding_box()
+        assert stuck is not None and stuck["y"] + stuck["height"] <= 900, stuck
+        await expect(page.locator("#failed b")).to_have_text("51")
+        assert await page.locator("#failed").get_attribute("href") == "/events?status=failed"
+        assert await page.locator("#waiting").get_attribute("href") == "/events?status=waiting"
+        await expect(page.locator("#oldest")).to_contain_text("oldest unprocessed")
+        await expect(page.locator("#failures-day")).to_contain_text("user_not_found 51")
+        await expect(page.locator("#failure-reasons")).to_contain_text("user_not_found")
+        await expect(page.locator("#reconcile")).to_contain_text("last reconcile")
+        await expect(page.locator("svg.chart")).to_have_count(2)
+        await expect(page.locator("#credits")).to_contain_text("+360")  # 12 users x (10 + 20) sold
+        await _no_horizontal_scroll(page)
+        await _shot(page, f"overview-{width}", docs=docs)
+
+        # Event list: amount, signed credits, the user linked; failures red, ignored grey
+        await page.goto("/events")
+        purchase = page.locator("tr", has=page.locator(f"text={ids['purchase']}"))
+        await expect(purchase).to_contain_text("10.00 USD")
+        await expect(purchase.locator("td.credits")).to_have_text("+10")
+        user_link = purchase.locator("td.user a")
+        await expect(user_link).to_have_text("buyer0@example.com")
+        assert re.fullmatch(r"/users/\d+", await user_link.get_attribute("href") or "")
+        failed = page.locator("tr.row-failed .badge").first
+        assert await failed.evaluate("el => getComputedStyle(el).backgroundColor") == RED
+        ignored = page.locator("tr", has=page.locator(f"text={ids['connect']}")).locator(".badge")
+        assert await ignored.evaluate("el => getComputedStyle(el).backgroundColor") == GREY
+        assert "connected account" in (await ignored.get_attribute("title") or "")
+        await _no_horizontal_scroll(page)
+        await _ids_whole(page)
+        await _shot(page, f"events-{width}", docs=docs)
+
+        # Search: id prefixes, part of an email (any case), and a bad filter kept inline
+        rows = page.locator("table.events tbody tr")
+        for term in (ids["needle"][:14], "cs_test_browser", NEEDLE_CUSTOMER[:12], "LATE.SIGN"):
+            await page.goto("/events?q=" + term)
+            await expect(rows).to_have_count(1)
+            await expect(rows.first).to_contain_text(ids["needle"])
+        await page.goto("/events?q=buyer1")  # buyer1, buyer10, buyer11
+        await expect(rows).to_have_count(6)
+        await page.goto("/events?status=failed&since=bogus&q=example.com")
+        await expect(page.get_by_role("alert")).to_contain_text("'bogus' is not a date")
+        await expect(page.get_by_label("Status")).to_have_value("failed")
+        await expect(page.get_by_label("Search")).to_have_value("example.com")
+        await expect(page.get_by_label("From")).to_have_value("bogus")
+        await _no_horizontal_scroll(page)
+        await _shot(page, f"events-bad-filter-{width}")
+
+        # Event page: the summary card, Dashboard links, the payload as Stripe sent it
+        await page.goto(f"/events/{ids['purchase']}")
+        summary = page.locator("#summary")
+        await expect(summary).to_contain_text("buyer0@example.com")
+        await expect(summary).to_contain_text("10.00 USD")
+        await expect(summary).to_contain_text("+10 PURCHASE")
+        stripe = page.get_by_role("link", name="Event in Stripe ↗")
+        assert await stripe.get_attribute("href") == (
+            f"https://dashboard.stripe.com/test/events/{ids['purchase']}"
+        )
+        payment = await page.get_by_role("link", name="Payment in Stripe ↗").get_attribute("href")
+        assert re.fullmatch(r"https://dashboard\.stripe\.com/test/payments/pi_\w+", payment or "")
+        await page.locator("#payload > summary").click()
+        keys = page.locator("#payload .tree > details > .kids > * .k")
+        assert (await keys.nth(0).text_content(), await keys.nth(1).text_content()) == (
+            '"id"',
+            '"object"',
+        )
+        await _no_horizontal_scroll(page)
+        await _ids_whole(page)
+        await _shot(page, f"event-{width}", docs=docs)
+        await page.locator("h1 button.copy").click()
+        assert await page.evaluate("navigator.clipboard.readText()") == ids["purchase"]
+        await expect(page.locator("h1 button.copy")).to_have_text("copied")
+
+        await page.goto(f"/events/{ids['needle']}")
+        await page.locator("#payload > summary").click()
+        tree = page.locator("#payload .tree")
+        await expect(tree).to_contain_text('"<b>25 credits</b> & more"')  # unescaped
+        data = page.locator(
+            "#payload details.j", has=page.locator("> summary .k", has_text='"data"')
+        )
+        await expect(data.locator("> .kids").first).to_be_visible()
+        await data.locator("> summary").first.click()  # collapsible
+        await expect(data.locator("> .kids").first).to_be_hidden()
+        await page.goto(f"/events/{ids['connect']}")
+        connect = await page.get_by_role("link", name="Event in Stripe ↗").get_attribute("href")
+        assert connect == (
+            f"https://dashboard.stripe.com/{CONNECT_ACCOUNT}/test/events/{ids['connect']}"
+        )
+        await expect(page.locator("#why")).to_contain_text("STRIPE_CONNECT_ACCOUNTS")
+
+        # User page, by the Stripe customer id an operator pastes
+        await page.goto(f"/users/{NEEDLE_CUSTOMER}")
+        await expect(page.get_by_text("late.signup@example.com")).to_be_visible()
+        await page.goto("/users/buyer0@example.com")
+        await expect(page.locator("#balance")).to_contain_text("30")
+        await _no_horizontal_scroll(page)
+        await _shot(page, f"user-{width}", docs=docs)
+    finally:
+        await ctx.close()
 
 
 async def _count(db: asyncpg.Connection, status: str) -> int:

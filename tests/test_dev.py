@@ -32,7 +32,16 @@ async def test_dev_runs_the_whole_service_and_stops_cleanly(tmp_path: Path) -> N
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "APP_ENV", "OPS_TOKEN"}
+        if k
+        not in {
+            "DATABASE_URL",
+            "REDIS_URL",
+            "STRIPE_WEBHOOK_SECRET",
+            "APP_ENV",
+            "OPS_TOKEN",
+            "METRICS_PORT",
+            "PROMETHEUS_MULTIPROC_DIR",
+        }
     }
     log = tmp_path / "dev.log"
     proc = subprocess.Popen(
@@ -90,6 +99,26 @@ async def test_dev_runs_the_whole_service_and_stops_cleanly(tmp_path: Path) -> N
         async with httpx.AsyncClient() as client:
             login = await client.get(f"http://127.0.0.1:{console_port}/login")
         assert login.status_code == 200 and "Log in" in login.text
+
+        # How to log in: the printed token (none was set), not "OPS_TOKEN".
+        token = re.search(
+            r"token:\s+([0-9a-f]{64})\s+\(paste it on the console's login page\)", output
+        )
+        assert token is not None, output
+        assert (data / "dev_ops_token").read_text().strip() == token.group(1)
+        # The internal metrics listener serves both processes' samples.
+        metrics = re.search(r"metrics:\s+(http://127\.0\.0\.1:\d+/metrics)", output)
+        assert metrics is not None, output
+
+        async def both_in_metrics() -> bool:
+            async with httpx.AsyncClient() as client:
+                try:
+                    body = (await client.get(metrics.group(1))).text
+                except httpx.HTTPError:
+                    return False
+            return "webhook_requests_total{" in body and "worker_events_total{" in body
+
+        await wait_for(both_in_metrics, timeout=30)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 60)

@@ -277,3 +277,79 @@ async def test_an_install_made_with_the_released_files_migrates_up_cleanly(
         assert await conn.fetchval("SELECT credits_balance FROM users WHERE id = $1", user) == 7
     finally:
         await conn.close()
+
+
+# --- migrations outside a transaction (CREATE INDEX CONCURRENTLY) ----------------------------
+
+_CONCURRENT = """-- migrate:no-transaction
+-- An index on a large table, built without locking out the receiver's inserts.
+
+-- migrate:up
+DROP INDEX CONCURRENTLY IF EXISTS stripe_events_test_concurrent_idx;
+CREATE INDEX CONCURRENTLY stripe_events_test_concurrent_idx
+    ON stripe_events (attempts);
+
+-- migrate:down
+DROP INDEX CONCURRENTLY IF EXISTS stripe_events_test_concurrent_idx;
+"""
+
+
+def _with_extra_migration(tmp_path: Path, text: str) -> Path:
+    copy = tmp_path / "sql"
+    shutil.copytree(queries.sql_dir(), copy)
+    (copy / "migrations" / "9990_test_concurrent.sql").write_text(text)
+    return copy
+
+
+def test_the_no_transaction_marker_is_read_and_statements_split(tmp_path: Path) -> None:
+    copy = _with_extra_migration(tmp_path, _CONCURRENT)
+    loaded = {m.version: m for m in migrations.load_migrations(copy / "migrations")}
+    assert loaded[9990].transactional is False
+    assert loaded[1].transactional is True
+    assert migrations.split_statements(loaded[9990].up) == [
+        "DROP INDEX CONCURRENTLY IF EXISTS stripe_events_test_concurrent_idx",
+        "CREATE INDEX CONCURRENTLY stripe_events_test_concurrent_idx\n"
+        "    ON stripe_events (attempts)",
+    ]
+    shipped = {m.name: m for m in migrations.load_migrations()}
+    assert shipped["console_indexes"].transactional is False
+
+
+async def test_a_no_transaction_migration_builds_its_index_concurrently(
+    empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = _with_extra_migration(tmp_path, _CONCURRENT)
+    monkeypatch.setattr(migrations, "sql_dir", lambda: copy)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        applied = await migrations.migrate_up(conn)
+        assert applied[-1].version == 9990
+        valid = await conn.fetchval(
+            "SELECT i.indisvalid FROM pg_index i "
+            "WHERE i.indexrelid = 'stripe_events_test_concurrent_idx'::regclass"
+        )
+        assert valid is True
+        # a crash part-way leaves the migration unrecorded: running it again succeeds
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 9990")
+        assert [m.version for m in await migrations.migrate_up(conn)] == [9990]
+        assert [m.version for m in await migrations.migrate_down(conn)] == [9990]
+        assert (
+            await conn.fetchval("SELECT to_regclass('stripe_events_test_concurrent_idx')") is None
+        )
+    finally:
+        await conn.close()
+
+
+async def test_the_same_file_without_the_marker_is_refused_by_postgres(
+    empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = _with_extra_migration(tmp_path, _CONCURRENT.replace("-- migrate:no-transaction\n", ""))
+    monkeypatch.setattr(migrations, "sql_dir", lambda: copy)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        with pytest.raises(MigrationError) as info:
+            await migrations.migrate_up(conn)
+        assert "9990_test_concurrent.sql failed and was rolled back" in info.value.message
+        assert "transaction block" in info.value.message
+    finally:
+        await conn.close()

@@ -48,3 +48,11 @@ SELECT to_regclass($1) IS NOT NULL;
 -- The table $1 as Postgres quotes it (regclass), for the one statement built at run time:
 -- a rollback's exact row count of a table its down part drops (`migrations.data_at_risk`).
 SELECT $1::regclass::text;
+
+-- name: migration_try_session_lock
+-- The session form, only for a no-transaction migration (CREATE INDEX CONCURRENTLY), which
+-- has no transaction to scope a lock; polled, released right after that file.
+SELECT pg_try_advisory_lock($1::bigint);
+
+-- name: migration_session_unlock
+SELECT pg_advisory_unlock($1::bigint);

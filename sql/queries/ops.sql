@@ -12,6 +12,11 @@ WHERE ($1::text IS NULL OR processing_status = $1::text)
 ORDER BY received_at DESC, id DESC
 LIMIT $4;
 
+-- name: ops_custom_plans
+-- A list is planned with its own values (`$1 IS NULL OR …` folds away), not a generic plan
+-- that would read the whole table for an unset filter (migration 0046's indexes).
+SELECT set_config('plan_cache_mode', 'force_custom_plan', true);
+
 -- name: ops_event_ledger
 SELECT t.id, t.user_id, u.uuid::text AS user_uuid, t.amount, t.balance_after,
        t.transaction_type, t.checkout_session_id, t.payment_intent_id, t.description,
@@ -128,7 +133,13 @@ JOIN pg_namespace n ON n.oid = c.connamespace
 WHERE n.nspname = current_schema();
 
 -- name: ops_schema_indexes
-SELECT indexname::text AS name FROM pg_indexes WHERE schemaname = current_schema();
+-- Valid indexes only: a CREATE INDEX CONCURRENTLY that failed leaves an invalid one behind,
+-- which serves no query (migrating again rebuilds it).
+SELECT c.relname::text AS name
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND i.indisvalid;
 
 -- name: ops_schema_checks
 SELECT c.conname::text AS name, pg_get_constraintdef(c.oid) AS definition

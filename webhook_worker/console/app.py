@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
-from webhook_worker.console import credits_views, views
+from webhook_worker.console import credits_views, present, views
 from webhook_worker.console.auth import Forbidden, require_session
 from webhook_worker.console.session import Signer
 from webhook_worker.db import store
@@ -114,12 +113,6 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     return views.error_page(request, 503, message)
 
 
-def _timestamp(value: datetime | None) -> str:
-    if value is None:
-        return "\u2014"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "\u2014"
@@ -132,8 +125,18 @@ def _age(seconds: float | None) -> str:
 
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
-    templates.env.filters["ts"] = _timestamp
-    templates.env.filters["age"] = _age
+    filters = templates.env.filters
+    filters["ts"] = present.timestamp
+    filters["age"] = _age
+    filters["money"] = present.money
+    filters["signed"] = present.signed
+    filters["meaning"] = present.reason_meaning
+    filters["error_reason"] = present.error_reason
+    filters["about"] = present.about
+    filters["soft"] = present.soft_breaks
+    filters["stripe_items"] = present.stripe_order
+    filters["scalar"] = present.scalar
+    templates.env.tests["stripe_id"] = present.is_stripe_id
     return templates
 
 

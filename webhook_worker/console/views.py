@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from webhook_worker.console import credits_views, data
+from webhook_worker.console import credits_views, data, present
 from webhook_worker.console.auth import (
     LOGIN_NONCE_COOKIE,
     Forbidden,
@@ -23,7 +23,7 @@ from webhook_worker.console.auth import (
     read_form,
     safe_next,
 )
-from webhook_worker.console.chart import COLOURS, per_minute_svg
+from webhook_worker.console.chart import COLOURS, per_hour_svg, per_minute_svg
 from webhook_worker.console.session import COOKIE_NAME
 from webhook_worker.db import store
 from webhook_worker.db.store import EVENT_STATUSES
@@ -46,7 +46,20 @@ def render(request: Request, name: str, context: dict[str, Any], status: int = 2
 
 
 def error_page(request: Request, status: int, message: str) -> Response:
-    return render(request, "error.html", {"status": status, "message": message}, status)
+    context = {"status": status, "message": console_wording(message)}
+    return render(request, "error.html", context, status)
+
+
+def console_wording(message: str) -> str:
+    """The replay rules speak CLI (`use --force`); the console has a "force" box."""
+    for cli, console in (
+        ("use --force to replay", "tick \u201cforce\u201d to replay"),
+        ("needs --force", "needs the \u201cforce\u201d box"),
+        ("; e.g. --status failed", ""),
+        ("--since", "from"),
+    ):
+        message = message.replace(cli, console)
+    return message
 
 
 def _wants_json(request: Request) -> bool:
@@ -130,59 +143,89 @@ async def logout_expired(request: Request) -> Response:
 
 
 async def overview(request: Request) -> Response:
-    async with store.acquire(request.app.state.pool, "reading the overview") as conn:
-        figures = await data.overview(conn)
-    chart = per_minute_svg(figures["per_minute"], figures["now"])
-    return render(request, "overview.html", {"o": figures, "chart": chart, "page": "overview"})
+    pool = request.app.state.pool
+    async with (
+        store.acquire(pool, "reading the overview") as conn,
+        store.acquire(pool, "reading the overview") as other,
+    ):
+        figures = await data.overview(conn, other)
+    minutes = per_minute_svg(figures["per_minute"], figures["now"])
+    hours = per_hour_svg(figures["per_hour"], figures["now"])
+    return render(
+        request,
+        "overview.html",
+        {"o": figures, "chart": minutes, "hours_chart": hours, "page": "overview"},
+    )
 
 
 async def events(request: Request) -> Response:
-    filters = data.parse_filters(request.query_params)
-    before = data.parse_cursor(request.query_params.get("before"))
-    async with store.acquire(request.app.state.pool, "listing events") as conn:
-        rows, cursor = await data.events_page(conn, filters, before)
+    """The list; a bad filter is shown beside the filters as typed, with no rows."""
+    filters, problem = data.read_filters(request.query_params)
+    rows: list[dict[str, Any]] = []
+    cursor = total = None
+    paged = False
+    if problem is None:
+        try:
+            before = data.parse_cursor(request.query_params.get("before"))
+            paged = before[0] is not None
+            async with store.acquire(request.app.state.pool, "listing events") as conn:
+                rows, cursor = await data.events_page(conn, filters, before)
+                total = None if paged else await data.estimated_total(conn, filters)
+        except values.OpsInputError as exc:
+            problem = exc.message
+    problem = console_wording(problem) if problem else None
     next_url = None
     if cursor:
         next_url = "/events?" + urlencode({**filters.as_params(), "before": cursor})
-    bulk_url = "/replay?" + urlencode(filters.as_params())
     return render(
         request,
         "events.html",
         {
             "events": rows,
             "f": filters,
+            "problem": problem,
+            "total": total,
             "next_url": next_url,
             "first_url": "/events?" + urlencode(filters.as_params()),
-            "paged": before[0] is not None,
-            "bulk_url": bulk_url,
+            "paged": paged,
+            "bulk_url": "/replay?" + urlencode(filters.as_params()),
+            "no_reason_url": "/events?"
+            + urlencode({k: v for k, v in filters.as_params().items() if k != "reason"}),
             "page": "events",
         },
+        400 if problem else 200,
     )
+
+
+async def _event_context(request: Request, event_id: str) -> dict[str, Any] | None:
+    async with store.acquire(request.app.state.pool, "reading an event") as conn:
+        found = await listing.show_event(conn, event_id, raw=True)
+        if found is None:
+            return None
+        found["ledger"] = await data.event_ledger(conn, event_id)
+        replays = await audit.for_event(conn, event_id)
+    payload = values.jsonable(found.pop("raw_data", None))
+    return {
+        "e": found,
+        "payload": payload,
+        "payload_text": present.payload_text(payload) if payload is not None else "",
+        "s": present.summary(found, payload),
+        "final": found["processing_status"] in replay.FORCED_REPLAY_STATUSES,
+        "replays": replays,
+        "page": "events",
+    }
 
 
 async def event(request: Request) -> Response:
     event_id = request.path_params["event_id"]
-    async with store.acquire(request.app.state.pool, "reading an event") as conn:
-        found = await listing.show_event(conn, event_id, raw=True)
-        replays = await audit.for_event(conn, event_id) if found else []
-    if found is None:
+    context = await _event_context(request, event_id)
+    if context is None:
         return error_page(request, 404, f"No event {event_id} is stored.")
-    payload = values.jsonable(found.pop("raw_data", None))
-    return render(
-        request,
-        "event.html",
-        {
-            "e": found,
-            "payload": payload,
-            "final": found["processing_status"] in replay.FORCED_REPLAY_STATUSES,
-            "replays": replays,
-            "page": "events",
-        },
-    )
+    return render(request, "event.html", context)
 
 
 async def event_status(request: Request) -> Response:
-    """JSON for the event page's script: status, attempts, error and ledger rows now."""
+    """JSON for the event page's script: whether the worker is done with it yet."""
     event_id = request.path_params["event_id"]
     async with store.acquire(request.app.state.pool, "reading an event") as conn:
         status = await data.event_status(conn, event_id)
@@ -203,6 +246,8 @@ async def replay_event(request: Request) -> Response:
         return error_page(request, 404, message)
     if _wants_json(request):
         body = values.jsonable(result.as_dict())
+        for skipped in body.get("skipped", []):
+            skipped["reason"] = console_wording(str(skipped.get("reason", "")))
         return JSONResponse(body, status_code=409 if result.skipped else 200)
     return RedirectResponse(f"/events/{quote(event_id, safe='')}", status_code=303)
 
@@ -255,8 +300,10 @@ async def _replay(
 
 def _bulk_filters(params: Any) -> data.EventFilters:
     filters = data.parse_filters(params)
-    if filters.q:
-        raise values.OpsInputError("bulk replay filters by status, type and dates, not search text")
+    if filters.q or filters.reason:
+        raise values.OpsInputError(
+            "bulk replay filters by status, type and dates, not search text or reason"
+        )
     if filters.status is None:
         raise values.OpsInputError("choose the status of the events to replay (e.g. failed)")
     return filters
@@ -266,6 +313,7 @@ async def bulk_form(request: Request) -> Response:
     params = dict(request.query_params)
     params.setdefault("status", "failed")
     params.pop("q", None)
+    params.pop("reason", None)
     filters = data.parse_filters(params)
     return render(request, "bulk.html", {"f": filters, "preview": None, "page": "replay"})
 
@@ -350,7 +398,7 @@ async def user(request: Request) -> Response:
 async def _user(request: Request, key: str) -> Response:
     async with store.acquire(request.app.state.pool, "finding a user") as conn:
         matches = await data.find_users(conn, key)
-        history = await data.user_history(conn, matches[0]["id"]) if len(matches) == 1 else None
+        history = await data.user_history(conn, matches[0]["key"]) if len(matches) == 1 else None
         spending = await credits_views.spending_context(conn, matches[0]["id"]) if history else {}
     if not matches:
         return error_page(request, 404, "No user has that id, UUID or email.")

@@ -10,6 +10,17 @@ it (pid, application_name, since when) and gives up after `lock_timeout` seconds
 database no longer matches what the file says. A rollback that would drop or empty a table
 holding rows refuses, naming the tables and their row counts (`DataLossRefused`), unless
 `drop_data` is given.
+
+A file whose first lines carry `-- migrate:no-transaction` runs outside a transaction, one
+statement at a time (each ends with `;` at the end of a line; no dollar-quoted bodies): the
+way to `CREATE INDEX CONCURRENTLY`, which Postgres refuses inside a transaction block, so a
+deploy on a large table never locks out the receiver's inserts. Such a file must be safe to
+run again after a crash part-way (`DROP INDEX CONCURRENTLY IF EXISTS` before each
+`CREATE INDEX CONCURRENTLY`); it is recorded once all its statements succeeded. With no
+transaction to scope a lock, such a file runs under the session form of the same lock
+(polled, never waited for inside a statement: a waiting statement holds a snapshot that
+CREATE INDEX CONCURRENTLY would wait for), released right after it: run those through a
+direct connection (`DIRECT_DATABASE_URL`), not a transaction-mode pooler.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +59,8 @@ EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
     4: frozenset({"dbfa172e71d15d05504f95520f8bb530fc6751c3961461ac2695da3c4118e3e2"}),
 }
 DEFAULT_LOCK_TIMEOUT_S = 60.0
+# Opens a second connection to hold the lock while a no-transaction file runs (see below).
+LockConnect = Callable[[], Awaitable[asyncpg.Connection]]
 _LOCK_POLL_S = 0.25
 # Bookkeeping tables a rollback may drop with their rows: nothing of value is in them.
 _DISPOSABLE_TABLES = frozenset(
@@ -58,6 +71,8 @@ _DROPS_ROWS = re.compile(
     r"((?:ONLY\s+)?[A-Za-z_][A-Za-z0-9_.]*(?:\s*,\s*[A-Za-z_][A-Za-z0-9_.]*)*)",
     re.IGNORECASE,
 )
+_NO_TRANSACTION = re.compile(r"^--\s*migrate:no-transaction\s*$", re.MULTILINE)
+_STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _UP = re.compile(r"^--\s*migrate:up\s*$", re.MULTILINE)
 _DOWN = re.compile(r"^--\s*migrate:down\s*$", re.MULTILINE)
@@ -71,6 +86,7 @@ class Migration:
     down: str
     checksum: str
     path: Path
+    transactional: bool = True
 
 
 @dataclass(frozen=True)
@@ -123,12 +139,41 @@ def load_migrations(folder: Path | None = None) -> list[Migration]:
                 down=text[down_match.end() :].strip(),
                 checksum=hashlib.sha256(text.encode()).hexdigest(),
                 path=path,
+                transactional=_NO_TRANSACTION.search(text[: up_match.start()]) is None,
             )
         )
     versions = [m.version for m in migrations]
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a version number")
     return migrations
+
+
+def split_statements(sql: str) -> list[str]:
+    """The statements of a no-transaction part: each ends with `;` at the end of a line."""
+    parts = [part.strip() for part in _STATEMENT_END.split(sql)]
+    return [part for part in parts if part and not _only_comments(part)]
+
+
+def _only_comments(part: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in part.splitlines())
+
+
+async def _run_part(conn: asyncpg.Connection, migration: Migration, sql: str) -> None:
+    """One part (up or down): in the caller's transaction, or statement by statement."""
+    if migration.transactional:
+        await conn.execute(sql)
+        return
+    for statement in split_statements(sql):
+        await conn.execute(statement)
+
+
+def lock_connector(settings: Settings) -> LockConnect:
+    """`lock_connect` for `migrate_up`: another direct connection like `connect_direct`."""
+
+    async def connect() -> asyncpg.Connection:
+        return await connect_direct(settings)
+
+    return connect
 
 
 async def connect_direct(settings: Settings) -> asyncpg.Connection:
@@ -233,9 +278,27 @@ async def take_lock(
     While it waits, `on_wait` hears who holds it (each new holder once); then
     MigrationLockTimeout names the holder and how to end it.
     """
+    await _poll_lock(conn, "migration_try_lock", timeout, on_wait)
+
+
+async def _take_session_lock(
+    conn: asyncpg.Connection,
+    timeout: float,  # noqa: ASYNC109 - a polling deadline
+    on_wait: Callable[[str], None],
+) -> None:
+    """Outside a transaction (a no-transaction migration): the session form of the lock."""
+    await _poll_lock(conn, "migration_try_session_lock", timeout, on_wait)
+
+
+async def _poll_lock(
+    conn: asyncpg.Connection,
+    statement: str,
+    timeout: float,  # noqa: ASYNC109 - a polling deadline
+    on_wait: Callable[[str], None],
+) -> None:
     deadline = time.monotonic() + timeout
     told: LockHolder | None = None
-    while not await conn.fetchval(query("migration_try_lock"), MIGRATION_LOCK_KEY):
+    while not await conn.fetchval(query(statement), MIGRATION_LOCK_KEY):
         holder = await lock_holder(conn)
         described = holder.describe() if holder else "a session this role cannot see"
         if time.monotonic() >= deadline:
@@ -263,11 +326,14 @@ async def migrate_up(
     tenant_column: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     on_wait: Callable[[str], None] = _report_wait,
+    lock_connect: LockConnect | None = None,
 ) -> list[Migration]:
     """Apply pending migrations up to `to` (all by default); return what was applied.
 
     `tenant_column` is USERS_TENANT_COLUMN; without it a tenant column is detected from a
-    unique constraint on (tenant, email).
+    unique constraint on (tenant, email). `lock_connect` opens a second connection that
+    holds the lock while a no-transaction file runs (pooler-safe); without it such a file
+    runs under the session form of the lock (a direct connection only).
     """
     migrations = load_migrations()
     async with conn.transaction():
@@ -286,25 +352,76 @@ async def migrate_up(
         if migration.version in applied or (to is not None and migration.version > to):
             continue
         try:
-            async with conn.transaction():
-                await take_lock(conn, lock_timeout, on_wait)
-                if await conn.fetchval(query("migration_applied"), migration.version):
-                    continue  # another run applied it while this one waited
-                # Transaction-local: read by 0001 and 0008 within this transaction only.
-                await conn.execute(query("host_set_tenant_column"), tenant)
-                await conn.execute(migration.up)
-                await conn.execute(
-                    query("record_migration"),
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
+            if migration.transactional:
+                applied_now = await _apply_in_transaction(
+                    conn, migration, tenant, lock_timeout, on_wait
+                )
+            else:
+                applied_now = await _apply_outside_transaction(
+                    conn, migration, lock_timeout, on_wait, lock_connect
                 )
         except asyncpg.PostgresError as exc:
-            raise MigrationError(
-                f"{migration.path.name} failed and was rolled back: {exc}"
-            ) from exc
-        done.append(migration)
+            outcome = "was rolled back" if migration.transactional else "stopped part-way"
+            raise MigrationError(f"{migration.path.name} failed and {outcome}: {exc}") from exc
+        if applied_now:
+            done.append(migration)
     return done
+
+
+async def _apply_in_transaction(
+    conn: asyncpg.Connection,
+    migration: Migration,
+    tenant: str,
+    lock_timeout: float,
+    on_wait: Callable[[str], None],
+) -> bool:
+    async with conn.transaction():
+        await take_lock(conn, lock_timeout, on_wait)
+        if await conn.fetchval(query("migration_applied"), migration.version):
+            return False  # another run applied it while this one waited
+        # Transaction-local: read by 0001 and 0008 within this transaction only.
+        await conn.execute(query("host_set_tenant_column"), tenant)
+        await conn.execute(migration.up)
+        await conn.execute(
+            query("record_migration"), migration.version, migration.name, migration.checksum
+        )
+    return True
+
+
+async def _apply_outside_transaction(
+    conn: asyncpg.Connection,
+    migration: Migration,
+    lock_timeout: float,
+    on_wait: Callable[[str], None],
+    lock_connect: LockConnect | None,
+) -> bool:
+    if lock_connect is not None:
+        # The transaction-scoped lock, held in a transaction of a second connection while
+        # this one runs the file statement by statement: safe through a pooler too (the
+        # open transaction pins its backend; the lock ends with it, even on a crash).
+        holder = await lock_connect()
+        try:
+            async with holder.transaction():
+                await take_lock(holder, lock_timeout, on_wait)
+                return await _run_recorded(conn, migration)
+        finally:
+            await holder.close()
+    await _take_session_lock(conn, lock_timeout, on_wait)
+    try:
+        return await _run_recorded(conn, migration)
+    finally:
+        await conn.execute(query("migration_session_unlock"), MIGRATION_LOCK_KEY)
+
+
+async def _run_recorded(conn: asyncpg.Connection, migration: Migration) -> bool:
+    """A no-transaction file's up part, then its record; False if another run applied it."""
+    if await conn.fetchval(query("migration_applied"), migration.version):
+        return False
+    await _run_part(conn, migration, migration.up)
+    await conn.execute(
+        query("record_migration"), migration.version, migration.name, migration.checksum
+    )
+    return True
 
 
 def dropped_tables(migration: Migration) -> list[str]:
@@ -379,6 +496,16 @@ async def migrate_down(
         log.warning("rollback_dropping_data", tables=[r.describe() for r in risks])
     done: list[Migration] = []
     for migration in targets:
+        if not migration.transactional:
+            await _take_session_lock(conn, lock_timeout, on_wait)
+            try:
+                if await conn.fetchval(query("migration_applied"), migration.version):
+                    await _run_part(conn, migration, migration.down)
+                    await conn.execute(query("forget_migration"), migration.version)
+                    done.append(migration)
+            finally:
+                await conn.execute(query("migration_session_unlock"), MIGRATION_LOCK_KEY)
+            continue
         async with conn.transaction():
             await take_lock(conn, lock_timeout, on_wait)
             if not await conn.fetchval(query("migration_applied"), migration.version):

@@ -59,6 +59,21 @@ async def _migrate(dsn: str) -> list[str]:
         await conn.close()
 
 
+def _metrics_env(folder: Path, env: dict[str, str]) -> None:
+    """The internal metrics listener for the receiver and the worker, as in production: one
+    METRICS_PORT (whichever binds first serves /metrics and /readyz) and a shared
+    PROMETHEUS_MULTIPROC_DIR, emptied at each start, so /metrics shows both processes."""
+    if not env.get("METRICS_PORT"):
+        from webhook_worker.dev.embedded import free_port
+
+        env["METRICS_PORT"] = str(_port_file(folder, "metrics", free_port()))
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        samples = folder / "metrics"
+        shutil.rmtree(samples, ignore_errors=True)
+        samples.mkdir(mode=0o700)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(samples)
+
+
 def _interrupt_on_sigterm() -> None:
     """SIGTERM (a supervisor, `kill`) stops everything the way Ctrl-C does."""
 
@@ -94,6 +109,7 @@ def run_dev(port: int = 8000, data_dir: str = ".data", console_port: int = 8081)
         env["STRIPE_WEBHOOK_SECRET"] = _dev_secret(folder)
     if console_port and not (env.get("OPS_TOKEN") or env.get("OPS_USERS")):
         env["OPS_TOKEN"] = _dev_ops_token(folder)
+    _metrics_env(folder, env)
     console_url = f"http://127.0.0.1:{console_port}/" if console_port else None
     children: list[subprocess.Popen[bytes]] = []
     try:
@@ -144,10 +160,17 @@ def _banner(port: int, env: dict[str, str], console_url: str | None) -> str:
         f"  secret:   {env['STRIPE_WEBHOOK_SECRET']}  (development only)",
     ]
     if console_url:
+        token = env.get("OPS_TOKEN")
+        how = "paste it on the console's login page" if token else "log in with yours"
         lines += [
             f"  console:  {console_url}",
-            f"  token:    {env.get('OPS_TOKEN') or 'yours from OPS_USERS'}  (log in with it)",
+            f"  token:    {token or '(from OPS_USERS)'}  ({how})",
         ]
+    metrics_host = env.get("METRICS_HOST") or "127.0.0.1"
+    lines.append(
+        f"  metrics:  http://{metrics_host}:{env['METRICS_PORT']}/metrics  "
+        "(receiver and worker; /readyz beside it)"
+    )
     lines += [
         "In another terminal (the CLI finds these services by itself):",
         f"  {cli} send-test-event --url http://127.0.0.1:{port}/webhooks/stripe "

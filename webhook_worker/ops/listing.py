@@ -31,9 +31,12 @@ async def list_events(
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise OpsInputError(f"limit {limit} is out of range; use 1 to {MAX_LIST_LIMIT}")
     with translate_errors("listing events"):
-        rows = await conn.fetch(
-            query("ops_list_events"), status, event_type, since, limit, reason or None
-        )
+        async with conn.transaction():
+            # planned with its values: an unset filter costs nothing, each its own index
+            await conn.execute(query("ops_custom_plans"))
+            rows = await conn.fetch(
+                query("ops_list_events"), status, event_type, since, limit, reason or None
+            )
     return [event_row(row) for row in rows]
 
 

@@ -119,6 +119,9 @@ EXPECTED_INDEXES: dict[str, str] = {
     "credit_transactions_one_purchase_per_payment_intent": "one PURCHASE per payment intent",
     "credit_transactions_one_credit_per_invoice": "one SUBSCRIPTION_CREDIT per invoice",
     "credit_transactions_one_expiry_per_invoice": "one EXPIRY per invoice",
+    "stripe_events_received_at_id_idx": "the console's event list, newest first (0046; an "
+    "invalid index from a failed concurrent build counts as missing: migrate again)",
+    "stripe_events_email_trigrams_idx": "the console's email search (0046)",
     "credit_transactions_user_idempotency_key": "one spending call per user and idempotency key",
     "credit_transactions_one_release_per_hold": "a hold goes back at most once",
 }

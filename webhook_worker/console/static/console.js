@@ -1,33 +1,27 @@
-// The ops console's only script (CSP: script-src 'self'). Two jobs:
+// The ops console's only script (CSP: script-src 'self'). Three jobs:
 // 1. the event page's Replay posts the form with fetch and polls the event's status until
-//    the worker is done, updating status, error and ledger rows without a reload;
-// 2. a bulk replay's result page polls its progress.
+//    the worker is done, then swaps in the server's fresh summary, ledger and replays;
+// 2. a bulk replay's result page polls its progress;
+// 3. copy buttons for ids and the raw payload.
 "use strict";
 
 const FINAL = new Set(["completed", "failed", "ignored", "waiting"]);
 
 function text(el, value) { if (el) el.textContent = value === null || value === undefined || value === "" ? "\u2014" : String(value); }
 
-function renderLedger(rows) {
-  const body = document.querySelector("#ledger tbody");
-  if (!body) return;
-  body.replaceChildren();
-  if (!rows.length) {
-    const tr = body.insertRow(); tr.className = "none";
-    const td = tr.insertCell(); td.colSpan = 7; td.className = "muted"; td.textContent = "No ledger row.";
-    return;
+// After a replay the server renders the event again: the same formats as a fresh page.
+async function refreshEvent() {
+  const response = await fetch(location.href, { credentials: "same-origin" });
+  if (!response.ok) return false;
+  const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+  for (const id of ["summary", "ledger-section", "replays-section"]) {
+    const now = document.getElementById(id); const next = fresh.getElementById(id);
+    if (now && next) now.replaceWith(document.adoptNode(next));
   }
-  for (const t of rows) {
-    const tr = body.insertRow();
-    tr.insertCell().textContent = t.id;
-    const user = tr.insertCell(); const a = document.createElement("a");
-    a.href = "/users/" + encodeURIComponent(String(t.user_id)); a.textContent = t.user_id; user.append(a);
-    tr.insertCell().textContent = t.transaction_type;
-    const amount = tr.insertCell(); amount.className = "n"; amount.textContent = t.amount;
-    const after = tr.insertCell(); after.className = "n"; after.textContent = t.balance_after;
-    const session = tr.insertCell(); const code = document.createElement("code"); code.textContent = t.checkout_session_id || ""; session.append(code);
-    tr.insertCell().textContent = t.created_at || "";
-  }
+  const force = fresh.querySelector("#replay label");
+  const form = document.getElementById("replay");
+  if (form && force && !form.querySelector("label")) form.querySelector("button").before(document.adoptNode(force));
+  return true;
 }
 
 async function poll(url, apply, done, deadlineMs) {
@@ -46,9 +40,9 @@ async function poll(url, apply, done, deadlineMs) {
 
 function setupReplay(form) {
   const message = document.getElementById("replay-message");
-  const statusUrl = document.getElementById("event").dataset.statusUrl;
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    const statusUrl = document.getElementById("summary").dataset.statusUrl;
     const button = form.querySelector("button"); button.disabled = true;
     text(message, "Replaying\u2026");
     try {
@@ -66,18 +60,35 @@ function setupReplay(form) {
       const finished = await poll(statusUrl, (s) => {
         const badge = document.getElementById("status");
         badge.textContent = s.processing_status; badge.className = "badge st-" + s.processing_status;
-        text(document.getElementById("reason"), s.status_reason);
-        text(document.getElementById("attempts"), s.attempts);
-        text(document.getElementById("error"), s.error_message);
-        text(document.getElementById("processed"), s.processed_at);
-        renderLedger(s.ledger);
       }, (s) => FINAL.has(s.processing_status), 60000);
+      await refreshEvent();
       text(message, finished ? "Done." : "Still queued: is a worker running? The page updates on reload.");
     } catch (error) {
       text(message, "Replay failed: " + error);
     } finally {
       button.disabled = false;
     }
+  });
+}
+
+// Copy buttons: an id (data-copy) or a whole text (data-copy-from, an element's id).
+async function copyText(value) {
+  try { await navigator.clipboard.writeText(value); return true; } catch (error) {
+    const area = document.createElement("textarea"); area.value = value; document.body.append(area);
+    area.select(); const done = document.execCommand("copy"); area.remove(); return done;
+  }
+}
+
+function setupCopy() {
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button.copy");
+    if (!button) return;
+    event.preventDefault();
+    const from = button.dataset.copyFrom ? document.getElementById(button.dataset.copyFrom) : null;
+    const value = from ? from.value : button.dataset.copy;
+    const label = button.textContent;
+    button.textContent = (await copyText(value)) ? "copied" : "copy failed";
+    setTimeout(() => { button.textContent = label; }, 1500);
   });
 }
 
@@ -97,6 +108,7 @@ function setupProgress(box) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  setupCopy();
   const form = document.querySelector("form[data-replay]");
   if (form) setupReplay(form);
   const box = document.getElementById("progress");
