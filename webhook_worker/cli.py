@@ -57,7 +57,6 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
                 tenant_column=settings.users_tenant_column,
                 lock_timeout=settings.migration_lock_timeout_seconds,
                 on_wait=_say,
-                lock_connect=migrations.lock_connector(settings),
             )
             for m in applied:
                 print(f"applied {m.version:04d}_{m.name}")

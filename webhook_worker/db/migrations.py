@@ -26,10 +26,11 @@ direct connection (`DIRECT_DATABASE_URL`), not a transaction-mode pooler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,8 +60,6 @@ EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
     4: frozenset({"dbfa172e71d15d05504f95520f8bb530fc6751c3961461ac2695da3c4118e3e2"}),
 }
 DEFAULT_LOCK_TIMEOUT_S = 60.0
-# Opens a second connection to hold the lock while a no-transaction file runs (see below).
-LockConnect = Callable[[], Awaitable[asyncpg.Connection]]
 _LOCK_POLL_S = 0.25
 # Bookkeeping tables a rollback may drop with their rows: nothing of value is in them.
 _DISPOSABLE_TABLES = frozenset(
@@ -167,15 +166,6 @@ async def _run_part(conn: asyncpg.Connection, migration: Migration, sql: str) ->
         await conn.execute(statement)
 
 
-def lock_connector(settings: Settings) -> LockConnect:
-    """`lock_connect` for `migrate_up`: another direct connection like `connect_direct`."""
-
-    async def connect() -> asyncpg.Connection:
-        return await connect_direct(settings)
-
-    return connect
-
-
 async def connect_direct(settings: Settings) -> asyncpg.Connection:
     """The migration connection: DIRECT_DATABASE_URL (else DATABASE_URL), with the
     DB_STATEMENT_CACHE_SIZE of the services (0 behind a pooler that cannot keep them)."""
@@ -268,17 +258,59 @@ def _report_wait(message: str) -> None:
     log.warning("migration_lock_waiting", holder=message)
 
 
-async def take_lock(
+@contextlib.asynccontextmanager
+async def locked_transaction(
     conn: asyncpg.Connection,
     timeout: float = DEFAULT_LOCK_TIMEOUT_S,  # noqa: ASYNC109 - a polling deadline
     on_wait: Callable[[str], None] = _report_wait,
-) -> None:
-    """In the current transaction: the migration lock, waiting at most `timeout` seconds.
+) -> AsyncIterator[None]:
+    """A transaction holding the migration lock (transaction-scoped), waiting at most
+    `timeout` seconds for it. Each try is its own short transaction, rolled back when the
+    lock is taken: a waiting run holds no transaction, which a concurrent `CREATE INDEX
+    CONCURRENTLY` in the run holding the lock would otherwise wait for (a deadlock). While
+    it waits, `on_wait` hears who holds it; then MigrationLockTimeout names the holder."""
+    deadline = time.monotonic() + timeout
+    told: list[LockHolder | None] = [None]
+    while True:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            taken = await conn.fetchval(query("migration_try_lock"), MIGRATION_LOCK_KEY)
+        except BaseException:
+            await transaction.rollback()
+            raise
+        if taken:
+            break
+        await transaction.rollback()
+        await _waited(conn, deadline, timeout, on_wait, told)
+    try:
+        yield
+    except BaseException:
+        await transaction.rollback()
+        raise
+    await transaction.commit()
 
-    While it waits, `on_wait` hears who holds it (each new holder once); then
-    MigrationLockTimeout names the holder and how to end it.
-    """
-    await _poll_lock(conn, "migration_try_lock", timeout, on_wait)
+
+async def _waited(
+    conn: asyncpg.Connection,
+    deadline: float,
+    timeout: float,  # noqa: ASYNC109 - a polling deadline
+    on_wait: Callable[[str], None],
+    told: list[LockHolder | None],
+) -> None:
+    """One wait for the lock: name a new holder, give up past the deadline, else sleep."""
+    holder = await lock_holder(conn)
+    described = holder.describe() if holder else "a session this role cannot see"
+    if time.monotonic() >= deadline:
+        raise MigrationLockTimeout(
+            f"gave up after {timeout:g}s waiting for the migration lock, held by {described}; "
+            "let that run finish, or end it with SELECT pg_terminate_backend(<pid>) if it "
+            "is stuck, then run again (MIGRATION_LOCK_TIMEOUT_SECONDS sets the wait)"
+        )
+    if holder != told[0]:
+        on_wait(f"waiting for the migration lock, held by {described}")
+        told[0] = holder
+    await asyncio.sleep(_LOCK_POLL_S)
 
 
 async def _take_session_lock(
@@ -297,20 +329,9 @@ async def _poll_lock(
     on_wait: Callable[[str], None],
 ) -> None:
     deadline = time.monotonic() + timeout
-    told: LockHolder | None = None
+    told: list[LockHolder | None] = [None]
     while not await conn.fetchval(query(statement), MIGRATION_LOCK_KEY):
-        holder = await lock_holder(conn)
-        described = holder.describe() if holder else "a session this role cannot see"
-        if time.monotonic() >= deadline:
-            raise MigrationLockTimeout(
-                f"gave up after {timeout:g}s waiting for the migration lock, held by {described}; "
-                "let that run finish, or end it with SELECT pg_terminate_backend(<pid>) if it "
-                "is stuck, then run again (MIGRATION_LOCK_TIMEOUT_SECONDS sets the wait)"
-            )
-        if holder != told:
-            on_wait(f"waiting for the migration lock, held by {described}")
-            told = holder
-        await asyncio.sleep(_LOCK_POLL_S)
+        await _waited(conn, deadline, timeout, on_wait, told)
 
 
 async def _applied_now(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
@@ -326,18 +347,15 @@ async def migrate_up(
     tenant_column: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     on_wait: Callable[[str], None] = _report_wait,
-    lock_connect: LockConnect | None = None,
 ) -> list[Migration]:
     """Apply pending migrations up to `to` (all by default); return what was applied.
 
     `tenant_column` is USERS_TENANT_COLUMN; without it a tenant column is detected from a
-    unique constraint on (tenant, email). `lock_connect` opens a second connection that
-    holds the lock while a no-transaction file runs (pooler-safe); without it such a file
-    runs under the session form of the lock (a direct connection only).
+    unique constraint on (tenant, email). A no-transaction file runs under the session form of
+    the lock (run it through a direct connection).
     """
     migrations = load_migrations()
-    async with conn.transaction():
-        await take_lock(conn, lock_timeout, on_wait)
+    async with locked_transaction(conn, lock_timeout, on_wait):
         applied = await _applied_now(conn)
         _check_checksums(migrations, applied)
         tenant = ""
@@ -358,7 +376,7 @@ async def migrate_up(
                 )
             else:
                 applied_now = await _apply_outside_transaction(
-                    conn, migration, lock_timeout, on_wait, lock_connect
+                    conn, migration, lock_timeout, on_wait
                 )
         except asyncpg.PostgresError as exc:
             outcome = "was rolled back" if migration.transactional else "stopped part-way"
@@ -375,8 +393,7 @@ async def _apply_in_transaction(
     lock_timeout: float,
     on_wait: Callable[[str], None],
 ) -> bool:
-    async with conn.transaction():
-        await take_lock(conn, lock_timeout, on_wait)
+    async with locked_transaction(conn, lock_timeout, on_wait):
         if await conn.fetchval(query("migration_applied"), migration.version):
             return False  # another run applied it while this one waited
         # Transaction-local: read by 0001 and 0008 within this transaction only.
@@ -393,19 +410,7 @@ async def _apply_outside_transaction(
     migration: Migration,
     lock_timeout: float,
     on_wait: Callable[[str], None],
-    lock_connect: LockConnect | None,
 ) -> bool:
-    if lock_connect is not None:
-        # The transaction-scoped lock, held in a transaction of a second connection while
-        # this one runs the file statement by statement: safe through a pooler too (the
-        # open transaction pins its backend; the lock ends with it, even on a crash).
-        holder = await lock_connect()
-        try:
-            async with holder.transaction():
-                await take_lock(holder, lock_timeout, on_wait)
-                return await _run_recorded(conn, migration)
-        finally:
-            await holder.close()
     await _take_session_lock(conn, lock_timeout, on_wait)
     try:
         return await _run_recorded(conn, migration)
@@ -483,8 +488,7 @@ async def migrate_down(
     holding rows, unless `drop_data`.
     """
     migrations = load_migrations()
-    async with conn.transaction():
-        await take_lock(conn, lock_timeout, on_wait)
+    async with locked_transaction(conn, lock_timeout, on_wait):
         await _ensure_table(conn)
         applied = await _applied(conn)
         _check_checksums(migrations, applied)
@@ -506,8 +510,7 @@ async def migrate_down(
             finally:
                 await conn.execute(query("migration_session_unlock"), MIGRATION_LOCK_KEY)
             continue
-        async with conn.transaction():
-            await take_lock(conn, lock_timeout, on_wait)
+        async with locked_transaction(conn, lock_timeout, on_wait):
             if not await conn.fetchval(query("migration_applied"), migration.version):
                 continue  # another run rolled it back meanwhile
             await conn.execute(migration.down)

@@ -277,7 +277,6 @@ async def _migrate(
             tenant_column=settings.users_tenant_column,
             lock_timeout=settings.migration_lock_timeout_seconds,
             on_wait=_say,
-            lock_connect=migrations.lock_connector(settings),
         )
         await store.record_shortfall_policy(conn, settings.shortfall_policy)
     except MigrationLockTimeout as exc:
