@@ -1,6 +1,10 @@
 -- Hand checks for a webhook-worker database:  psql "$DATABASE_URL" -f sql/verification.sql
 -- Read-only. `webhook-worker verify` runs the same checks (exit 1 and a list on a problem);
 -- this file is for a human at a psql prompt.
+-- The host's users table is the one the migrations recorded (USERS_TABLE, e.g. "user" or
+-- app.users), already quoted by them; `users` before they ran.
+SELECT coalesce((SELECT to_jsonb(s) ->> 'users_table' FROM users_host_shape s), 'users')
+       AS users_table \gset
 
 \echo '== tables and columns of the contract (expect 11 tables) =='
 SELECT table_name, string_agg(column_name, ', ' ORDER BY ordinal_position) AS columns
@@ -20,6 +24,11 @@ SELECT expected.name,
                WHERE n.nspname = current_schema() AND c.conname = expected.name)
        OR EXISTS (SELECT 1 FROM pg_indexes i
                   WHERE i.schemaname = current_schema() AND i.indexname = expected.name)
+       -- the users table's own, in its schema (none on a view: the table under it has them)
+       OR EXISTS (SELECT 1 FROM pg_constraint c
+                  WHERE c.conrelid = :'users_table'::regclass AND c.conname = expected.name)
+       OR EXISTS (SELECT 1 FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+                  WHERE i.indrelid = :'users_table'::regclass AND x.relname = expected.name)
        AS present
 FROM (VALUES
     ('credits_balance_nonneg'),
@@ -61,17 +70,20 @@ SELECT expected.name,
        EXISTS (SELECT 1 FROM pg_proc p
                JOIN pg_namespace n ON n.oid = p.pronamespace
                WHERE n.nspname = current_schema() AND p.proname = expected.name) AS present
-FROM (VALUES ('ledger_lock_key'), ('ledger_credit'), ('ledger_credit_many'),
+FROM (VALUES ('ledger_lock_key'), ('ledger_apply'), ('ledger_credit'), ('ledger_credit_many'),
+             ('users_match'), ('users_create_by_email'), ('users_remember_stripe_customer'),
              ('credits_spend'), ('credits_grant'), ('credits_adjust'), ('credits_hold'),
              ('credits_settle'), ('credits_release'), ('credits_release_expired'))
-    AS expected (name)
+     AS expected (name)
 ORDER BY present, expected.name;
 
 \echo '== host users shape the ledger was built on (key_type must match users.id below) =='
-SELECT key_type, ledger_key_type, lock_key_function, tenant_column, recorded_by, recorded_at
-FROM users_host_shape;
-SELECT format_type(atttypid, atttypmod) AS users_id_type_now
-FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'id';
+\echo '   (users_table and version_column: the table and optimistic-locking column the'
+\echo '    functions write; every balance change increments the version column)'
+SELECT * FROM users_host_shape;
+SELECT :'users_table' AS users_table,
+       format_type(atttypid, atttypmod) AS users_id_type_now
+FROM pg_attribute WHERE attrelid = :'users_table'::regclass AND attname = 'id';
 
 \echo '== applied migrations =='
 SELECT version, name, applied_at FROM schema_migrations ORDER BY version;
@@ -143,13 +155,12 @@ ORDER BY updated_at DESC
 LIMIT 20;
 
 \echo '== users columns that block creating a user by email (expect none) =='
-SELECT column_name AS required_column_without_default
-FROM information_schema.columns
-WHERE table_schema = current_schema() AND table_name = 'users'
-  AND is_nullable = 'NO' AND column_default IS NULL
-  AND is_identity = 'NO' AND is_generated = 'NEVER'
-  AND column_name <> 'email'
-ORDER BY ordinal_position;
+SELECT a.attname AS required_column_without_default
+FROM pg_attribute a
+WHERE a.attrelid = :'users_table'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''
+  AND a.attname <> 'email'
+ORDER BY a.attnum;
 
 \echo '== credit totals =='
 SELECT transaction_type, count(*) AS rows, sum(amount) AS credits
@@ -159,7 +170,7 @@ ORDER BY transaction_type;
 
 \echo '== balances that differ from their ledger sum (expect none) =='
 SELECT u.id AS user_id, u.credits_balance, coalesce(sum(t.amount), 0) AS ledger_sum
-FROM users u
+FROM :users_table u
 LEFT JOIN credit_transactions t ON t.user_id = u.id
 GROUP BY u.id, u.credits_balance
 HAVING u.credits_balance <> coalesce(sum(t.amount), 0)

@@ -12,6 +12,7 @@ import asyncio
 import io
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -27,6 +28,7 @@ from hypothesis import settings as hypothesis_settings
 
 from tests.pgbouncer import PgBouncer
 from webhook_worker.config import Settings
+from webhook_worker.db.queries import bind_users_table
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from webhook_worker.dev.servicekit import (
     create_database,
@@ -35,6 +37,7 @@ from webhook_worker.dev.servicekit import (
     migrate_database,
 )
 from webhook_worker.dev.servicekit import wait_for as wait_for  # re-exported for the test modules
+from webhook_worker.identifier import DEFAULT_USERS_TABLE
 from webhook_worker.log import configure_logging
 from webhook_worker.ops.sample_events import sign_payload
 
@@ -46,6 +49,8 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile("service")
 
 TEST_SECRET = "whsec_test_secret_0123456789abcdef"
+# The embedded services need a password, as `make run`'s do: one per test session.
+SERVICE_PASSWORD = secrets.token_urlsafe(18)
 SECOND_SECRET = "whsec_second_secret_fedcba9876543210"
 
 
@@ -64,7 +69,7 @@ def postgres_admin_dsn(services_dir: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    server = EmbeddedPostgres(services_dir / "postgres").start()
+    server = EmbeddedPostgres(services_dir / "postgres", password=SERVICE_PASSWORD).start()
     yield server.url
     server.destroy()
 
@@ -75,7 +80,7 @@ def redis_url(services_dir: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    server = EmbeddedRedis(services_dir / "redis").start()
+    server = EmbeddedRedis(services_dir / "redis", password=SERVICE_PASSWORD).start()
     yield server.url
     server.destroy()
 
@@ -119,6 +124,14 @@ async def clean_redis_url(redis_url: str) -> AsyncIterator[str]:
     yield redis_url
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _statements_name_the_default_users_table() -> Iterator[None]:
+    """A test that binds USERS_TABLE (a worker or CLI started with it) leaves the process's
+    statements naming `users` again for the next test."""
+    yield
+    bind_users_table(DEFAULT_USERS_TABLE)
 
 
 def base_env(database_url: str, redis_url: str) -> dict[str, str]:
@@ -168,7 +181,9 @@ def pgbouncer(services_dir: Path, postgres_admin_dsn: str) -> Iterator[PgBouncer
 @pytest.fixture
 def own_postgres(services_dir: Path) -> Iterator[EmbeddedPostgres]:
     """A Postgres this test may stop, kill and restart; migrated database `postgres`."""
-    server = EmbeddedPostgres(services_dir / f"pg-{uuid.uuid4().hex[:8]}").start()
+    server = EmbeddedPostgres(
+        services_dir / f"pg-{uuid.uuid4().hex[:8]}", password=SERVICE_PASSWORD
+    ).start()
     asyncio.run(migrate_database(server.url))
     yield server
     server.destroy()
@@ -177,7 +192,9 @@ def own_postgres(services_dir: Path) -> Iterator[EmbeddedPostgres]:
 @pytest.fixture
 def own_redis(services_dir: Path) -> Iterator[EmbeddedRedis]:
     """A Redis this test may stop, kill and restart."""
-    server = EmbeddedRedis(services_dir / f"redis-{uuid.uuid4().hex[:8]}").start()
+    server = EmbeddedRedis(
+        services_dir / f"redis-{uuid.uuid4().hex[:8]}", password=SERVICE_PASSWORD
+    ).start()
     yield server
     server.destroy()
 

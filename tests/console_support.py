@@ -19,7 +19,9 @@ async def console_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+        # What a browser sends with every request from the console's own pages.
+        headers = {"Sec-Fetch-Site": "same-origin"}
+        async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=headers) as client:
             yield client
 
 

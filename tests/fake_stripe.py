@@ -1,4 +1,5 @@
-"""A fake Stripe API for reconciliation tests: `GET /v1/events` in Stripe's list format.
+"""A fake Stripe API for reconciliation tests: `GET /v1/events` in Stripe's list format
+(and `GET /v1/webhook_endpoints`, for `verify`'s subscription check).
 
 A small Starlette app served by uvicorn on loopback, reached through `STRIPE_API_BASE`, so
 the official `stripe` library does the real HTTP (no mock of the library). It speaks what
@@ -44,6 +45,19 @@ class FakeStripe:
     page_delay: float = 0.0
     calls: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
+    webhook_endpoints: list[dict[str, Any]] = field(default_factory=list)
+
+    async def list_webhook_endpoints(self, request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            return _error(401)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": self.webhook_endpoints,
+                "has_more": False,
+                "url": "/v1/webhook_endpoints",
+            }
+        )
 
     def add(self, event: dict[str, Any], *, delivered: bool = True) -> None:
         self.events.append(event)
@@ -125,7 +139,12 @@ def _error(status: int) -> JSONResponse:
 async def serve_fake_stripe() -> AsyncIterator[FakeStripe]:
     """The fake on a free loopback port, in this event loop, for the duration of the block."""
     fake = FakeStripe()
-    app = Starlette(routes=[Route("/v1/events", fake.list_events, methods=["GET"])])
+    app = Starlette(
+        routes=[
+            Route("/v1/events", fake.list_events, methods=["GET"]),
+            Route("/v1/webhook_endpoints", fake.list_webhook_endpoints, methods=["GET"]),
+        ]
+    )
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")

@@ -65,7 +65,16 @@ def refund_failed(
     )
 
 
-def disputed(at: int, amount: int, event_type: str, status: str) -> Build:
+def disputed(
+    at: int,
+    amount: int,
+    event_type: str,
+    status: str,
+    *,
+    currency: str = "usd",
+    moved: list[int] | None = None,
+) -> Build:
+    """A dispute event; `moved`: its balance transactions' amounts (- withdrawn, + back)."""
     return lambda ids: dispute_event(
         payment_intent=ids["pi"],
         dispute_id=ids.setdefault("dp", new_id("dp")),
@@ -73,6 +82,8 @@ def disputed(at: int, amount: int, event_type: str, status: str) -> Build:
         status=status,
         event_type=event_type,
         created=T0 + at,
+        currency=currency,
+        balance_transactions=moved,
     )
 
 
@@ -104,9 +115,53 @@ class Flow:
     credits: int = 100
     amount_total: int = 1000
     spent: int = 0  # credits the user spends before the events
+    presentment: tuple[int, str] | None = None  # basil Adaptive Pricing: what the customer paid
 
 
 FLOWS = [
+    Flow(
+        "issue 25 #1: a dispute partially won after a partial refund (funds_reinstated, status "
+        "lost, -1000 and +400) gives nothing back: the merchant kept nothing",
+        [
+            refunded(10, 400),
+            disputed(20, 1000, CREATED, "needs_response", moved=[-1000]),
+            disputed(30, 1000, CLOSED, "lost", moved=[-1000]),
+            disputed(40, 1000, REINSTATED, "lost", moved=[-1000, 400]),
+        ],
+        [("REFUND", -4, 6), ("DISPUTE", -6, 0)],
+        [DONE, DONE, DONE, DONE],
+        credits=10,
+    ),
+    Flow(
+        "a dispute partially won with nothing refunded keeps what was not reinstated",
+        [
+            disputed(20, 1000, CREATED, "needs_response", moved=[-1000]),
+            disputed(40, 1000, REINSTATED, "lost", moved=[-1000, 400]),
+        ],
+        [("DISPUTE", -10, 0), ("DISPUTE_REVERSAL", 4, 4)],
+        [DONE, DONE],
+        credits=10,
+    ),
+    Flow(
+        "issue 25 #2: Adaptive Pricing, a lost dispute of EUR 930 of a USD 1000 session takes "
+        "all: the customer paid 930 EUR",
+        [
+            disputed(10, 930, CREATED, "needs_response", currency="eur"),
+            disputed(20, 930, CLOSED, "lost", currency="eur"),
+        ],
+        [("DISPUTE", -10, 0)],
+        [DONE, DONE],
+        credits=10,
+        presentment=(930, "eur"),
+    ),
+    Flow(
+        "issue 25 #2: Adaptive Pricing, GBP 790 disputed in full takes all",
+        [disputed(10, 790, CREATED, "needs_response", currency="gbp")],
+        [("DISPUTE", -10, 0)],
+        [DONE],
+        credits=10,
+        presentment=(790, "gbp"),
+    ),
     Flow(
         "a failed refund or a dispute with no payment intent is not ours: ignored, nothing moves",
         [
@@ -351,6 +406,49 @@ def invoice(api_version: str, **kw: Any) -> Event:
     return built
 
 
+def invoiced_session(api_version: str, invoice_first: bool) -> list[Event]:
+    """issue 25 #3: a `mode: payment` session with a post-payment invoice
+    (`invoice_creation.enabled`, `invoice: in_X`) and that invoice's `invoice.paid`
+    (`billing_reason: manual`, no subscription), in either order."""
+    customer = new_id("cus").replace("_test_", "_T")  # a Stripe customer id: cus_ + [A-Za-z0-9]
+    invoice_id, pi = new_id("in"), new_id("pi")
+
+    def session_event(refs: Refs) -> dict[str, Any]:
+        return checkout_session_event(
+            credits=10,
+            client_reference_id=refs["u0"],
+            customer=customer,
+            payment_intent=pi,
+            invoice=invoice_id,
+            api_version=api_version,
+        )
+
+    def invoice_event(refs: Refs) -> dict[str, Any]:
+        line = invoice_line(
+            price="price_pp",
+            amount=1000,
+            api_version=api_version,
+            price_metadata={"credits": "10"},
+        )
+        return invoice_paid_event(
+            customer=customer,
+            lines=[line],
+            invoice_id=invoice_id,
+            payment_intent=pi,
+            billing_reason="manual",
+            one_off=True,
+            api_version=api_version,
+        )
+
+    return [invoice_event, session_event] if invoice_first else [session_event, invoice_event]
+
+
+def taxed_session(amount_total: int, **kw: Any) -> Event:
+    return lambda refs: checkout_session_event(
+        credits=None, amount_total=amount_total, client_reference_id=refs["u0"], **kw
+    )
+
+
 @dataclass(frozen=True)
 class PurchaseCase:
     name: str
@@ -361,7 +459,57 @@ class PurchaseCase:
     env: dict[str, str] = field(default_factory=dict)  # settings beyond the defaults
 
 
+AGAIN = ("completed", "already_credited")
+PRICED = {"CREDIT_PRICES": "usd:100"}
+
 PURCHASES = [
+    PurchaseCase(
+        "issue 25 #3: a session and its post-payment invoice before basil: credited once",
+        ["a@example.com"],
+        invoiced_session(PRE_BASIL, invoice_first=False),
+        {"u0": 10},
+        [DONE, AGAIN],
+    ),
+    PurchaseCase(
+        "issue 25 #3: a post-payment invoice before its session, basil (PRICE_CREDITS): once",
+        ["a@example.com"],
+        invoiced_session(BASIL, invoice_first=True),
+        {"u0": 10},
+        [AGAIN, DONE],
+        env={"PRICE_CREDITS": "price_pp:10"},
+    ),
+    PurchaseCase(
+        "issue 25 #3: a session and its post-payment invoice, basil: once",
+        ["a@example.com"],
+        invoiced_session(BASIL, invoice_first=False),
+        {"u0": 10},
+        [DONE, AGAIN],
+        env={"PRICE_CREDITS": "price_pp:10"},
+    ),
+    PurchaseCase(
+        "issue 25 #4: by amount, 20 % VAT added on top buys no more credits",
+        ["a@example.com"],
+        [taxed_session(1200, amount_tax=200)],
+        {"u0": 10},
+        [DONE],
+        env=PRICED,
+    ),
+    PurchaseCase(
+        "issue 25 #4: by amount, shipping buys no credits",
+        ["a@example.com"],
+        [taxed_session(1500, amount_shipping=500)],
+        {"u0": 10},
+        [DONE],
+        env=PRICED,
+    ),
+    PurchaseCase(
+        "by amount, a tax included in the price stays in the amount sold",
+        ["a@example.com"],
+        [taxed_session(1000, amount_tax=167, tax_on_top=False)],
+        {"u0": 10},
+        [DONE],
+        env=PRICED,
+    ),
     PurchaseCase(
         "client_reference_id comes before every email",
         ["a@example.com", "b@example.com"],

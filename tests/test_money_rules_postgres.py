@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from tests.money_cases import PURCHASES, PurchaseCase
-from tests.worker_support import deliver, drain, new_user, status_of
+from tests.worker_support import deliver, drain, new_user, status_of, sweep
 from webhook_worker.config import Settings
 
 
@@ -26,6 +26,8 @@ async def test_purchase_in_postgres(
     event_ids = []
     for build in case.events:  # one at a time: the table's delivery order
         event_ids += await deliver(db, settings, build(refs))
+        await drain(settings)
+    while await sweep(settings):  # as the sweeper cron: waiting events whose wait is over
         await drain(settings)
     statuses = [await status_of(db, event_id) for event_id in event_ids]
     assert [

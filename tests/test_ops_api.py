@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import wait_for
 from tests.ops_support import (
     credit,
     event_row,
@@ -21,7 +24,7 @@ from tests.ops_support import (
 from webhook_worker import entrypoints
 from webhook_worker.config import Settings
 from webhook_worker.ops import http_api
-from webhook_worker.ops.http_api import AuthThrottle
+from webhook_worker.ops.throttle import LoginThrottle
 
 TOKEN = "ops-token-0123456789abcdef0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -349,33 +352,36 @@ async def test_every_replay_logs_who_when_and_which_events(
     assert TOKEN not in log_stream.getvalue()
 
 
-def test_the_auth_throttle_slows_an_address_after_repeated_failures() -> None:
-    throttle = AuthThrottle(free=5, base=0.25, cap=5.0)
-    for _ in range(5):
-        assert throttle.delay("10.0.0.1") == 0
-        throttle.failed("10.0.0.1")
-    throttle.failed("10.0.0.1")
-    assert throttle.delay("10.0.0.1") == 0.25
-    for _ in range(20):
-        throttle.failed("10.0.0.1")
-    assert throttle.delay("10.0.0.1") == 5.0  # capped
-    assert throttle.delay("10.0.0.2") == 0  # per address
+async def test_wrong_tokens_in_parallel_are_answered_one_turn_apart() -> None:
+    """Globally: four failures at once, from four addresses, take three turns' time."""
+    throttle = LoginThrottle(spacing=0.2, free=100)
+    started = time.monotonic()
+    await asyncio.gather(*(throttle.failed(f"10.0.0.{i}") for i in range(4)))
+    assert time.monotonic() - started >= 0.6
+
+
+async def test_one_address_waits_longer_after_its_free_failures() -> None:
+    throttle = LoginThrottle(spacing=0, free=1, base=0.3)
+    started = time.monotonic()
+    await throttle.failed("10.0.0.1")  # free
+    await throttle.failed("10.0.0.1")  # 0.3 s
+    await throttle.failed("10.0.0.1")  # 0.6 s
+    assert time.monotonic() - started >= 0.9
     throttle.succeeded("10.0.0.1")
-    assert throttle.delay("10.0.0.1") == 0
+    assert len(throttle) == 0
 
 
-def test_the_auth_throttle_remembers_a_bounded_number_of_addresses() -> None:
-    throttle = AuthThrottle(free=0, max_addresses=3)
+async def test_the_throttle_remembers_a_bounded_number_of_addresses() -> None:
+    throttle = LoginThrottle(spacing=0, free=5, max_addresses=3)
     for i in range(10):
-        throttle.failed(f"10.0.0.{i}")
-    assert throttle.delay("10.0.0.9") > 0
-    assert throttle.delay("10.0.0.0") == 0  # forgotten, oldest first
+        await throttle.failed(f"10.0.0.{i}")
+    assert len(throttle) == 3
 
 
-async def test_repeated_401s_from_one_address_are_slowed_down(
+async def test_a_right_token_is_answered_while_wrong_ones_wait_their_turn(
     make_settings: Callable[..., Settings],
 ) -> None:
-    throttle = AuthThrottle(free=2, base=0.2)
+    throttle = LoginThrottle(spacing=0.5)
     settings = make_settings(OPS_TOKEN=TOKEN, OPS_ON_RECEIVER="true")
     app = entrypoints.receiver_with_options(settings)
     app.router.routes = [
@@ -386,11 +392,11 @@ async def test_repeated_401s_from_one_address_are_slowed_down(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ops.test") as client:
             bad = {"Authorization": "Bearer wrong"}
-            for _ in range(3):
-                assert (await client.get("/ops/events", headers=bad)).status_code == 401
-            assert throttle.delay("127.0.0.1") == 0.2
+            wrong = [asyncio.create_task(client.get("/ops/events", headers=bad)) for _ in range(8)]
+            await wait_for(lambda: len(throttle) == 1)  # the guesses are waiting
             assert (await client.get("/ops/events", headers=AUTH)).status_code == 200
-            assert throttle.delay("127.0.0.1") == 0
+            assert not all(task.done() for task in wrong)  # answered before the guesses
+            assert [r.status_code for r in await asyncio.gather(*wrong)] == [401] * 8
 
 
 async def test_an_oversized_ops_body_is_refused(client: httpx.AsyncClient) -> None:

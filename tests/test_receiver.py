@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import SECOND_SECRET, TEST_SECRET, sign
 from tests.worker_support import queued_event_ids
+from webhook_worker import job_queue as queue
 from webhook_worker.cli import main as cli_main
 from webhook_worker.config import Settings
 from webhook_worker.dev.embedded import free_port
@@ -54,7 +55,7 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def redis_client(clean_redis_url: str, settings: Settings) -> AsyncIterator[ArqRedis]:
-    r = ArqRedis.from_url(clean_redis_url)
+    r = queue.redis_from_url(clean_redis_url)
     r.default_queue_name = settings.queue_name
     yield r
     await r.aclose()
@@ -365,7 +366,7 @@ async def test_an_accepted_event_has_its_arq_job_in_redis(
     event_id, body = _body()
     assert (await post_signed(client, body)).status_code == 200
     [job] = await redis_client.queued_jobs(queue_name=settings.queue_name)
-    assert (job.function, job.args, job.kwargs) == ("process_stripe_events", ([event_id],), {})
+    assert (job.function, job.args, job.kwargs) == ("process_stripe_events", [[event_id]], {})
 
 
 async def test_a_duplicate_is_answered_duplicate_and_changes_nothing(

@@ -10,17 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.worker_support import new_user
+from tests.worker_support import deliver, drain, new_user, status_of
+from webhook_worker.config import Settings
 from webhook_worker.errors import PermanentError
+from webhook_worker.money.user_reference import Candidate, UserNotFound, candidates, classify
 from webhook_worker.ops.sample_events import checkout_session_event
 from webhook_worker.worker import resolver
-from webhook_worker.worker.resolver import (
-    Candidate,
-    UserNotFound,
-    candidates,
-    classify,
-    resolve_user,
-)
+from webhook_worker.worker.resolver import resolve_user
 
 KNOWN_UUID = "5f1c8a52-8a2e-4d55-9a53-0e2d9b1d3c7a"
 
@@ -286,3 +282,25 @@ def test_metadata_tenant_id_scopes_the_email_candidates_only() -> None:
     assert found["customer_email"] == Candidate("email", "a@example.com", "7")
     assert resolver.tenant_of({"metadata": {"tenant_id": "{TENANT}"}}) is None
     assert resolver.tenant_of({"metadata": {"tenant_id": "null"}}) is None
+
+
+def test_user_not_found_names_what_was_tried_and_never_an_email() -> None:
+    """issue 25: the error says which references were tried (ids and the customer as given,
+    an email only as `<given>`), so the stored error and its log line hold no email."""
+    session = checkout_session_event(
+        client_reference_id="999999", email="someone@example.com", customer="cus_Q1x"
+    )["data"]["object"]
+    error = str(resolver.not_found(session))
+    assert error.startswith("user_not_found: tried client_reference_id=999999, ")
+    assert "customer_email=<given>" in error and "customer=cus_Q1x" in error
+    assert "someone@example.com" not in error
+
+
+async def test_the_stored_user_not_found_names_the_references_tried(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    event = checkout_session_event(client_reference_id="999999", email=None, customer="cus_Q2y")
+    [event_id] = await deliver(db, settings, event)
+    await drain(settings)
+    error = (await status_of(db, event_id))["error_message"]
+    assert error.startswith("user_not_found: tried client_reference_id=999999, customer=cus_Q2y")

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
-from tests.conftest import TEST_SECRET, sign, wait_for
+from tests.conftest import SERVICE_PASSWORD, TEST_SECRET, sign, wait_for
 from tests.integration.cluster import post_event
 from tests.ops_support import running_receiver
 from tests.worker_support import spawn_worker, stop_worker, worker_env
@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _as(dsn: str, role: str) -> str:
     parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    password = f":{parts.password}" if parts.password else ""
+    return urlunsplit(parts._replace(netloc=f"{role}{password}@{parts.hostname}:{parts.port}"))
 
 
 def _documented_grants(names: dict[str, str]) -> list[str]:
@@ -49,7 +50,7 @@ def _documented_grants(names: dict[str, str]) -> list[str]:
     )
     for example, actual in names.items():
         sql = re.sub(rf"\b{example}\b", actual, sql)
-    sql = sql.replace("PASSWORD '…'", "PASSWORD 'not-used-trust-auth'")
+    sql = sql.replace("PASSWORD '…'", f"PASSWORD '{SERVICE_PASSWORD}'")
     return [statement.strip() for statement in sql.split(";") if statement.strip()]
 
 

@@ -29,6 +29,7 @@ from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
 from webhook_worker.db import store
 from webhook_worker.errors import TransientError
+from webhook_worker.job_format import UNDECODABLE_JOB, dump_job, load_job
 from webhook_worker.ops.sample_events import (
     checkout_session_event,
     event_envelope,
@@ -36,6 +37,7 @@ from webhook_worker.ops.sample_events import (
 from webhook_worker.worker import batching as worker_batches
 from webhook_worker.worker import handlers, ledger
 from webhook_worker.worker.jobs import (
+    WorkerResources,
     cron_jobs,
     lease_seconds,
     prune_old_events,
@@ -47,10 +49,11 @@ from webhook_worker.worker.jobs import (
 
 @pytest.fixture
 async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    """What on_startup puts in a worker's ctx, for calling cron functions directly."""
+    """What a worker's ctx holds (its `WorkerResources`, arq's `redis`), for calling cron
+    functions directly."""
     pool = await store.create_pool(settings)
     redis = await queue.create_redis(settings)
-    yield {"settings": settings, "pool": pool, "redis": redis}
+    yield {"resources": WorkerResources.build(settings, pool), "redis": redis}
     await redis.aclose()
     await pool.close()
 
@@ -78,7 +81,8 @@ def test_worker_options_follow_the_settings() -> None:
     assert options["keep_result"] == 0  # job ids are never reused; Postgres has the outcome
     assert options["handle_signals"] is False  # the supervisor handles signals
     assert options["queue_name"] == settings.queue_name
-    assert [f.name for f in options["functions"]] == [queue.PROCESS_EVENTS_JOB]
+    assert [f.name for f in options["functions"]] == [queue.PROCESS_EVENTS_JOB, UNDECODABLE_JOB]
+    assert (options["job_serializer"], options["job_deserializer"]) == (dump_job, load_job)
     assert {job.name for job in options["cron_jobs"]} == {
         "cron:sweep_stale_events",
         "cron:prune_old_events",

@@ -18,7 +18,7 @@ from webhook_worker.config import Settings
 from webhook_worker.db import store
 from webhook_worker.dev.servicekit import spawn_command, stop_process
 from webhook_worker.ops.sample_events import encode_event
-from webhook_worker.worker.jobs import sweep_stale_events
+from webhook_worker.worker.jobs import WorkerResources, sweep_stale_events
 from webhook_worker.worker.supervisor import WorkerSupervisor
 
 try:
@@ -87,7 +87,8 @@ async def sweep(settings: Settings) -> int:
     pool = await store.create_pool(settings)
     redis = await queue.create_redis(settings)
     try:
-        return await sweep_stale_events({"settings": settings, "pool": pool, "redis": redis})
+        ctx = {"resources": WorkerResources.build(settings, pool), "redis": redis}
+        return await sweep_stale_events(ctx)
     finally:
         await redis.aclose()
         await pool.close()

@@ -18,6 +18,7 @@ import asyncpg
 
 from webhook_worker import local_services
 from webhook_worker.config import Settings
+from webhook_worker.db.queries import bind_users_table
 from webhook_worker.errors import (
     ConfigError,
     MigrationError,
@@ -55,6 +56,8 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
                 conn,
                 to=args.to,
                 tenant_column=settings.users_tenant_column,
+                users_table=settings.users_table,
+                version_column=settings.users_version_column,
                 lock_timeout=settings.migration_lock_timeout_seconds,
                 on_wait=_say,
             )
@@ -68,6 +71,7 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             conn,
             to=args.to,
             drop_data=args.drop_data,
+            users_table=settings.users_table,
             lock_timeout=settings.migration_lock_timeout_seconds,
             on_wait=_say,
         )
@@ -419,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     try:
         settings = _load_settings(args)
+        bind_users_table(settings.users_table)
         # Ops commands print their results (and --json) on stdout; their logs, such as the
         # replay audit line, go to stderr so the two never mix.
         configure_logging(

@@ -29,6 +29,12 @@ from webhook_worker.config_values import (
     redact_url,
 )
 from webhook_worker.errors import ConfigError
+from webhook_worker.identifier import (
+    DEFAULT_USERS_TABLE,
+    TableName,
+    check_identifier,
+    parse_table_name,
+)
 
 __all__ = [
     "OPS_TOKEN_MIN_CHARS",
@@ -113,6 +119,31 @@ def _column_name(env: Mapping[str, str], name: str) -> str | None:
     if not _COLUMN.fullmatch(raw):
         raise ConfigError(f"{name}={raw!r} is not a plain column name; use e.g. {name}=tenant_id")
     return raw
+
+
+def _users_table(env: Mapping[str, str]) -> TableName:
+    """USERS_TABLE: any identifier, exactly as written (reserved words, mixed case), or
+    schema.table; it reaches SQL only through identifier.quote_ident."""
+    raw = env.get("USERS_TABLE", "").strip()
+    if not raw:
+        return DEFAULT_USERS_TABLE
+    try:
+        return parse_table_name(raw, "USERS_TABLE")
+    except ValueError as exc:
+        raise ConfigError(
+            f"{exc}; name the host's users table as written in its DDL, e.g. USERS_TABLE=user "
+            "or USERS_TABLE=app.users"
+        ) from None
+
+
+def _identifier(env: Mapping[str, str], name: str, example: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return check_identifier(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}; use e.g. {name}={example}") from None
 
 
 def _required_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
@@ -286,6 +317,7 @@ class Settings:
     ops_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     ops_on_receiver: bool = False
     console_session_hours: int = 8
+    console_idle_minutes: int = 30
     db_pool_min: int = 2
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
@@ -296,6 +328,9 @@ class Settings:
     # The arq queue of this deployment; None derives it from the database (`queue_name`).
     queue_name_override: str | None = None
     redis_startup_timeout_seconds: int = 30
+    users_table: TableName = DEFAULT_USERS_TABLE
+    # The host's optimistic-locking column (USERS_VERSION_COLUMN); None: detected at migrate.
+    users_version_column: str | None = None
     # What refunds and disputes could not take back (spent): forgiven, or collected from the
     # user's next purchase or grant (docs/spending.md "Shortfalls").
     shortfall_policy: ShortfallPolicy = "forgive"
@@ -408,6 +443,7 @@ class Settings:
             ops_users=parse_ops_users(env.get("OPS_USERS", "")),
             ops_on_receiver=_bool(env, "OPS_ON_RECEIVER", False),
             console_session_hours=_required_int(env, "CONSOLE_SESSION_HOURS", 8, minimum=1),
+            console_idle_minutes=_required_int(env, "CONSOLE_IDLE_MINUTES", 30, minimum=1),
             db_pool_min=_required_int(env, "DB_POOL_MIN", 2, minimum=0),
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
             db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
@@ -420,6 +456,8 @@ class Settings:
             redis_startup_timeout_seconds=_required_int(
                 env, "REDIS_STARTUP_TIMEOUT_SECONDS", 30, minimum=0
             ),
+            users_table=_users_table(env),
+            users_version_column=_identifier(env, "USERS_VERSION_COLUMN", "lock_version"),
             shortfall_policy=_choice(  # type: ignore[arg-type]
                 env, "SHORTFALL_POLICY", "forgive", ("forgive", "collect")
             ),

@@ -90,8 +90,8 @@ VARIABLES: tuple[Variable, ...] = (
     V("USERS_TENANT_COLUMN", "the `users` column that scopes emails (e.g. `tenant_id`) when no `UNIQUE (tenant, email)` says so", "migrate, verify, deploy", default="unset (detected)"),
     # Contract names (DESIGN) landing from parallel branches: rendered once Settings reads them.
     V("DIRECT_DATABASE_URL", "a connection that bypasses any pooler, for `migrate`, `deploy_hotfix.py` and the Procfile's `release:`", "migrate, deploy", default="`DATABASE_URL`"),
-    V("USERS_TABLE", "the host's users table as written in its DDL, may be schema-qualified (`app.users`); a `users` table in another schema is never shadowed", "all", default="`users`"),
-    V("USERS_VERSION_COLUMN", "the host's optimistic-locking column on its users table; every balance change increments it", "work", default="detected (an integer `version` or `lock_version`)"),
+    V("USERS_TABLE", "the host's users table exactly as written in its DDL: any identifier (`user`, `AppUsers`), may be schema-qualified (`app.users`); always quoted; a `users` table in another schema is never shadowed ([users-table.md](users-table.md))", "all", default="`users`"),
+    V("USERS_VERSION_COLUMN", "the host's optimistic-locking column on its users table; every balance change by the service increments it ([users-table.md](users-table.md))", "migrate, verify, deploy", default="detected (an integer `version` or `lock_version`)"),
     V("QUEUE_NAME", "the arq queue of this deployment, so two deployments can share a Redis", "serve, work", default="`arq:queue:<database name>`"),
     V("SHORTFALL_POLICY", "`forgive` or `collect`: credits taken back after they were spent are collected from the next purchase or grant", "work"),
     # --- advanced: the defaults are right for nearly everyone ---------------------------------

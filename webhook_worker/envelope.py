@@ -13,13 +13,14 @@ invalid UTF-8, lone surrogates, numbers beyond a double's range and nesting past
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from webhook_worker.errors import PayloadError
+from webhook_worker.errors import PayloadError, PermanentError
 
 _EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]{1,250}")
 _MAX_FIELD = 255
@@ -151,3 +152,49 @@ def _contains_nul(value: Any) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return False
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """A claimed `stripe_events` row with its payload parsed."""
+
+    event_id: str
+    type: str
+    attempts: int
+    received_at: datetime | None
+    payload: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> StoredEvent:
+        raw = row.get("raw_data")
+        if raw is None:
+            raise PermanentError("the event's payload was pruned; it cannot be processed again")
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise PermanentError(f"the stored payload is not JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise PermanentError("the stored payload is not a JSON object")
+        return cls(
+            event_id=str(row["event_id"]),
+            type=str(row["type"]),
+            attempts=int(row.get("attempts") or 0),
+            received_at=row.get("received_at"),
+            payload=payload,
+        )
+
+    @property
+    def created(self) -> datetime:
+        """The event's `created` (Stripe's clock, one-second resolution)."""
+        created = self.payload.get("created")
+        if isinstance(created, bool) or not isinstance(created, int):
+            raise PermanentError(f"{self.type} event has no integer created")
+        return datetime.fromtimestamp(created, UTC)
+
+    @property
+    def data_object(self) -> dict[str, Any]:
+        data = self.payload.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+        if not isinstance(obj, dict):
+            raise PermanentError(f"{self.type} event has no data.object")
+        return obj

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
@@ -25,6 +26,7 @@ from redis.exceptions import RedisError
 
 from webhook_worker.config import Settings
 from webhook_worker.errors import TransientError
+from webhook_worker.job_format import dump_job, load_job
 
 PROCESS_EVENTS_JOB = "process_stripe_events"
 # Large enough that arq's per-job cost (~4 round trips to start, 1 to finish) is spread
@@ -46,7 +48,12 @@ async def create_redis(settings: Settings, *, retries: int | None = None) -> Arq
     if retries is not None:
         rs.conn_retries = retries
     try:
-        return await create_pool(rs, default_queue_name=settings.queue_name)
+        return await create_pool(
+            rs,
+            default_queue_name=settings.queue_name,
+            job_serializer=dump_job,
+            job_deserializer=load_job,
+        )
     except (RedisError, OSError) as exc:
         raise TransientError(f"connecting to Redis: {type(exc).__name__}") from exc
 
@@ -56,10 +63,17 @@ def connect_redis_lazily(settings: Settings, *, timeout: float = 2.0) -> ArqRedi
 
     redis-py reconnects on each command, so it recovers by itself once Redis is back.
     """
-    client: ArqRedis = ArqRedis.from_url(
+    client = redis_from_url(
         settings.require_redis(), socket_connect_timeout=timeout, socket_timeout=timeout
     )
     client.default_queue_name = settings.queue_name  # QUEUE_NAME: this deployment's queue
+    return client
+
+
+def redis_from_url(url: str, **options: Any) -> ArqRedis:
+    """`ArqRedis.from_url` reading and writing jobs as JSON (`job_format`), never pickle."""
+    client: ArqRedis = ArqRedis.from_url(url, **options)
+    client.job_serializer, client.job_deserializer = dump_job, load_job
     return client
 
 
@@ -91,7 +105,8 @@ async def enqueue_event_jobs(
     ids. Raises TransientError when Redis cannot be reached.
 
     The one place that writes arq's job keys: exactly what `ArqRedis.enqueue_job` writes
-    (arq's own `serialize_job`, the job key with its expiry, the ZADD), in ONE MULTI/EXEC
+    (arq's own `serialize_job` with the JSON `job_format`, the job key with its expiry, the
+    ZADD), in ONE MULTI/EXEC
     for every job of the call. `enqueue_job` first WATCHes the job key and checks that no
     job or kept result holds its id — three round trips, on the receiver's request path —
     and these ids are new (`new_job_id`), so there is nothing to check.
@@ -116,7 +131,7 @@ async def enqueue_event_jobs(
                     {},
                     job_try,
                     enqueue_time_ms,
-                    serializer=redis.job_serializer,
+                    serializer=dump_job,
                 )
                 pipe.psetex(job_key_prefix + job_id, expires_ms, job)
                 pipe.zadd(redis.default_queue_name, {job_id: score})

@@ -3,6 +3,9 @@
 -- any number of duplicate deliveries, replays and crashes credit a purchase once.
 -- user_id takes the host's key type (ledger_user_key_type, 0001): BIGINT for any integer key
 -- (what this file always created), else the key's own type (uuid, text, varchar(n)).
+-- user_id references the host's USERS_TABLE (ledger_users_table, 0001), or nothing when
+-- that is a view (a view cannot be referenced; the ledger functions only write rows for
+-- users they found).
 -- Edited after release (see migrations.EARLIER_CHECKSUMS): the earlier text is accepted.
 
 -- migrate:up
@@ -11,7 +14,7 @@ BEGIN
     EXECUTE format($sql$
     CREATE TABLE credit_transactions (
         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        user_id %s NOT NULL REFERENCES users (id),
+        user_id %s NOT NULL %s,
         amount BIGINT NOT NULL CONSTRAINT credit_transactions_amount_nonzero CHECK (amount <> 0),
         balance_after BIGINT NOT NULL CONSTRAINT credit_transactions_balance_after_nonneg
             CHECK (balance_after >= 0),
@@ -24,7 +27,10 @@ BEGIN
         description TEXT,
         created_at TIMESTAMPTZ NOT NULL DEFAULT now()
     )
-    $sql$, ledger_user_key_type());
+    $sql$, ledger_user_key_type(),
+       -- the host's users table (USERS_TABLE); a view takes no foreign key
+       CASE WHEN current_setting('webhook_worker.users_kind', true) = 'view' THEN ''
+            ELSE format('REFERENCES %s (id)', ledger_users_table()) END);
 END
 $$;
 

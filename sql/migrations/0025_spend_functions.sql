@@ -25,9 +25,22 @@
 -- SHORTFALL_COLLECTION row, which counts as taken from that payment.
 --
 -- The users table is named in ONE place below (v_users); everything that touches it is
--- generated from it.
+-- generated from it. Edited (issue 34): v_users is the host's USERS_TABLE as the runner
+-- resolved it (ledger_users_table(), defined here too for installs made before 0035), a
+-- view takes no foreign key, and 0035 replaces credits_locked_balance / credits_write_row
+-- with their current source, sql/functions/spending.sql (version column bumped).
 
 -- migrate:up
+CREATE OR REPLACE FUNCTION ledger_users_table() RETURNS TEXT
+    LANGUAGE sql STABLE
+    AS $$
+SELECT CASE WHEN coalesce(current_setting('webhook_worker.users_schema', true), '') = ''
+            THEN format('%I', coalesce(nullif(current_setting('webhook_worker.users_name', true),
+                                              ''), 'users'))
+            ELSE format('%I.%I', current_setting('webhook_worker.users_schema'),
+                        current_setting('webhook_worker.users_name')) END
+$$;
+
 ALTER TABLE credit_transactions DROP CONSTRAINT IF EXISTS credit_transactions_type_check;
 ALTER TABLE credit_transactions ADD CONSTRAINT credit_transactions_type_check
     CHECK (transaction_type IN ('PURCHASE', 'USAGE', 'REFUND', 'BONUS', 'ADJUSTMENT',
@@ -61,7 +74,7 @@ INSERT INTO credits_settings (shortfall_policy) VALUES ('forgive') ON CONFLICT D
 
 DO $$
 DECLARE
-    v_users TEXT := 'users';  -- the ONE place the generated SQL names the users table
+    v_users TEXT := ledger_users_table();  -- the ONE place: USERS_TABLE, quoted
     v_family TEXT := ledger_user_key_family();
     v_key TEXT := CASE ledger_user_key_family() WHEN 'integer' THEN 'bigint'
                   ELSE ledger_user_key_family() END;
@@ -71,7 +84,7 @@ BEGIN
     v_sql := $tpl$
     CREATE TABLE IF NOT EXISTS credit_holds (
         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        user_id {LEDGER_KEY} NOT NULL REFERENCES {USERS} (id),
+        user_id {LEDGER_KEY} NOT NULL {USERS_REFERENCE},
         idempotency_key TEXT NOT NULL,
         amount BIGINT NOT NULL CONSTRAINT credit_holds_amount_positive CHECK (amount > 0),
         state TEXT NOT NULL DEFAULT 'open' CONSTRAINT credit_holds_state_check
@@ -145,7 +158,10 @@ BEGIN
     $f$;
     $tpl$;
     v_sql := replace(v_sql, '{LEDGER_KEY}', ledger_user_key_type());
-    EXECUTE replace(replace(v_sql, '{USERS}', format('%I', v_users)), '{KEY}', v_key);
+    v_sql := replace(v_sql, '{USERS_REFERENCE}',
+                     CASE WHEN current_setting('webhook_worker.users_kind', true) = 'view'
+                          THEN '' ELSE format('REFERENCES %s (id)', v_users) END);
+    EXECUTE replace(replace(v_sql, '{USERS}', v_users), '{KEY}', v_key);
 
     -- Everything below names no table of the host: it goes through the two functions above.
     v_sql := $tpl$

@@ -106,7 +106,7 @@ SELECT e.id, e.event_id, e.type, e.processing_status, e.status_reason, e.attempt
        t.amount AS credits, t.user_id::text AS user_id, u.email AS user_email
 FROM stripe_events e
 LEFT JOIN credit_transactions t ON t.event_id = e.event_id
-LEFT JOIN users u ON u.id = t.user_id
+LEFT JOIN {users} u ON u.id = t.user_id
 WHERE e.id = ANY($1::bigint[])
 ORDER BY e.received_at DESC, e.id DESC;
 
@@ -199,7 +199,7 @@ SELECT t.id, t.user_id::text AS user_id, u.email AS user_email, t.amount, t.bala
        t.transaction_type, t.checkout_session_id, t.payment_intent_id, t.description,
        t.created_at
 FROM credit_transactions t
-JOIN users u ON u.id = t.user_id
+JOIN {users} u ON u.id = t.user_id
 WHERE t.event_id = $1
 ORDER BY t.id;
 
@@ -208,11 +208,22 @@ ORDER BY t.id;
 -- (case-insensitively, $3) or Stripe customer id ($4), each through its unique index.
 SELECT id::text AS id, id AS key, uuid::text AS uuid, email, stripe_customer_id,
        credits_balance, created_at
-FROM users
+FROM {users}
 WHERE id = $1 OR uuid = $2::uuid OR lower(email) = lower($3::text)
    OR stripe_customer_id = $4::text
 ORDER BY id
 LIMIT 2;
+
+-- name: console_user_shortfall
+-- The credits the user still owes, per payment: taken back by refunds or disputes after they
+-- were spent, not given back nor collected since (payment_states.shortfall).
+SELECT s.payment_intent_id, s.shortfall AS credits
+FROM payment_states s
+WHERE s.shortfall > 0
+  AND EXISTS (SELECT 1 FROM credit_transactions p
+              WHERE p.payment_intent_id = s.payment_intent_id AND p.user_id = $1
+                AND p.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT'))
+ORDER BY s.payment_intent_id;
 
 -- name: console_user_key_family
 SELECT ledger_user_key_family();

@@ -22,7 +22,9 @@ SELECT status, balance, transaction_id FROM credits_settle($1, $2::text, $3::big
 SELECT status, balance, transaction_id FROM credits_release($1, $2::text);
 
 -- name: credits_balance
-SELECT credits_balance FROM users WHERE id = $1;
+-- Through users_balance (sql/functions/users.sql): the application's process that calls
+-- webhook_worker.credits names no users table; the function holds USERS_TABLE.
+SELECT users_balance($1);
 
 -- name: credits_history
 -- Newest first; $3: rows older than this transaction id (keyset paging), NULL for the first page.
@@ -89,7 +91,7 @@ ORDER BY at DESC
 LIMIT 20;
 
 -- name: credits_user_by_customer
-SELECT id FROM users WHERE stripe_customer_id = $1;
+SELECT id FROM {users} WHERE stripe_customer_id = $1;
 
 -- name: credits_collect_shortfall
 -- SHORTFALL_POLICY=collect after a subscription credit: the user's shortfall paid from the

@@ -22,7 +22,7 @@ SELECT t.id, t.user_id, u.uuid::text AS user_uuid, t.amount, t.balance_after,
        t.transaction_type, t.checkout_session_id, t.payment_intent_id, t.description,
        t.created_at
 FROM credit_transactions t
-JOIN users u ON u.id = t.user_id
+JOIN {users} u ON u.id = t.user_id
 WHERE t.event_id = $1
 ORDER BY t.id;
 
@@ -119,7 +119,7 @@ FROM credit_transactions;
 -- name: ops_stats_users
 SELECT count(*) FILTER (WHERE credits_balance > 0) AS users_with_credits,
        coalesce(sum(credits_balance), 0)::bigint AS credits_outstanding
-FROM users;
+FROM {users};
 
 -- name: ops_schema_columns
 SELECT table_name::text AS table_name, column_name::text AS column_name
@@ -179,7 +179,7 @@ WHERE n.nspname = current_schema();
 
 -- name: ops_balance_mismatches
 SELECT u.id AS user_id, u.credits_balance, coalesce(l.total, 0)::bigint AS ledger_sum
-FROM users u
+FROM {users} u
 LEFT JOIN (
     SELECT user_id, sum(amount) AS total FROM credit_transactions GROUP BY user_id
 ) l ON l.user_id = u.id

@@ -1,17 +1,17 @@
--- Refunds, refund failures and disputes (webhook_worker/payments.py). The state statements
+-- Refunds, refund failures and disputes (webhook_worker/worker/postgres_money_store.py): the facts of
+-- each payment's state, read and written; the rules over them are Python
+-- (webhook_worker.money.takebacks), never SQL. The state statements
 -- run inside one explicit transaction that holds the purchase's user lock
 -- (pg_advisory_xact_lock, ledger_lock_user), so one payment's state moves serially.
 
 -- name: payment_purchase
 -- The payment's purchase: its user, session, credits and, for the captured amount when no
--- charge event has said it, the amount of the stored purchase event (a session's
--- amount_total, a payment intent's amount_received, an invoice's amount_paid; NULL once
--- pruned). A paid invoice's SUBSCRIPTION_CREDIT is the purchase of the payment intent the
--- invoice names (before basil), so its charge's refunds and disputes take back its share.
+-- charge event has said it, the object of the stored purchase event (NULL once pruned;
+-- webhook_worker.money.takebacks.charged_amount reads it). A paid invoice's
+-- SUBSCRIPTION_CREDIT is the purchase of the payment intent the invoice names (before
+-- basil), so its charge's refunds and disputes take back its share.
 SELECT t.user_id, t.checkout_session_id, totals.purchased,
-       COALESCE(e.raw_data #>> '{data,object,amount_total}',
-                e.raw_data #>> '{data,object,amount_received}',
-                e.raw_data #>> '{data,object,amount_paid}') AS amount_total
+       e.raw_data #> '{data,object}' AS purchase_object
 FROM credit_transactions t
 CROSS JOIN LATERAL (
     SELECT COALESCE(sum(p.amount), 0)::bigint AS purchased
@@ -35,23 +35,16 @@ FROM payment_states
 WHERE payment_intent_id = $1
 FOR UPDATE;
 
--- name: payment_state_charge
--- A charge event's snapshot: `captured` always (the newest charge says it best, and any
--- charge says it better than the session), the refunded amount only when this snapshot is
--- newer than the one held: created later, or the same second with a larger amount (within
--- a second, refunds only add up). Returns whether the snapshot was taken.
+-- name: payment_state_captured
+-- A charge event always tells the captured amount (the newest charge says it best, and any
+-- charge says it better than the purchase).
+UPDATE payment_states SET captured = $2, updated_at = now() WHERE payment_intent_id = $1;
+
+-- name: payment_state_snapshot
+-- A charge snapshot newer than the one held (webhook_worker.money.takebacks.snapshot_is_newer).
 UPDATE payment_states
-SET captured = $2,
-    refunded = CASE WHEN newer THEN $3 ELSE refunded END,
-    refunded_as_of = CASE WHEN newer THEN $4 ELSE refunded_as_of END,
-    updated_at = now()
-FROM (
-    SELECT (refunded_as_of IS NULL OR $4::timestamptz > refunded_as_of
-            OR ($4::timestamptz = refunded_as_of AND $3::bigint > refunded)) AS newer
-    FROM payment_states WHERE payment_intent_id = $1
-) AS cmp
-WHERE payment_states.payment_intent_id = $1
-RETURNING cmp.newer;
+SET captured = $2, refunded = $3, refunded_as_of = $4, updated_at = now()
+WHERE payment_intent_id = $1;
 
 -- name: payment_refund_failed
 -- One row per failed or canceled refund; a second event for the same refund inserts nothing.
@@ -61,16 +54,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (refund_id) DO NOTHING
 RETURNING refund_id;
 
+-- name: payment_dispute_get
+SELECT stage FROM payment_disputes WHERE dispute_id = $1 FOR UPDATE;
+
 -- name: payment_dispute_stage
--- A dispute at its furthest stage: a later stage replaces the row, an earlier or equal one
--- changes nothing. Returns the dispute id when the stage moved.
+-- A dispute at a later stage than the one held (webhook_worker.money.takebacks.stage_moves).
 INSERT INTO payment_disputes (dispute_id, payment_intent_id, amount, stage, status, event_id)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (dispute_id) DO UPDATE
 SET amount = EXCLUDED.amount, stage = EXCLUDED.stage, status = EXCLUDED.status,
-    event_id = EXCLUDED.event_id, updated_at = now()
-WHERE payment_disputes.stage < EXCLUDED.stage
-RETURNING dispute_id;
+    event_id = EXCLUDED.event_id, updated_at = now();
 
 -- name: payment_credit_note_refunds
 -- The refunds one credit note names ($4, $5: parallel arrays of refund ids and amounts); a
@@ -82,29 +75,18 @@ FROM unnest($4::text[], $5::bigint[]) AS r (refund_id, amount)
 ON CONFLICT (credit_note_id, refund_id) DO NOTHING
 RETURNING refund_id;
 
--- name: payment_targets
--- What Stripe's newest state says for the payment: the net refunded amount (the snapshot
--- less the refunds that failed after it and were in it), the amount disputed and not
--- given back (stage 1 open, or closed lost with status 'lost') and the refunds credit notes
--- name (`noted`, less those that failed): the same money as the snapshot's, never added to it.
-SELECT
-    GREATEST(s.refunded - COALESCE((
-        SELECT sum(f.amount) FROM payment_refund_failures f
-        WHERE f.payment_intent_id = $1
-          AND f.failed_at > s.refunded_as_of
-          AND (f.refund_created IS NULL OR f.refund_created <= s.refunded_as_of)
-    ), 0), 0)::bigint AS refunded,
-    COALESCE((
-        SELECT sum(d.amount) FROM payment_disputes d
-        WHERE d.payment_intent_id = $1 AND (d.stage = 1 OR (d.stage = 2 AND d.status = 'lost'))
-    ), 0)::bigint AS disputed,
-    COALESCE((
-        SELECT sum(n.amount) FROM credit_note_refunds n
-        WHERE n.payment_intent_id = $1
-          AND NOT EXISTS (SELECT 1 FROM payment_refund_failures f WHERE f.refund_id = n.refund_id)
-    ), 0)::bigint AS noted
-FROM payment_states s
-WHERE s.payment_intent_id = $1;
+-- name: payment_failures
+-- The payment's failed or canceled refunds, raw (the rule: takebacks.net_refunded).
+SELECT refund_id, amount, refund_created, failed_at
+FROM payment_refund_failures WHERE payment_intent_id = $1;
+
+-- name: payment_dispute_amounts
+-- What each of the payment's disputes keeps at its furthest stage (takebacks.dispute_held).
+SELECT amount FROM payment_disputes WHERE payment_intent_id = $1;
+
+-- name: payment_noted
+-- The refunds the payment's credit notes name, raw (takebacks.noted_refunds).
+SELECT refund_id, amount FROM credit_note_refunds WHERE payment_intent_id = $1;
 
 -- name: payment_state_taken
 UPDATE payment_states
@@ -131,18 +113,18 @@ FROM (
     WHERE w.processing_status = 'waiting'
       AND CASE WHEN w.status_reason = 'awaiting_customer'
                -- an invoice: its customer is now linked to a user (users_stripe_customer_id_key)
-               THEN EXISTS (SELECT 1 FROM users u WHERE u.stripe_customer_id = w.waiting_for)
+               THEN EXISTS (SELECT 1 FROM {users} u WHERE u.stripe_customer_id = w.waiting_for)
                WHEN w.status_reason = 'awaiting_invoice'
                -- an invoice payment: its invoice is now credited
                THEN EXISTS (SELECT 1 FROM credit_transactions t
                             WHERE t.invoice_id = w.waiting_for
-                              AND t.transaction_type = 'SUBSCRIPTION_CREDIT')
+                              AND t.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT'))
                WHEN w.status_reason = 'awaiting_invoice_payment'
                -- a credit note: its invoice is credited and names the payment intent that
                -- paid it (before basil the invoice does; from basil on invoice_payment.paid)
                THEN EXISTS (SELECT 1 FROM credit_transactions t
                             WHERE t.invoice_id = w.waiting_for
-                              AND t.transaction_type = 'SUBSCRIPTION_CREDIT'
+                              AND t.transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT')
                               AND t.payment_intent_id IS NOT NULL)
                ELSE EXISTS (SELECT 1 FROM credit_transactions t
                             WHERE t.payment_intent_id = w.waiting_for

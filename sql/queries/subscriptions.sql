@@ -39,12 +39,19 @@ WITH linked AS (
 SELECT payment_intent_id FROM linked
 UNION ALL
 SELECT payment_intent_id FROM credit_transactions
-WHERE invoice_id = $1 AND transaction_type = 'SUBSCRIPTION_CREDIT'
+WHERE invoice_id = $1 AND transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT')
   AND NOT EXISTS (SELECT 1 FROM linked)
 LIMIT 1;
+
+-- name: subscription_invoice_credited
+-- Whether an invoice is credited already: by its own SUBSCRIPTION_CREDIT, or by the PURCHASE
+-- of the Checkout Session that created it (a post-payment invoice).
+SELECT EXISTS (SELECT 1 FROM credit_transactions
+               WHERE invoice_id = $1 AND transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT'));
 
 -- name: subscription_invoice_payment_intent
 -- The payment intent that paid a credited invoice (before basil from the invoice, from basil
 -- on linked by invoice_payment.paid); no row: not credited (yet), NULL: not linked (yet).
+-- A Checkout Session's post-payment invoice is credited by the session's PURCHASE row.
 SELECT payment_intent_id FROM credit_transactions
-WHERE invoice_id = $1 AND transaction_type = 'SUBSCRIPTION_CREDIT';
+WHERE invoice_id = $1 AND transaction_type IN ('PURCHASE', 'SUBSCRIPTION_CREDIT');

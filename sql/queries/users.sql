@@ -11,7 +11,7 @@ FROM users_match($1::bigint[], $2::int[], $3::uuid[], $4::int[], $5::text[], $6:
                  $7::text[], $8::int[], $9::text[]);
 
 -- name: user_by_stripe_customer
-SELECT id FROM users WHERE stripe_customer_id = $1;
+SELECT id FROM {users} WHERE stripe_customer_id = $1;
 
 -- name: user_create_by_email
 -- Race-safe (users_create_by_email, 0008): one row per email, or per (tenant, email) on a
@@ -20,10 +20,6 @@ SELECT id FROM users WHERE stripe_customer_id = $1;
 SELECT user_id, created FROM users_create_by_email($1, $2);
 
 -- name: user_remember_stripe_customer
--- Only when the user has none and no other user already holds that customer id.
-UPDATE users
-SET stripe_customer_id = $2, updated_at = now()
-WHERE id = $1
-  AND stripe_customer_id IS NULL
-  AND NOT EXISTS (SELECT 1 FROM users other WHERE other.stripe_customer_id = $2)
-RETURNING id;
+-- Only when the user has none and no other user already holds that customer id; bumps the
+-- host's version column like every write of the service (sql/functions/users.sql).
+SELECT user_id AS id FROM users_remember_stripe_customer($1, $2);

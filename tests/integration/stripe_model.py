@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook_worker.money.takebacks import share
 from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
@@ -17,7 +18,6 @@ from webhook_worker.ops.sample_events import (
     new_id,
     refund_event,
 )
-from webhook_worker.worker.payments import share
 
 CLOCK_START = 1_760_000_000
 

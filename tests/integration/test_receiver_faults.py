@@ -18,13 +18,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import uvicorn
-from arq.connections import ArqRedis
 from prometheus_client import REGISTRY
 
 from tests.conftest import TEST_SECRET, sign, wait_for
 from tests.worker_support import queued_event_ids
 from webhook_worker.config import Settings
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from webhook_worker.job_queue import redis_from_url
 from webhook_worker.ops.sample_events import checkout_session_event, encode_event
 from webhook_worker.receiver.app import create_app
 
@@ -97,7 +97,7 @@ async def test_redis_stopped_still_answers_200_and_the_row_is_stored(
         await asyncio.to_thread(own_redis.start)
         later_id, later = new_event()
         assert (await post(client, later)).status_code == 200
-        probe = ArqRedis.from_url(own_redis.url)
+        probe = redis_from_url(own_redis.url)
         probe.default_queue_name = Settings.from_env({"DATABASE_URL": database_url}).queue_name
         try:
             assert later_id in await queued_event_ids(probe)

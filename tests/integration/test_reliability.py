@@ -15,7 +15,6 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from arq.connections import ArqRedis
 
 from tests.conftest import wait_for
 from tests.integration.cluster import Cluster, post_event
@@ -27,6 +26,7 @@ from tests.integration.invariants import (
 from tests.integration.stripe_model import StripeModel
 from tests.worker_support import queued_event_ids
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from webhook_worker.job_queue import redis_from_url
 from webhook_worker.ops.sample_events import (
     charge_refunded_event,
     checkout_session_event,
@@ -162,7 +162,7 @@ async def test_redis_flushed_with_jobs_in_it_sweeper_recovers(cluster: Cluster) 
             expected[event["data"]["object"]["id"]] = 3
             body = encode_event(event)
             assert (await post_event(client, url, body, sign_payload(body, OLD_SECRET))).is_success
-    redis = ArqRedis.from_url(cluster.redis.url)
+    redis = redis_from_url(cluster.redis.url)
     redis.default_queue_name = "arq:queue:postgres"  # derived from the cluster's database
     try:
         assert len(await queued_event_ids(redis)) == 40  # the jobs were there…

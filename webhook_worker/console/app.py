@@ -7,6 +7,7 @@ show balances after logout. Uvicorn's access log is off: query strings can hold 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
 from webhook_worker.console import credits_views, present, views
-from webhook_worker.console.auth import Forbidden, require_session
+from webhook_worker.console import session as sessions
+from webhook_worker.console.auth import Forbidden, LoginThrottle, require_session
+from webhook_worker.console.guard import ConsoleGuard
 from webhook_worker.console.session import Signer
 from webhook_worker.db import store
 from webhook_worker.errors import ConfigError, TransientError
@@ -70,7 +73,7 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def _routes(settings: Settings) -> list[BaseRoute]:
+def _routes(settings: Settings, throttle: LoginThrottle) -> list[BaseRoute]:
     page = require_session
     return [
         Route("/login", views.login_page, methods=["GET"]),
@@ -91,7 +94,7 @@ def _routes(settings: Settings) -> list[BaseRoute]:
         Route("/users/{key}/credits", page(credits_views.change_credits), methods=["POST"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
-        *ops_api.ops_routes(settings),
+        *ops_api.ops_routes(settings, throttle),  # one throttle: guesses on both count
     ]
 
 
@@ -149,6 +152,10 @@ def create_app(settings: Settings) -> Starlette:
         pool = await store.create_pool(settings)
         redis = queue.connect_redis_lazily(settings)
         app.state.pool, app.state.redis = pool, redis
+        # A removed operator's sessions end now (their cookies no longer verify anyway).
+        with contextlib.suppress(TransientError):
+            names = sorted({name for name, _ in operators})
+            await sessions.end_stale(pool, names, settings.console_idle_minutes * 60)
         try:
             yield
         finally:
@@ -160,13 +167,17 @@ def create_app(settings: Settings) -> Starlette:
         ConfigError: _bad_input,
         TransientError: _unavailable,
     }
-    app = Starlette(routes=_routes(settings), lifespan=lifespan, exception_handlers=handlers)
+    throttle = LoginThrottle()
+    app = Starlette(
+        routes=_routes(settings, throttle), lifespan=lifespan, exception_handlers=handlers
+    )
     app.state.settings = settings
     app.state.operators = operators
     app.state.signer = Signer(operators, settings.console_session_hours * 3600)
-    app.state.login_throttle = ops_api.AuthThrottle()
+    app.state.login_throttle = throttle
     app.state.templates = _templates()
     app.state.guarded_logout = require_session(views.logout)
+    app.add_middleware(ConsoleGuard)
     app.add_middleware(SecurityHeaders)
     return app
 

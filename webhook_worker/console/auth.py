@@ -1,27 +1,36 @@
 """Logging operators in and guarding every page and form.
 
-- Pages without a valid session cookie redirect (303) to /login?next=…; POSTs without one
-  are 403 (a form cannot be replayed after a login).
-- Every POST needs the session's CSRF token in the `csrf` form field (or `X-CSRF-Token`),
-  and an `Origin`, when sent, must be this console's own: else 403.
-- Login compares the token against every operator's in constant time; failures from one
-  address are slowed down (`AuthThrottle`, shared with the /ops API's logic).
+- Pages without a live session redirect (303) to /login?next=…; POSTs without one are 403
+  (a form cannot be replayed after a login). A session is live while its cookie's signature
+  checks AND the server still holds it (`session.is_live`): see `console/guard.py`.
+- Every POST needs the session's CSRF token in the `csrf` form field (or `X-CSRF-Token`).
+- Every state-changing request must come from the console's own pages
+  (`from_own_pages`): an `Origin` must be ours; with no `Origin` the browser's
+  `Sec-Fetch-Site: same-origin` or a `Referer` of ours must be there. Else 403.
+- Login compares the token against every operator's in constant time, at once: a correct
+  token is never delayed. Wrong ones are answered through `LoginThrottle`, globally one at
+  a time and per address with a growing delay, so guessing in parallel gets no more tries
+  per second than guessing one after another.
 - The login form has its own CSRF pair (a nonce cookie and the matching field).
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from webhook_worker.console import session as sessions
 from webhook_worker.console.session import COOKIE_NAME, Session, Signer
 from webhook_worker.log import get_logger
-from webhook_worker.ops.http_api import AuthThrottle, match_operator
+from webhook_worker.ops.http_api import match_operator
+from webhook_worker.ops.throttle import LOGIN_SPACING_SECONDS, LoginThrottle
+
+__all__ = ["LOGIN_SPACING_SECONDS", "LoginThrottle"]  # the console's view of the throttle
 
 log = get_logger("webhook_worker.console")
 Page = Callable[[Request], Awaitable[Response]]
@@ -55,16 +64,60 @@ async def read_form(request: Request) -> dict[str, str]:
     return form
 
 
-def _same_origin(request: Request) -> bool:
-    origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None
-    return origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+def _own_origin(scheme: str, host: str) -> str:
+    return f"{scheme}://{host}"
+
+
+def from_own_pages(method: str, scheme: str, headers: Headers) -> bool:
+    """Whether a request may change state: GET/HEAD/OPTIONS always; anything else only when
+    the browser says it comes from this console (OWASP CSRF: verify the source origin).
+
+    `Origin` when sent must be ours (`null` never is). Without it, `Sec-Fetch-Site` must be
+    `same-origin`, or, from a browser that sends neither, the `Referer` must be ours."""
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return True
+    own = _own_origin(scheme, headers.get("host", ""))
+    origin = headers.get("origin")
+    if origin is not None:
+        return origin == own
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site == "same-origin"
+    referer = urlsplit(headers.get("referer", ""))
+    return bool(referer.netloc) and _own_origin(referer.scheme, referer.netloc) == own
 
 
 def current_session(request: Request) -> Session | None:
+    """The live session `guard.ConsoleGuard` found for this request, if any."""
+    found: Session | None = getattr(request.state, "console_session", None)
+    return found
+
+
+async def live_session(request: Request) -> Session | None:
+    """The cookie's session when its signature checks and the server still holds it."""
     signer: Signer = request.app.state.signer
-    return signer.read(request.cookies.get(COOKIE_NAME))
+    signed = signer.read(request.cookies.get(COOKIE_NAME))
+    if signed is None:
+        return None
+    idle = request.app.state.settings.console_idle_minutes * 60
+    return signed if await sessions.is_live(request.app.state.pool, signed, idle) else None
+
+
+async def start_session(request: Request, operator: str) -> str:
+    """A new session for `operator`, held on the server; its cookie value."""
+    signer: Signer = request.app.state.signer
+    cookie, session = signer.issue(operator)
+    idle = request.app.state.settings.console_idle_minutes * 60
+    await sessions.record(request.app.state.pool, session, signer.lifetime, idle)
+    return cookie
+
+
+async def end_session(request: Request) -> None:
+    """Logout: the server forgets the session, so its cookie is worth nothing any more."""
+    session = current_session(request)
+    if session is not None:
+        await sessions.end(request.app.state.pool, session)
+        log.info("console_logged_out", operator=session.operator, client=client_of(request))
 
 
 def safe_next(target: str | None) -> str:
@@ -86,7 +139,7 @@ def require_session(handler: Page) -> Page:
         else:
             if session is None:
                 raise Forbidden("your session has expired; log in again")
-            if not _same_origin(request):
+            if not from_own_pages(request.method, request.url.scheme, request.headers):
                 raise Forbidden("this form was posted from another site")
             form = await read_form(request)
             given = form.get("csrf") or request.headers.get("x-csrf-token")
@@ -106,20 +159,18 @@ def login_nonce(request: Request) -> tuple[str, str]:
 
 
 async def check_login(request: Request, form: dict[str, str]) -> str | None:
-    """The operator the posted token belongs to, or None (throttled per address)."""
-    throttle: AuthThrottle = request.app.state.login_throttle
+    """The operator the posted token belongs to, or None once this failure's turn has come
+    (`LoginThrottle`)."""
+    throttle: LoginThrottle = request.app.state.login_throttle
     client = client_of(request)
-    delay = throttle.delay(client)
-    if delay:
-        await asyncio.sleep(delay)
     nonce = request.cookies.get(LOGIN_NONCE_COOKIE, "")
     signer: Signer = request.app.state.signer
     if not nonce or not signer.check_csrf(Session("", f"login:{nonce}", 0), form.get("csrf")):
         raise Forbidden("the login form's CSRF token is missing or stale; reload the page")
     operator = match_operator(form.get("token", "").strip(), request.app.state.operators)
     if operator is None:
-        throttle.failed(client)
         log.warning("console_login_refused", client=client)
+        await throttle.failed(client)
         return None
     throttle.succeeded(client)
     log.info("console_logged_in", operator=operator, client=client)

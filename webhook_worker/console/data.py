@@ -435,4 +435,10 @@ async def user_history(conn: Connection, user_key: Any) -> dict[str, Any]:
     with translate_errors("reading a user's ledger"):
         ledger = await conn.fetch(query("console_user_ledger"), user_key, USER_ROWS)
         events = await conn.fetch(query("console_user_events"), user_key, USER_ROWS)
-    return {"ledger": [dict(r) for r in ledger], "events": [dict(r) for r in events]}
+        owed = await conn.fetch(query("console_user_shortfall"), user_key)
+    return {
+        "ledger": [dict(r) for r in ledger],
+        "events": [dict(r) for r in events],
+        "shortfall": [dict(r) for r in owed],
+        "shortfall_owed": sum(int(r["credits"]) for r in owed),
+    }

@@ -1,9 +1,16 @@
-"""Console sessions and CSRF tokens, signed with HMAC-SHA256 (no server-side store).
+"""Console sessions and CSRF tokens: a signed cookie AND a row on the server.
 
 Cookie value: `base64url(json{"u": operator, "sid": random, "exp": unix time}).base64url(mac)`.
 The key is derived from every operator token, so rotating or removing a token logs every
 session out; a session whose operator is no longer configured is refused too. The cookie is
 HttpOnly, SameSite=Strict, Path=/, Secure on https, and expires (CONSOLE_SESSION_HOURS).
+
+A signature alone cannot be taken back, so each session also has a row in
+`console_sessions` (keyed by the SHA-256 of its id: the table holds no usable cookie).
+A cookie is a session only while its row lives: logout deletes it, and it dies at its
+expiry, after CONSOLE_IDLE_MINUTES unused, or at start-up once its operator is no longer in
+OPS_USERS / OPS_TOKEN. A replayed cookie then gets the login page (OWASP: server-side
+invalidation on logout, idle and absolute timeouts).
 
 CSRF: each form carries `csrf = HMAC(key, "csrf:" + sid)`: bound to the session, so a token
 from another session or none is refused (403), on top of SameSite=Strict.
@@ -19,6 +26,9 @@ import time
 from dataclasses import dataclass
 
 import orjson
+
+from webhook_worker.db import store
+from webhook_worker.db.queries import query
 
 COOKIE_NAME = "ww_console"
 
@@ -93,3 +103,48 @@ class Signer:
         return bool(given) and hmac.compare_digest(
             str(given).encode(), self.csrf_token(session).encode()
         )
+
+
+# --- the server side ---------------------------------------------------------------------
+
+
+def _sid_hash(sid: str) -> bytes:
+    return hashlib.sha256(sid.encode()).digest()
+
+
+async def record(
+    pool: store.Pool, session: Session, lifetime_seconds: int, idle_seconds: int
+) -> None:
+    """Store a new session (and drop the expired and idle ones while at it)."""
+    async with store.acquire(pool, "starting a console session") as conn:
+        await conn.execute(query("console_sessions_prune"), float(idle_seconds))
+        await conn.execute(
+            query("console_session_start"),
+            _sid_hash(session.sid),
+            session.operator,
+            float(lifetime_seconds),
+        )
+
+
+async def is_live(pool: store.Pool, session: Session, idle_seconds: int) -> bool:
+    """Whether the server still holds `session` (and mark it used now)."""
+    async with store.acquire(pool, "checking a console session") as conn:
+        row = await conn.fetchval(
+            query("console_session_touch"),
+            _sid_hash(session.sid),
+            session.operator,
+            float(idle_seconds),
+        )
+    return row is not None
+
+
+async def end(pool: store.Pool, session: Session) -> None:
+    async with store.acquire(pool, "ending a console session") as conn:
+        await conn.execute(query("console_session_end"), _sid_hash(session.sid))
+
+
+async def end_stale(pool: store.Pool, operators: list[str], idle_seconds: int) -> None:
+    """At start-up: end the sessions of removed operators and the expired or idle ones."""
+    async with store.acquire(pool, "ending stale console sessions") as conn:
+        await conn.execute(query("console_sessions_end_others"), operators)
+        await conn.execute(query("console_sessions_prune"), float(idle_seconds))

@@ -18,10 +18,12 @@ from webhook_worker.console.auth import (
     check_login,
     client_of,
     current_session,
+    end_session,
     log,
     login_nonce,
     read_form,
     safe_next,
+    start_session,
 )
 from webhook_worker.console.chart import COLOURS, per_hour_svg, per_minute_svg
 from webhook_worker.console.session import COOKIE_NAME
@@ -108,7 +110,7 @@ async def login(request: Request) -> Response:
         )
         _set_nonce(request, response, nonce)
         return response
-    cookie, _session = request.app.state.signer.issue(operator)
+    cookie = await start_session(request, operator)
     response = RedirectResponse(safe_next(form.get("next")), status_code=303)
     response.set_cookie(
         COOKIE_NAME,
@@ -125,6 +127,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     """Guarded like every POST (a forged logout is refused); see `logout_expired` for the
     operator whose session already ended."""
+    await end_session(request)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, httponly=True, samesite="strict")
     return response

@@ -38,9 +38,10 @@ from pathlib import Path
 import asyncpg
 
 from webhook_worker.config import Settings
-from webhook_worker.db import host, privileges
+from webhook_worker.db import functions, host, privileges
 from webhook_worker.db.queries import query, sql_dir
 from webhook_worker.errors import DataLossRefused, MigrationError, MigrationLockTimeout
+from webhook_worker.identifier import DEFAULT_USERS_TABLE, TableName
 from webhook_worker.log import get_logger
 
 log = get_logger("webhook_worker.migrations")
@@ -54,10 +55,32 @@ MIGRATION_LOCK_KEY = 0x77776D6967726174
 # failed; 0001 additionally records what it adds to a host's users (its down then removes
 # exactly that) and skips the global email index on multi-tenant hosts. Installs made with
 # the earlier 0001 have no such record: its down keeps their columns, as it always did.
+# Issue 34 (USERS_TABLE) edited 0001, 0003, 0004 and 0008 again: on a table named `users`
+# they build what their issue-13 text built (the table name now comes from the runner, and
+# 0008 installs its functions from sql/functions/, the same bodies), so that text is
+# accepted too.
 EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
-    1: frozenset({"073791c9a4158ca79a8a24aaf2d38368a3e41ab3b5bac90ae697667dbd6b2fd6"}),
-    3: frozenset({"4c6cf8162a21d69b9c93b979d75f7f18988f5f896656754362928356c34e6376"}),
-    4: frozenset({"dbfa172e71d15d05504f95520f8bb530fc6751c3961461ac2695da3c4118e3e2"}),
+    1: frozenset(
+        {
+            "073791c9a4158ca79a8a24aaf2d38368a3e41ab3b5bac90ae697667dbd6b2fd6",
+            "e037c5d06cc6861efde9b42e4d158e25f74856ded73677a9d19e38df463bee82",
+        }
+    ),
+    3: frozenset(
+        {
+            "4c6cf8162a21d69b9c93b979d75f7f18988f5f896656754362928356c34e6376",
+            "2dab4ef5f2a8f014692f5d79229d2541b2ee06cbb9f4c6761202a42a84ac9a19",
+        }
+    ),
+    4: frozenset(
+        {
+            "dbfa172e71d15d05504f95520f8bb530fc6751c3961461ac2695da3c4118e3e2",
+            "ed168f476a06222fd1cadf361648524265a77c5daaa9396e0177797f9e9bf718",
+        }
+    ),
+    8: frozenset({"feafee1dc247a50402377d6f9e17b5a0c9abf22294bd78d03fe3e567569bc187"}),
+    # 0025 as issue 27 landed it (a table named users only).
+    25: frozenset({"9823a31ac5550651b1aa5557b2e2c54bf46992961e7a6d2e16d2cd3af3e67ec6"}),
 }
 DEFAULT_LOCK_TIMEOUT_S = 60.0
 _LOCK_POLL_S = 0.25
@@ -225,10 +248,18 @@ async def pending_migrations(conn: asyncpg.Connection) -> list[Migration]:
     return [m for m in migrations if m.version not in applied]
 
 
-async def check_host(conn: asyncpg.Connection, tenant_column: str | None) -> host.HostShape:
-    """Refuse a host `users` the service cannot support, before anything is changed."""
-    shape = await host.inspect_host(conn, tenant_column)
-    problems = shape.problems()
+async def check_host(
+    conn: asyncpg.Connection,
+    tenant_column: str | None,
+    *,
+    users_table: TableName = DEFAULT_USERS_TABLE,
+    version_column: str | None = None,
+) -> host.HostShape:
+    """Refuse a host users table the service cannot support (or would shadow), before
+    anything is changed."""
+    shape, problems = await host.inspect_configured(
+        conn, users_table, tenant_column, version_column
+    )
     if problems:
         raise MigrationError("nothing was changed: " + "; ".join(problems))
     return shape
@@ -340,27 +371,84 @@ async def _applied_now(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
     return await _applied(conn)
 
 
+async def _set_users_table(conn: asyncpg.Connection, shape: host.HostShape) -> None:
+    """Name the users table for the migration of the current transaction."""
+    kind = "view" if shape.kind == "view" else "table"
+    await conn.execute(
+        query("host_set_users_table"),
+        shape.table.schema or "",
+        shape.table.name,
+        kind,
+        shape.version_column or "",
+    )
+
+
+async def install_functions(
+    conn: asyncpg.Connection, shape: host.HostShape, files: list[str] | None = None
+) -> list[functions.Function]:
+    """Render sql/functions/ for the host as it is now (inside the migration's transaction,
+    after its up part) and record what they were built on."""
+    now = await host.inspect_host(
+        conn,
+        shape.tenant_override,
+        users_table=shape.table,
+        version_override=shape.version_override,
+    )
+    recorded = await host.recorded_shape(conn) or {}
+    tenant = recorded.get("tenant_column") or now.tenant_column
+    family = now.key_family
+    if family is None:
+        raise MigrationError(f"{now.table}.id has a key type the ledger functions cannot take")
+    tenant_type = next((c.type for c in now.columns if c.name == tenant), None)
+    installed = await functions.install(
+        conn,
+        functions.FunctionShape(
+            key_family=family,
+            users=now.table,
+            version_column=now.version_column,
+            tenant_column=tenant,
+            tenant_type=tenant_type,
+        ),
+        files,
+    )
+    await conn.execute(
+        query("host_record_functions"),
+        now.table.sql,
+        "view" if now.kind == "view" else "table",
+        now.version_column or "",
+    )
+    return installed
+
+
 async def migrate_up(
     conn: asyncpg.Connection,
     to: int | None = None,
     *,
     tenant_column: str | None = None,
+    users_table: TableName = DEFAULT_USERS_TABLE,
+    version_column: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     on_wait: Callable[[str], None] = _report_wait,
 ) -> list[Migration]:
     """Apply pending migrations up to `to` (all by default); return what was applied.
 
     `tenant_column` is USERS_TENANT_COLUMN; without it a tenant column is detected from a
-    unique constraint on (tenant, email). A no-transaction file runs under the session form of
-    the lock (run it through a direct connection).
+    unique constraint on (tenant, email). `users_table` is USERS_TABLE, `version_column`
+    USERS_VERSION_COLUMN (without it an integer `version` or `lock_version` is detected).
+    A no-transaction file runs under the session form of the lock (run it through a direct
+    connection).
     """
     migrations = load_migrations()
     async with locked_transaction(conn, lock_timeout, on_wait):
         applied = await _applied_now(conn)
         _check_checksums(migrations, applied)
+        shape: host.HostShape | None = None
         tenant = ""
         if any(m.version not in applied for m in migrations):
-            tenant = await _tenant_setting(conn, await check_host(conn, tenant_column))
+            shape = await check_host(
+                conn, tenant_column, users_table=users_table, version_column=version_column
+            )
+            tenant = await _tenant_setting(conn, shape)
             problems = await privileges.migration_role_problems(conn)
             if problems:
                 raise MigrationError("nothing was changed: " + "; ".join(problems))
@@ -372,60 +460,119 @@ async def migrate_up(
         try:
             if migration.transactional:
                 applied_now = await _apply_in_transaction(
-                    conn, migration, tenant, lock_timeout, on_wait
+                    conn, migration, tenant, shape, lock_timeout, on_wait
                 )
             else:
                 applied_now = await _apply_outside_transaction(
-                    conn, migration, lock_timeout, on_wait
+                    conn, migration, tenant, shape, lock_timeout, on_wait
                 )
         except asyncpg.PostgresError as exc:
             outcome = "was rolled back" if migration.transactional else "stopped part-way"
             raise MigrationError(f"{migration.path.name} failed and {outcome}: {exc}") from exc
         if applied_now:
             done.append(migration)
+    if to is None:
+        async with locked_transaction(conn, lock_timeout, on_wait):
+            await refresh_functions(conn, users_table, tenant_column, version_column)
     return done
+
+
+async def _prepare(conn: asyncpg.Connection, tenant: str, shape: host.HostShape | None) -> None:
+    """Transaction-local settings the migration of this transaction reads (0001, 0008 the
+    tenant column; 0001/0003/0004/0008/0035 the users table): nothing outlives it."""
+    await conn.execute(query("host_set_tenant_column"), tenant)
+    if shape is not None:
+        await _set_users_table(conn, shape)
+
+
+async def _finish(
+    conn: asyncpg.Connection, migration: Migration, shape: host.HostShape | None
+) -> None:
+    """In the migration's transaction: its `-- migrate:functions` files, then its record."""
+    files = functions.marked_files(migration.up)
+    if shape is not None and files is not None:
+        await install_functions(conn, shape, files)
+    await conn.execute(
+        query("record_migration"), migration.version, migration.name, migration.checksum
+    )
 
 
 async def _apply_in_transaction(
     conn: asyncpg.Connection,
     migration: Migration,
     tenant: str,
+    shape: host.HostShape | None,
     lock_timeout: float,
     on_wait: Callable[[str], None],
 ) -> bool:
     async with locked_transaction(conn, lock_timeout, on_wait):
         if await conn.fetchval(query("migration_applied"), migration.version):
             return False  # another run applied it while this one waited
-        # Transaction-local: read by 0001 and 0008 within this transaction only.
-        await conn.execute(query("host_set_tenant_column"), tenant)
-        await conn.execute(migration.up)
-        await conn.execute(
-            query("record_migration"), migration.version, migration.name, migration.checksum
-        )
+        await _prepare(conn, tenant, shape)
+        await _run_part(conn, migration, migration.up)
+        await _finish(conn, migration, shape)
     return True
 
 
 async def _apply_outside_transaction(
     conn: asyncpg.Connection,
     migration: Migration,
+    tenant: str,
+    shape: host.HostShape | None,
     lock_timeout: float,
     on_wait: Callable[[str], None],
 ) -> bool:
     await _take_session_lock(conn, lock_timeout, on_wait)
     try:
-        return await _run_recorded(conn, migration)
+        if await conn.fetchval(query("migration_applied"), migration.version):
+            return False  # another run applied it while this one waited
+        await _run_part(conn, migration, migration.up)
+        async with conn.transaction():
+            await _prepare(conn, tenant, shape)
+            await _finish(conn, migration, shape)
+        return True
     finally:
         await conn.execute(query("migration_session_unlock"), MIGRATION_LOCK_KEY)
 
 
-async def _run_recorded(conn: asyncpg.Connection, migration: Migration) -> bool:
-    """A no-transaction file's up part, then its record; False if another run applied it."""
-    if await conn.fetchval(query("migration_applied"), migration.version):
-        return False
-    await _run_part(conn, migration, migration.up)
-    await conn.execute(
-        query("record_migration"), migration.version, migration.name, migration.checksum
+async def refresh_functions(
+    conn: asyncpg.Connection,
+    users_table: TableName,
+    tenant_column: str | None,
+    version_column: str | None,
+) -> bool:
+    """Re-install sql/functions/ when the installed ones no longer fit the host as it is now
+    (a version column added or renamed since, a function edited by hand), like a repeatable
+    migration; True when it did. Never re-points them to another table: `verify` reports
+    that, since the ledger's foreign key names the table it was installed on."""
+    recorded = await host.recorded_shape(conn)
+    if not recorded or recorded.get("users_table") is None:
+        return False  # 0035 not applied: its own marker installs them
+    shape, problems = await host.inspect_configured(
+        conn, users_table, tenant_column, version_column
     )
+    family = shape.key_family
+    if problems or family is None or shape.table.sql != recorded["users_table"]:
+        return False
+    tenant = recorded.get("tenant_column")
+    expected = functions.render(
+        functions.FunctionShape(
+            key_family=family,
+            users=shape.table,
+            version_column=shape.version_column,
+            tenant_column=tenant,
+            tenant_type=next((c.type for c in shape.columns if c.name == tenant), None),
+        )
+    )
+    rows = await conn.fetch(query("host_function_sources"), [f.name for f in expected])
+    installed = {(r["name"], r["source"]) for r in rows}
+    if recorded.get("version_column") == shape.version_column and all(
+        (f.name, f.body) in installed for f in expected
+    ):
+        return False
+    async with conn.transaction():
+        await _set_users_table(conn, shape)
+        await install_functions(conn, shape)
     return True
 
 
@@ -478,6 +625,7 @@ async def migrate_down(
     conn: asyncpg.Connection,
     to: int | None = None,
     *,
+    users_table: TableName = DEFAULT_USERS_TABLE,
     drop_data: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     on_wait: Callable[[str], None] = _report_wait,
@@ -489,6 +637,7 @@ async def migrate_down(
     """
     migrations = load_migrations()
     async with locked_transaction(conn, lock_timeout, on_wait):
+        shape = await host.inspect_host(conn, users_table=users_table)
         await _ensure_table(conn)
         applied = await _applied(conn)
         _check_checksums(migrations, applied)
@@ -505,7 +654,9 @@ async def migrate_down(
             try:
                 if await conn.fetchval(query("migration_applied"), migration.version):
                     await _run_part(conn, migration, migration.down)
-                    await conn.execute(query("forget_migration"), migration.version)
+                    async with conn.transaction():
+                        await _set_users_table(conn, shape)
+                        await conn.execute(query("forget_migration"), migration.version)
                     done.append(migration)
             finally:
                 await conn.execute(query("migration_session_unlock"), MIGRATION_LOCK_KEY)
@@ -513,7 +664,8 @@ async def migrate_down(
         async with locked_transaction(conn, lock_timeout, on_wait):
             if not await conn.fetchval(query("migration_applied"), migration.version):
                 continue  # another run rolled it back meanwhile
-            await conn.execute(migration.down)
+            await _set_users_table(conn, shape)
+            await _run_part(conn, migration, migration.down)
             await conn.execute(query("forget_migration"), migration.version)
         done.append(migration)
     return done

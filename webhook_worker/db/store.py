@@ -24,7 +24,7 @@ from tenacity import (
 )
 
 from webhook_worker.config import Settings
-from webhook_worker.db.queries import query
+from webhook_worker.db.queries import bind_users_table, query
 from webhook_worker.envelope import EnvelopeRow as EnvelopeRow
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger
@@ -55,10 +55,6 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
-
-
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, _TRANSIENT | TransientError)
 
 
 @contextlib.contextmanager
@@ -110,8 +106,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 async def create_pool(
     settings: Settings, *, min_size: int | None = None, max_size: int | None = None
 ) -> Pool:
-    """A connection pool, retried briefly so a Postgres restart at boot is not fatal."""
+    """A connection pool, retried briefly so a Postgres restart at boot is not fatal.
+
+    Also names the host's users table (USERS_TABLE) in the process's statements, once."""
     dsn = settings.require_database()
+    bind_users_table(settings.users_table)
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(_TRANSIENT),
         stop=stop_after_attempt(5),

@@ -4,6 +4,15 @@ Starts embedded Postgres and Redis under a data folder when DATABASE_URL / REDIS
 unset, applies migrations, then runs the receiver and one worker as child processes until
 Ctrl-C. A development secret is created once and printed, so `send-test-event` and the
 Stripe CLI (`stripe listen --forward-to`) can sign against it.
+
+- One `dev` per folder (`instance.claim`): a second refuses before starting anything, and
+  every port is checked before the first service starts.
+- The embedded Postgres and Redis get a random password per folder (`postgres.password`,
+  `redis.password`, mode 0600) and Postgres uses SCRAM: no other local user gets in.
+- Only what this process started is stopped on the way out, and only its own
+  `services.json` is deleted.
+- Ctrl-C (or SIGTERM) stops the children (each in its own session, sent SIGTERM), then the
+  services, with no traceback; a second Ctrl-C during that is ignored.
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ from pathlib import Path
 import asyncpg
 
 from webhook_worker import local_services
+from webhook_worker.config import redact_url
 from webhook_worker.db import migrations
-from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from webhook_worker.dev import instance
+from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 
 def _machine_secret(path: Path, new_value: str) -> str:
@@ -40,6 +51,11 @@ def _dev_secret(data_dir: Path) -> str:
 def _dev_ops_token(data_dir: Path) -> str:
     """A console token for this machine, created once like the dev secret."""
     return _machine_secret(data_dir / "dev_ops_token", secrets.token_hex(32))
+
+
+def _service_password(data_dir: Path, name: str) -> str:
+    """The embedded service's password for this folder, made once (mode 0600)."""
+    return _machine_secret(data_dir / f"{name}.password", secrets.token_urlsafe(24))
 
 
 def _port_file(data_dir: Path, name: str, default: int) -> int:
@@ -83,36 +99,85 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _ignore_interrupts() -> None:
+    """While stopping: a second Ctrl-C must not cut the clean-up short with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def run_dev(port: int = 8000, data_dir: str = ".data", console_port: int = 8081) -> int:
     _interrupt_on_sigterm()
     folder = Path(data_dir).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        held = instance.claim(folder, port, console_port)
+    except instance.AlreadyRunning as exc:
+        print(f"webhook-worker dev: {exc} (data in {folder})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    try:
+        return _run_claimed(folder, port, console_port)
+    finally:
+        held.release()
+
+
+def _embedded(
+    folder: Path, env: dict[str, str]
+) -> tuple[EmbeddedPostgres | None, EmbeddedRedis | None]:
+    """The embedded services this run needs (not started yet)."""
+    pg = redis = None
+    if not env.get("DATABASE_URL"):
+        pg = EmbeddedPostgres(
+            folder / "postgres",
+            _port_file(folder, "postgres", free_port()),
+            password=_service_password(folder, "postgres"),
+        )
+    if not env.get("REDIS_URL"):
+        redis = EmbeddedRedis(
+            folder / "redis",
+            _port_file(folder, "redis", free_port()),
+            password=_service_password(folder, "redis"),
+        )
+    return pg, redis
+
+
+def _run_claimed(folder: Path, port: int, console_port: int) -> int:
     env = dict(os.environ)
     env.setdefault("APP_ENV", "development")
     env.setdefault("LOG_FORMAT", "console")
     services: list[EmbeddedPostgres | EmbeddedRedis] = []
-    if not env.get("DATABASE_URL"):
-        from webhook_worker.dev.embedded import free_port
-
-        pg = EmbeddedPostgres(folder / "postgres", _port_file(folder, "postgres", free_port()))
-        services.append(pg.start())
-        env["DATABASE_URL"] = pg.url
-        print(f"embedded Postgres: {pg.url} (data in {pg.data_dir})")
-    if not env.get("REDIS_URL"):
-        from webhook_worker.dev.embedded import free_port
-
-        redis = EmbeddedRedis(folder / "redis", _port_file(folder, "redis", free_port()))
-        services.append(redis.start())
-        env["REDIS_URL"] = redis.url
-        print(f"embedded Redis:    {redis.url}")
-    if not env.get("STRIPE_WEBHOOK_SECRET"):
-        env["STRIPE_WEBHOOK_SECRET"] = _dev_secret(folder)
-    if console_port and not (env.get("OPS_TOKEN") or env.get("OPS_USERS")):
-        env["OPS_TOKEN"] = _dev_ops_token(folder)
-    _metrics_env(folder, env)
-    console_url = f"http://127.0.0.1:{console_port}/" if console_port else None
     children: list[subprocess.Popen[bytes]] = []
     try:
+        pg, redis = _embedded(folder, env)
+        ports = {"receiver": port, "console": console_port}
+        if pg is not None and not pg.is_running():
+            ports["embedded Postgres"] = pg.port
+        if redis is not None:
+            ports["embedded Redis"] = redis.port
+        try:
+            instance.check_ports(ports)
+        except instance.PortBusy as exc:
+            print(f"webhook-worker dev: {exc}", file=sys.stderr)
+            return 1
+        if pg is not None:
+            services.append(pg)
+            pg.start()
+            env["DATABASE_URL"] = pg.url
+            print(f"embedded Postgres: {redact_url(pg.url)} (data in {pg.data_dir})")
+        if redis is not None:
+            services.append(redis)
+            redis.start()
+            env["REDIS_URL"] = redis.url
+            print(f"embedded Redis:    {redact_url(redis.url)}")
+        if services:
+            print(f"  (passwords in {folder}/*.password, mode 0600)")
+        if not env.get("STRIPE_WEBHOOK_SECRET"):
+            env["STRIPE_WEBHOOK_SECRET"] = _dev_secret(folder)
+        if console_port and not (env.get("OPS_TOKEN") or env.get("OPS_USERS")):
+            env["OPS_TOKEN"] = _dev_ops_token(folder)
+        _metrics_env(folder, env)
+        console_url = f"http://127.0.0.1:{console_port}/" if console_port else None
         applied = asyncio.run(_migrate(env["DATABASE_URL"]))
         print(f"migrations applied: {', '.join(applied) or 'none pending'}")
         children += _start_children(port, console_port, env)
@@ -124,17 +189,26 @@ def run_dev(port: int = 8000, data_dir: str = ".data", console_port: int = 8081)
     except KeyboardInterrupt:
         return 0
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-        for child in children:
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        local_services.remove(folder)
-        for service in services:
-            service.stop()
+        _ignore_interrupts()
+        _stop(children, services, folder)
+
+
+def _stop(
+    children: list[subprocess.Popen[bytes]],
+    services: list[EmbeddedPostgres | EmbeddedRedis],
+    folder: Path,
+) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    local_services.remove(folder)
+    for service in services:
+        service.stop()  # only what this process started (EmbeddedPostgres.started)
 
 
 def _start_children(
@@ -146,7 +220,9 @@ def _start_children(
     commands = [[*exe, "serve", "--port", str(port), *local], [*exe, "work"]]
     if console_port:
         commands.append([*exe, "console", "--port", str(console_port), *local])
-    return [subprocess.Popen(command, env=env) for command in commands]
+    # Each in its own session: the terminal's Ctrl-C reaches only `dev`, which then stops
+    # them with SIGTERM (no child is interrupted half-way through its start-up).
+    return [subprocess.Popen(command, env=env, start_new_session=True) for command in commands]
 
 
 def _banner(port: int, env: dict[str, str], console_url: str | None) -> str:

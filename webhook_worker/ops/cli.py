@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
@@ -141,7 +141,7 @@ async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
     async with _connection(settings) as conn:
         event = await listing.show_event(conn, args.event_id, raw=args.raw)
     if event is None:
-        print(f"event {args.event_id} not found", file=sys.stderr)
+        print(f"event {terminal.plain(args.event_id)} not found", file=sys.stderr)
         return EXIT_PROBLEM
     if args.json:
         terminal.print_json(event)
@@ -166,7 +166,7 @@ async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
     )
     for name in fields:  # whole values: the error in full, wrapped, never cut
         value = event.get(name)
-        console.print(f"[bold]{name:<18}[/bold] {escape('-' if value is None else str(value))}")
+        console.print(Text.assemble((f"{name:<18}", "bold"), " ", terminal.cell(value)))
     ledger = event["ledger"]
     if ledger:
         rows = [
@@ -189,7 +189,8 @@ async def _events_show(args: argparse.Namespace, settings: Settings) -> int:
         if payload is None:
             print("raw payload: pruned")
         else:
-            print(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
+            text = orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode()
+            print(terminal.plain(text, block=True))
     return EXIT_OK
 
 
@@ -272,7 +273,7 @@ def _print_replay(result: replay.ReplayResult, *, wide: bool) -> None:
             f"{result.enqueued} job(s) enqueued"
         )
         for event_id in result.replayed[:20]:
-            print(f"  {event_id}")
+            print(f"  {terminal.plain(event_id)}")
         if len(result.replayed) > 20:
             print(f"  … and {len(result.replayed) - 20} more")
     else:
@@ -284,9 +285,12 @@ def _print_replay(result: replay.ReplayResult, *, wide: bool) -> None:
             file=sys.stderr,
         )
     for event_id in result.not_found:
-        print(f"not found: {event_id}", file=sys.stderr)
+        print(f"not found: {terminal.plain(event_id)}", file=sys.stderr)
     for skipped in result.skipped:
-        print(f"skipped: {skipped['event_id']}: {skipped['reason']}", file=sys.stderr)
+        print(
+            f"skipped: {terminal.plain(skipped['event_id'])}: {terminal.plain(skipped['reason'])}",
+            file=sys.stderr,
+        )
     if result.enqueue_error:
         print(f"warning: {result.enqueue_error}", file=sys.stderr)
 
@@ -414,8 +418,8 @@ def _print_stats(stats: dict[str, Any], *, wide: bool) -> None:
     status_table.add_column("status")
     status_table.add_column("events", justify="right")
     for status, count in stats["events_by_status"].items():
-        status_table.add_row(status, str(count))
-    status_table.add_row("[bold]total[/bold]", str(stats["events_total"]))
+        terminal.row(status_table, status, count)
+    terminal.row(status_table, terminal.cell("total", "bold"), stats["events_total"])
     console.print(status_table)
     # Types whole; the statuses an operator acts on first when the width is short.
     urgency = ("failed", "waiting", "received", "processing", "ignored", "completed")
@@ -433,7 +437,7 @@ def _print_stats(stats: dict[str, Any], *, wide: bool) -> None:
         reasons.add_column("reason", no_wrap=True)
         reasons.add_column("events", justify="right")
         for reason, count in stats["ignored_by_reason"].items():
-            reasons.add_row(reason, str(count))
+            terminal.row(reasons, reason, count)
         console.print(reasons)
     summary = Table(title="health and credits", title_justify="left", show_header=False)
     summary.add_column("what")
@@ -443,7 +447,7 @@ def _print_stats(stats: dict[str, Any], *, wide: bool) -> None:
     summary.add_row("credits granted", str(stats["credits_granted"]))
     summary.add_row("credits refunded (net)", str(stats["credits_refunded"]))
     summary.add_row("credits disputed (net)", str(stats["credits_disputed"]))
-    summary.add_row("credits spent (usage and settled holds)", str(stats["credits_spent"]))
+    summary.add_row("credits spent (usage, settled holds)", str(stats["credits_spent"]))
     summary.add_row("open holds", f"{stats['open_holds']} ({stats['credits_held']} credits)")
     summary.add_row(
         f"shortfall owed (policy {stats['shortfall_policy']})", str(stats["shortfall_outstanding"])
@@ -457,13 +461,15 @@ def _print_stats(stats: dict[str, Any], *, wide: bool) -> None:
     summary.add_row("credits outstanding", str(stats["credits_outstanding"]))
     summary.add_row("users with credits", str(stats["users_with_credits"]))
     last = stats["last_reconcile"]
+    # Two short rows rather than one long value: the table keeps to 80 columns.
     summary.add_row(
         "last reconcile",
-        f"{last['status']} {_when(last['finished_at'] or last['started_at'])} UTC, "
-        f"{last['events_recovered']} recovered"
-        if last
-        else "never",
+        f"{last['status']}, {last['events_recovered']} recovered" if last else "never",
     )
+    if last:
+        summary.add_row(
+            "last reconcile at", f"{_when(last['finished_at'] or last['started_at'])} UTC"
+        )
     console.print(summary)
 
 
@@ -493,18 +499,19 @@ def print_verify_report(report: verify.VerifyReport) -> None:
     """A checklist, then the problems again as a list (also used by deploy_hotfix.py)."""
     console = terminal.console()
     for line in report.host_shape:
-        console.print(f"host: {line}", markup=False)
+        console.print(terminal.cell(f"host: {line}"))
     for check in report.checks:
         mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
         if check.ok and check.warning:
             mark = "[yellow]warn[/yellow]"
-        console.print(f"{mark} {check.name}: {check.detail}", markup=True)
+        detail = terminal.cell(f"{check.name}: {check.detail}")
+        console.print(Text.from_markup(mark) + Text(" ") + detail)
     if report.ok:
         console.print(f"verify passed: {len(report.checks)} checks")
     else:
         console.print(f"verify FAILED: {len(report.problems)} problem(s)")
         for check in report.problems:
-            console.print(f"  - {check.name}: {check.detail}", markup=False)
+            console.print(terminal.cell(f"  - {check.name}: {check.detail}"))
 
 
 async def _verify(args: argparse.Namespace, settings: Settings) -> int:

@@ -43,6 +43,7 @@ from rich.table import Table
 from webhook_worker import local_services, redis_check
 from webhook_worker.config import Settings, redact_url
 from webhook_worker.db import host, migrations, privileges, store
+from webhook_worker.db.queries import bind_users_table
 from webhook_worker.errors import (
     ConfigError,
     MigrationError,
@@ -244,16 +245,20 @@ async def _host(
     conn: asyncpg.Connection, settings: Settings, args: argparse.Namespace, report: Report
 ) -> bool:
     """Print the host `users` shape and the choices made; refuse an unsupported one."""
-    shape = await host.inspect_host(conn, settings.users_tenant_column)
+    shape, problems = await host.inspect_configured(
+        conn,
+        settings.users_table,
+        settings.users_tenant_column,
+        settings.users_version_column,
+    )
     recorded = await host.recorded_shape(conn)
     console = _console()
     for line in shape.describe(recorded):
-        console.print(f"host: {line}", markup=False)
-    problems = shape.problems()
+        console.print(terminal.cell(f"host: {line}"))
     if problems and not args.rollback:
         report.add("host users", "FAIL", "; ".join(problems))
         return False
-    report.add("host users", "ok", f"users.id {shape.key_type}")
+    report.add("host users", "ok", f"{shape.table}.id {shape.key_type}")
     return True
 
 
@@ -266,6 +271,7 @@ async def _migrate(
                 conn,
                 to=args.to,
                 drop_data=args.drop_data,
+                users_table=settings.users_table,
                 lock_timeout=settings.migration_lock_timeout_seconds,
                 on_wait=_say,
             )
@@ -275,6 +281,8 @@ async def _migrate(
         done = await migrations.migrate_up(
             conn,
             tenant_column=settings.users_tenant_column,
+            users_table=settings.users_table,
+            version_column=settings.users_version_column,
             lock_timeout=settings.migration_lock_timeout_seconds,
             on_wait=_say,
         )
@@ -300,6 +308,8 @@ async def _verify(conn: asyncpg.Connection, settings: Settings, report: Report) 
         conn,
         stale_after_seconds=settings.stale_after_seconds,
         tenant_column=settings.users_tenant_column,
+        users_table=settings.users_table,
+        version_column=settings.users_version_column,
     )
     print_verify_report(result)
     if result.ok:
@@ -439,7 +449,7 @@ def _print_report(report: Report) -> None:
     table.add_column("result", no_wrap=True)
     table.add_column("detail")
     for step in report.steps:
-        table.add_row(step.name, step.status, step.detail)
+        terminal.row(table, step.name, step.status, step.detail)
     console = _console()
     console.print(table)
     console.print("deploy PASSED" if report.ok else "deploy FAILED")
@@ -462,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings, note = local_services.load_settings(os.environ)
         if note:
             print(note, file=sys.stderr)
+        bind_users_table(settings.users_table)
         configure_logging(settings.log_format, settings.log_level)
         log_deprecations(settings.deprecations)
         terminal.quiet_http_logs()

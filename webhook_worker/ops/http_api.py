@@ -18,15 +18,14 @@ or wrong token gets 401 before any database work. Handlers find the asyncpg pool
 Bad input (including dates out of range) is 400 with `{"error": …}`; Postgres unreachable is
 503. Every replay is logged with who asked (the token's name and the client address), when,
 and the event ids (or the filters and the count). An address that keeps failing the token
-check is slowed down (`AuthThrottle`) so guessing is slow even from one host.
+check is answered only at its turn (`throttle.LoginThrottle`, shared with the console's
+login): globally one at a time and slower per address, so parallel guessing is no faster
+than serial; a right token is never delayed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +41,7 @@ from webhook_worker.db import store
 from webhook_worker.errors import ConfigError, PermanentError, TransientError
 from webhook_worker.ops import audit, listing, values
 from webhook_worker.ops import replay as event_replay
+from webhook_worker.ops.throttle import LoginThrottle
 
 log = structlog.get_logger("webhook_worker.ops.http_api")
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -78,59 +78,19 @@ def _authorised(request: Request, operators: tuple[tuple[str, str], ...]) -> str
     return match_operator(given.strip(), operators)
 
 
-class AuthThrottle:
-    """Per client address: after `free` failed token checks within `window` seconds, each
-    further request from it waits `base * 2**(excess-1)` seconds (capped) before it is
-    checked. Bounded memory: at most `max_addresses` addresses, oldest forgotten first."""
-
-    def __init__(
-        self,
-        *,
-        free: int = 5,
-        window: float = 60.0,
-        base: float = 0.25,
-        cap: float = 5.0,
-        max_addresses: int = 10_000,
-    ) -> None:
-        self._free, self._window, self._base, self._cap = free, window, base, cap
-        self._max = max_addresses
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
-
-    def delay(self, address: str) -> float:
-        count, first = self._failures.get(address, (0, 0.0))
-        if count <= self._free or time.monotonic() - first > self._window:
-            return 0.0
-        return float(min(self._cap, self._base * 2 ** (count - self._free - 1)))
-
-    def failed(self, address: str) -> None:
-        now = time.monotonic()
-        count, first = self._failures.pop(address, (0, now))
-        if now - first > self._window:
-            count, first = 0, now
-        self._failures[address] = (count + 1, first)
-        while len(self._failures) > self._max:
-            self._failures.popitem(last=False)
-
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
-
-
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _guard(settings: Settings, handler: Endpoint, throttle: AuthThrottle) -> Endpoint:
+def _guard(settings: Settings, handler: Endpoint, throttle: LoginThrottle) -> Endpoint:
     operators = settings.operators
 
     async def endpoint(request: Request) -> Response:
         client = _client(request)
-        delay = throttle.delay(client)
-        if delay:
-            await asyncio.sleep(delay)
         operator = _authorised(request, operators)
         if operator is None:
-            throttle.failed(client)
             log.warning("ops_request_refused", path=request.url.path, client=client)
+            await throttle.failed(client)
             return _error(401, "unauthorised", {"WWW-Authenticate": 'Bearer realm="ops"'})
         throttle.succeeded(client)
         request.state.settings = settings
@@ -319,11 +279,11 @@ async def replay(request: Request) -> Response:
     return _JSON(result.as_dict())
 
 
-def ops_routes(settings: Settings, throttle: AuthThrottle | None = None) -> list[BaseRoute]:
+def ops_routes(settings: Settings, throttle: LoginThrottle | None = None) -> list[BaseRoute]:
     """Routes under /ops; none at all (so 404) when neither OPS_TOKEN nor OPS_USERS is set."""
     if not settings.operators:
         return []
-    throttle = throttle or AuthThrottle()
+    throttle = LoginThrottle() if throttle is None else throttle
 
     def guarded(handler: Endpoint) -> Endpoint:
         return _guard(settings, handler, throttle)

@@ -80,9 +80,22 @@ def checkout_session_event(
     livemode: bool = False,
     mode: str = "payment",
     subscription: str | None = None,
+    amount_tax: int = 0,
+    amount_shipping: int = 0,
+    tax_on_top: bool = True,
+    currency: str = "usd",
+    presentment: tuple[int, str] | None = None,
+    invoice: str | None = None,
+    api_version: str = API_VERSION,
+    created: int | None = None,
 ) -> dict[str, Any]:
     """A `checkout.session.*` event; `credits` goes to `metadata.credits` when given. A
-    `mode="subscription"` session has a `subscription` and no `payment_intent`."""
+    `mode="subscription"` session has a `subscription` and no `payment_intent`.
+
+    `amount_total` is what the customer paid, tax and shipping included: a tax added on top
+    (`tax_on_top`) is not part of `amount_subtotal`, an included one is. `presentment`
+    (amount, currency) is basil's Adaptive Pricing `presentment_details`; `invoice` a
+    post-payment invoice (`invoice_creation.enabled`)."""
     session = stripe_object("checkout.session")
     meta = dict(metadata or {})
     if credits is not None:
@@ -92,8 +105,13 @@ def checkout_session_event(
         payment_status=payment_status,
         status="complete",
         amount_total=amount_total,
-        amount_subtotal=amount_total,
-        currency="usd",
+        amount_subtotal=amount_total - amount_shipping - (amount_tax if tax_on_top else 0),
+        total_details={
+            "amount_discount": 0,
+            "amount_shipping": amount_shipping,
+            "amount_tax": amount_tax,
+        },
+        currency=currency,
         client_reference_id=client_reference_id,
         metadata=meta,
         customer=customer,
@@ -104,14 +122,29 @@ def checkout_session_event(
     )
     if mode == "subscription":
         session.update(payment_intent=None, subscription=subscription or new_id("sub"))
+    session["currency_conversion"] = None  # Adaptive Pricing before basil: not used here
+    session["presentment_details"] = None
+    if presentment is not None:
+        session["presentment_details"] = {
+            "presentment_amount": presentment[0],
+            "presentment_currency": presentment[1],
+        }
+    session["invoice_creation"]["enabled"] = invoice is not None
+    session["invoice"] = invoice
     session["customer_details"]["email"] = email
     return event_envelope(
-        event_type, session, event_id=event_id, account=account, livemode=livemode
+        event_type,
+        session,
+        event_id=event_id,
+        account=account,
+        livemode=livemode,
+        api_version=api_version,
+        created=created,
     )
 
 
 # The API versions the money-flow fixtures are built for: the shape of a released
-# authorization changed with basil (see handlers.charge_snapshot).
+# authorization changed with basil (see money.stripe_shapes.charge_snapshot).
 PRE_BASIL = "2024-06-20"
 BASIL = "2025-03-31.basil"
 
@@ -129,6 +162,7 @@ def charge_refunded_event(
     created: int | None = None,
     api_version: str = API_VERSION,
     event_type: str = "charge.refunded",
+    currency: str = "usd",
 ) -> dict[str, Any]:
     """A `charge.refunded` (or `charge.captured`) event; `amount_refunded` is cumulative, as
     Stripe sends it.
@@ -147,7 +181,7 @@ def charge_refunded_event(
         refunded=amount_refunded >= amount,
         payment_intent=payment_intent,
         customer=customer,
-        currency="usd",
+        currency=currency,
         livemode=False,
     )
     return event_envelope(
@@ -164,9 +198,10 @@ def _charge_child_event(
     object_id: str | None,
     amount: int,
     status: str,
-    created: int | None,
-    event_id: str | None,
-    api_version: str,
+    created: int | None = None,
+    event_id: str | None = None,
+    api_version: str = API_VERSION,
+    currency: str = "usd",
 ) -> dict[str, Any]:
     """An event about an object that hangs off a charge (a `refund`, a `dispute`): Stripe's
     sample object with its id, amount, status, payment intent and `fields` set."""
@@ -177,7 +212,7 @@ def _charge_child_event(
         status=status,
         payment_intent=payment_intent,
         charge=new_id("ch"),
-        currency="usd",
+        currency=currency,
         **fields,
     )
     return event_envelope(
@@ -193,11 +228,10 @@ def refund_event(
     status: str = "failed",
     event_type: str = "charge.refund.updated",
     refund_created: int | None = None,
-    created: int | None = None,
-    event_id: str | None = None,
-    api_version: str = API_VERSION,
+    **envelope: Any,
 ) -> dict[str, Any]:
-    """A `charge.refund.updated` / `refund.updated` / `refund.failed` event (a Refund)."""
+    """A `charge.refund.updated` / `refund.updated` / `refund.failed` event (a Refund);
+    `envelope`: `created`, `event_id`, `api_version`, `currency` (see `_charge_child_event`)."""
     fields: dict[str, Any] = {
         "created": refund_created if refund_created is not None else int(time.time())
     }
@@ -211,9 +245,7 @@ def refund_event(
         object_id=refund_id,
         amount=amount,
         status=status,
-        created=created,
-        event_id=event_id,
-        api_version=api_version,
+        **envelope,
     )
 
 
@@ -224,23 +256,40 @@ def dispute_event(
     amount: int = 1000,
     status: str = "needs_response",
     event_type: str = "charge.dispute.created",
-    created: int | None = None,
-    event_id: str | None = None,
-    api_version: str = API_VERSION,
+    balance_transactions: list[int] | None = None,
+    currency: str = "usd",
+    **envelope: Any,
 ) -> dict[str, Any]:
-    """A `charge.dispute.*` event (a Dispute); `status` as Stripe sets it for that event."""
+    """A `charge.dispute.*` event (a Dispute); `status` as Stripe sets it for that event.
+    `balance_transactions`: the amounts of the dispute's balance transactions (negative:
+    withdrawn, positive: reinstated), in the dispute's currency; `envelope`: `created`,
+    `event_id`, `api_version`."""
     inquiry = status.startswith("warning_")
+    transactions = [
+        {
+            "id": new_id("txn"),
+            "object": "balance_transaction",
+            "amount": moved,
+            "currency": currency,
+            "type": "adjustment",
+            "reporting_category": "dispute" if moved < 0 else "dispute_reversal",
+        }
+        for moved in balance_transactions or []
+    ]
     event = _charge_child_event(
         "dispute",
         event_type,
-        {"is_charge_refundable": inquiry, "livemode": False},
+        {
+            "is_charge_refundable": inquiry,
+            "livemode": False,
+            "balance_transactions": transactions,
+        },
         payment_intent=payment_intent,
         object_id=dispute_id,
         amount=amount,
         status=status,
-        created=created,
-        event_id=event_id,
-        api_version=api_version,
+        currency=currency,
+        **envelope,
     )
     card = event["data"]["object"]["payment_method_details"]["card"]
     card["case_type"] = "inquiry" if inquiry else "chargeback"
@@ -345,11 +394,13 @@ def invoice_paid_event(
     period: tuple[int, int] | None = None,
     account: str | None = None,
     livemode: bool = False,
+    one_off: bool = False,
 ) -> dict[str, Any]:
     """An `invoice.paid` event for a subscription invoice (a renewal by default), in the shape
     of `api_version`: before basil the invoice carries `subscription`, `charge`,
     `payment_intent` and `subscription_details`; from basil on those are gone (payments
-    are invoice payments) and the subscription is under `parent.subscription_details`."""
+    are invoice payments) and the subscription is under `parent.subscription_details`.
+    `one_off`: an invoice of no subscription (a Checkout Session's post-payment invoice)."""
     invoice = stripe_object("invoice")
     invoice_id = invoice_id or new_id("in")
     subscription = subscription or new_id("sub")
@@ -412,6 +463,11 @@ def invoice_paid_event(
             payment_intent=payment_intent or new_id("pi"),
             paid=True,
         )
+    if one_off:
+        invoice.update(parent=None, subscription=None, subscription_details=None)
+        for line in lines:
+            line["subscription"] = None
+            line.pop("parent", None)
     return event_envelope(
         "invoice.paid",
         invoice,

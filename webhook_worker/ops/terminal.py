@@ -1,10 +1,20 @@
 """What the ops commands print with: a console sized for logs, JSON, quiet HTTP clients,
-and tables that keep ids and statuses whole at any width."""
+tables that keep ids and statuses whole at any width, and the one way event data reaches
+the terminal (`cell`, `row`, `plain`, and `fit_table`, which uses them).
+
+Event data is attacker-controlled text (a Stripe customer chose the metadata, the email,
+the type of a forged-but-stored event). Printed through Rich, `[reverse]…[/reverse]` would
+restyle the output and an ESC sequence could rewrite the screen, hide a line or set the
+window title. So every value from an event, a ledger row or a check is shown as a Rich
+`Text` (never parsed as markup) with control characters — C0, DEL, C1, line and paragraph
+separators and bidi overrides — shown as visible `\\xNN` / `\\uNNNN` escapes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -31,8 +41,35 @@ def console(*, wide: bool = False) -> Console:
     return Console(highlight=False, width=_WIDE if wide else None)
 
 
+# In one line: every control character. In a block (indented JSON): all but the newline.
+_CONTROL_INLINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL_BLOCK = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def plain(value: object, *, block: bool = False) -> str:
+    """`value` as text with every control character made visible (`-` for None)."""
+    text = "-" if value is None else str(value)
+    return (_CONTROL_BLOCK if block else _CONTROL_INLINE).sub(_visible, text)
+
+
+def cell(value: object, style: str = "") -> Text:
+    """A table cell or line part that Rich prints as is: no markup, no control character."""
+    return value if isinstance(value, Text) else Text(plain(value), style=style)
+
+
+def row(table: Table, *values: object) -> None:
+    """`table.add_row` with every value through `cell`."""
+    table.add_row(*(cell(value) for value in values))
+
+
 def print_json(value: Any) -> None:
-    print(orjson.dumps(values.jsonable(value), option=orjson.OPT_INDENT_2).decode())
+    text = orjson.dumps(values.jsonable(value), option=orjson.OPT_INDENT_2).decode()
+    print(plain(text, block=True))
 
 
 def quiet_http_logs() -> None:
@@ -70,7 +107,9 @@ def fit_table(
     width: int,
     wide: bool = False,
 ) -> Table:
-    """A table no wider than `width` whose required columns are never cut."""
+    """A table no wider than `width` whose required columns are never cut; every cell is
+    event data shown as text (`plain`)."""
+    rows = [[plain(value) for value in row] for row in rows]
     natural = [
         max([len(col.header), *(len(row[i]) for row in rows)]) for i, col in enumerate(columns)
     ]

@@ -12,133 +12,16 @@ from webhook_worker.db import host, migrations, privileges
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import MigrationError
+from webhook_worker.identifier import DEFAULT_USERS_TABLE, TableName
+from webhook_worker.ops import expected_schema, host_checks, webhook_endpoints
 from webhook_worker.worker import scope
 
-# What the schema contract names (README "Schema and migrations"), checked by `verify`; as in
-# sql/migrations/
-EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "users": (
-        "id",
-        "uuid",
-        "email",
-        "stripe_customer_id",
-        "credits_balance",
-        "created_at",
-        "updated_at",
-    ),
-    "stripe_events": (
-        "event_id",
-        "type",
-        "livemode",
-        "api_version",
-        "account",
-        "stripe_created_at",
-        "received_at",
-        "raw_data",
-        "processing_status",
-        "status_reason",
-        "source",
-        "waiting_for",
-        "attempts",
-        "next_attempt_at",
-        "error_message",
-        "processed_at",
-        "updated_at",
-    ),
-    "credit_transactions": (
-        "user_id",
-        "amount",
-        "balance_after",
-        "transaction_type",
-        "event_id",
-        "checkout_session_id",
-        "payment_intent_id",
-        "description",
-        "idempotency_key",
-        "created_at",
-    ),
-    "credit_holds": (
-        "user_id",
-        "idempotency_key",
-        "amount",
-        "state",
-        "actual",
-        "hold_transaction_id",
-        "release_transaction_id",
-        "expires_at",
-    ),
-    "schema_migrations": ("version", "name", "checksum", "applied_at"),
-    "reconcile_runs": ("trigger", "window_start", "window_end", "status", "events_recovered"),
-    "reconcile_lease": ("name", "holder", "expires_at"),
-    "payment_states": ("payment_intent_id", "captured", "refunded", "refunded_as_of", "taken"),
-    "payment_refund_failures": ("refund_id", "payment_intent_id", "amount", "failed_at"),
-    "payment_disputes": ("dispute_id", "payment_intent_id", "amount", "stage", "status"),
-    "credit_note_refunds": (
-        "credit_note_id",
-        "refund_id",
-        "payment_intent_id",
-        "invoice_id",
-        "amount",
-        "event_id",
-    ),
-}
-
-
-# Values the status and type checks must accept (migrations 0013, 0014, 0025).
-EXPECTED_CHECK_VALUES: dict[str, tuple[str, ...]] = {
-    "stripe_events_status_check": ("waiting",),
-    "credit_transactions_type_check": (
-        "REFUND_REVERSAL",
-        "DISPUTE",
-        "DISPUTE_REVERSAL",
-        "HOLD",
-        "HOLD_RELEASE",
-        "SHORTFALL_COLLECTION",
-    ),
-}
-
-
-EXPECTED_CONSTRAINTS: dict[str, str] = {
-    "credits_balance_nonneg": "users.credits_balance >= 0",
-    "stripe_events_event_id_key": "stripe_events.event_id unique",
-    "stripe_events_status_check": "stripe_events.processing_status values",
-    "credit_transactions_event_id_key": "credit_transactions.event_id unique",
-    "credit_transactions_amount_nonzero": "credit_transactions.amount <> 0",
-    "credit_transactions_type_check": "credit_transactions.transaction_type values",
-    "credit_transactions_user_id_fkey": "credit_transactions.user_id -> users",
-    "credit_transactions_event_id_fkey": "credit_transactions.event_id -> stripe_events",
-}
-
-
-EXPECTED_INDEXES: dict[str, str] = {
-    "users_uuid_key": "users.uuid unique",
-    "users_email_lower_key": "users.email unique case-insensitively",
-    "users_stripe_customer_id_key": "users.stripe_customer_id unique",
-    "stripe_events_status_received_at_idx": "stripe_events by status, oldest first",
-    "credit_transactions_one_purchase_per_session": "one PURCHASE per checkout session",
-    "credit_transactions_one_purchase_per_payment_intent": "one PURCHASE per payment intent",
-    "credit_transactions_one_credit_per_invoice": "one SUBSCRIPTION_CREDIT per invoice",
-    "credit_transactions_one_expiry_per_invoice": "one EXPIRY per invoice",
-    "stripe_events_received_at_id_idx": "the console's event list, newest first (0046; an "
-    "invalid index from a failed concurrent build counts as missing: migrate again)",
-    "stripe_events_email_trigrams_idx": "the console's email search (0046)",
-    "credit_transactions_user_idempotency_key": "one spending call per user and idempotency key",
-    "credit_transactions_one_release_per_hold": "a hold goes back at most once",
-}
-
-
-EXPECTED_FUNCTIONS: dict[str, str] = {
-    "ledger_lock_key": "the user's int4 advisory-lock key",
-    "ledger_credit": "one purchase credited under the user's lock",
-    "ledger_credit_many": "a batch of purchases credited in one commit",
-    "credits_spend": "spending: a USAGE row under the user's lock (docs/spending.md)",
-    "credits_grant": "spending: a BONUS row",
-    "credits_adjust": "spending: an ADJUSTMENT row with its reason",
-    "credits_hold": "spending: a HOLD row",
-    "credits_settle": "spending: a hold kept in part, the rest back",
-    "credits_release": "spending: a hold given back",
-    "credits_release_expired": "the worker's cron: expired holds released once",
-}
+# The schema contract `verify` checks: webhook_worker.ops.expected_schema.
+EXPECTED_COLUMNS = expected_schema.EXPECTED_COLUMNS
+EXPECTED_CHECK_VALUES = expected_schema.EXPECTED_CHECK_VALUES
+EXPECTED_CONSTRAINTS = expected_schema.EXPECTED_CONSTRAINTS
+EXPECTED_INDEXES = expected_schema.EXPECTED_INDEXES
+EXPECTED_FUNCTIONS = expected_schema.EXPECTED_FUNCTIONS
 
 
 _SAMPLE = 50
@@ -184,23 +67,24 @@ async def _verify_schema(
     present: dict[str, set[str]] = {}
     for row in rows:
         present.setdefault(row["table_name"], set()).add(row["column_name"])
-    complete: set[str] = set()
-    for table, columns in EXPECTED_COLUMNS.items():
-        if table not in present:
-            report.add(f"table {table}", False, f"table {table} is missing")
-            continue
-        missing = [column for column in columns if column not in present[table]]
-        if missing:
-            report.add(f"table {table}", False, f"{table} lacks column(s): {', '.join(missing)}")
-        else:
-            report.add(f"table {table}", True, f"{len(columns)} columns present")
-            complete.add(table)
+    # The host's table is found by USERS_TABLE, not by name in the current schema.
+    present.pop("users", None)
+    if shape.exists:
+        present["users"] = {c.name for c in shape.columns}
+    complete = _verify_columns(report, present)
     constraints = {row["name"] for row in await conn.fetch(query("ops_schema_constraints"))}
-    for name, meaning in EXPECTED_CONSTRAINTS.items():
+    indexes = {row["name"] for row in await conn.fetch(query("ops_schema_indexes"))}
+    if shape.exists:
+        on_users = {
+            row["name"] for row in await conn.fetch(query("host_users_objects"), shape.table.sql)
+        }
+        constraints |= on_users
+        indexes |= on_users
+    view = shape.kind == "view"
+    for name, meaning in {**EXPECTED_CONSTRAINTS, **host_checks.users_constraints(view)}.items():
         found = name in constraints
         report.add(f"constraint {name}", found, meaning if found else f"missing ({meaning})")
-    indexes = {row["name"] for row in await conn.fetch(query("ops_schema_indexes"))}
-    for name, meaning in _expected_indexes(tenant).items():
+    for name, meaning in {**host_checks.users_indexes(tenant, view), **EXPECTED_INDEXES}.items():
         found = name in indexes
         report.add(f"index {name}", found, meaning if found else f"missing ({meaning})")
     if tenant is not None and "users_email_lower_key" in indexes:
@@ -233,13 +117,19 @@ async def _verify_schema(
     return complete
 
 
-def _expected_indexes(tenant: str | None) -> dict[str, str]:
-    """A multi-tenant users gets a plain lower(email) index instead of the unique one."""
-    if tenant is None:
-        return EXPECTED_INDEXES
-    expected = {k: v for k, v in EXPECTED_INDEXES.items() if k != "users_email_lower_key"}
-    expected["users_email_lower_idx"] = f"users.email lookups (unique per users.{tenant})"
-    return expected
+def _verify_columns(report: VerifyReport, present: dict[str, set[str]]) -> set[str]:
+    complete: set[str] = set()
+    for table, columns in EXPECTED_COLUMNS.items():
+        if table not in present:
+            report.add(f"table {table}", False, f"table {table} is missing")
+            continue
+        missing = [column for column in columns if column not in present[table]]
+        if missing:
+            report.add(f"table {table}", False, f"{table} lacks column(s): {', '.join(missing)}")
+        else:
+            report.add(f"table {table}", True, f"{len(columns)} columns present")
+            complete.add(table)
+    return complete
 
 
 def _verify_users_insertable(shape: host.HostShape, report: VerifyReport) -> None:
@@ -287,16 +177,15 @@ _LOCK_SAMPLES: dict[host.KeyFamily, tuple[host.UserId, ...]] = {
 
 
 async def _verify_host(
-    conn: Connection, report: VerifyReport, shape: host.HostShape
+    conn: Connection, report: VerifyReport, shape: host.HostShape, problems: list[str]
 ) -> dict[str, Any] | None:
     """The host shape found, what migrations recorded, and the lock key function."""
     recorded = await host.recorded_shape(conn)
     report.host_shape = shape.describe(recorded)
-    problems = shape.problems()
     report.add(
         "host users",
         not problems,
-        "; ".join(problems) if problems else f"users.id {shape.key_type} is supported",
+        "; ".join(problems) if problems else f"{shape.table}.id {shape.key_type} is supported",
     )
     family = shape.key_family
     if recorded is None or recorded.get("key_type") is None or family is None:
@@ -321,6 +210,8 @@ async def _verify_host(
     else:
         report.add("host shape recorded", True, f"ledger user_id {recorded['ledger_key_type']}")
     await _verify_lock_key(conn, report, family, recorded)
+    host_checks.check_users_table(report.add, shape, recorded)
+    await host_checks.check_function_sources(conn, report.add, shape, family, recorded)
     return recorded
 
 
@@ -460,6 +351,8 @@ async def verify(
     stale_after_seconds: int,
     tenant_column: str | None = None,
     settings: Settings | None = None,
+    users_table: TableName | None = None,
+    version_column: str | None = None,
 ) -> VerifyReport:
     """The deployment check: the host's users supported and recorded, the lock key agreeing
     with Python, contract schema present, balances match ledgers, none stuck; with
@@ -468,12 +361,26 @@ async def verify(
     if settings is not None:
         check_scope(report, settings)
     with translate_errors("verifying the database"):
-        shape = await host.inspect_host(conn, tenant_column)
-        recorded = await _verify_host(conn, report, shape)
+        if users_table is None:
+            users_table = settings.users_table if settings is not None else DEFAULT_USERS_TABLE
+        if version_column is None and settings is not None:
+            version_column = settings.users_version_column
+        shape, problems = await host.inspect_configured(
+            conn, users_table, tenant_column, version_column
+        )
+        recorded = await _verify_host(conn, report, shape, problems)
         tenant = recorded.get("tenant_column") if recorded else shape.tenant_column
         complete = await _verify_schema(conn, report, shape, tenant)
         if settings is not None and settings.stripe_api_key and "reconcile_runs" in complete:
             await _verify_reconcile(conn, report, settings)
         await _verify_migrations(conn, report)
         await _verify_data(conn, report, complete, stale_after_seconds)
+    if settings is not None and settings.stripe_api_key:
+        warning = await webhook_endpoints.subscription_warning(settings)
+        report.add(
+            "webhook subscriptions",
+            True,
+            warning or "the webhook endpoints subscribe to every event the money rules need",
+            warning=warning is not None,
+        )
     return report

@@ -17,7 +17,9 @@ connection) — not an ASGI middleware on every request:
 
 The bytes of bodies held in memory at once are bounded in the app (`receiver.BodyBudget`).
 This subclasses uvicorn's protocol and relies on its per-connection attributes (`cycle`,
-`transport`, `parser`); `requirements.lock` pins the uvicorn it was written against and
+`transport`, `parser`): the one deliberate private coupling of the receiver. pyproject.toml
+pins the uvicorn it was written against, `tests/test_uvicorn_contract.py` fails on a uvicorn
+that renames or reshapes what it overrides or reads, and
 `tests/integration/test_hostile_clients.py` exercises every bound against a real server.
 """
 

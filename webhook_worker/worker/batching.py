@@ -26,6 +26,7 @@ from webhook_worker.coalesce import Coalescer
 from webhook_worker.db import store
 from webhook_worker.db.host import UserId
 from webhook_worker.errors import PermanentError, TransientError
+from webhook_worker.money.ledger_rows import CreditResult, Purchase
 from webhook_worker.worker import ledger, resolver
 
 Row = dict[str, Any] | None
@@ -168,7 +169,7 @@ class WorkerBatches:
         self.lookup: _Coalesced[resolver.Candidate, UserId | None] = _Coalesced(
             pool, "lookup", "looking up users", resolver.lookup_user, resolver.lookup_users, **sizes
         )
-        self.credit: _Coalesced[ledger.Purchase, ledger.CreditResult] = _Coalesced(
+        self.credit: _Coalesced[Purchase, CreditResult] = _Coalesced(
             pool,
             "credit",
             "crediting purchases",

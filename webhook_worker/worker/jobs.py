@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 from arq import cron, func
+from arq.constants import job_key_prefix
 from arq.cron import CronJob
 
 from webhook_worker import internal_listener as internal
@@ -38,10 +39,10 @@ from webhook_worker.config import Settings
 from webhook_worker.db import recovery, store
 from webhook_worker.db.queries import query
 from webhook_worker.errors import PermanentError, TransientError
+from webhook_worker.job_format import UNDECODABLE_JOB, dump_job, load_job
 from webhook_worker.log import get_logger, redact_text
-from webhook_worker.worker import handlers, payments, reconcile
-from webhook_worker.worker.batching import WorkerBatches
-from webhook_worker.worker.postgres_money_store import PostgresMoneyStore
+from webhook_worker.worker import handlers, postgres_money_store, reconcile
+from webhook_worker.worker.resources import WorkerResources, lease_seconds, resources
 
 log = get_logger("webhook_worker.worker")
 
@@ -111,20 +112,16 @@ async def _release(pool: store.Pool, event_id: str, message: str, delay_seconds:
         return False
 
 
-def lease_seconds(settings: Settings) -> float:
-    """How long a claimed event belongs to its job (see `store.LEASE_MARGIN_S`)."""
-    return settings.job_timeout_seconds + store.LEASE_MARGIN_S
-
-
 class _EventRun:
     """One event of a `process_stripe_events` job: its state for the canonical log line."""
 
     def __init__(self, ctx: dict[str, Any], event_id: str) -> None:
         self.ctx = ctx
-        self.settings: Settings = ctx["settings"]
-        self.pool: store.Pool = ctx["pool"]
-        self.handler_context: handlers.HandlerContext = ctx["handler_context"]
-        self.batches: WorkerBatches = ctx["batches"]
+        shared = resources(ctx)
+        self.settings = shared.settings
+        self.pool = shared.pool
+        self.handler_context = shared.handler_context
+        self.batches = shared.batches
         self.event_id = event_id
         self.job_try = int(ctx.get("job_try") or 1)
         self.started = time.perf_counter()
@@ -238,7 +235,7 @@ async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> di
     Each event's own outcome (`completed`, `ignored`, `waiting`, `failed`, `retried`, or
     `skipped` when another job has it or it is final) never affects the others.
     """
-    slots: asyncio.Semaphore = ctx["event_slots"]  # see open_resources
+    slots = resources(ctx).event_slots  # see WorkerResources
 
     async def in_a_slot(event_id: str) -> str:
         async with slots:
@@ -255,9 +252,9 @@ async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> di
 
 async def _warn_foreign(ctx: dict[str, Any], event_ids: list[str]) -> None:
     """Events this database never stored came from another deployment sharing the queue."""
-    settings: Settings = ctx["settings"]
+    settings, pool = resources(ctx).settings, resources(ctx).pool
     try:
-        async with store.acquire(ctx["pool"], "looking events up") as conn:
+        async with store.acquire(pool, "looking events up") as conn:
             foreign = await recovery.unknown_events(conn, event_ids)
     except (TransientError, PermanentError):
         return
@@ -271,6 +268,13 @@ async def _warn_foreign(ctx: dict[str, Any], event_ids: list[str]) -> None:
         )
 
 
+async def drop_undecodable_job(ctx: dict[str, Any]) -> None:
+    """What runs instead of a job that is not JSON of ours (`job_format.load_job`): a pickle
+    queued before the upgrade or a value someone else wrote. Nothing of it is run; arq
+    drops it once this returns, and the sweeper enqueues any of its events again."""
+    log.warning("job_dropped", job_key=f"{job_key_prefix}{ctx.get('job_id')}")
+
+
 # --- cron: sweeper and pruner --------------------------------------------------------------
 
 
@@ -282,11 +286,13 @@ async def sweep_stale_events(ctx: dict[str, Any]) -> int:
     An event whose deferred retry is not yet due is left to its job, and a swept event is
     touched, so the next sweeps leave it to the job enqueued now (see `take_stale_events`).
     """
-    settings: Settings = ctx["settings"]
+    settings, pool = resources(ctx).settings, resources(ctx).pool
     try:
-        async with store.acquire(ctx["pool"], "sweeping stale events") as conn:
-            woken = await payments.wake_waiting(conn, SWEEP_BATCH)
-            expired = await payments.expire_waiting(conn, settings.wait_max_days, SWEEP_BATCH)
+        async with store.acquire(pool, "sweeping stale events") as conn:
+            woken = await postgres_money_store.wake_waiting(conn, SWEEP_BATCH)
+            expired = await postgres_money_store.expire_waiting(
+                conn, settings.wait_max_days, SWEEP_BATCH
+            )
             stale = await store.take_stale_events(
                 conn,
                 settings.stale_after_seconds,
@@ -320,9 +326,9 @@ async def prune_old_events(ctx: dict[str, Any]) -> int:
 
     Event ids, statuses and the ledger stay forever; failed events keep their payload.
     """
-    settings: Settings = ctx["settings"]
+    settings, pool = resources(ctx).settings, resources(ctx).pool
     try:
-        async with store.acquire(ctx["pool"], "pruning events") as conn:
+        async with store.acquire(pool, "pruning events") as conn:
             pruned = await store.prune_events(conn, settings.retention_days)
     except TransientError as exc:
         log.warning("prune_failed", error=_error_text(exc))
@@ -337,7 +343,7 @@ async def release_expired_holds(ctx: dict[str, Any]) -> int:
     cron and several workers' crons never give one back twice. Also refreshes the
     outstanding-shortfall gauge."""
     try:
-        async with store.acquire(ctx["pool"], "releasing expired holds") as conn:
+        async with store.acquire(resources(ctx).pool, "releasing expired holds") as conn:
             released = 0
             while True:
                 done = int(await conn.fetchval(query("credits_release_expired"), SWEEP_BATCH))
@@ -375,40 +381,24 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     ]
 
 
-# --- the process's resources and arq's arguments ------------------------------------------
+# --- the process's resources (worker.resources) and arq's arguments ----------------------
 
 
 async def open_resources(ctx: dict[str, Any]) -> None:
-    """Fill `ctx` with what the jobs share for the process lifetime: the Postgres pool, the
-    coalesced statements and the handlers' context; start the internal listener and the
+    """Put the process's `WorkerResources` in `ctx`; start the internal listener and the
     reconcile loop. `ctx` holds `settings`, and `redis` for the listener's readiness."""
     settings: Settings = ctx["settings"]
-    ctx["pool"] = await store.create_pool(settings)
-    batches = WorkerBatches(
-        ctx["pool"],
-        max_batch=settings.worker_batch_max,
-        max_jobs=settings.worker_max_jobs,
-        lease_seconds=lease_seconds(settings),
-        collect_shortfall=settings.shortfall_policy == "collect",
-    )
-    ctx["batches"] = batches
-    # WORKER_MAX_JOBS events in flight per process, however many jobs carry them: a deep
-    # backlog of 100-event jobs must not hold thousands of parsed payloads at once.
-    ctx["event_slots"] = asyncio.Semaphore(settings.worker_max_jobs)
-    ctx["handler_context"] = handlers.HandlerContext(
-        settings,
-        PostgresMoneyStore(
-            ctx["pool"], batches, collect_shortfall=settings.shortfall_policy == "collect"
-        ),
-    )
-    pool = ctx["pool"]
-    async with store.acquire(pool, "recording SHORTFALL_POLICY") as conn:
+    shared = WorkerResources.build(settings, await store.create_pool(settings))
+    ctx["resources"] = shared
+    async with store.acquire(shared.pool, "recording SHORTFALL_POLICY") as conn:
         await store.record_shortfall_policy(conn, settings.shortfall_policy)
     ctx["internal_listener"] = await internal.start(
-        settings, lambda: internal.readiness(pool, ctx["redis"]), "worker"
+        settings, lambda: internal.readiness(shared.pool, ctx["redis"]), "worker"
     )
     if settings.stripe_api_key and ctx.get("reconcile_cron", True):
-        ctx["reconcile_task"] = asyncio.create_task(reconcile.run_reconcile_cron(ctx))
+        ctx["reconcile_task"] = asyncio.create_task(
+            reconcile.run_reconcile_cron(settings, shared.pool, lambda: ctx.get("redis"))
+        )
     frozen = runtime.freeze_startup_heap() if ctx.get("freeze_heap") else 0
     log.info(
         "worker_started",
@@ -427,13 +417,10 @@ async def close_resources(ctx: dict[str, Any]) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
     await internal.stop(ctx.pop("internal_listener", None))
-    ctx.pop("handler_context", None)
-    batches: WorkerBatches | None = ctx.pop("batches", None)
-    if batches is not None:
-        await batches.drain()
-    pool: store.Pool | None = ctx.pop("pool", None)
-    if pool is not None:
-        await pool.close()
+    shared: WorkerResources | None = ctx.pop("resources", None)
+    if shared is not None:
+        await shared.batches.drain()
+        await shared.pool.close()
     log.info("worker_stopped")
 
 
@@ -442,7 +429,13 @@ def worker_options(settings: Settings, *, with_cron: bool = True) -> dict[str, A
     the supervisor adds the shared ctx; arq's on_startup/on_shutdown are not used)."""
     redis = replace(queue.redis_settings(settings), conn_retries=5, conn_retry_delay=1)
     return {
-        "functions": [func(process_stripe_events, name=queue.PROCESS_EVENTS_JOB)],
+        "functions": [
+            func(process_stripe_events, name=queue.PROCESS_EVENTS_JOB),
+            func(drop_undecodable_job, name=UNDECODABLE_JOB, max_tries=1),
+        ],
+        # Jobs are JSON, never pickle: a key written to Redis must not be code (job_format).
+        "job_serializer": dump_job,
+        "job_deserializer": load_job,
         "cron_jobs": cron_jobs(settings) if with_cron else None,
         "redis_settings": redis,
         "queue_name": settings.queue_name,

@@ -10,8 +10,8 @@ insert nothing, and then nothing else changes either. Money is `int` everywhere.
 Purchases run as one server-side call (`ledger_credit`, migration 0005): one round trip and
 one autocommit transaction, the lock held only inside the server. Refunds, refund failures,
 disputes, credit notes and invoices, rare and with more logic, use an explicit transaction
-(webhook_worker.worker.payments, webhook_worker.worker.subscriptions) and write their rows with
-`apply_row` (sql/queries/ledger.sql).
+(worker.postgres_money_store, worker.subscriptions) and write their rows with `apply_row`
+(sql/queries/ledger.sql).
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from datetime import datetime
 
 import asyncpg
 
+from webhook_worker.db import store
 from webhook_worker.db.host import UserId
 from webhook_worker.db.host import lock_key as lock_key  # re-exported: the user's int4 lock key
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import PermanentError
+from webhook_worker.money.ledger_rows import CreditResult, Purchase
 
 # "WWLG" as an int4: the ledger's advisory-lock space. Migrations use the one-bigint form,
 # a different lock space altogether.
@@ -56,22 +58,6 @@ async def lock_user(conn: Connection, user_id: UserId) -> None:
     """
     with translate_errors("locking a user's balance"):
         await conn.execute(query("ledger_lock_user"), LOCK_NAMESPACE, user_id)
-
-
-@dataclass(frozen=True)
-class Purchase:
-    user_id: UserId
-    credits: int
-    event_id: str
-    checkout_session_id: str | None  # None: a payment without Checkout (payment_intent.*)
-    payment_intent_id: str | None
-    description: str
-
-
-@dataclass(frozen=True)
-class CreditResult:
-    applied: bool  # False: this event or this checkout session was already credited
-    balance: int
 
 
 @dataclass(frozen=True)
@@ -117,6 +103,21 @@ async def apply_row(
     if balance != row["balance_after"]:  # someone changed the balance without the lock
         raise PermanentError(_balance_moved(user_id))
     return int(balance)
+
+
+def _purchase_row(
+    p: Purchase,
+) -> tuple[UserId, int, str, str | None, str | None, str | None, str]:
+    """A purchase's ledger columns, in the order of `ledger_credit` and `apply_row`."""
+    return (
+        p.user_id,
+        p.credits,
+        "PURCHASE",
+        p.event_id,
+        p.checkout_session_id,
+        p.payment_intent_id,
+        p.description,
+    )
 
 
 def _check_credits(purchase: Purchase) -> None:
@@ -169,13 +170,7 @@ async def credit_purchase(
         try:
             row = await conn.fetchrow(
                 query("ledger_credit_collect" if collect_shortfall else "ledger_credit"),
-                purchase.user_id,
-                purchase.credits,
-                "PURCHASE",
-                purchase.event_id,
-                purchase.checkout_session_id,
-                purchase.payment_intent_id,
-                purchase.description,
+                *_purchase_row(purchase),
             )
         except asyncpg.PostgresError as exc:
             if exc.sqlstate == BALANCE_MOVED_SQLSTATE:
@@ -187,3 +182,36 @@ async def credit_purchase(
             raise
     assert row is not None
     return CreditResult(applied=bool(row["applied"]), balance=int(row["balance"]))
+
+
+async def credit_invoiced_purchase(
+    conn: Connection, purchase: Purchase, *, collect_shortfall: bool = False
+) -> CreditResult:
+    """A PURCHASE that names its post-payment invoice, and the event's `completed` mark, in
+    one transaction under the user's lock. The invoice's row is unique among PURCHASE and
+    SUBSCRIPTION_CREDIT rows (migration 0020): whichever of the session and its
+    `invoice.paid` comes second inserts nothing. With `collect_shortfall`
+    (SHORTFALL_POLICY=collect) the user's shortfall is then paid, in the same transaction."""
+    _check_credits(purchase)
+    assert purchase.invoice_id is not None
+    with translate_errors("crediting a purchase with its invoice"):
+        async with conn.transaction():
+            await lock_user(conn, purchase.user_id)
+            exists = await conn.fetchval(query("ledger_user_balance"), purchase.user_id)
+            if exists is None:
+                raise PermanentError(
+                    f"user {purchase.user_id} does not exist; nothing was credited"
+                )
+            credited = await apply_row(
+                conn, *_purchase_row(purchase), InvoiceColumns(purchase.invoice_id)
+            )
+            if collect_shortfall and credited is not None:  # SHORTFALL_POLICY=collect
+                credited -= await conn.fetchval(
+                    query("credits_collect_shortfall"),
+                    purchase.user_id,
+                    f"shortfall collected from purchase {purchase.event_id}",
+                )
+            reason = None if credited is not None else "already_credited"
+            await store.finish_event(conn, purchase.event_id, "completed", reason=reason)
+    balance = int(exists) if credited is None else credited
+    return CreditResult(applied=credited is not None, balance=balance)

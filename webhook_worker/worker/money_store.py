@@ -5,12 +5,14 @@ keeps users, the ledger and each payment's state, and applies every change exact
 marking the event `completed` with it. Two implementations:
 - `PostgresMoneyStore` (worker/postgres_money_store.py): the service, on the pool and the
   worker's coalesced statements;
-- `InMemoryMoneyStore` (worker/memory_money_store.py): the unit tier, no service at all.
+- `InMemoryMoneyStore` (webhook_worker/testing.py, test support, not used by the service):
+  the unit tier, no service at all.
 `tests/money_cases.py` runs one table of cases through both.
 
-The shared rules are written once, outside any store: `resolver.resolve` (who paid),
-`handlers.credits_for` / `subscriptions.invoice_credits` (how many credits) and
-`payments.settle` (what a refund or a dispute takes back).
+The rules are written once, in webhook_worker.money, outside any store:
+`user_reference.resolve` (who paid), `checkout_pricing.credits_for` /
+`invoice_pricing.invoice_credits` (how many credits) and `takebacks.settle` (what a refund
+or a dispute takes back). Stores return facts (rows, states, balances), never decisions.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from webhook_worker.db.host import UserId
-from webhook_worker.worker.ledger import CreditResult, Purchase
-from webhook_worker.worker.payments import Applied, Change, Family
-from webhook_worker.worker.resolver import Candidate, Resolution
-from webhook_worker.worker.subscriptions import InvoiceCredit, InvoiceCredited
+from webhook_worker.money import UserId
+from webhook_worker.money.ledger_rows import CreditResult, InvoiceCredit, InvoiceCredited, Purchase
+from webhook_worker.money.takebacks import Applied, Change, Family
+from webhook_worker.money.user_reference import Candidate, Resolution
 
 __all__ = [
     "Applied",
@@ -63,6 +64,11 @@ class MoneyStore(Protocol):
         """The payment intent the invoice's credit holds after linking; None: not credited."""
         ...
 
+    async def invoice_credited(self, invoice_id: str) -> bool:
+        """Whether the invoice is credited already (by its own row or, for a Checkout
+        Session's post-payment invoice, by the session's PURCHASE)."""
+        ...
+
     async def invoice_payment_intent(self, invoice_id: str) -> str | None:
         """The payment intent that paid a credited invoice; None: not credited, or (basil)
         not linked by `invoice_payment.paid` yet."""
@@ -72,7 +78,7 @@ class MoneyStore(Protocol):
         self, event_id: str, family: Family, change: Change, description: str
     ) -> Applied | None:
         """Record a refund / refund failure / dispute / credit note change and settle the ledger
-        (`payments.settle`); None when the payment's purchase is not in the ledger."""
+        (`takebacks.settle`); None when the payment's purchase is not in the ledger."""
         ...
 
     async def park(self, event_id: str, waiting_for: str, reason: str) -> None:

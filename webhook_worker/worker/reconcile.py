@@ -399,17 +399,18 @@ async def reconcile_from_watermark(
             await source.close()
 
 
-async def run_reconcile_cron(ctx: dict[str, Any]) -> None:
+async def run_reconcile_cron(
+    settings: Settings, pool: store.Pool, redis: Callable[[], ArqRedis | None]
+) -> None:
     """The worker's reconcile loop: every RECONCILE_INTERVAL_SECONDS, until cancelled.
 
     A background task of the worker process rather than an arq cron job: a run may page for
     minutes, and an arq function's timeout lengthens the in-progress key of every job.
     """
-    settings: Settings = ctx["settings"]
     while True:
         await asyncio.sleep(settings.reconcile_interval_seconds)
         try:
-            await reconcile_from_watermark(ctx["pool"], ctx.get("redis"), settings)
+            await reconcile_from_watermark(pool, redis(), settings)
         except ReconcileError as exc:
             log.error("reconcile_failed", reason="auth", error=str(exc))
         except WebhookWorkerError as exc:

@@ -40,6 +40,7 @@ from webhook_worker.db import recovery
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger, redact_text
 from webhook_worker.worker import jobs
+from webhook_worker.worker.resources import lease_seconds, resources
 
 log = get_logger("webhook_worker.worker")
 
@@ -207,7 +208,7 @@ class WorkerSupervisor:
         try:
             await redis.set(self._marker, b"1")
             enqueued = await recovery.enqueue_unfinished(
-                self.ctx["pool"], redis, lease_seconds=jobs.lease_seconds(self.settings)
+                resources(self.ctx).pool, redis, lease_seconds=lease_seconds(self.settings)
             )
         except (*REDIS_FAULTS, TransientError, PermanentError) as exc:
             log.warning("unfinished_events_not_enqueued", trigger=trigger, error=_fault_text(exc))

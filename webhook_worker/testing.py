@@ -1,10 +1,12 @@
-"""`MoneyStore` in memory: the unit tier of the money rules, with no Postgres, Redis or arq.
+"""Test support, not used by the service: `MoneyStore` in memory, the unit tier of the money
+rules, with no Postgres, Redis or arq (as procrastinate ships its `InMemoryConnector` in a
+testing module).
 
 Like procrastinate's `InMemoryConnector`, it re-states in Python what the SQL statements
 guarantee (one ledger row per event, one PURCHASE per checkout session and per payment
 intent, one SUBSCRIPTION_CREDIT per invoice, a balance never below zero, the newest
-payment state winning) and nothing more: the rules themselves (`resolver.resolve`,
-`payments.settle`, the handlers) are the service's own code. `tests/money_cases.py` runs one
+payment state winning) and nothing more: the rules themselves (`user_reference.resolve`,
+`takebacks.settle`, the handlers) are the service's own code. `tests/money_cases.py` runs one
 table of cases through this store and through Postgres, so the two cannot drift apart
 unnoticed. An integer-keyed users table, one tenant; `SUBSCRIPTION_CREDITS_EXPIRE` is proven
 against Postgres only (tests/test_subscriptions.py).
@@ -19,9 +21,9 @@ from datetime import datetime
 from typing import Any
 
 from webhook_worker.errors import PermanentError
-from webhook_worker.worker import payments, resolver
-from webhook_worker.worker.ledger import CreditResult, Purchase
-from webhook_worker.worker.payments import (
+from webhook_worker.money import takebacks, user_reference
+from webhook_worker.money.ledger_rows import CreditResult, InvoiceCredit, InvoiceCredited, Purchase
+from webhook_worker.money.takebacks import (
     Applied,
     Change,
     ChargeSnapshot,
@@ -31,8 +33,7 @@ from webhook_worker.worker.payments import (
     PaymentView,
     RefundFailure,
 )
-from webhook_worker.worker.resolver import Candidate, Resolution
-from webhook_worker.worker.subscriptions import InvoiceCredit, InvoiceCredited
+from webhook_worker.money.user_reference import Candidate, Resolution
 
 PURCHASE_TYPES = ("PURCHASE", "SUBSCRIPTION_CREDIT")
 
@@ -59,7 +60,7 @@ class LedgerRow:
 
 
 @dataclass
-class StoredEvent:
+class KeptEvent:
     """What `stripe_events` keeps of an event, for the rules that read it back."""
 
     payload: dict[str, Any]
@@ -88,7 +89,7 @@ class InMemoryMoneyStore:
     def __init__(self) -> None:
         self.users: dict[int, User] = {}
         self.ledger: list[LedgerRow] = []
-        self.events: dict[str, StoredEvent] = {}
+        self.events: dict[str, KeptEvent] = {}
         self.payments: dict[str, _Payment] = {}
 
     # --- arranging and asserting ----------------------------------------------------------
@@ -102,7 +103,7 @@ class InMemoryMoneyStore:
     def store_event(self, payload: dict[str, Any]) -> str:
         """As the receiver does: keep the payload under its id (a duplicate keeps the first)."""
         event_id = str(payload["id"])
-        self.events.setdefault(event_id, StoredEvent(payload))
+        self.events.setdefault(event_id, KeptEvent(payload))
         return event_id
 
     def finish(self, event_id: str, status: str, reason: str | None = None) -> None:
@@ -122,7 +123,7 @@ class InMemoryMoneyStore:
         return None
 
     async def resolve_user(self, reference: Mapping[str, Any]) -> Resolution:
-        return await resolver.resolve(_Directory(self), reference)
+        return await user_reference.resolve(_Directory(self), reference)
 
     async def credit_purchase(self, purchase: Purchase) -> CreditResult:
         if purchase.credits <= 0:
@@ -133,6 +134,7 @@ class InMemoryMoneyStore:
             return CreditResult(applied=False, balance=user.credits_balance)
         refs = {"checkout_session_id": purchase.checkout_session_id}
         refs["payment_intent_id"] = purchase.payment_intent_id
+        refs["invoice_id"] = purchase.invoice_id
         self._move(user.id, purchase.credits, "PURCHASE", purchase.event_id, **refs)
         self.finish(purchase.event_id, "completed")
         return CreditResult(applied=True, balance=user.credits_balance)
@@ -143,10 +145,7 @@ class InMemoryMoneyStore:
         user = self._user(credit.user_id)
         repeat = any(
             row.event_id == credit.event_id
-            or (
-                row.transaction_type == "SUBSCRIPTION_CREDIT"
-                and row.invoice_id == credit.invoice_id
-            )
+            or (row.transaction_type in PURCHASE_TYPES and row.invoice_id == credit.invoice_id)
             for row in self.ledger
         )
         if not repeat:
@@ -157,14 +156,20 @@ class InMemoryMoneyStore:
 
     async def link_invoice_payment(self, invoice_id: str, payment_intent_id: str) -> str | None:
         for row in self.ledger:
-            if row.transaction_type == "SUBSCRIPTION_CREDIT" and row.invoice_id == invoice_id:
+            if row.transaction_type in PURCHASE_TYPES and row.invoice_id == invoice_id:
                 row.payment_intent_id = row.payment_intent_id or payment_intent_id
                 return row.payment_intent_id
         return None
 
+    async def invoice_credited(self, invoice_id: str) -> bool:
+        return any(
+            row.transaction_type in PURCHASE_TYPES and row.invoice_id == invoice_id
+            for row in self.ledger
+        )
+
     async def invoice_payment_intent(self, invoice_id: str) -> str | None:
         for row in self.ledger:
-            if row.transaction_type == "SUBSCRIPTION_CREDIT" and row.invoice_id == invoice_id:
+            if row.transaction_type in PURCHASE_TYPES and row.invoice_id == invoice_id:
                 return row.payment_intent_id
         return None
 
@@ -182,7 +187,7 @@ class InMemoryMoneyStore:
         user = self.users[bought[0].user_id]
         payment = self.payments.setdefault(pi, _Payment())
         advanced = _record(payment, change)
-        plan = payments.settle(self._view(payment, bought, user), family, change, pi)
+        plan = takebacks.settle(self._view(payment, bought, user), family, change, pi)
         if plan.kind is not None:
             if any(row.event_id == event_id for row in self.ledger):
                 raise PermanentError(
@@ -216,6 +221,12 @@ class InMemoryMoneyStore:
         for row in self.ledger:
             if row.event_id == purchase.event_id:
                 return True
+            if (
+                purchase.invoice_id
+                and row.transaction_type in PURCHASE_TYPES
+                and row.invoice_id == purchase.invoice_id
+            ):
+                return True
             if row.transaction_type != "PURCHASE":
                 continue
             if (
@@ -239,31 +250,24 @@ class InMemoryMoneyStore:
 
     def _view(self, payment: _Payment, bought: list[LedgerRow], user: User) -> PaymentView:
         event = self.events.get(bought[0].event_id)
-        obj = (event.payload.get("data") or {}).get("object") or {} if event else {}
-        amount = next(
-            (obj[k] for k in ("amount_total", "amount_received", "amount_paid") if k in obj), None
-        )
-        return PaymentView(
+        obj = (event.payload.get("data") or {}).get("object") if event else None
+        held = takebacks.HeldPayment(
             purchased=sum(r.amount for r in bought),
+            purchase=obj if isinstance(obj, dict) else None,
             captured=payment.captured,
-            purchase_amount=None if amount is None else str(amount),
-            refunded=_net_refunded(payment),
-            disputed=sum(
-                d.amount
-                for d in payment.disputes.values()
-                if d.stage == payments.STAGE_OPEN
-                or (d.stage == payments.STAGE_CLOSED and d.status == "lost")
-            ),
-            legacy_taken=0,
+            refunded=payment.refunded,
+            refunded_as_of=payment.refunded_as_of,
+            legacy_taken=0,  # no refunds from before migration 0015 in memory
             taken=payment.taken,
             shortfall=payment.shortfall,
-            balance=user.credits_balance,
-            noted=sum(
-                amount
-                for (_, refund_id), amount in payment.noted.items()
-                if refund_id not in payment.failures
+            failures=tuple(
+                takebacks.HeldFailure(f.refund_id, f.amount, f.refund_created, f.failed_at)
+                for f in payment.failures.values()
             ),
+            disputes=tuple(d.amount for d in payment.disputes.values()),
+            noted=tuple((refund_id, amount) for (_, refund_id), amount in payment.noted.items()),
         )
+        return takebacks.payment_view(held, user.credits_balance)
 
 
 def _matches(user: User, candidate: Candidate) -> bool:
@@ -277,17 +281,11 @@ def _matches(user: User, candidate: Candidate) -> bool:
 
 
 def _record(payment: _Payment, change: Change) -> bool:
-    """payment_state_charge / payment_refund_failed / payment_credit_note_refunds /
-    payment_dispute_stage: True when the event moved the payment's state (the newest state
-    wins)."""
+    """The statements of worker.postgres_money_store._record on dictionaries; the rules are the same
+    functions (takebacks.snapshot_is_newer, stage_moves)."""
     if isinstance(change, ChargeSnapshot):
         payment.captured = change.captured
-        as_of = payment.refunded_as_of
-        newer = (
-            as_of is None
-            or change.created > as_of
-            or (change.created == as_of and change.refunded > (payment.refunded or 0))
-        )
+        newer = takebacks.snapshot_is_newer(payment.refunded_as_of, payment.refunded, change)
         if newer:
             payment.refunded, payment.refunded_as_of = change.refunded, change.created
         return newer
@@ -305,27 +303,14 @@ def _record(payment: _Payment, change: Change) -> bool:
         payment.noted.update(new)
         return bool(new)
     held = payment.disputes.get(change.dispute_id)
-    if held is not None and held.stage >= change.stage:
+    if not takebacks.stage_moves(None if held is None else held.stage, change):
         return False
     payment.disputes[change.dispute_id] = change
     return True
 
 
-def _net_refunded(payment: _Payment) -> int | None:
-    """payment_targets: the snapshot less the refunds that failed after it and were in it."""
-    if payment.refunded is None or payment.refunded_as_of is None:
-        return None
-    as_of = payment.refunded_as_of
-    failed = sum(
-        f.amount
-        for f in payment.failures.values()
-        if f.failed_at > as_of and (f.refund_created is None or f.refund_created <= as_of)
-    )
-    return max(payment.refunded - failed, 0)
-
-
 class _Directory:
-    """`resolver.UserDirectory` over the store's users."""
+    """`user_reference.UserDirectory` over the store's users."""
 
     def __init__(self, store: InMemoryMoneyStore) -> None:
         self._store = store
