@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast test-slow lint bench bench-console clean chromium image-deps image-test image-clean deploy-check
+.PHONY: install run test test-fast test-slow lint bench bench-console clean chromium pgbouncer image-deps image-test image-clean deploy-check
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -26,9 +26,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-## make test: install (Debian's chromium too, for the console's browser tests), lint,
-## type-check and run the whole fast suite
-test: lint chromium
+## make test: install (Debian's chromium and pgbouncer too, for the console's browser tests
+## and the connection-pooler tests), lint, type-check and run the whole fast suite
+test: lint chromium pgbouncer
 	$(BIN)/pytest -m "not slow and not image"
 
 ## The browser tests drive Debian's chromium (never a downloaded browser); as root, install it.
@@ -38,6 +38,17 @@ chromium:
 	    apt-get update -qq && apt-get install -y -qq chromium; \
 	  else \
 	    echo "the console's browser tests need /usr/bin/chromium: sudo apt-get install -y chromium"; \
+	  fi; \
+	fi
+
+## The pooler tests start Debian's pgbouncer (transaction pooling) in front of the test
+## Postgres, from a temporary folder (never the system service); as root, install it.
+pgbouncer:
+	@if [ ! -x /usr/sbin/pgbouncer ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq pgbouncer; \
+	  else \
+	    echo "the pooler tests need /usr/sbin/pgbouncer: sudo apt-get install -y pgbouncer"; \
 	  fi; \
 	fi
 

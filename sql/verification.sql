@@ -6,13 +6,14 @@
 SELECT coalesce((SELECT to_jsonb(s) ->> 'users_table' FROM users_host_shape s), 'users')
        AS users_table \gset
 
-\echo '== tables and columns of the contract (expect 10 tables) =='
+\echo '== tables and columns of the contract (expect 11 tables) =='
 SELECT table_name, string_agg(column_name, ', ' ORDER BY ordinal_position) AS columns
 FROM information_schema.columns
 WHERE table_schema = current_schema()
   AND table_name IN ('users', 'stripe_events', 'credit_transactions', 'schema_migrations',
                      'payment_states', 'payment_refund_failures', 'payment_disputes',
-                     'reconcile_runs', 'credit_note_refunds', 'credit_holds')
+                     'reconcile_runs', 'credit_note_refunds', 'credit_holds',
+                     'reconcile_lease')
 GROUP BY table_name
 ORDER BY table_name;
 

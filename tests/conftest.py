@@ -26,6 +26,7 @@ import structlog
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from tests.pgbouncer import PgBouncer
 from webhook_worker.config import Settings
 from webhook_worker.db.queries import bind_users_table
 from webhook_worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -167,6 +168,14 @@ def sign(
 ) -> str:
     """A Stripe-Signature header for `payload`, like stripe-python's `generate_header`."""
     return sign_payload(payload, secret, timestamp=timestamp, scheme=scheme)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(services_dir: Path, postgres_admin_dsn: str) -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction pooling mode in front of the session's Postgres."""
+    bouncer = PgBouncer(services_dir / "pgbouncer", postgres_admin_dsn).start()
+    yield bouncer
+    bouncer.destroy()
 
 
 @pytest.fixture

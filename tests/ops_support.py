@@ -20,7 +20,7 @@ import pytest
 from tests.worker_support import stop_worker as stop_process
 from webhook_worker import cli
 from webhook_worker.dev.embedded import free_port
-from webhook_worker.job_queue import QUEUE_NAME, redis_from_url
+from webhook_worker.job_queue import redis_from_url
 from webhook_worker.ops import sample_events
 
 
@@ -142,10 +142,13 @@ async def event_row(db: asyncpg.Connection, event_id: str) -> dict[str, Any]:
 
 
 async def queued_jobs(redis_url: str) -> list[list[str]]:
-    """The event ids of each job waiting in the arq queue (arq's public `queued_jobs`)."""
+    """The event ids of each job waiting in the arq queues (arq's public `queued_jobs`): the
+    test's Redis is flushed, so its only queue is the one its deployment derived."""
     client = redis_from_url(redis_url)
     try:
-        jobs = await client.queued_jobs(queue_name=QUEUE_NAME)
+        jobs = []
+        for name in await client.keys("arq:queue*"):
+            jobs.extend(await client.queued_jobs(queue_name=name.decode()))
     finally:
         await client.aclose()
     return [list(job.args[0]) for job in sorted(jobs, key=lambda job: job.score or 0)]

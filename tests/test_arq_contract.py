@@ -201,12 +201,12 @@ async def test_job_queue_writes_exactly_what_enqueue_job_writes(redis: ArqRedis)
         job_queue.PROCESS_EVENTS_JOB,
         ids,
         _job_id="theirs",
-        _queue_name=job_queue.QUEUE_NAME,
+        _queue_name=redis.default_queue_name,
         _defer_by=5,
         _job_try=2,
     )
     assert theirs is not None
-    our_job = Job(our_id, redis, _queue_name=job_queue.QUEUE_NAME, _deserializer=load_job)
+    our_job = Job(our_id, redis, _queue_name=redis.default_queue_name, _deserializer=load_job)
     ours_info = await our_job.info()
     theirs_info = await theirs.info()
     assert ours_info is not None and theirs_info is not None

@@ -311,6 +311,36 @@ def test_reconcile_defaults_and_durations() -> None:
     assert settings_from(RECONCILE_LOOKBACK="90m").reconcile_lookback_seconds == 5400
 
 
+def test_queue_name_is_derived_per_database_unless_set() -> None:
+    one = Settings.from_env({"DATABASE_URL": "postgresql://u@db:5432/shop_prod"})
+    two = Settings.from_env({"DATABASE_URL": "postgresql://u@db:5432/shop_staging"})
+    assert one.queue_name == "arq:queue:shop_prod"
+    assert two.queue_name == "arq:queue:shop_staging"
+    named = Settings.from_env(
+        {"DATABASE_URL": "postgresql://u@db/shop_prod", "QUEUE_NAME": "arq:queue:blue"}
+    )
+    assert named.queue_name == "arq:queue:blue"
+
+
+def test_a_bad_queue_name_names_the_variable_and_a_good_value() -> None:
+    with pytest.raises(ConfigError, match="QUEUE_NAME=arq:queue:shop-production"):
+        Settings.from_env({"QUEUE_NAME": "my queue!"})
+
+
+def test_direct_database_url_defaults_to_database_url() -> None:
+    plain = Settings.from_env({"DATABASE_URL": "postgresql://u@pgbouncer:6432/app"})
+    assert plain.require_direct_database() == "postgresql://u@pgbouncer:6432/app"
+    direct = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://u@pgbouncer:6432/app",
+            "DIRECT_DATABASE_URL": "postgresql+asyncpg://u@db:5432/app",
+        }
+    )
+    assert direct.require_direct_database() == "postgresql://u@db:5432/app"
+    with pytest.raises(ConfigError, match="DIRECT_DATABASE_URL"):
+        Settings.from_env({"DIRECT_DATABASE_URL": "mysql://x"})
+
+
 @pytest.mark.parametrize(
     ("env", "replaced"),
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 from tests.conftest import base_env, wait_for
 from tests.host_shapes import SHAPES, Shape, insert_user, snapshot
 from tests.ops_support import receiver_healthy, running_receiver
+from tests.worker_support import spawn_worker, stop_worker, worker_env
 from webhook_worker.db import migrations
 from webhook_worker.dev.embedded import free_port
 from webhook_worker.ops import test_events
@@ -162,6 +164,101 @@ async def test_rollback_then_skip_migration_fails_verify_with_a_clear_message(
     assert redeployed.code == 0, redeployed.out
 
 
+async def _ledger_rows(dsn: str, purchases: int) -> None:
+    """A user, `purchases` stored events and their ledger rows (as the worker writes them)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        user = await conn.fetchval(
+            "INSERT INTO users (email) VALUES ('r@example.com') RETURNING id"
+        )
+        for i in range(purchases):
+            await conn.execute(
+                "INSERT INTO stripe_events (event_id, type, processing_status) "
+                "VALUES ($1, 'checkout.session.completed', 'completed')",
+                f"evt_rb_{i}",
+            )
+            await conn.execute(
+                "INSERT INTO credit_transactions (user_id, amount, balance_after, "
+                "transaction_type, event_id) VALUES ($1, 1, $2, 'PURCHASE', $3)",
+                user,
+                i + 1,
+                f"evt_rb_{i}",
+            )
+        await conn.execute("UPDATE users SET credits_balance = $2 WHERE id = $1", user, purchases)
+    finally:
+        await conn.close()
+
+
+async def test_a_rollback_that_would_drop_ledger_rows_refuses_and_the_report_says_failed(
+    database_url: str, clean_redis_url: str
+) -> None:
+    await _ledger_rows(database_url, 20)
+    env = _env(database_url, clean_redis_url)
+    dry = await deploy(env, "--rollback", "--to", "2", "--dry-run")
+    assert "DROPS DATA: credit_transactions (20 rows" in dry.out, dry.out
+    assert "stripe_events" not in dry.out.split("DROPS DATA")[-1].split("\n")[0]
+    refused = await deploy(env, "--rollback", "--to", "2", "--yes")
+    assert refused.code == 1, refused.out
+    assert "credit_transactions (20 rows, dropped by 0003_credit_transactions down)" in refused.out
+    assert "--drop-data" in refused.out
+    assert "deploy FAILED" in refused.out and "deploy PASSED" not in refused.out
+    assert "credit_transactions" in await _tables(database_url)
+    assert len(await _migration_rows(database_url)) == len(ALL)  # nothing rolled back
+    cli_refused = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "webhook_worker.cli", "migrate", "down", "--to", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli_refused.returncode == 1
+    assert "credit_transactions (20 rows" in cli_refused.stderr
+    assert len(await _migration_rows(database_url)) == len(ALL)
+
+    dropped = await deploy(env, "--rollback", "--to", "2", "--yes", "--drop-data")
+    assert dropped.code == 0, dropped.out
+    assert "credit_transactions" not in await _tables(database_url)
+
+
+def _deploy_on_a_terminal(env: dict[str, str], answer: str, *args: str) -> Run:
+    """deploy_hotfix.py with a pseudo-terminal as stdin (so it asks), answering `answer`."""
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), *args],
+            env=env,
+            cwd=ROOT,
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        os.write(leader, f"{answer}\n".encode())
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    return Run(proc.returncode, out)
+
+
+async def test_dropping_data_must_be_confirmed_by_typing_drop_data(
+    database_url: str, clean_redis_url: str
+) -> None:
+    await _ledger_rows(database_url, 3)
+    env = _env(database_url, clean_redis_url)
+    args = ("--rollback", "--to", "2", "--drop-data")
+    said_yes = await asyncio.to_thread(_deploy_on_a_terminal, env, "y", *args)
+    assert said_yes.code == 1, said_yes.out
+    assert "DELETING credit_transactions (3 rows)" in said_yes.out
+    assert "Type --drop-data to confirm" in said_yes.out
+    assert "not confirmed; nothing changed" in said_yes.out
+    assert "credit_transactions" in await _tables(database_url)
+    typed = await asyncio.to_thread(_deploy_on_a_terminal, env, "--drop-data", *args)
+    assert typed.code == 0, typed.out
+    assert "credit_transactions" not in await _tables(database_url)
+
+
 async def test_rollback_dry_run_prints_the_down_sql_and_changes_nothing(
     database_url: str, clean_redis_url: str
 ) -> None:
@@ -217,20 +314,49 @@ def receiver_url(database_url: str, clean_redis_url: str, tmp_path: Path) -> Ite
         yield url
 
 
-async def test_smoke_test_against_a_running_receiver_passes(
-    receiver_url: str, database_url: str, clean_redis_url: str, db: asyncpg.Connection
+async def test_smoke_test_waits_for_a_worker_to_process_the_event(
+    receiver_url: str,
+    database_url: str,
+    clean_redis_url: str,
+    db: asyncpg.Connection,
+    tmp_path: Path,
 ) -> None:
     await wait_for(lambda: receiver_healthy(receiver_url))
-    env = _env(database_url, clean_redis_url)
-    run = await deploy(env, "--yes", "--smoke-url", f"{receiver_url}/webhooks/stripe")
+    worker = spawn_worker(worker_env(database_url, clean_redis_url), tmp_path / "worker.log")
+    try:
+        env = _env(database_url, clean_redis_url)
+        run = await deploy(env, "--yes", "--smoke-url", f"{receiver_url}/webhooks/stripe")
+    finally:
+        stop_worker(worker)
     assert run.code == 0, run.out
-    assert "smoke test" in run.out and "deploy PASSED" in run.out
+    assert "processed by a worker (ignored, unhandled_type)" in run.out
+    assert "deploy PASSED" in run.out
     stored = await db.fetch(
-        "SELECT event_id, livemode FROM stripe_events WHERE type = $1", test_events.SMOKE_EVENT_TYPE
+        "SELECT event_id, livemode, processing_status, status_reason FROM stripe_events "
+        "WHERE type = $1",
+        test_events.SMOKE_EVENT_TYPE,
     )
     assert len(stored) == 1
     assert stored[0]["event_id"] in run.out
     assert stored[0]["livemode"] is False
+    assert (stored[0]["processing_status"], stored[0]["status_reason"]) == (
+        "ignored",
+        "unhandled_type",
+    )
+
+
+async def test_smoke_test_fails_saying_no_worker_processed_the_event(
+    receiver_url: str, database_url: str, clean_redis_url: str, db: asyncpg.Connection
+) -> None:
+    await wait_for(lambda: receiver_healthy(receiver_url))
+    env = _env(database_url, clean_redis_url)
+    run = await deploy(
+        env, "--yes", "--smoke-url", f"{receiver_url}/webhooks/stripe", "--smoke-timeout", "2"
+    )
+    assert run.code == 1, run.out
+    assert "was stored but no worker processed it within 2s (still received)" in run.out
+    assert "deploy FAILED" in run.out and "deploy PASSED" not in run.out
+    assert await db.fetchval("SELECT count(*) FROM stripe_events") == 1
 
 
 async def test_smoke_test_fails_when_the_receiver_rejects_the_signature(

@@ -141,7 +141,7 @@ async def test_install_credit_refund_and_uninstall(
         await _concurrent_credits(empty_database_url, buyer)
         await _verify_as_expected(conn, shape)
 
-        await migrations.migrate_down(conn, to=0)
+        await migrations.migrate_down(conn, to=0, drop_data=True)
         assert await snapshot(conn, seed) == before
     finally:
         await conn.close()

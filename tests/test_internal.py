@@ -51,7 +51,7 @@ async def test_metrics_readyz_and_healthz_are_served(listening: tuple[Settings, 
         posted = await client.post(f"{base}/metrics")
     assert metrics.status_code == 200 and "webhook_requests_total" in metrics.text
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "postgres": "ok", "redis": "ok"}
+    assert ready.json() == {"ready": True, "postgres": "ok", "redis": "ok", "grants": "ok"}
     assert health.json() == {"status": "ok"}
     assert (unknown.status_code, posted.status_code) == (404, 405)
 
@@ -115,7 +115,7 @@ async def test_a_worker_process_serves_its_internal_listener_on_loopback(
 
     try:
         response = await wait_for(ready)
-        assert response.json() == {"ready": True, "postgres": "ok", "redis": "ok"}
+        assert response.json() == {"ready": True, "postgres": "ok", "redis": "ok", "grants": "ok"}
         async with httpx.AsyncClient(timeout=5) as client:
             assert "worker_events_total" in (await client.get(f"{base}/metrics")).text
     finally:

@@ -75,14 +75,14 @@ async def test_a_malicious_pickle_on_the_queue_never_runs(
     redis = await queue.create_redis(settings)
     try:
         await redis.set(job_key_prefix + "evil", pickle.dumps(_Exploit(marker)))
-        await redis.zadd(queue.QUEUE_NAME, {"evil": timestamp_ms()})
+        await redis.zadd(settings.queue_name, {"evil": timestamp_ms()})
 
         worker = await drain(settings)
 
         assert not marker.exists()  # nothing ran
         assert worker.jobs_complete == 1
         assert await redis.exists(job_key_prefix + "evil") == 0  # dropped…
-        assert await redis.zcard(queue.QUEUE_NAME) == 0
+        assert await redis.zcard(settings.queue_name) == 0
         [dropped] = _job_lines(log_stream, "job_dropped")
         assert dropped["level"] == "warning" and dropped["job_key"] == "arq:job:evil"
         assert (await status_of(db, event_id))["processing_status"] == "received"

@@ -120,8 +120,9 @@ async def test_existing_app_users_table_keeps_its_data(empty_database_url: str) 
             " event_id) VALUES ($1, 5, 5, 'PURCHASE', 'evt_1')",
             rows[0]["id"],
         )
-        # Rolling everything back never drops the app's table or its data.
-        await migrations.migrate_down(conn, to=0)
+        # Rolling everything back never drops the app's table or its data (the service's
+        # own ledger and events go only with drop_data).
+        await migrations.migrate_down(conn, to=0, drop_data=True)
         assert await conn.fetchval("SELECT count(*) FROM users") == 2
         assert await conn.fetchval("SELECT display_name FROM users WHERE id = 1") == "Ada"
     finally:
@@ -272,7 +273,7 @@ async def test_an_install_made_with_the_released_files_migrates_up_cleanly(
 
         # Down from an install of the released 0001 keeps the columns it added (nothing was
         # recorded), as it always did; the app's rows stay.
-        await migrations.migrate_down(conn, to=0)
+        await migrations.migrate_down(conn, to=0, drop_data=True)
         assert await conn.fetchval("SELECT credits_balance FROM users WHERE id = $1", user) == 7
     finally:
         await conn.close()

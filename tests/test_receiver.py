@@ -54,8 +54,9 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def redis_client(clean_redis_url: str) -> AsyncIterator[ArqRedis]:
+async def redis_client(clean_redis_url: str, settings: Settings) -> AsyncIterator[ArqRedis]:
     r = queue.redis_from_url(clean_redis_url)
+    r.default_queue_name = settings.queue_name
     yield r
     await r.aclose()
 
@@ -360,11 +361,11 @@ async def test_each_alias_route_accepts_events(
 
 
 async def test_an_accepted_event_has_its_arq_job_in_redis(
-    client: httpx.AsyncClient, redis_client: ArqRedis
+    client: httpx.AsyncClient, redis_client: ArqRedis, settings: Settings
 ) -> None:
     event_id, body = _body()
     assert (await post_signed(client, body)).status_code == 200
-    [job] = await redis_client.queued_jobs(queue_name=queue.QUEUE_NAME)
+    [job] = await redis_client.queued_jobs(queue_name=settings.queue_name)
     assert (job.function, job.args, job.kwargs) == ("process_stripe_events", [[event_id]], {})
 
 
@@ -675,7 +676,7 @@ async def test_readyz_is_200_when_postgres_and_redis_answer(make_settings: MakeS
     async with serve(make_settings(METRICS_ON_RECEIVER="true")) as client:
         response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"ready": True, "postgres": "ok", "redis": "ok"}
+    assert response.json() == {"ready": True, "postgres": "ok", "redis": "ok", "grants": "ok"}
 
 
 async def test_readyz_is_503_when_redis_is_down(make_settings: MakeSettings) -> None:

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from tests.conftest import base_env, sign, wait_for
 from tests.fake_stripe import API_KEY, FakeStripe, serve_fake_stripe
 from tests.ops_support import run_cli
+from tests.pgbouncer import PgBouncer
 from tests.worker_support import (
     balance,
     drain,
@@ -31,6 +32,7 @@ from tests.worker_support import (
 from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
 from webhook_worker.db import store
+from webhook_worker.errors import WebhookWorkerError
 from webhook_worker.ops.sample_events import (
     charge_refunded_event,
     checkout_session_event,
@@ -406,25 +408,35 @@ async def test_the_cron_window_starts_at_the_watermark_minus_the_overlap(
         assert since == end - reconcile.OVERLAP  # manual and failed runs do not move it
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["direct", "pgbouncer"])
 async def test_two_worker_processes_reconcile_in_turn_and_credit_once(
     db: asyncpg.Connection,
     fake: FakeStripe,
     database_url: str,
     clean_redis_url: str,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
+    pooled: bool,
 ) -> None:
     """The receiver is down: events exist only in Stripe. Within an interval the cron of
-    one of the two workers recovers them; the fleet lock keeps their runs apart."""
+    one of the two workers recovers them; the fleet lease keeps their runs apart, also when
+    the workers reach Postgres through PgBouncer in transaction mode (a session lock there
+    was stranded on a pooled backend and runs overlapped)."""
     user = await new_user(db, "cron@example.com")
     for i in range(300):
         fake.add(purchase(user, 1, _ago(HOUR) + i), delivered=False)
     fake.page_delay = 0.2  # runs last long enough to overlap if nothing kept them apart
+    dsn = database_url
+    if pooled:
+        bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+        dsn = bouncer.through(database_url)
     env = worker_env(
-        database_url,
+        dsn,
         clean_redis_url,
         STRIPE_API_KEY=API_KEY,
         STRIPE_API_BASE=fake.url,
         RECONCILE_INTERVAL_SECONDS="1",
+        DB_STATEMENT_CACHE_SIZE="0" if pooled else "100",
     )
     workers = [spawn_worker(env, tmp_path / f"worker-{i}.log") for i in range(2)]
     try:
@@ -451,6 +463,58 @@ async def test_two_worker_processes_reconcile_in_turn_and_credit_once(
     for earlier, later in itertools.pairwise(runs):
         assert earlier["finished_at"] <= later["started_at"], logs  # never two at once
     assert (await db.fetchval("SELECT sum(events_recovered) FROM reconcile_runs")) == 300
+    # Nothing of the fleet lock is left in a session once the workers are gone.
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        == 0
+    )
+
+
+async def test_the_fleet_lease_is_held_once_renewed_and_taken_over_after_expiry(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    pool = await store.create_pool(settings)
+    try:
+        async with reconcile.fleet_lock(pool, holder="a", seconds=60) as held_a:
+            assert held_a
+            async with reconcile.fleet_lock(pool, holder="b", seconds=60) as held_b:
+                assert not held_b  # a holds it
+        # Released at the end of a's block: b takes it at once.
+        async with reconcile.fleet_lock(pool, holder="b", seconds=60) as held_b:
+            assert held_b
+            # b died without releasing (its lease simply runs out): c waits for the expiry.
+            await db.execute("UPDATE reconcile_lease SET expires_at = now() - interval '1s'")
+            async with reconcile.fleet_lock(pool, holder="c", seconds=60) as held_c:
+                assert held_c
+                assert await db.fetchval("SELECT holder FROM reconcile_lease") == "c"
+        # b's release, after c took the lease, leaves c's lease alone.
+        assert await db.fetchval("SELECT holder FROM reconcile_lease") == "c"
+    finally:
+        await pool.close()
+
+
+async def test_a_run_whose_lease_was_taken_over_stops_with_a_transient_error(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    pool = await store.create_pool(settings)
+    stopped = asyncio.Event()
+    try:
+        with pytest.raises(WebhookWorkerError, match="lease expired and another worker took it"):
+            async with reconcile.fleet_lock(pool, holder="a", seconds=0.3) as held:
+                assert held
+                await db.execute(
+                    "UPDATE reconcile_lease SET holder = 'b', expires_at = now() + interval '1h'"
+                )
+                try:
+                    await asyncio.sleep(30)  # the run: cancelled by the renewal that finds b
+                finally:
+                    stopped.set()
+        assert stopped.is_set()
+    finally:
+        await pool.close()
 
 
 async def test_a_burst_worker_runs_no_reconcile_loop(fake: FakeStripe, settings: Settings) -> None:

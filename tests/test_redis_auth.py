@@ -53,6 +53,6 @@ async def test_a_wrong_or_missing_password_gets_nothing(acl_user: str) -> None:
     anonymous = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
     try:
         with pytest.raises((AuthenticationError, ResponseError)):
-            await anonymous.zcard(queue.QUEUE_NAME)
+            await anonymous.zcard(Settings().queue_name)
     finally:
         await anonymous.aclose()

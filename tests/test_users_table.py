@@ -228,7 +228,7 @@ async def test_seed_host_user_table_install_purchase_refund_and_uninstall(
         )
         assert tuple(created) == ("active", "member", 3, 2)
 
-        await migrations.migrate_down(conn, to=0, users_table=settings.users_table)
+        await migrations.migrate_down(conn, to=0, users_table=settings.users_table, drop_data=True)
         after = await _catalog(conn, SEED_TABLES)
         # The host's rows that the service never wrote are as they were; so is every table.
         for table in SEED_TABLES:
@@ -359,7 +359,7 @@ async def test_a_users_table_in_another_schema_is_never_shadowed(
         assert tuple(row) == (1, 9, 1)  # the existing customer, not a new user
         assert await conn.fetchval("SELECT count(*) FROM app.users") == 1
 
-        await migrations.migrate_down(conn, to=0, users_table=settings.users_table)
+        await migrations.migrate_down(conn, to=0, users_table=settings.users_table, drop_data=True)
         columns = await conn.fetch(
             "SELECT attname FROM pg_attribute WHERE attrelid = 'app.users'::regclass"
             " AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
@@ -417,7 +417,7 @@ async def test_an_auto_updatable_view_is_supported(
         )
         assert [tuple(r) for r in rows] == [("a@example.com", 4, 2), ("b@example.com", 6, 2)]
 
-        await migrations.migrate_down(conn, to=0, users_table=settings.users_table)
+        await migrations.migrate_down(conn, to=0, users_table=settings.users_table, drop_data=True)
         assert await conn.fetchval("SELECT count(*) FROM accounts") == 2
     finally:
         await conn.close()

@@ -80,7 +80,7 @@ def test_worker_options_follow_the_settings() -> None:
     assert options["poll_delay"] == 0.2
     assert options["keep_result"] == 0  # job ids are never reused; Postgres has the outcome
     assert options["handle_signals"] is False  # the supervisor handles signals
-    assert options["queue_name"] == queue.QUEUE_NAME
+    assert options["queue_name"] == settings.queue_name
     assert [f.name for f in options["functions"]] == [queue.PROCESS_EVENTS_JOB, UNDECODABLE_JOB]
     assert (options["job_serializer"], options["job_deserializer"]) == (dump_job, load_job)
     assert {job.name for job in options["cron_jobs"]} == {
@@ -414,3 +414,21 @@ async def _claimed_at_least(conn: asyncpg.Connection, event_ids: list[str], coun
         event_ids,
     )
     return int(claimed) >= count
+
+
+async def test_jobs_of_another_deployment_sharing_the_queue_are_named_at_warning_level(
+    settings: Settings, db: asyncpg.Connection, log_stream: io.StringIO
+) -> None:
+    """Another deployment's receiver wrote to this queue (same QUEUE_NAME): its event ids
+    are not in this database. The worker leaves them and says so, with the fix."""
+    user = await new_user(db, "ours@example.com")
+    [ours] = await store_events(db, [checkout_session_event(client_reference_id=str(user))])
+    await enqueue(settings, [ours, "evt_of_another_deployment_1"])
+    await drain(settings)
+    assert (await status_of(db, ours))["processing_status"] == "completed"
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines() if line.strip()]
+    [warning] = [line for line in lines if line.get("event") == "foreign_jobs_found"]
+    assert warning["level"] == "warning"
+    assert warning["events"] == 1
+    assert warning["queue"] == settings.queue_name
+    assert "QUEUE_NAME" in warning["fix"]

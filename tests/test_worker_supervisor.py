@@ -23,7 +23,6 @@ from tests.worker_support import (
     status_of,
     store_events,
 )
-from webhook_worker import job_queue as queue
 from webhook_worker.config import Settings
 from webhook_worker.dev.embedded import EmbeddedRedis
 from webhook_worker.errors import TransientError
@@ -53,12 +52,12 @@ async def test_a_redis_error_reply_mid_poll_is_waited_out(
     """arq's main() raises on it (tests/test_arq_contract.py); the supervisor starts the
     next generation once Redis answers properly again."""
     redis = aioredis.from_url(clean_redis_url)
-    await redis.set(queue.QUEUE_NAME, "not a sorted set")  # every poll answers WRONGTYPE
+    await redis.set(settings.queue_name, "not a sorted set")  # every poll answers WRONGTYPE
     supervisor = in_process_worker(settings, burst=False)
     task = asyncio.create_task(supervisor.async_run())
     try:
         await wait_for(lambda: _running(task, supervisor.redis_failures >= 2))
-        await redis.delete(queue.QUEUE_NAME)
+        await redis.delete(settings.queue_name)
         user = await new_user(db, "after@example.com")
         [event_id] = await store_events(db, [checkout_session_event(client_reference_id=str(user))])
         await enqueue(settings, [event_id])

@@ -63,7 +63,7 @@ async def enqueue(settings: Settings, event_ids: Sequence[str]) -> int:
 async def queued_event_ids(redis: ArqRedis) -> list[str]:
     """The event ids the queued `process_stripe_events` jobs carry, sorted (a duplicate
     twice), through arq's public `queued_jobs`."""
-    jobs = await redis.queued_jobs(queue_name=queue.QUEUE_NAME)
+    jobs = await redis.queued_jobs(queue_name=redis.default_queue_name)
     return sorted(
         event_id
         for job in jobs

@@ -19,9 +19,14 @@ import asyncpg
 from webhook_worker import local_services
 from webhook_worker.config import Settings
 from webhook_worker.db.queries import bind_users_table
-from webhook_worker.errors import ConfigError, MigrationError, WebhookWorkerError
-from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
-from webhook_worker.log import configure_logging, log_deprecations
+from webhook_worker.errors import (
+    ConfigError,
+    MigrationError,
+    MigrationLockTimeout,
+    WebhookWorkerError,
+)
+from webhook_worker.exit_codes import EXIT_LOCKED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from webhook_worker.log import configure_logging, get_logger, log_deprecations
 from webhook_worker.ops.cli import OPS_REGISTRARS
 from webhook_worker.ops.credits_cli import add_credits
 from webhook_worker.ops.reconcile_cli import add_reconcile
@@ -39,7 +44,7 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from webhook_worker.db import migrations, store
 
-    conn = await asyncpg.connect(settings.require_database(), timeout=10)
+    conn = await migrations.connect_direct(settings)
     try:
         if args.action == "status":
             for row in await migrations.migration_status(conn):
@@ -53,6 +58,8 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
                 tenant_column=settings.users_tenant_column,
                 users_table=settings.users_table,
                 version_column=settings.users_version_column,
+                lock_timeout=settings.migration_lock_timeout_seconds,
+                on_wait=_say,
             )
             for m in applied:
                 print(f"applied {m.version:04d}_{m.name}")
@@ -60,7 +67,14 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
             if not applied:
                 print("nothing to apply: the schema is up to date")
             return EXIT_OK
-        rolled = await migrations.migrate_down(conn, to=args.to, users_table=settings.users_table)
+        rolled = await migrations.migrate_down(
+            conn,
+            to=args.to,
+            drop_data=args.drop_data,
+            users_table=settings.users_table,
+            lock_timeout=settings.migration_lock_timeout_seconds,
+            on_wait=_say,
+        )
         for m in rolled:
             print(f"rolled back {m.version:04d}_{m.name}")
         if not rolled:
@@ -70,15 +84,22 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
         await conn.close()
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _add_migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "migrate",
         help="apply, roll back or list schema migrations (sql/migrations/)",
         description=(
             "up: apply every pending migration, each in its own transaction (default). "
-            "down: roll back the newest one, or with --to every one above that version. "
-            "status: list applied and pending migrations. Runs are serialised by an advisory "
-            "lock; an applied file whose checksum changed is refused."
+            "down: roll back the newest one, or with --to every one above that version; it "
+            "refuses when that would drop ledger, event or audit rows, unless --drop-data. "
+            "status: list applied and pending migrations (read-only). Runs are serialised by "
+            "a transaction-scoped advisory lock (MIGRATION_LOCK_TIMEOUT_SECONDS, then exit 3); "
+            "an applied file whose checksum changed is refused. Uses DIRECT_DATABASE_URL when "
+            "set, else DATABASE_URL."
         ),
     )
     p.add_argument(
@@ -96,16 +117,64 @@ def _add_migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="up: apply at most up to VERSION; down: keep VERSION and roll back every later "
         "one (default: up applies all, down rolls back only the newest)",
     )
+    p.add_argument(
+        "--drop-data",
+        action="store_true",
+        help="down: proceed even when it drops ledger, event or audit rows (default: refuse)",
+    )
     p.set_defaults(handler=lambda a, s: _run_async(_migrate(a, s)))
 
 
 # --- serve / work / dev ------------------------------------------------------------------
 
 
+def _check_services(settings: Settings, role: str) -> None:
+    """Before a service starts: Redis fit for it (else, after REDIS_STARTUP_TIMEOUT_SECONDS,
+    RedisMisconfigured: exit 2 with the cause and the fix)."""
+    from webhook_worker.redis_check import check_redis
+
+    log = get_logger("webhook_worker.startup")
+
+    def retrying(cause: str) -> None:
+        log.warning("redis_misconfigured", role=role, cause=cause, retrying=True)
+
+    warning = asyncio.run(check_redis(settings, on_retry=retrying))
+    if warning:
+        log.warning("redis_unreachable_at_startup", role=role, detail=warning)
+    missing = asyncio.run(_missing_grants(settings))
+    if missing:
+        for line in missing:
+            log.error("runtime_grant_missing", role=role, detail=line)
+        raise ConfigError(
+            f"the DATABASE_URL role lacks {len(missing)} grant(s) the {role} needs: "
+            + "; ".join(missing)
+            + " (docs/deployment.md, Database roles)"
+        )
+
+
+async def _missing_grants(settings: Settings) -> list[str]:
+    """What the runtime role lacks; [] when Postgres does not answer now (it may later)."""
+    from webhook_worker.db import privileges
+
+    try:
+        conn = await asyncpg.connect(
+            settings.require_database(),
+            timeout=5,
+            statement_cache_size=settings.db_statement_cache_size,
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return []
+    try:
+        return await privileges.missing_runtime_grants(conn)
+    finally:
+        await conn.close()
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     settings.require_receiver()
+    _check_services(settings, "receiver")
     workers = args.workers or settings.web_concurrency
     _prepare_multiprocess_metrics(settings, workers)
     _raise_open_files_limit(settings.max_connections)
@@ -212,6 +281,7 @@ def _work(args: argparse.Namespace, settings: Settings) -> int:
 
     settings.require_database()
     settings.require_redis()
+    _check_services(settings, "worker")
     run_worker(settings, burst=args.burst)
     return EXIT_OK
 
@@ -369,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except MigrationLockTimeout as exc:
+        print(f"migration error: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
     except MigrationError as exc:
         print(f"migration error: {exc}", file=sys.stderr)
         return EXIT_PROBLEM

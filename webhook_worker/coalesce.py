@@ -55,8 +55,12 @@ class Coalescer(Generic[Item, Result]):
         interrupted: Callable[[], Exception] = lambda: RuntimeError("batch interrupted"),
         run_one: Callable[[Item], Awaitable[Result]] | None = None,
         alone_on: tuple[type[Exception], ...] = (),
+        orphaned: Callable[[Item, Result], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
+        # Told of each result whose caller was cancelled meanwhile (e.g. a claim that took
+        # an event for a job that no longer runs), so it can be undone.
+        self._orphaned = orphaned
         self._run_one = run_one
         self._alone_on = alone_on if run_one is not None else ()
         self._max_batch = max(1, max_batch)
@@ -118,6 +122,8 @@ class Coalescer(Generic[Item, Result]):
                 raise RuntimeError(f"batch returned {len(results)} results for {len(batch)}")
             for waiting, result in zip(batch, results, strict=True):
                 if waiting.future.done():  # its caller was cancelled
+                    if self._orphaned is not None and not isinstance(result, Exception):
+                        self._orphaned(waiting.item, result)
                     continue
                 if isinstance(result, Exception):
                     waiting.future.set_exception(result)

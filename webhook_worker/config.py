@@ -91,6 +91,26 @@ def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int
 _COLUMN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9:._-]{1,200}")
+
+
+def _queue_name(env: Mapping[str, str]) -> str | None:
+    raw = env.get("QUEUE_NAME", "").strip()
+    if not raw:
+        return None
+    if not _QUEUE_NAME.fullmatch(raw):
+        raise ConfigError(
+            f"QUEUE_NAME={raw!r} is not a plain Redis key; use letters, digits and :._- "
+            "only, e.g. QUEUE_NAME=arq:queue:shop-production"
+        )
+    return raw
+
+
+def _direct_database_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("DIRECT_DATABASE_URL", "").strip()
+    return normalise_database_url(raw, "DIRECT_DATABASE_URL") if raw else None
+
+
 def _column_name(env: Mapping[str, str], name: str) -> str | None:
     """A plain lower-case column name (it reaches SQL only quoted, but a typo should fail here)."""
     raw = env.get(name, "").strip()
@@ -302,6 +322,12 @@ class Settings:
     db_pool_max: int = 20
     db_statement_cache_size: int = 100
     users_tenant_column: str | None = None
+    # A connection that bypasses any pooler, for migrate and deploy_hotfix.py (None: DATABASE_URL).
+    direct_database_url: str | None = None
+    migration_lock_timeout_seconds: int = 60
+    # The arq queue of this deployment; None derives it from the database (`queue_name`).
+    queue_name_override: str | None = None
+    redis_startup_timeout_seconds: int = 30
     users_table: TableName = DEFAULT_USERS_TABLE
     # The host's optimistic-locking column (USERS_VERSION_COLUMN); None: detected at migrate.
     users_version_column: str | None = None
@@ -422,6 +448,14 @@ class Settings:
             db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
             db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
             users_tenant_column=_column_name(env, "USERS_TENANT_COLUMN"),
+            direct_database_url=_direct_database_url(env),
+            migration_lock_timeout_seconds=_required_int(
+                env, "MIGRATION_LOCK_TIMEOUT_SECONDS", 60, minimum=1
+            ),
+            queue_name_override=_queue_name(env),
+            redis_startup_timeout_seconds=_required_int(
+                env, "REDIS_STARTUP_TIMEOUT_SECONDS", 30, minimum=0
+            ),
             users_table=_users_table(env),
             users_version_column=_identifier(env, "USERS_VERSION_COLUMN", "lock_version"),
             shortfall_policy=_choice(  # type: ignore[arg-type]
@@ -461,6 +495,19 @@ class Settings:
                 "(or run `webhook-worker dev` for embedded services)"
             )
         return self.database_url
+
+    def require_direct_database(self) -> str:
+        """The DSN for schema changes: DIRECT_DATABASE_URL, else DATABASE_URL."""
+        return self.direct_database_url or self.require_database()
+
+    @property
+    def queue_name(self) -> str:
+        """QUEUE_NAME, else `arq:queue:<database name>`, so deployments sharing a Redis
+        database never take each other's jobs (the `arq:` prefix keeps it in arq's keys)."""
+        if self.queue_name_override:
+            return self.queue_name_override
+        database = urlsplit(self.database_url or "").path.lstrip("/") or "default"
+        return f"arq:queue:{database}"
 
     def require_redis(self) -> str:
         if not self.redis_url:

@@ -123,7 +123,7 @@ VARIABLES: tuple[Variable, ...] = (
     V("DB_STATEMENT_CACHE_SIZE", "asyncpg's prepared-statement cache per connection", "all", advanced="`0` only behind PgBouncer in transaction mode"),
     V("DB_ECHO", "log every SQL statement at debug level", "all", advanced="debugging only"),
     V("MIGRATION_LOCK_TIMEOUT_SECONDS", "how long `migrate` / `deploy_hotfix.py` wait for another run's migration lock before exiting, naming its holder", "migrate, deploy", advanced="two deploys at once are rare; raise it only for a very long migration"),
-    V("REDIS_STARTUP_TIMEOUT_SECONDS", "how long a process retries Redis at start-up before it exits 2 with the cause", "serve, work", advanced="covers a Redis started alongside the service"),
+    V("REDIS_STARTUP_TIMEOUT_SECONDS", "how long `serve` / `work` retry a Redis that answers but refuses (password, ACL, database) before exiting 2 with the cause and the fix; a Redis that is away does not stop a start", "serve, work", advanced="covers a Redis started alongside the service"),
     V("CONSOLE_IDLE_MINUTES", "a console login unused this long is logged out", "console", advanced="a short break; `CONSOLE_SESSION_HOURS` caps the whole login"),
     V("DATA_DIR", "`make run`'s folder: embedded Postgres and Redis, the development secret and token, `services.json`", "dev, CLI", advanced="one checkout, one folder"),
     # --- deprecated: still accepted, with a warning at start-up that names the replacement ---

@@ -48,3 +48,11 @@ class PermanentError(WebhookWorkerError):
 
 class MigrationError(WebhookWorkerError):
     """The schema migrations cannot be applied."""
+
+
+class MigrationLockTimeout(MigrationError):
+    """Another migration run held the lock for longer than MIGRATION_LOCK_TIMEOUT_SECONDS."""
+
+
+class DataLossRefused(MigrationError):
+    """A rollback would drop rows of the ledger, events or audit; --drop-data lets it."""

@@ -22,14 +22,15 @@ import asyncio
 import errno
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import orjson
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
 from webhook_worker import metrics
 from webhook_worker.config import Settings
-from webhook_worker.db import store
-from webhook_worker.errors import ConfigError
+from webhook_worker.db import privileges, store
+from webhook_worker.errors import ConfigError, PermanentError, TransientError
 from webhook_worker.log import get_logger
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
@@ -55,11 +56,26 @@ def _json(status: str, data: object) -> bytes:
 
 
 async def readiness(pool: store.Pool, redis: ArqRedis) -> tuple[bool, dict[str, str]]:
-    """Whether Postgres and Redis both answer, with a word for each."""
+    """Whether Postgres and Redis both answer, with a word for each, and whether the role
+    has every grant the service needs ("grants": ok, or what is missing and its GRANT)."""
     postgres_ok, redis_ok = await asyncio.gather(
         store.ping(pool, within=_PING_TIMEOUT_SECONDS), _ping_redis(redis)
     )
-    return postgres_ok and redis_ok, {"postgres": _word(postgres_ok), "redis": _word(redis_ok)}
+    checks = {"postgres": _word(postgres_ok), "redis": _word(redis_ok)}
+    grants_ok = True
+    if postgres_ok:
+        missing = await _missing_grants(pool)
+        grants_ok = not missing
+        checks["grants"] = "; ".join(missing) if missing else "ok"
+    return postgres_ok and redis_ok and grants_ok, checks
+
+
+async def _missing_grants(pool: store.Pool) -> list[str]:
+    try:
+        async with asyncio.timeout(_PING_TIMEOUT_SECONDS), store.acquire(pool, "grants") as conn:
+            return await privileges.missing_runtime_grants(conn)
+    except (TransientError, PermanentError, TimeoutError, asyncpg.PostgresError):
+        return []  # not answering: the postgres check says so
 
 
 async def _ping_redis(redis: ArqRedis) -> bool:

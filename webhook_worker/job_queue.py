@@ -3,8 +3,9 @@ the worker. Redis carries only wake-ups; Postgres holds the truth, so a lost enq
 recovered by the sweeper and enqueue failures are reported, not fatal.
 
 One job, `process_stripe_events(event_ids)`, carries the ids one caller produced together
-(a receiver group commit, a sweep, a replay chunk), at most `EVENTS_PER_JOB` per job,
-written as arq's `ArqRedis.enqueue_job` writes them, in one round trip. Every job gets a
+(a receiver group commit, a sweep, a replay chunk), at most `EVENTS_PER_JOB` per job, on the
+deployment's queue (`Settings.queue_name`: the client's arq `default_queue_name`), written
+as arq's `ArqRedis.enqueue_job` writes them, in one round trip. Every job gets a
 fresh id: an id is never reused, so a replay is never swallowed by arq's `_job_id` dedup of
 a finished job's kept result. Two jobs may therefore name the same event; the worker's claim
 takes an event only when it is due and not held by a live job, so the second is a no-op.
@@ -18,7 +19,7 @@ from typing import Any
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import default_queue_name, job_key_prefix
+from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
@@ -28,7 +29,6 @@ from webhook_worker.errors import TransientError
 from webhook_worker.job_format import dump_job, load_job
 
 PROCESS_EVENTS_JOB = "process_stripe_events"
-QUEUE_NAME: str = default_queue_name
 # Large enough that arq's per-job cost (~4 round trips to start, 1 to finish) is spread
 # over many events, small enough that one drain spreads over several worker processes.
 EVENTS_PER_JOB = 100
@@ -48,7 +48,12 @@ async def create_redis(settings: Settings, *, retries: int | None = None) -> Arq
     if retries is not None:
         rs.conn_retries = retries
     try:
-        return await create_pool(rs, job_serializer=dump_job, job_deserializer=load_job)
+        return await create_pool(
+            rs,
+            default_queue_name=settings.queue_name,
+            job_serializer=dump_job,
+            job_deserializer=load_job,
+        )
     except (RedisError, OSError) as exc:
         raise TransientError(f"connecting to Redis: {type(exc).__name__}") from exc
 
@@ -58,9 +63,11 @@ def connect_redis_lazily(settings: Settings, *, timeout: float = 2.0) -> ArqRedi
 
     redis-py reconnects on each command, so it recovers by itself once Redis is back.
     """
-    return redis_from_url(
+    client = redis_from_url(
         settings.require_redis(), socket_connect_timeout=timeout, socket_timeout=timeout
     )
+    client.default_queue_name = settings.queue_name  # QUEUE_NAME: this deployment's queue
+    return client
 
 
 def redis_from_url(url: str, **options: Any) -> ArqRedis:
@@ -127,7 +134,7 @@ async def enqueue_event_jobs(
                     serializer=dump_job,
                 )
                 pipe.psetex(job_key_prefix + job_id, expires_ms, job)
-                pipe.zadd(QUEUE_NAME, {job_id: score})
+                pipe.zadd(redis.default_queue_name, {job_id: score})
             await pipe.execute()
     except (RedisError, OSError) as exc:
         raise TransientError(f"enqueueing to Redis: {type(exc).__name__}") from exc
@@ -136,6 +143,6 @@ async def enqueue_event_jobs(
 
 async def queue_depth(redis: ArqRedis) -> int:
     try:
-        return int(await redis.zcard(QUEUE_NAME))
+        return int(await redis.zcard(redis.default_queue_name))
     except (RedisError, OSError) as exc:
         raise TransientError(f"reading the queue depth: {type(exc).__name__}") from exc

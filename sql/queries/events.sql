@@ -133,3 +133,28 @@ WHERE processing_status IN ('completed', 'ignored')
 SELECT s.status, (SELECT count(*) FROM stripe_events e WHERE e.processing_status = s.status)
     AS events
 FROM unnest(ARRAY['received', 'processing', 'waiting', 'failed']) AS s (status);
+
+-- name: take_unfinished_events
+-- Recovery after Redis lost or could not take jobs (webhook_worker/db/recovery.py): every
+-- event not yet processed — `received` and due, or `processing` past its lease $2 — from id
+-- $1 on, at most $3, set `received`, due now and touched; ids ascending for the next cursor.
+WITH due AS (
+    SELECT id
+    FROM stripe_events
+    WHERE id > $1
+      AND ((processing_status = 'received'
+            AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
+           OR (processing_status = 'processing'
+               AND updated_at < now() - make_interval(secs => $2)))
+    ORDER BY id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE stripe_events AS e
+SET processing_status = 'received', next_attempt_at = NULL, updated_at = now()
+FROM due
+WHERE e.id = due.id
+RETURNING e.id, e.event_id;
+
+-- name: events_known
+SELECT event_id FROM stripe_events WHERE event_id = ANY($1::text[]);

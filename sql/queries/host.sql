@@ -42,8 +42,9 @@ SELECT id AS user_id, ledger_lock_key(id) AS key FROM {users} ORDER BY id LIMIT 
 SELECT ledger_lock_key($1);
 
 -- name: host_set_tenant_column
--- For the migrations of this session (0001, 0008 read it); '' when there is none.
-SELECT set_config('webhook_worker.users_tenant_column', $1, false);
+-- For the migration of this transaction (0001, 0008 read it); '' when there is none.
+-- Transaction-local (is_local = true): a session setting would not survive PgBouncer.
+SELECT set_config('webhook_worker.users_tenant_column', $1, true);
 
 -- name: host_users_relation
 -- The relation USERS_TABLE names ($1, quoted), as this session's search_path resolves it.

@@ -201,6 +201,9 @@ LIMIT $2;
 -- name: ops_event_stored
 SELECT processing_status FROM stripe_events WHERE event_id = $1;
 
+-- name: ops_event_outcome
+SELECT processing_status, status_reason, error_message FROM stripe_events WHERE event_id = $1;
+
 -- name: ops_hold_mismatches
 -- Each hold (migration 0025) must match its ledger rows: one HOLD of -amount, and once it is
 -- closed, HOLD_RELEASE rows giving back amount - actual (all of it when released or expired).

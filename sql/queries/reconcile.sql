@@ -29,9 +29,26 @@ LIMIT $1;
 -- name: reconcile_last_success
 SELECT max(finished_at) FROM reconcile_runs WHERE status = 'succeeded';
 
--- name: reconcile_try_lock
--- Session-level, on the run's own connection: one reconcile at a time across the fleet.
-SELECT pg_try_advisory_lock($1::int, $2::int);
+-- name: reconcile_take_lease
+-- The fleet's reconcile lease ($1 name) for holder $2 during $3 seconds: taken when nobody
+-- holds it or its holder let it expire. Returns a row only when $2 holds it now.
+INSERT INTO reconcile_lease AS l (name, holder, acquired_at, expires_at)
+VALUES ($1, $2, now(), now() + make_interval(secs => $3))
+ON CONFLICT (name) DO UPDATE
+SET holder = EXCLUDED.holder, acquired_at = now(), expires_at = EXCLUDED.expires_at
+WHERE l.expires_at < now() OR l.holder = EXCLUDED.holder
+RETURNING l.holder;
 
--- name: reconcile_unlock
-SELECT pg_advisory_unlock($1::int, $2::int);
+-- name: reconcile_renew_lease
+UPDATE reconcile_lease SET expires_at = now() + make_interval(secs => $3)
+WHERE name = $1 AND holder = $2 AND expires_at >= now()
+RETURNING holder;
+
+-- name: reconcile_release_lease
+-- An UPDATE, not a DELETE: the runtime role needs no DELETE on any table.
+UPDATE reconcile_lease SET expires_at = now() - interval '1 second'
+WHERE name = $1 AND holder = $2;
+
+-- name: reconcile_lease_holder
+SELECT holder, acquired_at, expires_at FROM reconcile_lease
+WHERE name = $1 AND expires_at >= now();

@@ -345,7 +345,7 @@ async def test_metrics_and_readyz_are_on_the_internal_listener_only(server: Serv
         assert "webhook_requests_total" in metrics.text
         ready = await client.get(internal + "/readyz")
         assert ready.status_code == 200
-        assert ready.json() == {"ready": True, "postgres": "ok", "redis": "ok"}
+        assert ready.json() == {"ready": True, "postgres": "ok", "redis": "ok", "grants": "ok"}
         assert (await client.post(internal + "/metrics")).status_code == 405
         assert (await client.get(internal + "/webhooks/stripe")).status_code == 404
 

@@ -98,6 +98,7 @@ async def test_redis_stopped_still_answers_200_and_the_row_is_stored(
         later_id, later = new_event()
         assert (await post(client, later)).status_code == 200
         probe = redis_from_url(own_redis.url)
+        probe.default_queue_name = Settings.from_env({"DATABASE_URL": database_url}).queue_name
         try:
             assert later_id in await queued_event_ids(probe)
         finally:

@@ -163,6 +163,7 @@ async def test_redis_flushed_with_jobs_in_it_sweeper_recovers(cluster: Cluster) 
             body = encode_event(event)
             assert (await post_event(client, url, body, sign_payload(body, OLD_SECRET))).is_success
     redis = redis_from_url(cluster.redis.url)
+    redis.default_queue_name = "arq:queue:postgres"  # derived from the cluster's database
     try:
         assert len(await queued_event_ids(redis)) == 40  # the jobs were there…
         await redis.flushall()  # …and Redis lost them
@@ -357,7 +358,7 @@ async def test_receiver_killed_between_commit_and_enqueue_sweeper_processes_it(
             "SELECT processing_status FROM stripe_events WHERE event_id = $1", event["id"]
         )
         assert status == "received"  # durable…
-        assert await redis.zcard("arq:queue") == 0  # …but never enqueued
+        assert await redis.zcard("arq:queue:postgres") == 0  # …but never enqueued
         cluster.extra_env.update(STALE_AFTER_SECONDS="1", SWEEP_INTERVAL_SECONDS="1")
         cluster.start_worker()
         await _all_final(cluster, expected_rows=1, timeout=60)

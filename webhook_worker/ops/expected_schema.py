@@ -59,6 +59,7 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "schema_migrations": ("version", "name", "checksum", "applied_at"),
     "reconcile_runs": ("trigger", "window_start", "window_end", "status", "events_recovered"),
+    "reconcile_lease": ("name", "holder", "expires_at"),
     "payment_states": ("payment_intent_id", "captured", "refunded", "refunded_as_of", "taken"),
     "payment_refund_failures": ("refund_id", "payment_intent_id", "amount", "failed_at"),
     "payment_disputes": ("dispute_id", "payment_intent_id", "amount", "stage", "status"),

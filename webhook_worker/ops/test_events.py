@@ -134,6 +134,15 @@ async def event_status(conn: Connection, event_id: str) -> str | None:
     return str(status) if status is not None else None
 
 
+async def event_outcome(conn: Connection, event_id: str) -> tuple[str, str | None] | None:
+    """(status, reason or error) of a stored event; None when it is not stored."""
+    with translate_errors("reading an event outcome"):
+        row = await conn.fetchrow(query("ops_event_outcome"), event_id)
+    if row is None:
+        return None
+    return str(row["processing_status"]), row["status_reason"] or row["error_message"]
+
+
 def pick_secret(settings: Settings, secret: str | None) -> str:
     if secret:
         return secret

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhook_worker.config import Settings
-from webhook_worker.db import host, migrations
+from webhook_worker.db import host, migrations, privileges
 from webhook_worker.db.queries import query
 from webhook_worker.db.store import Connection, translate_errors
 from webhook_worker.errors import MigrationError
@@ -263,6 +263,9 @@ async def _verify_migrations(conn: Connection, report: VerifyReport) -> None:
     if pending:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
         report.add("migrations", False, f"not applied: {names} (run `webhook-worker migrate`)")
+        # The pending ones will need this role (when it is the migration role) to change users.
+        for problem in await privileges.migration_role_problems(conn):
+            report.add("migration role", False, problem)
     else:
         report.add("migrations", True, "every migration is applied")
 

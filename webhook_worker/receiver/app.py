@@ -69,6 +69,7 @@ def _lifespan(
             redis,
             max_inflight=max(1, min(_MAX_INFLIGHT_BATCHES, settings.db_pool_max // 2)),
             after_commit_hook=after_commit_hook,
+            lease_seconds=settings.job_timeout_seconds + store.LEASE_MARGIN_S,
         )
         app.state.pool, app.state.redis, app.state.committer = pool, redis, committer
         listener = await internal_listener.start(

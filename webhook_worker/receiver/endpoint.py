@@ -20,7 +20,7 @@ from webhook_worker import metrics
 from webhook_worker.config import Settings
 from webhook_worker.envelope import EnvelopeRow, parse_envelope
 from webhook_worker.errors import PayloadError, PermanentError, SignatureError, TransientError
-from webhook_worker.log import get_logger
+from webhook_worker.log import get_logger, redact_text
 from webhook_worker.receiver.body import (
     BodyBudget,
     BodyTooLarge,
@@ -103,7 +103,10 @@ class WebhookEndpoint:
             duplicate = await committer.submit(row)
         except (TransientError, PermanentError, TimeoutError) as exc:
             failed = _rejected(503, "store_failed", "event_store_failed", type(exc).__name__)
-            failed.fields.update(stripe_event_id=row.event_id, event_type=row.type)
+            # The driver's message (e.g. "permission denied for table stripe_events"), so the
+            # log says why; redacted like every logged error.
+            error = redact_text(str(exc) or type(exc).__name__)[:300]
+            failed.fields.update(stripe_event_id=row.event_id, event_type=row.type, error=error)
             return failed
         return _Outcome(
             status=200,

@@ -4,20 +4,24 @@ Requests that reach the store in the same event-loop tick (or while earlier batc
 still in flight) share one multi-row `INSERT … ON CONFLICT DO NOTHING`, one commit and one
 Redis round trip. Each request waits for its own batch and gets its own duplicate flag; a
 failed batch answers every request in it with 503. Redis only carries wake-ups: a failed
-enqueue is counted and logged while the worker's sweeper recovers the event.
+enqueue is counted and logged, and starts one recovery task per process that pings Redis
+every half second and, once it answers, enqueues every event not yet processed
+(`db.recovery`), so the events stored meanwhile wait seconds, not the sweeper's minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
+from redis.exceptions import RedisError
 
 from webhook_worker import job_queue, metrics
 from webhook_worker.coalesce import Coalescer
-from webhook_worker.db import store
+from webhook_worker.db import recovery, store
 from webhook_worker.envelope import EnvelopeRow
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger
@@ -27,6 +31,7 @@ AfterCommitHook = Callable[[Sequence[str]], Awaitable[None]]
 _MAX_BATCH = 512
 _DB_TIMEOUT_SECONDS = 10.0
 _ENQUEUE_TIMEOUT_SECONDS = 2.0
+_RECOVERY_POLL_SECONDS = 0.5
 
 log = get_logger("webhook_worker.receiver")
 
@@ -55,10 +60,13 @@ class GroupCommitter:
         *,
         max_inflight: int,
         after_commit_hook: AfterCommitHook | None = None,
+        lease_seconds: float = 35.0,
     ) -> None:
         self._pool = pool
         self._redis = redis
         self._hook = after_commit_hook
+        self._lease_seconds = lease_seconds
+        self._recovery: asyncio.Task[None] | None = None
         self._batches: Coalescer[EnvelopeRow, bool] = Coalescer(
             self._commit,
             max_batch=_MAX_BATCH,
@@ -79,6 +87,10 @@ class GroupCommitter:
     async def drain(self) -> None:
         """Wait for every queued and in-flight batch (on shutdown, before the pool closes)."""
         await self._batches.drain()
+        if self._recovery is not None:  # what it had not enqueued, the sweeper will
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
 
     async def _commit(self, rows: list[EnvelopeRow]) -> list[bool]:
         unique = _unique_rows(rows)
@@ -129,8 +141,26 @@ class GroupCommitter:
                 "enqueue_failed",
                 events=len(event_ids),
                 error=type(exc).__name__,
-                recovery="the sweeper enqueues stored events later",
+                recovery="enqueued once Redis answers again",
             )
+            if self._recovery is None or self._recovery.done():
+                self._recovery = asyncio.create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Wait for Redis, then enqueue every unprocessed event (once; a later failure of an
+        enqueue starts another)."""
+        while True:
+            await asyncio.sleep(_RECOVERY_POLL_SECONDS)
+            try:
+                async with asyncio.timeout(_ENQUEUE_TIMEOUT_SECONDS):
+                    await self._redis.ping()
+                enqueued = await recovery.enqueue_unfinished(
+                    self._pool, self._redis, lease_seconds=self._lease_seconds
+                )
+            except (RedisError, OSError, TimeoutError, TransientError, PermanentError):
+                continue
+            log.info("unfinished_events_enqueued", trigger="redis_back", events=enqueued)
+            return
 
 
 def _unique_rows(rows: list[EnvelopeRow]) -> list[EnvelopeRow]:

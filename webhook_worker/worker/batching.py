@@ -80,6 +80,7 @@ class _Coalesced(Generic[Item, Result]):
         *,
         max_batch: int,
         max_inflight: int,
+        orphaned: Callable[[Item, Result], None] | None = None,
     ) -> None:
         self._pool = pool
         self._batch_size = metrics.WORKER_BATCH_SIZE.labels(statement)
@@ -93,6 +94,7 @@ class _Coalesced(Generic[Item, Result]):
             interrupted=_interrupted,
             run_one=self._alone,
             alone_on=(TransientError, PermanentError),
+            orphaned=orphaned,
         )
 
     async def __call__(self, item: Item) -> Result:
@@ -150,12 +152,19 @@ class WorkerBatches:
     ) -> None:
         self._pool = pool
         claims = _Claims(lease_seconds)
-        sizes = {
+        sizes: dict[str, Any] = {
             "max_batch": max_batch,
             "max_inflight": max(_INFLIGHT, -(-max_jobs // max(1, max_batch))),
         }
+        self._releases: set[asyncio.Task[None]] = set()
         self.claim: _Coalesced[str, Row] = _Coalesced(
-            pool, "claim", "claiming events", claims.one, claims.many, **sizes
+            pool,
+            "claim",
+            "claiming events",
+            claims.one,
+            claims.many,
+            orphaned=self._release_orphan,
+            **sizes,
         )
         self.lookup: _Coalesced[resolver.Candidate, UserId | None] = _Coalesced(
             pool, "lookup", "looking up users", resolver.lookup_user, resolver.lookup_users, **sizes
@@ -169,7 +178,25 @@ class WorkerBatches:
             **sizes,
         )
 
+    def _release_orphan(self, event_id: str, row: Row) -> None:
+        """A claim whose job was cancelled before it heard the answer (a shutdown, a Redis
+        outage): give the event back at once rather than leave it held until its lease ends."""
+        if row is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._release(event_id))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, event_id: str) -> None:
+        try:
+            async with store.acquire(self._pool, "releasing an event") as conn:
+                await store.release_event(conn, event_id, "worker stopped during the claim")
+        except (TransientError, PermanentError):
+            pass  # left `processing`: its lease runs out and the sweeper takes it
+
     async def drain(self) -> None:
+        if self._releases:
+            await asyncio.wait(set(self._releases))
         await self.claim.drain()
         await self.lookup.drain()
         await self.credit.drain()

@@ -36,7 +36,7 @@ from webhook_worker import internal_listener as internal
 from webhook_worker import job_queue as queue
 from webhook_worker import metrics, runtime
 from webhook_worker.config import Settings
-from webhook_worker.db import store
+from webhook_worker.db import recovery, store
 from webhook_worker.db.queries import query
 from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.job_format import UNDECODABLE_JOB, dump_job, load_job
@@ -198,10 +198,17 @@ class _EventRun:
         return "retried"
 
     async def release_unfinished(self) -> None:
-        """The job was cancelled (shutdown): a claimed event goes back, due at once, so the
-        run arq starts again takes it without waiting for its lease to run out."""
-        if self.claimed and not self.finished:
-            await _release(self.pool, self.event_id, "worker stopped during the job")
+        """The job was cancelled (shutdown): a claimed event goes back, due at once, with a
+        fresh job of its own enqueued after the release committed, so any worker takes it
+        now (arq's re-run of the cancelled job may have been picked up before the release
+        and skipped it)."""
+        if not self.claimed or self.finished:
+            return
+        if await _release(self.pool, self.event_id, "worker stopped during the job"):
+            try:
+                await queue.enqueue_event_jobs(self.ctx["redis"], [self.event_id])
+            except TransientError as exc:  # Redis away: the worker that starts sweeps
+                log.warning("release_enqueue_failed", error=_error_text(exc))
 
 
 async def _process_event(ctx: dict[str, Any], event_id: str) -> str:
@@ -234,8 +241,31 @@ async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> di
         async with slots:
             return await _process_event(ctx, event_id)
 
-    outcomes = await asyncio.gather(*(in_a_slot(event_id) for event_id in dict.fromkeys(event_ids)))
-    return dict(Counter(outcomes))
+    unique = list(dict.fromkeys(event_ids))
+    outcomes = await asyncio.gather(*(in_a_slot(event_id) for event_id in unique))
+    counts = Counter(outcomes)
+    if counts.get("skipped"):  # rare (a duplicate job): only then ask whether they are ours
+        skipped = [e for e, outcome in zip(unique, outcomes, strict=True) if outcome == "skipped"]
+        await _warn_foreign(ctx, skipped)
+    return dict(counts)
+
+
+async def _warn_foreign(ctx: dict[str, Any], event_ids: list[str]) -> None:
+    """Events this database never stored came from another deployment sharing the queue."""
+    settings, pool = resources(ctx).settings, resources(ctx).pool
+    try:
+        async with store.acquire(pool, "looking events up") as conn:
+            foreign = await recovery.unknown_events(conn, event_ids)
+    except (TransientError, PermanentError):
+        return
+    if foreign:
+        log.warning(
+            "foreign_jobs_found",
+            events=len(foreign),
+            queue=settings.queue_name,
+            fix="another deployment shares this Redis database and queue: give each its own "
+            "QUEUE_NAME (or Redis database); its events are left alone here",
+        )
 
 
 async def drop_undecodable_job(ctx: dict[str, Any]) -> None:
@@ -408,7 +438,7 @@ def worker_options(settings: Settings, *, with_cron: bool = True) -> dict[str, A
         "job_deserializer": load_job,
         "cron_jobs": cron_jobs(settings) if with_cron else None,
         "redis_settings": redis,
-        "queue_name": queue.QUEUE_NAME,
+        "queue_name": settings.queue_name,
         "max_jobs": settings.worker_max_jobs,
         "poll_delay": settings.worker_poll_delay,
         # arq runs a job again once its in-progress key expires (job_timeout + 10 s) when its

@@ -15,14 +15,19 @@ exponential backoff (tenacity; the library's own retries are off, as they skip 4
 authentication or permission error stops the run with a message. The cron
 (`run_reconcile_cron`, in the worker) covers the window from the newest successful cron
 run's end (minus an overlap) to a few minutes ago, one worker of the fleet at a time under
-an advisory lock, and moves its watermark only when the whole window is done: a run cut off
-half-way is simply done again, so no page is ever skipped.
+a lease row with an expiry (`reconcile_lease`: no session lock, so it holds through
+PgBouncer's transaction pooling), renewed while the run goes on, and moves its watermark
+only when the whole window is done: a run cut off half-way is simply done again, so no
+page is ever skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -59,9 +64,10 @@ PAGE_LIMIT = 100  # Stripe's maximum page size
 # previous window's end, so an event created right at the edge is never missed.
 UNTIL_LAG = timedelta(minutes=5)
 OVERLAP = timedelta(minutes=15)
-# "WWRC" as an int4: the reconcile lock space (the ledger's is "WWLG").
-LOCK_NAMESPACE = 0x57575243
-LOCK_KEY = 1
+# The fleet lease: renewed every LEASE_SECONDS / 3 while a run goes on; a worker that died
+# mid-run loses it after LEASE_SECONDS.
+LEASE_NAME = "reconcile_cron"
+LEASE_SECONDS = 60.0
 PAGE_TRIES = 6
 _SAMPLE = 50
 
@@ -304,18 +310,74 @@ async def cron_window(conn: store.Connection, settings: Settings) -> tuple[datet
     return max(since, oldest), now - UNTIL_LAG
 
 
-@contextlib.asynccontextmanager
-async def fleet_lock(pool: store.Pool) -> AsyncIterator[bool]:
-    """True while this process holds the fleet's reconcile lock; False when another does."""
-    async with store.acquire(pool, "taking the reconcile lock") as conn:
-        with store.translate_errors("taking the reconcile lock"):
-            held = bool(await conn.fetchval(query("reconcile_try_lock"), LOCK_NAMESPACE, LOCK_KEY))
+def lease_holder_name() -> str:
+    """This process, as the lease names it: host, pid and a random part (pids repeat)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def _lease(pool: store.Pool, name: str, holder: str, seconds: float, action: str) -> bool:
+    """take / renew: True when `holder` holds the lease now; release: always True."""
+    async with store.acquire(pool, f"{action} the reconcile lease") as conn:
+        with store.translate_errors(f"{action} the reconcile lease"):
+            if action == "release":
+                await conn.execute(query("reconcile_release_lease"), name, holder)
+                return True
+            held = await conn.fetchval(query(f"reconcile_{action}_lease"), name, holder, seconds)
+            return held is not None
+
+
+async def _keep_lease(
+    pool: store.Pool, holder: str, seconds: float, run: asyncio.Task[Any]
+) -> bool:
+    """Renew the lease until cancelled; if it was lost (expired and taken), cancel the run
+    and return False."""
+    while True:
+        await asyncio.sleep(seconds / 3)
         try:
-            yield held
-        finally:
-            if held:
-                with store.translate_errors("releasing the reconcile lock"):
-                    await conn.fetchval(query("reconcile_unlock"), LOCK_NAMESPACE, LOCK_KEY)
+            kept = await _lease(pool, LEASE_NAME, holder, seconds, "renew")
+        except WebhookWorkerError as exc:
+            log.warning("reconcile_lease_renew_failed", error=str(exc))
+            continue
+        if not kept:
+            log.warning("reconcile_lease_lost", holder=holder)
+            run.cancel()
+            return False
+
+
+@contextlib.asynccontextmanager
+async def fleet_lock(
+    pool: store.Pool, *, holder: str | None = None, seconds: float = LEASE_SECONDS
+) -> AsyncIterator[bool]:
+    """True while this process holds the fleet's reconcile lease; False when another does.
+
+    The lease is a row with an expiry, taken and renewed in single statements: nothing is
+    held by a database session, so it behaves the same through PgBouncer. While held, it is
+    renewed every `seconds / 3`; if it was lost meanwhile, the run is cancelled.
+    """
+    holder = holder or lease_holder_name()
+    held = await _lease(pool, LEASE_NAME, holder, seconds, "take")
+    if not held:
+        yield False
+        return
+    current = asyncio.current_task()
+    assert current is not None
+    keeper = asyncio.create_task(_keep_lease(pool, holder, seconds, current))
+    try:
+        yield True
+    except asyncio.CancelledError:
+        if keeper.done() and not keeper.cancelled() and keeper.result() is False:
+            current.uncancel()  # our own cancel: the lease was lost, not the worker stopping
+            raise TransientError(
+                "the reconcile lease expired and another worker took it; this run stopped "
+                "(the next one starts from the last complete window)"
+            ) from None
+        raise
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        with contextlib.suppress(WebhookWorkerError):
+            await asyncio.shield(_lease(pool, LEASE_NAME, holder, seconds, "release"))
 
 
 async def reconcile_from_watermark(
@@ -324,7 +386,7 @@ async def reconcile_from_watermark(
     """One cron run, if no other worker is running one; None when skipped."""
     async with fleet_lock(pool) as held:
         if not held:
-            log.info("reconcile_skipped", reason="another worker holds the lock")
+            log.info("reconcile_skipped", reason="another worker holds the lease")
             return None
         async with store.acquire(pool, "reading the reconcile watermark") as conn:
             since, until = await cron_window(conn, settings)

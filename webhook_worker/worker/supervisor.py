@@ -11,6 +11,11 @@ Redis error escapes `main()`, it logs `redis_unavailable`, closes that generatio
 The jobs the closed generation was running were cancelled: each released its claimed events
 (due at once), and arq runs the job again when Redis is back.
 
+Recovery in seconds: when the first generation starts, when one starts again after Redis
+errors, and when the marker key `<QUEUE_NAME>:alive` has vanished (checked every second:
+Redis restarted or was flushed, losing its queue), it enqueues every event not yet processed
+(`db.recovery.enqueue_unfinished`) instead of leaving them to the stale-event sweeper.
+
 It handles SIGINT/SIGTERM itself: the current generation is closed, then the resources, and
 the process exits 0, even with Redis away. In burst mode it returns when `main()` does.
 
@@ -29,10 +34,13 @@ from arq import Worker
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from webhook_worker import job_queue, metrics
+from webhook_worker import job_queue, metrics, redis_check
 from webhook_worker.config import Settings
+from webhook_worker.db import recovery
+from webhook_worker.errors import PermanentError, TransientError
 from webhook_worker.log import get_logger, redact_text
 from webhook_worker.worker import jobs
+from webhook_worker.worker.resources import lease_seconds, resources
 
 log = get_logger("webhook_worker.worker")
 
@@ -43,6 +51,8 @@ FIRST_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 5.0
 # A generation still polling after this long has recovered from an outage.
 RUNNING_AFTER_S = 1.0
+# How often the marker key is checked (one SET NX): a vanished marker means lost jobs.
+MARKER_CHECK_S = 1.0
 
 
 def _fault_text(exc: BaseException) -> str:
@@ -83,6 +93,13 @@ class WorkerSupervisor:
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
+        self._sweep_due = True  # at start, and after every Redis fault
+        self._first = True
+        self._marker = f"{settings.queue_name}:alive"
+        # A Redis that refuses (password, ACL, database) rather than being away: since when,
+        # and the error that ends the process once it lasts REDIS_STARTUP_TIMEOUT_SECONDS.
+        self._refused_since: float | None = None
+        self._fatal: redis_check.RedisMisconfigured | None = None
 
     # --- control ------------------------------------------------------------------------
 
@@ -113,10 +130,17 @@ class WorkerSupervisor:
         self._stopped.clear()
         redis = job_queue.connect_redis_lazily(self.settings)
         self.ctx["redis"] = redis
+        watcher: asyncio.Task[None] | None = None
         try:
             await jobs.open_resources(self.ctx)
+            if not self.burst:
+                watcher = asyncio.create_task(self._watch_marker(redis))
             await self._run_generations(redis)
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             try:
                 await jobs.close_resources(self.ctx)
             finally:
@@ -124,6 +148,8 @@ class WorkerSupervisor:
                     await redis.aclose()
                 self._running = False
                 self._stopped.set()
+        if self._fatal is not None:
+            raise self._fatal
 
     async def _run_generations(self, redis: ArqRedis) -> None:
         while not self._stop.is_set():
@@ -134,6 +160,8 @@ class WorkerSupervisor:
                 self._redis_failed(exc)
                 await self._back_off()
                 continue
+            if self._sweep_due and not self.burst:
+                await self._recover(redis, "worker_started" if self._first else "redis_reconnected")
             generation = Worker(**self.options, ctx=dict(self.ctx))
             self.worker = generation
             try:
@@ -175,8 +203,38 @@ class WorkerSupervisor:
         self._redis_failed(exc)
         return False
 
+    async def _recover(self, redis: ArqRedis, trigger: str) -> None:
+        """Enqueue every unprocessed event now; on failure, try again at the next chance."""
+        try:
+            await redis.set(self._marker, b"1")
+            enqueued = await recovery.enqueue_unfinished(
+                resources(self.ctx).pool, redis, lease_seconds=lease_seconds(self.settings)
+            )
+        except (*REDIS_FAULTS, TransientError, PermanentError) as exc:
+            log.warning("unfinished_events_not_enqueued", trigger=trigger, error=_fault_text(exc))
+            return
+        self._sweep_due = False
+        self._first = False
+        log.info("unfinished_events_enqueued", trigger=trigger, events=enqueued)
+
+    async def _watch_marker(self, redis: ArqRedis) -> None:
+        """Every MARKER_CHECK_S: if the marker is gone, Redis lost its data (and its queue)."""
+        while True:
+            await asyncio.sleep(MARKER_CHECK_S)
+            if self._sweep_due:
+                continue  # a generation start sweeps anyway
+            try:
+                lost = await redis.set(self._marker, b"1", nx=True)
+            except REDIS_FAULTS:
+                continue
+            if lost:
+                log.warning("redis_data_lost", marker=self._marker)
+                await self._recover(redis, "redis_data_lost")
+
     def _redis_failed(self, exc: BaseException) -> None:
+        self._sweep_due = True
         self.redis_failures += 1
+        self._note_refusal(exc)
         metrics.REDIS_OUTAGE_RETRIES.inc()
         log.warning(
             "redis_unavailable",
@@ -184,6 +242,21 @@ class WorkerSupervisor:
             consecutive_failures=self.redis_failures,
             retry_in_s=self._backoff(),
         )
+
+    def _note_refusal(self, exc: BaseException) -> None:
+        """A password changed or an ACL tightened while running: retried like an outage for
+        REDIS_STARTUP_TIMEOUT_SECONDS, then the process stops (exit 2) naming the fix."""
+        cause = redis_check.diagnose(exc, self.settings)
+        if cause is None:
+            self._refused_since = None
+            return
+        now = asyncio.get_running_loop().time()
+        if self._refused_since is None:
+            self._refused_since = now
+        log.error("redis_misconfigured", cause=cause)
+        if now - self._refused_since >= self.settings.redis_startup_timeout_seconds:
+            self._fatal = redis_check.RedisMisconfigured(cause)
+            self.stop()
 
     def _backoff(self) -> float:
         exponent = min(max(self.redis_failures - 1, 0), 10)
