@@ -176,4 +176,6 @@ async def test_a_job_cancelled_by_shutdown_gives_its_events_back(
     assert await _status(db, event_id) == "received"
     await drain(settings)  # arq runs the cancelled job again
     row = await status_of(db, event_id)
-    assert (row["processing_status"], row["attempts"]) == ("completed", 2)
+    # The hand-back also enqueues a fresh job at once (issue 28); the closing worker may
+    # still claim it and give it back again, so a third claim is allowed, never a fourth.
+    assert row["processing_status"] == "completed" and 2 <= row["attempts"] <= 3
