@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast test-slow lint bench bench-console clean chromium pgbouncer image-deps image-test image-clean deploy-check
+.PHONY: install run test test-fast test-slow lint bench bench-console profile clean chromium pgbouncer image-deps image-test image-clean deploy-check
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -94,6 +94,11 @@ deploy-check: $(CHECKOV)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+## make profile: the credit path's hot spots, the workers' Python (py-spy) and Postgres
+## (pg_stat_statements, in a private cluster of Debian's Postgres) into benchmarks/profile.txt
+profile: $(STAMP)
+	$(BIN)/python -m benchmarks.profile
 
 ## make bench-console: the ops console at 10^6 events (seed, every page's p50/p95, what each
 ## index costs per insert) into benchmarks/results.json (`console`, `console_p95_ms`)

@@ -13,12 +13,12 @@ from typing import Any
 
 import asyncpg
 import psutil
-from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from benchmarks.meters import CpuMeter, Roles, cpu_line, process_tree, rss_mb, this_process
 from benchmarks.services import USERS
+from webhook_worker.config import Settings
 from webhook_worker.dev.servicekit import spawn_command, stop_processes
-from webhook_worker.job_queue import enqueue_events
+from webhook_worker.job_queue import create_redis, enqueue_events
 from webhook_worker.ops.sample_events import checkout_session_event
 
 START_UP_SECONDS = 2.0  # arq start-up (pools, cron registration) before the clock starts
@@ -60,9 +60,10 @@ async def _check_credited(conn: asyncpg.Connection, ids: list[str]) -> None:
         raise RuntimeError(f"{uncredited} of {len(ids)} events were not credited")
 
 
-async def _drain(dsn: str, redis_url: str, ids: list[str], timeout: float) -> float:
-    redis: ArqRedis = await create_pool(RedisSettings.from_dsn(redis_url))
-    conn = await asyncpg.connect(dsn)
+async def _drain(env: dict[str, str], ids: list[str], timeout: float) -> float:
+    # The workers' own queue (QUEUE_NAME, else one per database) and job format.
+    redis = await create_redis(Settings.from_env(env))
+    conn = await asyncpg.connect(env["DATABASE_URL"])
     try:
         start = time.perf_counter()
         for offset in range(0, len(ids), 1000):
@@ -111,15 +112,13 @@ class Workers:
     def __exit__(self, *exc: object) -> None:
         stop_processes(self._children, timeout=20)
 
-    def drain(self, label: str, ids: list[str]) -> dict[str, Any]:
+    def drain(self, label: str, ids: list[str], timeout: float = 300) -> dict[str, Any]:
         """Enqueue `ids` and time them until all are credited: events/s and CPU by role."""
         meter = CpuMeter(
             {"workers": lambda: self.procs, **self.service_roles, "bench": this_process}
         )
         meter.start()
-        elapsed = asyncio.run(
-            _drain(self.env["DATABASE_URL"], self.env["REDIS_URL"], ids, timeout=300)
-        )
+        elapsed = asyncio.run(_drain(self.env, ids, timeout))
         by_role = meter.per_event(len(ids))
         self.rss_mb = max(self.rss_mb, rss_mb(self.procs))
         rate = len(ids) / elapsed

@@ -181,3 +181,37 @@ def test_the_spend_phase_reports_its_medians_spreads_and_targets(
     assert "| spend_ratio_random | 0.60 | 0.40 to 0.70 | >= 0.5 | 2/3 |" in out
     assert "| p99_ms_spend_half_load | 12.0 | 10.0 to 30.0 | < 25 | 2/3 |" in out
     assert report.meets("spend_ratio_hot", 0.8) and not report.meets("spend_ratio_hot", 0.79)
+
+
+async def test_the_credit_phase_enqueues_on_the_workers_own_queue(
+    database_url: str, clean_redis_url: str, tmp_path: Any
+) -> None:
+    """`make bench`'s drain must reach the workers (their queue is one per database since
+    QUEUE_NAME): every stored purchase ends credited, within the drain's own timeout."""
+    import asyncpg
+
+    from benchmarks.credit import Workers, load_events
+    from benchmarks.services import service_env
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO users (id, email) SELECT g, 'b' || g || '@example.com' "
+            "FROM generate_series(1, 10000) g"
+        )
+    finally:
+        await conn.close()
+    env = {**service_env(database_url, clean_redis_url), "SWEEP_INTERVAL_SECONDS": "3600"}
+    with Workers(env, 1, tmp_path, {}) as workers:
+        # Stored after the worker started: its start-up sweep does not see them, only a job.
+        ids = await asyncio.to_thread(load_events, database_url, 20, False)
+        drained = await asyncio.to_thread(workers.drain, "random", ids, 60)
+    assert drained["rate"] > 0
+    conn = await asyncpg.connect(database_url)
+    try:
+        credited = await conn.fetchval(
+            "SELECT count(*) FROM credit_transactions WHERE event_id = ANY($1::text[])", ids
+        )
+    finally:
+        await conn.close()
+    assert credited == len(ids)

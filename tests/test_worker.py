@@ -371,12 +371,12 @@ async def test_claim_rides_out_two_connection_blips(
     assert sleeps == [0.05, 0.1][: min(blips, 2)]
 
 
-async def test_a_process_works_on_at_most_worker_max_jobs_events_at_once(
+async def test_a_process_works_on_at_most_worker_max_events_events_at_once(
     db: asyncpg.Connection, make_settings: Callable[..., Settings]
 ) -> None:
-    """One job of 6 events, WORKER_MAX_JOBS=2: two are claimed, the rest wait unclaimed for a
+    """One job of 6 events, WORKER_MAX_EVENTS=2: two are claimed, the rest wait unclaimed for a
     slot (without the limit all six are claimed by one coalesced statement)."""
-    settings = make_settings(WORKER_MAX_JOBS="2")
+    settings = make_settings(WORKER_MAX_EVENTS="2")
     user = await new_user(db, "slots@example.com")
     events = [checkout_session_event(client_reference_id=str(user)) for _ in range(6)]
     event_ids = await store_events(db, events)

@@ -94,7 +94,7 @@ async def test_batch_max_one_gives_every_event_its_own_transaction(
     event_ids = await _events(db, 12)
     pool = await store.create_pool(settings)
     try:
-        singles = WorkerBatches(pool, max_batch=1, max_jobs=12)
+        singles = WorkerBatches(pool, max_batch=1, max_events=12)
         results = await asyncio.gather(*(singles.credit(_purchase(user, e, 2)) for e in event_ids))
     finally:
         await pool.close()

@@ -288,7 +288,8 @@ class Settings:
     sweep_interval_seconds: int = 30
     wait_max_days: int = 7
     job_timeout_seconds: int = 30
-    worker_max_jobs: int = 100
+    worker_max_jobs: int = 4
+    worker_max_events: int = 100
     worker_batch_max: int = 256
     worker_poll_delay: float = 0.05
     metrics_port: int | None = None
@@ -426,7 +427,8 @@ class Settings:
             sweep_interval_seconds=_required_int(env, "SWEEP_INTERVAL_SECONDS", 30, minimum=1),
             wait_max_days=_required_int(env, "WAIT_MAX_DAYS", 7, minimum=1),
             job_timeout_seconds=_required_int(env, "JOB_TIMEOUT_SECONDS", 30, minimum=1),
-            worker_max_jobs=_required_int(env, "WORKER_MAX_JOBS", 100, minimum=1),
+            worker_max_jobs=_required_int(env, "WORKER_MAX_JOBS", 4, minimum=1),
+            worker_max_events=_required_int(env, "WORKER_MAX_EVENTS", 100, minimum=1),
             worker_poll_delay=_required_int(env, "WORKER_POLL_DELAY_MS", 50, minimum=1) / 1000,
             worker_batch_max=_required_int(env, "WORKER_BATCH_MAX", 256, minimum=1),
             metrics_port=_int(env, "METRICS_PORT", None, minimum=1),

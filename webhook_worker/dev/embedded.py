@@ -117,6 +117,10 @@ class EmbeddedPostgres:
     port: int = field(default_factory=free_port)
     password: str | None = None
     started: bool = False  # this instance started the server (so only it stops it)
+    # Another build's binaries (the profiler's: Debian's, which has pg_stat_statements) and
+    # extra server settings (`-c name=value`), both for tools; the service uses neither.
+    bin_dir: Path | None = None
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -135,7 +139,7 @@ class EmbeddedPostgres:
     ) -> subprocess.CompletedProcess[str]:
         user = _run_as()
         return subprocess.run(
-            [str(_pg_bin_dir() / args[0]), *args[1:]],
+            [str((self.bin_dir or _pg_bin_dir()) / args[0]), *args[1:]],
             check=check,
             capture_output=True,
             text=True,
@@ -220,7 +224,7 @@ class EmbeddedPostgres:
         options = (
             f"-h 127.0.0.1 -p {self.port} -k '' -c max_connections=300 "
             "-c shared_buffers=128MB -c fsync=on -c wal_init_zero=off"
-        )
+        ) + "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run(
             "pg_ctl",
             "-D",

@@ -1,7 +1,7 @@
 """The worker's coalesced statements: concurrent events share one claim, lookup and credit.
 
 Under load a worker processes many events at once (the events of each
-`process_stripe_events` job, up to `WORKER_MAX_JOBS` jobs). Claiming them, looking up their
+`process_stripe_events` job, up to `WORKER_MAX_EVENTS` at once). Claiming them, looking up their
 users and crediting their purchases one statement per event costs a round trip (and a
 commit) each, and on a hot user every credit waits for the previous one's commit under the
 user's lock. Here the claims of one event-loop iteration become one
@@ -146,7 +146,7 @@ class WorkerBatches:
         pool: store.Pool,
         *,
         max_batch: int = 256,
-        max_jobs: int = 100,
+        max_events: int = 100,
         lease_seconds: float = store.DEFAULT_LEASE_S,
         collect_shortfall: bool = False,
     ) -> None:
@@ -154,7 +154,7 @@ class WorkerBatches:
         claims = _Claims(lease_seconds)
         sizes: dict[str, Any] = {
             "max_batch": max_batch,
-            "max_inflight": max(_INFLIGHT, -(-max_jobs // max(1, max_batch))),
+            "max_inflight": max(_INFLIGHT, -(-max_events // max(1, max_batch))),
         }
         self._releases: set[asyncio.Task[None]] = set()
         self.claim: _Coalesced[str, Row] = _Coalesced(

@@ -27,7 +27,7 @@ class WorkerResources:
     settings: Settings
     pool: store.Pool
     batches: WorkerBatches  # the coalesced claim / lookup / credit statements
-    # WORKER_MAX_JOBS events in flight per process, however many jobs carry them: a deep
+    # WORKER_MAX_EVENTS events in flight per process, however many jobs carry them: a deep
     # backlog of 100-event jobs must not hold thousands of parsed payloads at once.
     event_slots: asyncio.Semaphore
     handler_context: handlers.HandlerContext
@@ -38,7 +38,7 @@ class WorkerResources:
         batches = WorkerBatches(
             pool,
             max_batch=settings.worker_batch_max,
-            max_jobs=settings.worker_max_jobs,
+            max_events=settings.worker_max_events,
             lease_seconds=lease_seconds(settings),
             collect_shortfall=collect,
         )
@@ -46,7 +46,7 @@ class WorkerResources:
             settings,
             pool,
             batches,
-            asyncio.Semaphore(settings.worker_max_jobs),
+            asyncio.Semaphore(settings.worker_max_events),
             handlers.HandlerContext(
                 settings, PostgresMoneyStore(pool, batches, collect_shortfall=collect)
             ),
