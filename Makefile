@@ -96,7 +96,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 ## make profile: the credit path's hot spots, the workers' Python (py-spy) and Postgres
-## (pg_stat_statements, in a private cluster of Debian's Postgres) into benchmarks/profile.txt
+## (pg_stat_statements, in a private cluster of Debian's Postgres) into benchmarks/profiles/credit.txt
 profile: $(STAMP)
 	$(BIN)/python -m benchmarks.profile
 

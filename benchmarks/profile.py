@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="drop this index before the measured drain (to see what it costs); repeatable",
     )
-    parser.add_argument("--out", default=str(HERE / "profile.txt"))
+    parser.add_argument("--out", default=str(HERE / "profiles" / "credit.txt"))
     args = parser.parse_args(argv)
     if os.geteuid() != 0 and Path("/proc/sys/kernel/yama/ptrace_scope").exists():
         print("note: py-spy attaches with ptrace; as non-root it may need ptrace_scope 0")

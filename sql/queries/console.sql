@@ -41,19 +41,18 @@ ORDER BY e.received_at DESC, e.id DESC
 LIMIT $7;
 
 -- name: console_search_id_hits
--- The events whose ids start with $1 (a LIKE pattern), through the prefix indexes (0046):
--- the event's id, its object's id, its payment intent and customer. At most $2.
+-- The events whose ids start with $1 (a LIKE pattern), through the prefix indexes: the
+-- event's id (0046), its object's id, its payment intent and customer (stripe_event_search,
+-- 0050). At most $2.
 SELECT id FROM stripe_events WHERE event_id LIKE $1::text
 UNION
-SELECT id FROM stripe_events WHERE (raw_data #>> '{data,object,id}') LIKE $1::text
+SELECT event_row_id FROM stripe_event_search WHERE object_id LIKE $1::text
 UNION
-SELECT id FROM stripe_events
-WHERE (raw_data #>> '{data,object,payment_intent}') LIKE $1::text
-  AND (raw_data #>> '{data,object,payment_intent}') IS NOT NULL
+SELECT event_row_id FROM stripe_event_search
+WHERE payment_intent LIKE $1::text AND payment_intent IS NOT NULL
 UNION
-SELECT id FROM stripe_events
-WHERE (raw_data #>> '{data,object,customer}') LIKE $1::text
-  AND (raw_data #>> '{data,object,customer}') IS NOT NULL
+SELECT event_row_id FROM stripe_event_search
+WHERE customer LIKE $1::text AND customer IS NOT NULL
 LIMIT $2;
 
 -- name: console_search_ids
@@ -74,19 +73,21 @@ LIMIT $7;
 
 -- name: console_search_email
 -- Older matches of an email substring ($8, lower case, three characters or more) through
--- the trigram index (0045/0046), received at or after $9 (a slice, so the index's matches
--- are combined with the received_at index and only that slice's rows are read).
+-- the trigram index of stripe_event_search (0045/0050), received at or after $9 (a slice,
+-- so the index's matches are combined with that table's received_at index and only that
+-- slice's rows are read).
 SELECT e.id, e.received_at
-FROM stripe_events e
-WHERE text_trigrams(stripe_event_email(e.raw_data)) @> text_trigrams($8::text)
-  AND stripe_event_email(e.raw_data) IS NOT NULL
-  AND strpos(stripe_event_email(e.raw_data), $8::text) > 0
+FROM stripe_event_search s
+JOIN stripe_events e ON e.id = s.event_row_id
+WHERE text_trigrams(s.email) @> text_trigrams($8::text)
+  AND s.email IS NOT NULL
+  AND strpos(s.email, $8::text) > 0
+  AND ($9::timestamptz IS NULL OR s.received_at >= $9::timestamptz)
   AND ($1::text IS NULL OR e.processing_status = $1::text)
   AND ($2::text IS NULL OR e.type = $2::text)
   AND ($3::timestamptz IS NULL OR e.received_at >= $3::timestamptz)
   AND ($4::timestamptz IS NULL OR e.received_at < $4::timestamptz)
   AND ($5::timestamptz IS NULL OR (e.received_at, e.id) < ($5::timestamptz, $6::bigint))
-  AND ($9::timestamptz IS NULL OR e.received_at >= $9::timestamptz)
   AND ($10::text IS NULL OR e.status_reason = $10::text)
 ORDER BY e.received_at DESC, e.id DESC
 LIMIT $7;

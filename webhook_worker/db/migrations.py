@@ -85,8 +85,16 @@ EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
 DEFAULT_LOCK_TIMEOUT_S = 60.0
 _LOCK_POLL_S = 0.25
 # Bookkeeping tables a rollback may drop with their rows: nothing of value is in them.
+# Bookkeeping, or derived from other tables (stripe_event_search: 0051 rebuilds it from
+# stripe_events): dropping their rows loses nothing.
 _DISPOSABLE_TABLES = frozenset(
-    {"users_host_shape", "schema_migrations", "reconcile_lease", "credits_settings"}
+    {
+        "users_host_shape",
+        "schema_migrations",
+        "reconcile_lease",
+        "credits_settings",
+        "stripe_event_search",
+    }
 )
 _DROPS_ROWS = re.compile(
     r"\b(?:DROP\s+TABLE(?:\s+IF\s+EXISTS)?|TRUNCATE(?:\s+TABLE)?|DELETE\s+FROM)\s+"

@@ -57,6 +57,14 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "release_transaction_id",
         "expires_at",
     ),
+    "stripe_event_search": (
+        "event_row_id",
+        "received_at",
+        "object_id",
+        "payment_intent",
+        "customer",
+        "email",
+    ),
     "schema_migrations": ("version", "name", "checksum", "applied_at"),
     "reconcile_runs": ("trigger", "window_start", "window_end", "status", "events_recovered"),
     "reconcile_lease": ("name", "holder", "expires_at"),
@@ -106,7 +114,7 @@ EXPECTED_INDEXES: dict[str, str] = {
     "credit_transactions_one_expiry_per_invoice": "one EXPIRY per invoice",
     "stripe_events_received_at_id_idx": "the console's event list, newest first (0046; an "
     "invalid index from a failed concurrent build counts as missing: migrate again)",
-    "stripe_events_email_trigrams_idx": "the console's email search (0046)",
+    "stripe_event_search_email_trigrams_idx": "the console's email search (0050)",
     "credit_transactions_one_payment_per_invoice": (
         "one PURCHASE or SUBSCRIPTION_CREDIT per invoice (a session's post-payment invoice)"
     ),
@@ -121,6 +129,7 @@ EXPECTED_FUNCTIONS: dict[str, str] = {
     "ledger_credit_many": "a batch of purchases credited in one commit",
     "ledger_apply": "one ledger row and its balance move (refunds, disputes, expiries)",
     "users_match": "every reference kind matched in one statement",
+    "stripe_event_search_insert": "the console's search columns of each stored event (0050)",
     "users_create_by_email": "a user created from an email, race-safe",
     "users_remember_stripe_customer": "a user's Stripe customer id, remembered once",
     "credits_spend": "spending: a USAGE row under the user's lock (docs/spending.md)",
