@@ -63,9 +63,7 @@ async def test_the_workers_status_updates_leave_it_alone_and_edits_of_the_payloa
 
 async def test_deletes_and_truncates_of_the_events_empty_it(db: asyncpg.Connection) -> None:
     ids = await store_events(db, [_session(i) for i in range(4)])
-    await db.execute(
-        "DELETE FROM stripe_events WHERE event_id = ANY($1::text[])", [ids[0], ids[1]]
-    )
+    await db.execute("DELETE FROM stripe_events WHERE event_id = ANY($1::text[])", [ids[0], ids[1]])
     assert await db.fetchval("SELECT count(*) FROM stripe_event_search") == 2
     await db.execute("TRUNCATE stripe_events CASCADE")
     assert await db.fetchval("SELECT count(*) FROM stripe_event_search") == 0
