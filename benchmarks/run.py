@@ -148,6 +148,10 @@ def _credit_repetition(
             drained = steps.run(f"credit_{label}", lambda: workers.drain(label, ids))
             out[f"credit_{label}"] = drained["rate"]
             out[f"cpu_us_per_event_by_role_{label}"] = drained["cpu_us_per_event_by_role"]
+            if label == "random":
+                path = report.credit_path_cpu(drained["cpu_us_per_event_by_role"])
+                out["cpu_us_per_credited_event"] = path["all"]
+                out["cpu_us_per_credited_event_workers"] = path.get("workers", 0.0)
 
         _alternate(index, ceiling, service)
         out[f"credit_ratio_{label}"] = out[f"credit_{label}"] / out[f"ledger_{label}"]
@@ -273,7 +277,7 @@ def summarise(
     figures = [
         "ingest_rate", "ingest_ratio", "p99_ms_half_load", "credit_ratio_random",
         "credit_ratio_hot", "insert_c32", "ledger_random", "ledger_hot", "credit_random",
-        "credit_hot",
+        "credit_hot", "cpu_us_per_credited_event", "cpu_us_per_credited_event_workers",
     ]  # fmt: skip
     spreads = {name: report.spread([rep[name] for rep in reps]) for name in figures}
     median = {name: s["median"] for name, s in spreads.items()}
@@ -283,7 +287,10 @@ def summarise(
         report.median_index([r["credit_ratio_random"] for r in credit_reps])
     ]
     c32 = point_at(typical_ingest["points"], 32)
-    keep = ["credit_ratio_random", "credit_ratio_hot", "ingest_ratio", "p99_ms_half_load"]
+    keep = [
+        "credit_ratio_random", "credit_ratio_hot", "ingest_ratio", "p99_ms_half_load",
+        "cpu_us_per_credited_event", "cpu_us_per_credited_event_workers",
+    ]  # fmt: skip
     return {
         "machine": {
             "cores": os.cpu_count(),
@@ -317,6 +324,13 @@ def summarise(
         "credit_ratio_random": median["credit_ratio_random"],
         "credit_ratio_hot": median["credit_ratio_hot"],
         "p99_ms_half_load": median["p99_ms_half_load"],
+        # The credit path's CPU per credited event (many users): workers, Postgres and Redis
+        # summed, the workers' share, and each role in the median repetition.
+        "cpu_us_per_credited_event": median["cpu_us_per_credited_event"],
+        "cpu_us_per_credited_event_workers": median["cpu_us_per_credited_event_workers"],
+        "cpu_us_per_credited_event_by_role": report.credit_path_cpu(
+            typical_credit["cpu_us_per_event_by_role_random"]
+        ),
         **{f"{name}_spread": [spreads[name]["min"], spreads[name]["max"]] for name in keep},
         "ingest_rate_spread": [spreads["ingest_rate"]["min"], spreads["ingest_rate"]["max"]],
         "cpu_budget": {

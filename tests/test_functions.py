@@ -120,8 +120,9 @@ def test_every_balance_update_in_the_source_bumps_the_version_column() -> None:
             updates += 1
             assert statement.startswith('UPDATE "public"."user" AS u'), statement
             assert '"version" = u."version" + 1' in statement, (function.name, statement)
-    # ledger_apply, ledger_credit, users_remember_stripe_customer, credits_write_row
-    assert updates == 4
+    # ledger_apply, ledger_credit, ledger_credit_many (its set-based batch),
+    # users_remember_stripe_customer, credits_write_row
+    assert updates == 5
     unversioned = functions.render(
         functions.FunctionShape(key_family="uuid", users=TableName("users", "public"))
     )
