@@ -46,7 +46,7 @@ from benchmarks.services import (
     service_env,
     settle,
 )
-from benchmarks.spend import fund_users, measure_spend, p99_at_rate
+from benchmarks.spend import WARM_UP_SECONDS, fund_users, measure_spend, p99_at_rate
 from webhook_worker.ops.sample_events import checkout_session_event, encode_event
 
 HERE = Path(__file__).parent
@@ -175,10 +175,13 @@ def _spend_repetition(index: int, steps: Steps, args: argparse.Namespace) -> dic
         _alternate(index, ceiling, service)
         out[f"spend_ratio_{label}"] = out[f"spend_{label}"] / out[f"ledger_{label}"]
     half = out["spend_random"] / 2
-    out["p99_ms_spend_half_load"] = p99 = steps.run(
-        "spend_half_load", lambda: p99_at_rate(steps.dsn, half, args.seconds)
+    tail = steps.run("spend_half_load", lambda: p99_at_rate(steps.dsn, half, args.seconds))
+    out["p99_ms_spend_half_load"] = tail["p99_ms"]
+    out["p99_ms_spend_cold_connections"] = tail["cold_p99_ms"]
+    print(
+        f"  credits_spend p99 at {half:.0f}/s: {tail['p99_ms']:.1f} ms "
+        f"(first {WARM_UP_SECONDS:g} s, fresh connections: {tail['cold_p99_ms']:.1f} ms)"
     )
-    print(f"  credits_spend p99 at {half:.0f}/s: {p99:.1f} ms")
     return out
 
 
@@ -199,7 +202,7 @@ def measure_spending(
 
 
 SPEND_FIGURES = ("spend_ratio_random", "spend_ratio_hot", "p99_ms_spend_half_load",
-                 "spend_random", "spend_hot")  # fmt: skip
+                 "spend_random", "spend_hot", "p99_ms_spend_cold_connections")  # fmt: skip
 
 
 def summarise_spend(spend_reps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -211,6 +214,8 @@ def summarise_spend(spend_reps: list[dict[str, Any]]) -> dict[str, Any]:
             "hot": spreads["spend_hot"]["median"],
             "ledger_random": report.spread([r["ledger_random"] for r in spend_reps])["median"],
             "ledger_hot": report.spread([r["ledger_hot"] for r in spend_reps])["median"],
+            # The tail's first second, on fresh connections (benchmarks/spend.py): not a target.
+            "p99_ms_cold_connections": spreads["p99_ms_spend_cold_connections"]["median"],
             "repetitions": [_compact(rep) for rep in spend_reps],
         },
         **{name: spreads[name]["median"] for name in SPEND_FIGURES[:3]},

@@ -177,6 +177,7 @@ def test_the_spend_phase_reports_its_medians_spreads_and_targets(
             "ledger_random": 2000.0, "spend_random": 2000.0 * ratio, "spend_ratio_random": ratio,
             "ledger_hot": 1000.0, "spend_hot": 900.0, "spend_ratio_hot": 0.9,
             "p99_ms_spend_half_load": p99, "server_events_spend": {},
+            "p99_ms_spend_cold_connections": 120.0,
         }  # fmt: skip
 
     results = summarise_spend([rep(0.4, 30.0), rep(0.7, 10.0), rep(0.6, 12.0)])
@@ -223,3 +224,18 @@ async def test_the_credit_phase_enqueues_on_the_workers_own_queue(
     finally:
         await conn.close()
     assert credited == len(ids)
+
+
+def test_the_spend_tail_reports_the_connections_warm_up_apart() -> None:
+    """Fresh pgbench connections compile the spending functions on their first call: those
+    spends are reported as `cold_p99_ms`, never hidden in or mixed into the steady p99."""
+    from benchmarks.spend import tail_figures
+
+    steady = [(10.0 + i / 1000, 2.0 + (i % 100) / 10) for i in range(2000)]
+    first_calls = [(9.0 + i / 100, 120.0) for i in range(32)]
+    figures = tail_figures(first_calls + steady, warm_up=1.0)
+    assert figures["cold_p99_ms"] == 120.0
+    assert 11.0 < figures["p99_ms"] < 12.0
+    # A stall after the warm-up counts in full.
+    stalled = steady + [(11.0 + i / 1000, 150.0) for i in range(100)]
+    assert tail_figures(first_calls + stalled, warm_up=1.0)["p99_ms"] == 150.0
