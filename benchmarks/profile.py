@@ -158,8 +158,7 @@ def profile(args: argparse.Namespace) -> list[str]:
         env = service_env(dsn, redis.url)
         roles = Servers(postgres.url, redis.url, [postgres, redis]).roles()
         with Workers(env, args.worker_processes, work / "logs", roles) as workers:
-            warm = load_events(dsn, 2000, hot=False)  # first jobs: connections, caches
-            workers.drain("warm-up", warm)
+            workers.warm_up()
             ids = load_events(dsn, args.events, hot=False)
             settle(dsn)
             asyncio.run(_reset_statements(dsn, args.drop_indexes))

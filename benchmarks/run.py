@@ -6,7 +6,8 @@
    unique events back to back, in alternating order, then an open-loop run at half the
    repetition's best rate for the tail target. The first repetition sweeps every
    concurrency and the ceilings at 1/8/32 clients, for the table and the chart.
-3. End to end, on another database: each repetition measures the ledger ceiling and the
+3. End to end, on another database, after a warm-up drain of 2,000 purchases (pool
+   connections, compiled functions): each repetition measures the ledger ceiling and the
    workers draining stored events, for many users and for one hot user, back to back.
 4. Before every measured step the phase's database is vacuumed and checkpointed, and the
    checkpoints and autovacuum runs that still happened during the step are recorded.
@@ -253,6 +254,7 @@ def measure_credit(
     env = service_env(dsn, servers.redis_url)
     reps = []
     with Workers(env, args.worker_processes, logs, roles) as workers:
+        workers.warm_up()
         for index in range(args.repetitions):
             print(f"end to end, repetition {index + 1} of {args.repetitions}:")
             steps = Steps(dsn, args.settle, roles)
@@ -263,6 +265,7 @@ def measure_credit(
     for count in args.scaling:
         print(f"worker scaling (many users), {count} process(es):")
         with Workers(env, count, logs, roles) as scaled:
+            scaled.warm_up()
             ids = load_events(dsn, args.credit_events, False)
             settle(dsn)
             scaling[str(count)] = scaled.drain("random", ids)["rate"]
