@@ -208,3 +208,21 @@ def test_the_link_checker_sees_a_broken_anchor(tmp_path: Path) -> None:
     )
     assert _anchors(page) == {"title", "a-section-with-code"}
     assert _links(page) == ["#a-section-with-code", "#nope"]
+
+
+def test_every_ignore_reason_a_handler_writes_is_explained() -> None:
+    """`ignored("reason")` in a handler stores that reason in `status_reason`: each one has
+    its row in stripe.md's "What each reason means" table."""
+    handlers = ROOT / "webhook_worker" / "worker" / "handlers"
+    written = {
+        reason
+        for path in handlers.glob("*.py")
+        for reason in re.findall(r'\bignored\(\s*"([a-z_]+)"', path.read_text())
+    }
+    assert {"not_a_credit_purchase", "unhandled_type", "no_invoice"} <= written
+    page = (ROOT / "docs" / "stripe.md").read_text()
+    table = page.split("## What each reason means", 1)[1].split("\n## ", 1)[0]
+    explained = set(re.findall(r"^\| `([a-z_]+)`", table, re.M)) | set(
+        re.findall(r"/ `([a-z_]+)`", table)
+    )
+    assert written - explained == set()
