@@ -97,11 +97,8 @@ def read_collapsed(paths: list[Path]) -> tuple[Counter[str], Counter[str], int]:
     return own, total, samples
 
 
-def _table(title: str, counts: Counter[str], samples: int, top: int) -> list[str]:
-    lines = [title]
-    for name, count in counts.most_common(top):
-        lines.append(f"  {100 * count / samples:5.1f}%  {name}")
-    return lines
+def _table(counts: Counter[str], samples: int, top: int) -> list[str]:
+    return [f"  {100 * count / samples:5.1f}%  {name}" for name, count in counts.most_common(top)]
 
 
 async def _statements(dsn: str, database: str, top: int) -> list[str]:
@@ -186,9 +183,9 @@ def profile(args: argparse.Namespace) -> list[str]:
         f"{args.worker_processes} workers, {rate:.0f} events/s",
         cpu_line("random", drained["cpu_us_per_event_by_role"]).strip(),
         f"workers' Python ({samples} samples at {args.rate}/s, idle excluded), self:",
-        *_table("", own, samples, args.top)[1:],
+        *_table(own, samples, args.top),
         "total (with callees):",
-        *_table("", total, samples, args.top)[1:],
+        *_table(total, samples, args.top),
         *_redis_table(redis_calls, args.events),
         "Postgres (pg_stat_statements, track=all):",
         *statements,

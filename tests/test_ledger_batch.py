@@ -92,9 +92,10 @@ async def _run(db: asyncpg.Connection, purchases: list[Any], set_based: bool) ->
             results = await ledger.credit_purchases(db, purchases)
             answers = [(r.applied, r.balance) for r in results]
         else:  # the oracle: ledger_credit alone, in the batch's documented order
+            lock_keys = dict(await db.fetch("SELECT id, ledger_lock_key(id) FROM users"))
             order = sorted(
                 purchases,
-                key=lambda p: (_LOCK_KEYS[p.user_id], p.user_id, p.event_id),
+                key=lambda p: (lock_keys[p.user_id], p.user_id, p.event_id),
             )
             alone = {}
             for p in order:
@@ -114,9 +115,6 @@ async def _run(db: asyncpg.Connection, purchases: list[Any], set_based: bool) ->
         await tx.rollback()
 
 
-_LOCK_KEYS: dict[int, int] = {}  # user -> ledger_lock_key, the batch's order
-
-
 def _columns(p: Any) -> tuple[Any, ...]:
     return (
         p.user_id, p.credits, "PURCHASE", p.event_id, p.checkout_session_id,
@@ -126,8 +124,6 @@ def _columns(p: Any) -> tuple[Any, ...]:
 
 async def test_random_batches_answer_as_crediting_each_alone_would(db: asyncpg.Connection) -> None:
     users = [await new_user(db, f"r{i}@example.com") for i in range(6)]
-    for user in users:
-        _LOCK_KEYS[user] = int(await db.fetchval("SELECT ledger_lock_key($1::bigint)", user))
     names = [f"evt_r{i:03d}" for i in range(60)]
     await _events(db, names)
     # Some of them, and some sessions, are in the ledger already.
