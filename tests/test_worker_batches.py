@@ -157,10 +157,13 @@ async def test_concurrent_claims_share_one_statement(
         "UPDATE stripe_events SET processing_status = 'completed' WHERE event_id = $1",
         event_ids[0],
     )
-    rows = await asyncio.gather(*(batches.claim(e) for e in [*event_ids, "evt_unknown"]))
-    assert rows[0] is None and rows[-1] is None
-    assert [row["event_id"] for row in rows[1:-1] if row] == event_ids[1:]
-    assert {row["attempts"] for row in rows[1:-1] if row} == {1}
+    # Three jobs at once, one of them carrying an event another carries too (a duplicate job).
+    jobs = [(event_ids[0], *event_ids[1:15]), (*event_ids[15:], "evt_unknown"), (event_ids[20],)]
+    first, second, duplicate = await asyncio.gather(*(batches.claim(job) for job in jobs))
+    assert list(first) == event_ids[1:15]  # the completed one is not claimed
+    assert list(second) == event_ids[15:]  # nor the unknown one
+    assert duplicate == {}  # each event goes to one job only
+    assert {row["attempts"] for row in [*first.values(), *second.values()]} == {1}
     assert (
         await db.fetchval(
             "SELECT count(DISTINCT xmin::text) FROM stripe_events "
@@ -212,8 +215,8 @@ async def test_without_a_statement_cache_as_behind_pgbouncer_it_all_still_works(
     pool = await store.create_pool(make_settings(DB_STATEMENT_CACHE_SIZE="0"))
     try:
         uncached = WorkerBatches(pool)
-        claimed = await asyncio.gather(*(uncached.claim(e) for e in event_ids))
-        assert all(row is not None for row in claimed)
+        claimed = await asyncio.gather(*(uncached.claim((e,)) for e in event_ids))
+        assert all(rows for rows in claimed)
         found = await asyncio.gather(
             *(uncached.lookup(resolver.classify(str(user))) for _ in event_ids)
         )

@@ -45,13 +45,17 @@ def _interrupted() -> Exception:
 async def claim_one(
     conn: store.Connection, event_id: str, *, lease_seconds: float = store.DEFAULT_LEASE_S
 ) -> Row:
-    """Claim with a few quick tries: a connection blip should not cost a whole job retry.
+    """Claim with a few quick tries: a connection blip should not cost a whole job retry."""
+    return await _quick_retries(
+        lambda: store.claim_event(conn, event_id, lease_seconds=lease_seconds)
+    )
 
-    Backoff 50 ms, then 100 ms; a plain loop, so the happy path costs one awaited statement.
-    """
+
+async def _quick_retries(claim: Callable[[], Awaitable[Result]]) -> Result:
+    """Backoff 50 ms, then 100 ms; a plain loop, so the happy path costs one awaited statement."""
     for attempt in range(1, _CLAIM_TRIES + 1):
         try:
-            return await store.claim_event(conn, event_id, lease_seconds=lease_seconds)
+            return await claim()
         except TransientError:
             if attempt == _CLAIM_TRIES:
                 raise
@@ -115,25 +119,41 @@ class _Coalesced(Generic[Item, Result]):
             return await self._many(conn, items)
 
 
+Claimed = dict[str, dict[str, Any]]
+
+
 class _Claims:
-    """The claim statements with this worker's lease (see `store.LEASE_MARGIN_S`)."""
+    """The claim statements with this worker's lease (see `store.LEASE_MARGIN_S`). An item is
+    the event ids of one job (a chunk of it), and its result the rows claimed for it: one
+    future per job, not per event, and the jobs running at once still share one statement."""
 
     def __init__(self, lease_seconds: float) -> None:
         self.lease_seconds = lease_seconds
 
-    async def one(self, conn: store.Connection, event_id: str) -> Row:
-        return await claim_one(conn, event_id, lease_seconds=self.lease_seconds)
+    async def one(self, conn: store.Connection, event_ids: tuple[str, ...]) -> Claimed:
+        if len(event_ids) == 1:
+            row = await claim_one(conn, event_ids[0], lease_seconds=self.lease_seconds)
+            return {event_ids[0]: row} if row is not None else {}
+        return await _quick_retries(
+            lambda: store.claim_events(conn, event_ids, lease_seconds=self.lease_seconds)
+        )
 
-    async def many(self, conn: store.Connection, event_ids: list[str]) -> list[Row]:
-        rows = await store.claim_events(conn, event_ids, lease_seconds=self.lease_seconds)
-        return [rows.get(event_id) for event_id in event_ids]
+    async def many(self, conn: store.Connection, jobs: list[tuple[str, ...]]) -> list[Claimed]:
+        rows = await store.claim_events(
+            conn, [event_id for job in jobs for event_id in job], lease_seconds=self.lease_seconds
+        )
+        # An event two jobs carry (a duplicate enqueue) goes to the first of them only.
+        return [
+            {event_id: row for event_id in job if (row := rows.pop(event_id, None)) is not None}
+            for job in jobs
+        ]
 
 
 class WorkerBatches:
     """The coalesced statements of one worker process, on its pool.
 
-    `claim(event_id)`: the claimed row (`processing`, attempts + 1), or None if the event is
-    final, unknown, not yet due or held by a live job (`lease_seconds`).
+    `claim(event_ids)`: the rows claimed (`processing`, attempts + 1) by event id; an event
+    missing is final, unknown, not yet due or held by a live job (`lease_seconds`).
     `lookup(candidate)`: the user id a resolver candidate matches, or None.
     `credit(purchase)`: credit once and mark the event completed, in the same commit.
     `max_batch` = 1 gives every event its own statements and transaction (no batching);
@@ -157,7 +177,7 @@ class WorkerBatches:
             "max_inflight": max(_INFLIGHT, -(-max_events // max(1, max_batch))),
         }
         self._releases: set[asyncio.Task[None]] = set()
-        self.claim: _Coalesced[str, Row] = _Coalesced(
+        self.claim: _Coalesced[tuple[str, ...], Claimed] = _Coalesced(
             pool,
             "claim",
             "claiming events",
@@ -178,14 +198,14 @@ class WorkerBatches:
             **sizes,
         )
 
-    def _release_orphan(self, event_id: str, row: Row) -> None:
+    def _release_orphan(self, _event_ids: tuple[str, ...], rows: Claimed) -> None:
         """A claim whose job was cancelled before it heard the answer (a shutdown, a Redis
-        outage): give the event back at once rather than leave it held until its lease ends."""
-        if row is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._release(event_id))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        outage): give its events back at once rather than leave them held until their lease
+        ends."""
+        for event_id in rows:
+            task = asyncio.get_running_loop().create_task(self._release(event_id))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
 
     async def _release(self, event_id: str) -> None:
         try:

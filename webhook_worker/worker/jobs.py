@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -115,16 +116,10 @@ async def _release(pool: store.Pool, event_id: str, message: str, delay_seconds:
 class _EventRun:
     """One event of a `process_stripe_events` job: its state for the canonical log line."""
 
-    def __init__(self, ctx: dict[str, Any], event_id: str) -> None:
-        self.ctx = ctx
-        shared = resources(ctx)
-        self.settings = shared.settings
-        self.pool = shared.pool
-        self.handler_context = shared.handler_context
-        self.batches = shared.batches
+    def __init__(self, job: _Job, event_id: str, started: float) -> None:
+        self.job = job
         self.event_id = event_id
-        self.job_try = int(ctx.get("job_try") or 1)
-        self.started = time.perf_counter()
+        self.started = started  # when its slot was taken
         self.event: handlers.StoredEvent | None = None
         self.event_type = "unknown"
         self.claimed = False
@@ -135,25 +130,27 @@ class _EventRun:
         getattr(log, level)(
             action,
             event_type=self.event_type,
-            job_try=self.job_try,
+            job_try=self.job.job_try,
             attempts=self.event.attempts if self.event else None,
             duration_ms=duration_ms,
             **fields,
         )
 
-    async def run(self) -> str:
-        async with asyncio.timeout(_deadline(self.settings)):
-            row = await self.batches.claim(self.event_id)
-            if row is None:
-                self.finished = True
-                self._line("event_skipped", reason="final_unknown_not_due_or_held")
-                return "skipped"
-            self.claimed = True
+    def skipped(self) -> str:
+        self.finished = True
+        self._line("event_skipped", reason="final_unknown_not_due_or_held")
+        return "skipped"
+
+    async def handle(self, row: dict[str, Any]) -> str:
+        """The claimed event: dispatched on its type, its outcome recorded and logged."""
+        self.claimed = True
+        job = self.job
+        async with asyncio.timeout_at(job.deadline):
             self.event_type = str(row.get("type") or "unknown")
             self.event = handlers.StoredEvent.from_row(row)
-            outcome = await handlers.handle_event(self.handler_context, self.event)
+            outcome = await handlers.handle_event(job.shared.handler_context, self.event)
             if not outcome.recorded:
-                async with store.acquire(self.pool, "recording an event outcome") as conn:
+                async with store.acquire(job.shared.pool, "recording an event outcome") as conn:
                     await store.finish_event(
                         conn, self.event_id, outcome.status, reason=outcome.reason
                     )
@@ -167,7 +164,7 @@ class _EventRun:
     async def fail(self, exc: BaseException) -> str:
         self.finished = True
         message = _error_text(exc)
-        await _record_failure(self.pool, self.event_id, message)
+        await _record_failure(self.job.shared.pool, self.event_id, message)
         _observe_final(self.event, "failed", _type_label(self.event_type))
         self._line("event_failed", "warning", outcome="failed", error=message)
         return "failed"
@@ -176,22 +173,23 @@ class _EventRun:
         """This event alone goes back, due after its backoff, with a deferred job of its own."""
         # A claimed event's tries are its attempts; one that could not even be claimed
         # (Postgres away) counts the tries of the jobs that carried it alone.
-        tries = self.event.attempts if self.event is not None else self.job_try
-        if self.claimed and tries >= self.settings.max_tries:
+        settings = self.job.shared.settings
+        tries = self.event.attempts if self.event is not None else self.job.job_try
+        if self.claimed and tries >= settings.max_tries:
             return await self.fail(exc)
         self.finished = True
         message = _error_text(exc)
-        delay = retry_delay(self.settings, tries)
+        delay = retry_delay(settings, tries)
         if self.claimed:
-            await _release(self.pool, self.event_id, message, delay)
+            await _release(self.job.shared.pool, self.event_id, message, delay)
         reason = _retry_reason(exc)
         metrics.RETRIES.labels(reason).inc()
         self._line("event_retried", "warning", reason=reason, retry_in_s=delay, error=message)
         # Unclaimed, the next job's arq try number carries the count (`_job_try`).
-        job_try = None if self.claimed else min(tries + 1, self.settings.max_tries)
+        job_try = None if self.claimed else min(tries + 1, settings.max_tries)
         try:
             await queue.enqueue_event_jobs(
-                self.ctx["redis"], [self.event_id], defer_seconds=delay, job_try=job_try
+                self.job.ctx["redis"], [self.event_id], defer_seconds=delay, job_try=job_try
             )
         except TransientError as exc:  # the sweeper enqueues it once it is overdue
             log.warning("retry_enqueue_failed", error=_error_text(exc))
@@ -204,29 +202,116 @@ class _EventRun:
         and skipped it)."""
         if not self.claimed or self.finished:
             return
-        if await _release(self.pool, self.event_id, "worker stopped during the job"):
+        if await _release(self.job.shared.pool, self.event_id, "worker stopped during the job"):
             try:
-                await queue.enqueue_event_jobs(self.ctx["redis"], [self.event_id])
+                await queue.enqueue_event_jobs(self.job.ctx["redis"], [self.event_id])
             except TransientError as exc:  # Redis away: the worker that starts sweeps
                 log.warning("release_enqueue_failed", error=_error_text(exc))
 
-
-async def _process_event(ctx: dict[str, Any], event_id: str) -> str:
-    run = _EventRun(ctx, event_id)
-    with structlog.contextvars.bound_contextvars(stripe_event_id=event_id):
+    async def settle(self, step: Awaitable[str]) -> str:
+        """Run one step of this event (its claim's failure, or its handling) to an outcome:
+        a transient fault retries it, a permanent one fails it, a bug fails it visibly, and a
+        cancellation (shutdown) gives a claimed event back."""
         try:
-            return await run.run()
+            return await step
         except (TransientError, TimeoutError) as exc:
-            return await run.retry_or_fail(exc)
+            return await self.retry_or_fail(exc)
         except PermanentError as exc:
-            return await run.fail(exc)
+            return await self.fail(exc)
         except asyncio.CancelledError:
             # Shielded: a second cancellation must not leave the release half done.
-            await asyncio.shield(run.release_unfinished())
+            await asyncio.shield(self.release_unfinished())
             raise
         except Exception as exc:  # a bug: fail the event visibly rather than retry forever
-            log.exception("event_handler_crashed", event_type=run.event_type)
-            return await run.fail(RuntimeError(f"internal error: {type(exc).__name__}: {exc}"))
+            log.exception("event_handler_crashed", event_type=self.event_type)
+            return await self.fail(RuntimeError(f"internal error: {type(exc).__name__}: {exc}"))
+
+
+async def _raise(exc: BaseException) -> str:
+    raise exc
+
+
+class _Job:
+    """One `process_stripe_events` job, in phases: take event slots, claim the events they
+    allow in one statement (shared with the jobs running beside it), then handle the claimed
+    ones concurrently, each in its slot until it ends. One claim future, one deadline and one
+    slot count per chunk of events, where each event had its own."""
+
+    def __init__(self, ctx: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.shared = resources(ctx)
+        self.job_try = int(ctx.get("job_try") or 1)
+        self.deadline = asyncio.get_running_loop().time() + _deadline(self.shared.settings)
+        self.outcomes: dict[str, str] = {}
+
+    async def run(self, event_ids: list[str]) -> dict[str, str]:
+        slots = self.shared.event_slots  # see WorkerResources
+        handling: list[asyncio.Task[None]] = []
+        pending = event_ids
+        try:
+            while pending:
+                taken = await _take_slots(slots, len(pending))
+                chunk, pending = pending[:taken], pending[taken:]
+                now = time.perf_counter()
+                runs = [_EventRun(self, event_id, now) for event_id in chunk]
+                try:
+                    rows = await self._claim(runs)
+                except BaseException:
+                    for _ in runs:
+                        slots.release()
+                    raise
+                for run in runs:
+                    row = rows.get(run.event_id)
+                    if row is None:
+                        slots.release()
+                        if run.event_id not in self.outcomes:
+                            with structlog.contextvars.bound_contextvars(
+                                stripe_event_id=run.event_id
+                            ):
+                                self.outcomes[run.event_id] = run.skipped()
+                        continue
+                    handling.append(asyncio.create_task(self._handle(run, row)))
+            await asyncio.gather(*handling)
+        except BaseException:
+            for task in handling:
+                task.cancel()
+            await asyncio.gather(*handling, return_exceptions=True)
+            raise
+        return self.outcomes
+
+    async def _claim(self, runs: list[_EventRun]) -> dict[str, dict[str, Any]]:
+        """The chunk's claimed rows; when the claim itself fails, each event is settled here
+        (retried unclaimed, or failed) and none is returned."""
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                return await self.shared.batches.claim(tuple(run.event_id for run in runs))
+        except Exception as exc:
+            await asyncio.gather(*(self._settle_unclaimed(run, exc) for run in runs))
+            return {}
+
+    async def _settle_unclaimed(self, run: _EventRun, exc: BaseException) -> None:
+        with structlog.contextvars.bound_contextvars(stripe_event_id=run.event_id):
+            self.outcomes[run.event_id] = await run.settle(_raise(exc))
+
+    async def _handle(self, run: _EventRun, row: dict[str, Any]) -> None:
+        # Each task has its own copy of the context: bound here, gone with the task.
+        structlog.contextvars.bind_contextvars(stripe_event_id=run.event_id)
+        try:
+            self.outcomes[run.event_id] = await run.settle(run.handle(row))
+        finally:
+            self.shared.event_slots.release()
+
+
+async def _take_slots(slots: asyncio.Semaphore, wanted: int) -> int:
+    """One slot, waited for if need be, then as many more as are free now (up to `wanted`):
+    never waiting while holding slots no event uses yet, so two jobs cannot starve each
+    other."""
+    await slots.acquire()
+    taken = 1
+    while taken < wanted and not slots.locked():
+        await slots.acquire()  # free: returns at once
+        taken += 1
+    return taken
 
 
 async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> dict[str, int]:
@@ -235,17 +320,11 @@ async def process_stripe_events(ctx: dict[str, Any], event_ids: list[str]) -> di
     Each event's own outcome (`completed`, `ignored`, `waiting`, `failed`, `retried`, or
     `skipped` when another job has it or it is final) never affects the others.
     """
-    slots = resources(ctx).event_slots  # see WorkerResources
-
-    async def in_a_slot(event_id: str) -> str:
-        async with slots:
-            return await _process_event(ctx, event_id)
-
     unique = list(dict.fromkeys(event_ids))
-    outcomes = await asyncio.gather(*(in_a_slot(event_id) for event_id in unique))
-    counts = Counter(outcomes)
+    outcomes = await _Job(ctx).run(unique)
+    counts = Counter(outcomes.values())
     if counts.get("skipped"):  # rare (a duplicate job): only then ask whether they are ours
-        skipped = [e for e, outcome in zip(unique, outcomes, strict=True) if outcome == "skipped"]
+        skipped = [event_id for event_id, outcome in outcomes.items() if outcome == "skipped"]
         await _warn_foreign(ctx, skipped)
     return dict(counts)
 
