@@ -53,7 +53,7 @@ from webhook_worker.errors import (
 from webhook_worker.exit_codes import EXIT_LOCKED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from webhook_worker.log import configure_logging, log_deprecations
 from webhook_worker.ops import terminal, test_events, verify
-from webhook_worker.ops.cli import print_verify_report
+from webhook_worker.ops.verify_cli import print_verify_report
 from webhook_worker.worker import scope
 
 SMOKE_TIMEOUT_SECONDS = 30.0
