@@ -1,8 +1,8 @@
 """Each variable read out of the environment: the casts (boolean, integer, choice, port)
 and the variables that need more (names, prices, URLs, durations, deprecated names).
 
-`Settings._parse` calls one reader a variable. A reader returns the default when the
-variable is unset or blank, and raises `ConfigError` naming the variable and a good value.
+`Settings._parse` calls one reader a variable. A reader falls back to its default when the
+variable is unset, and raises `ConfigError` naming the variable and a good value.
 """
 
 from __future__ import annotations
