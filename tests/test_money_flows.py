@@ -5,10 +5,11 @@ canceled refunds, disputes, stale deliveries. Each row lists the events in deliv
 and what the ledger must hold after (rows of type, amount, balance_after), the balance and
 every event's status.
 
-The fixtures are Stripe's own objects (webhook_worker/ops/data/stripe_objects.json) with the
-fields a flow needs, per API version: before `2025-03-31.basil` a partial capture raises
-`amount_refunded` by the released remainder and sends `charge.refunded`; from basil on
-`amount_refunded` counts real refunds only.
+The fixtures are Stripe's own objects
+(webhook_worker/ops/sample_events/data/stripe_objects.json) with the fields a flow needs, per
+API version: before `2025-03-31.basil` a partial capture raises `amount_refunded` by the
+released remainder and sends `charge.refunded`; from basil on `amount_refunded` counts real
+refunds only.
 
 A property test then delivers one purchase's refund, refund-failure and dispute events in
 any order, with duplicates, and checks the balance always ends at

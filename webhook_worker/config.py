@@ -1,18 +1,37 @@
 """Settings: read once from the environment, cast, and refused loudly when wrong.
 
 Only entry points (cli, deploy script, app factories called by them) build a `Settings`;
-everything else receives one. Tests build them from plain dicts.
+everything else receives one. Tests build them from plain dicts. How each variable is read
+is in `config_readers`, how each value's text is parsed in `config_values`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
+from webhook_worker.config_readers import (
+    DEFAULT_STRIPE_API_BASE,
+    STRIPE_EVENTS_HISTORY_SECONDS,
+    read_bool,
+    read_choice,
+    read_column_name,
+    read_credit_prices,
+    read_deprecations,
+    read_direct_database_url,
+    read_identifier,
+    read_int,
+    read_listener_limits,
+    read_lookback,
+    read_port,
+    read_queue_name,
+    read_required_int,
+    read_stripe_api_base,
+    read_users_table,
+)
 from webhook_worker.config_values import (
     OPS_TOKEN_MIN_CHARS,
     SECONDS_PER_DAY,
@@ -29,12 +48,7 @@ from webhook_worker.config_values import (
     redact_url,
 )
 from webhook_worker.errors import ConfigError
-from webhook_worker.identifier import (
-    DEFAULT_USERS_TABLE,
-    TableName,
-    check_identifier,
-    parse_table_name,
-)
+from webhook_worker.identifier import DEFAULT_USERS_TABLE, TableName
 
 __all__ = [
     "OPS_TOKEN_MIN_CHARS",
@@ -57,167 +71,7 @@ LogFormat = Literal["json", "console"]
 StripeMode = Literal["live", "test"]
 ShortfallPolicy = Literal["forgive", "collect"]
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean; use {name}=true or {name}=false")
-
-
-def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 0) -> int | None:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(
-            f"{name}={raw!r} is not an integer; use a whole number such as {name}={default or 1}"
-        ) from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} is below {minimum}; use a value of at least {minimum}")
-    return value
-
-
-_COLUMN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-
-
-_QUEUE_NAME = re.compile(r"[A-Za-z0-9:._-]{1,200}")
-
-
-def _queue_name(env: Mapping[str, str]) -> str | None:
-    raw = env.get("QUEUE_NAME", "").strip()
-    if not raw:
-        return None
-    if not _QUEUE_NAME.fullmatch(raw):
-        raise ConfigError(
-            f"QUEUE_NAME={raw!r} is not a plain Redis key; use letters, digits and :._- "
-            "only, e.g. QUEUE_NAME=arq:queue:shop-production"
-        )
-    return raw
-
-
-def _direct_database_url(env: Mapping[str, str]) -> str | None:
-    raw = env.get("DIRECT_DATABASE_URL", "").strip()
-    return normalise_database_url(raw, "DIRECT_DATABASE_URL") if raw else None
-
-
-def _column_name(env: Mapping[str, str], name: str) -> str | None:
-    """A plain lower-case column name (it reaches SQL only quoted, but a typo should fail here)."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    if not _COLUMN.fullmatch(raw):
-        raise ConfigError(f"{name}={raw!r} is not a plain column name; use e.g. {name}=tenant_id")
-    return raw
-
-
-def _users_table(env: Mapping[str, str]) -> TableName:
-    """USERS_TABLE: any identifier, exactly as written (reserved words, mixed case), or
-    schema.table; it reaches SQL only through identifier.quote_ident."""
-    raw = env.get("USERS_TABLE", "").strip()
-    if not raw:
-        return DEFAULT_USERS_TABLE
-    try:
-        return parse_table_name(raw, "USERS_TABLE")
-    except ValueError as exc:
-        raise ConfigError(
-            f"{exc}; name the host's users table as written in its DDL, e.g. USERS_TABLE=user "
-            "or USERS_TABLE=app.users"
-        ) from None
-
-
-def _identifier(env: Mapping[str, str], name: str, example: str) -> str | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return check_identifier(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r}: {exc}; use e.g. {name}={example}") from None
-
-
-def _required_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
-    value = _int(env, name, default, minimum=minimum)
-    assert value is not None
-    return value
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value not in choices:
-        options = " | ".join(choices)
-        raise ConfigError(f"{name}={raw!r} is not one of {options}; for example {name}={default}")
-    return value
-
-
-def _listener_limits(env: Mapping[str, str]) -> dict[str, Any]:
-    """The public listener's bounds (docs/reliability.md "abuse"); see `listener.py`."""
-    return {
-        "max_header_bytes": _required_int(env, "MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
-        "header_timeout_seconds": _required_int(env, "HEADER_TIMEOUT_SECONDS", 10, minimum=1),
-        "body_timeout_seconds": _required_int(env, "BODY_TIMEOUT_SECONDS", 10, minimum=1),
-        "keepalive_timeout_seconds": _required_int(env, "KEEPALIVE_TIMEOUT_SECONDS", 5, minimum=1),
-        "max_connections": _required_int(env, "MAX_CONNECTIONS", 2048, minimum=16),
-        "max_body_bytes_in_flight": _required_int(
-            env, "MAX_BODY_BYTES_IN_FLIGHT", 32 * 1024 * 1024, minimum=1024 * 1024
-        ),
-    }
-
-
 DEFAULT_MAX_CREDITS_PER_EVENT = 1_000_000
-
-
-def _credit_prices(env: Mapping[str, str]) -> dict[str, int]:
-    """CREDIT_PRICES, with CENTS_PER_CREDIT as the price in usd (the older, usd-only form)."""
-    prices = parse_credit_prices(env.get("CREDIT_PRICES", ""))
-    cents = _int(env, "CENTS_PER_CREDIT", None, minimum=1)
-    if cents is not None:
-        if "usd" in prices and prices["usd"] != cents:
-            raise ConfigError(
-                f"CENTS_PER_CREDIT={cents} and CREDIT_PRICES usd:{prices['usd']} disagree; "
-                "set the usd price in one of them only"
-            )
-        prices["usd"] = cents
-    return prices
-
-
-DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
-STRIPE_EVENTS_HISTORY_SECONDS = 30 * SECONDS_PER_DAY  # what the List Events API keeps
-
-
-def _stripe_api_base(env: Mapping[str, str]) -> str:
-    raw = env.get("STRIPE_API_BASE", "").strip() or DEFAULT_STRIPE_API_BASE
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"STRIPE_API_BASE={raw!r} is not an http(s) URL; use "
-            f"STRIPE_API_BASE={DEFAULT_STRIPE_API_BASE} (the default) or your proxy's URL"
-        )
-    return raw.rstrip("/")
-
-
-def _lookback(env: Mapping[str, str]) -> int:
-    raw = env.get("RECONCILE_LOOKBACK", "").strip()
-    seconds = parse_duration(raw, "RECONCILE_LOOKBACK") if raw else 3 * SECONDS_PER_DAY
-    if not 0 < seconds <= STRIPE_EVENTS_HISTORY_SECONDS:
-        raise ConfigError(
-            f"RECONCILE_LOOKBACK={raw!r} is outside 1s..30d (Stripe keeps 30 days of events); "
-            "e.g. RECONCILE_LOOKBACK=3d"
-        )
-    return seconds
 
 
 def refuse_e2e_outside_development(app_env: str, e2e_test_mode: bool) -> None:
@@ -228,30 +82,6 @@ def refuse_e2e_outside_development(app_env: str, e2e_test_mode: bool) -> None:
             f"APP_ENV={app_env}; set APP_ENV=development or APP_ENV=test, "
             "or E2E_TEST_MODE=false"
         )
-
-
-# Each kept alias or "as before" toggle, and what replaces it (a warning at start-up).
-DEPRECATED: dict[str, str] = {
-    "ASYNC_DATABASE_URL": "DATABASE_URL (any postgresql:// DSN; +asyncpg/+psycopg are accepted)",
-    "SYNC_DATABASE_URL": "DATABASE_URL (any postgresql:// DSN; +asyncpg/+psycopg are accepted)",
-    "CENTS_PER_CREDIT": "CREDIT_PRICES=usd:<cents> (prices every currency the same way)",
-    "METRICS_ON_RECEIVER": "METRICS_PORT (the internal listener; keep /metrics off the internet)",
-    "OPS_ON_RECEIVER": "`webhook-worker console` (the ops API on its own private listener)",
-}
-
-
-def _deprecations(env: Mapping[str, str], given: frozenset[str]) -> tuple[tuple[str, str], ...]:
-    used = [name for name in DEPRECATED if name in given]
-    toggles = ("METRICS_ON_RECEIVER", "OPS_ON_RECEIVER")
-    used = [n for n in used if n not in toggles or _bool(env, n, False)]
-    return tuple((name, DEPRECATED[name]) for name in used)
-
-
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _required_int(env, name, default, minimum=0)
-    if value > 65535:
-        raise ConfigError(f"{name}={value} is not a TCP port; use 1-65535, e.g. {name}={default}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -356,17 +186,17 @@ class Settings:
         reader = EnvReader(os.environ if env is None else env)
         settings = cls._parse(reader)
         given = reader.given()
-        return replace(settings, given=given, deprecations=_deprecations(reader, given))
+        return replace(settings, given=given, deprecations=read_deprecations(reader, given))
 
     @classmethod
     def _parse(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Every variable, read once through `env` (an `EnvReader` from `from_env`)."""
         env = os.environ if env is None else env
-        app_env = _choice(env, "APP_ENV", "production", ("production", "development", "test"))
-        e2e = _bool(env, "E2E_TEST_MODE", False)
+        app_env = read_choice(env, "APP_ENV", "production", ("production", "development", "test"))
+        e2e = read_bool(env, "E2E_TEST_MODE", False)
         refuse_e2e_outside_development(app_env, e2e)
         default_mode = "live" if app_env == "production" else "test"
-        stripe_mode = _choice(env, "STRIPE_MODE", default_mode, ("live", "test"))
+        stripe_mode = read_choice(env, "STRIPE_MODE", default_mode, ("live", "test"))
         if e2e and stripe_mode == "live":
             raise ConfigError(
                 "E2E_TEST_MODE=true accepts only test-mode events, so STRIPE_MODE=live would "
@@ -394,73 +224,75 @@ class Settings:
             )
         return cls(
             webhook_secrets=secrets,
-            webhook_tolerance=_required_int(env, "STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1),
+            webhook_tolerance=read_required_int(env, "STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1),
             database_url=database_url,
             redis_url=parse_redis_url(redis_raw) if redis_raw else None,
             e2e_test_mode=e2e,
             app_env=app_env,  # type: ignore[arg-type]
-            db_echo=_bool(env, "DB_ECHO", False),
+            db_echo=read_bool(env, "DB_ECHO", False),
             ops_token=ops_token,
-            log_format=_choice(env, "LOG_FORMAT", default_format, ("json", "console")),  # type: ignore[arg-type]
-            log_level=_choice(
+            log_format=read_choice(env, "LOG_FORMAT", default_format, ("json", "console")),  # type: ignore[arg-type]
+            log_level=read_choice(
                 env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
             ),
-            max_body_bytes=_required_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            max_body_bytes=read_required_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             stripe_mode=stripe_mode,  # type: ignore[arg-type]
             connect_accounts=parse_connect_accounts(env.get("STRIPE_CONNECT_ACCOUNTS", "")),
-            credit_prices=_credit_prices(env),
-            max_credits_per_event=_required_int(
+            credit_prices=read_credit_prices(env),
+            max_credits_per_event=read_required_int(
                 env, "MAX_CREDITS_PER_EVENT", DEFAULT_MAX_CREDITS_PER_EVENT, minimum=1
             ),
             price_credits=parse_price_credits(env.get("PRICE_CREDITS", "")),
-            subscription_credits_expire=_bool(env, "SUBSCRIPTION_CREDITS_EXPIRE", False),
+            subscription_credits_expire=read_bool(env, "SUBSCRIPTION_CREDITS_EXPIRE", False),
             stripe_api_key=parse_stripe_api_key(env.get("STRIPE_API_KEY", ""), stripe_mode),
-            stripe_api_base=_stripe_api_base(env),
-            reconcile_interval_seconds=_required_int(
+            stripe_api_base=read_stripe_api_base(env),
+            reconcile_interval_seconds=read_required_int(
                 env, "RECONCILE_INTERVAL_SECONDS", 3600, minimum=1
             ),
-            reconcile_lookback_seconds=_lookback(env),
-            retention_days=_required_int(env, "RETENTION_DAYS", 90, minimum=1),
-            max_tries=_required_int(env, "MAX_TRIES", 8, minimum=1),
-            retry_base_seconds=_required_int(env, "RETRY_BASE_SECONDS", 2, minimum=0),
-            stale_after_seconds=_required_int(env, "STALE_AFTER_SECONDS", 120, minimum=1),
-            sweep_interval_seconds=_required_int(env, "SWEEP_INTERVAL_SECONDS", 30, minimum=1),
-            wait_max_days=_required_int(env, "WAIT_MAX_DAYS", 7, minimum=1),
-            job_timeout_seconds=_required_int(env, "JOB_TIMEOUT_SECONDS", 30, minimum=1),
-            worker_max_jobs=_required_int(env, "WORKER_MAX_JOBS", 4, minimum=1),
-            worker_max_events=_required_int(env, "WORKER_MAX_EVENTS", 100, minimum=1),
-            worker_poll_delay=_required_int(env, "WORKER_POLL_DELAY_MS", 50, minimum=1) / 1000,
-            worker_batch_max=_required_int(env, "WORKER_BATCH_MAX", 256, minimum=1),
-            metrics_port=_int(env, "METRICS_PORT", None, minimum=1),
+            reconcile_lookback_seconds=read_lookback(env),
+            retention_days=read_required_int(env, "RETENTION_DAYS", 90, minimum=1),
+            max_tries=read_required_int(env, "MAX_TRIES", 8, minimum=1),
+            retry_base_seconds=read_required_int(env, "RETRY_BASE_SECONDS", 2, minimum=0),
+            stale_after_seconds=read_required_int(env, "STALE_AFTER_SECONDS", 120, minimum=1),
+            sweep_interval_seconds=read_required_int(env, "SWEEP_INTERVAL_SECONDS", 30, minimum=1),
+            wait_max_days=read_required_int(env, "WAIT_MAX_DAYS", 7, minimum=1),
+            job_timeout_seconds=read_required_int(env, "JOB_TIMEOUT_SECONDS", 30, minimum=1),
+            worker_max_jobs=read_required_int(env, "WORKER_MAX_JOBS", 4, minimum=1),
+            worker_max_events=read_required_int(env, "WORKER_MAX_EVENTS", 100, minimum=1),
+            worker_poll_delay=read_required_int(env, "WORKER_POLL_DELAY_MS", 50, minimum=1) / 1000,
+            worker_batch_max=read_required_int(env, "WORKER_BATCH_MAX", 256, minimum=1),
+            metrics_port=read_int(env, "METRICS_PORT", None, minimum=1),
             metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
-            metrics_on_receiver=_bool(env, "METRICS_ON_RECEIVER", False),
+            metrics_on_receiver=read_bool(env, "METRICS_ON_RECEIVER", False),
             host=env.get("HOST", "").strip() or "127.0.0.1",
-            port=_port(env, "PORT", 8000),
-            web_concurrency=_required_int(env, "WEB_CONCURRENCY", 1, minimum=1),
+            port=read_port(env, "PORT", 8000),
+            web_concurrency=read_required_int(env, "WEB_CONCURRENCY", 1, minimum=1),
             console_host=env.get("CONSOLE_HOST", "").strip() or "127.0.0.1",
-            console_port=_port(env, "CONSOLE_PORT", 8081),
+            console_port=read_port(env, "CONSOLE_PORT", 8081),
             data_dir=env.get("DATA_DIR", "").strip() or ".data",
-            **_listener_limits(env),
-            ops_replay_max=_required_int(env, "OPS_REPLAY_MAX", 10_000, minimum=1),
+            **read_listener_limits(env),
+            ops_replay_max=read_required_int(env, "OPS_REPLAY_MAX", 10_000, minimum=1),
             ops_users=parse_ops_users(env.get("OPS_USERS", "")),
-            ops_on_receiver=_bool(env, "OPS_ON_RECEIVER", False),
-            console_session_hours=_required_int(env, "CONSOLE_SESSION_HOURS", 8, minimum=1),
-            console_idle_minutes=_required_int(env, "CONSOLE_IDLE_MINUTES", 30, minimum=1),
-            db_pool_min=_required_int(env, "DB_POOL_MIN", 2, minimum=0),
-            db_pool_max=_required_int(env, "DB_POOL_MAX", 20, minimum=1),
-            db_statement_cache_size=_required_int(env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0),
-            users_tenant_column=_column_name(env, "USERS_TENANT_COLUMN"),
-            direct_database_url=_direct_database_url(env),
-            migration_lock_timeout_seconds=_required_int(
+            ops_on_receiver=read_bool(env, "OPS_ON_RECEIVER", False),
+            console_session_hours=read_required_int(env, "CONSOLE_SESSION_HOURS", 8, minimum=1),
+            console_idle_minutes=read_required_int(env, "CONSOLE_IDLE_MINUTES", 30, minimum=1),
+            db_pool_min=read_required_int(env, "DB_POOL_MIN", 2, minimum=0),
+            db_pool_max=read_required_int(env, "DB_POOL_MAX", 20, minimum=1),
+            db_statement_cache_size=read_required_int(
+                env, "DB_STATEMENT_CACHE_SIZE", 100, minimum=0
+            ),
+            users_tenant_column=read_column_name(env, "USERS_TENANT_COLUMN"),
+            direct_database_url=read_direct_database_url(env),
+            migration_lock_timeout_seconds=read_required_int(
                 env, "MIGRATION_LOCK_TIMEOUT_SECONDS", 60, minimum=1
             ),
-            queue_name_override=_queue_name(env),
-            redis_startup_timeout_seconds=_required_int(
+            queue_name_override=read_queue_name(env),
+            redis_startup_timeout_seconds=read_required_int(
                 env, "REDIS_STARTUP_TIMEOUT_SECONDS", 30, minimum=0
             ),
-            users_table=_users_table(env),
-            users_version_column=_identifier(env, "USERS_VERSION_COLUMN", "lock_version"),
-            shortfall_policy=_choice(  # type: ignore[arg-type]
+            users_table=read_users_table(env),
+            users_version_column=read_identifier(env, "USERS_VERSION_COLUMN", "lock_version"),
+            shortfall_policy=read_choice(  # type: ignore[arg-type]
                 env, "SHORTFALL_POLICY", "forgive", ("forgive", "collect")
             ),
         )

@@ -28,7 +28,7 @@ class Variable:
     used_by: str
     default: str | None = None  # shown instead of the parsed default (e.g. it depends on APP_ENV)
     advanced: str | None = None  # why it is not in the main table
-    replacement: str | None = None  # deprecated: what to set instead (config.DEPRECATED)
+    replacement: str | None = None  # deprecated: what to set instead (config_readers.DEPRECATED)
     value: Callable[[Settings], Any] | None = None  # the effective value; else the field
     secret: bool = False
     attribute: str | None = None  # the `Settings` field, when not the name in lower case

@@ -24,6 +24,9 @@
 `--dry-run` connects, prints the plan and the SQL it would run, and changes nothing.
 Without `--yes`, on a terminal, it asks before changing the schema. A second run finds
 nothing to apply and changes nothing (a smoke test stores one more test event).
+
+This module plans, migrates and verifies; the checks before any change are in
+`deploy_preflight`, the smoke test in `deploy_smoke`, the report in `deploy_report`.
 """
 
 from __future__ import annotations
@@ -32,17 +35,13 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import asyncpg
-from rich.console import Console
-from rich.table import Table
 
-from webhook_worker import local_services, redis_check
-from webhook_worker.config import Settings, redact_url
-from webhook_worker.db import host, migrations, privileges, store
+from webhook_worker import local_services
+from webhook_worker.config import Settings
+from webhook_worker.db import migrations, store
 from webhook_worker.db.queries import bind_users_table
 from webhook_worker.errors import (
     ConfigError,
@@ -52,41 +51,13 @@ from webhook_worker.errors import (
 )
 from webhook_worker.exit_codes import EXIT_LOCKED, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from webhook_worker.log import configure_logging, log_deprecations
-from webhook_worker.ops import terminal, test_events, verify
-from webhook_worker.ops.cli import print_verify_report
-from webhook_worker.worker import scope
+from webhook_worker.ops import terminal, verify
+from webhook_worker.ops.deploy_preflight import checks_pass, preflight
+from webhook_worker.ops.deploy_report import Report, deploy_console, print_report
+from webhook_worker.ops.deploy_smoke import smoke
+from webhook_worker.ops.verify_cli import print_verify_report
 
 SMOKE_TIMEOUT_SECONDS = 30.0
-
-
-@dataclass
-class Step:
-    name: str
-    status: str  # "ok", "warn", "FAIL", "skipped", "planned"
-    detail: str
-
-
-@dataclass
-class Report:
-    steps: list[Step] = field(default_factory=list)
-    lock_timed_out: bool = False
-
-    def add(self, name: str, status: str, detail: str) -> Step:
-        step = Step(name, status, detail)
-        self.steps.append(step)
-        console = _console()
-        colour = {"ok": "green", "FAIL": "red"}.get(status, "yellow")
-        console.print(f"[{colour}]{status:>7}[/{colour}]  {name}: ", end="")
-        console.print(detail, markup=False, highlight=False, soft_wrap=True)
-        return step
-
-    @property
-    def ok(self) -> bool:
-        return all(step.status != "FAIL" for step in self.steps)
-
-
-def _console() -> Console:
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,58 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --- steps ---------------------------------------------------------------------------------
 
 
-async def _preflight(settings: Settings, report: Report) -> asyncpg.Connection | None:
-    settings.require_database()
-    settings.require_redis()
-    if settings.webhook_secrets:
-        report.add(
-            "preflight: settings",
-            "ok",
-            f"APP_ENV={settings.app_env}, {len(settings.webhook_secrets)} webhook secret(s) "
-            "in whsec_ format",
-        )
-    elif settings.e2e_test_mode:
-        report.add("preflight: settings", "ok", "E2E_TEST_MODE: signatures are not checked")
-    else:
-        report.add(
-            "preflight: settings",
-            "FAIL",
-            "STRIPE_WEBHOOK_SECRET is not set; use the endpoint's whsec_… secret",
-        )
-        return None
-    report.add("preflight: scope", "ok", scope.describe(settings))
-    for warning in scope.warnings(settings):
-        report.add("preflight: scope", "warn", warning)
-    dsn = settings.require_direct_database()
-    try:
-        conn = await migrations.connect_direct(settings)
-        version = await conn.fetchval("SHOW server_version")
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        report.add(
-            "preflight: postgres",
-            "FAIL",
-            f"cannot reach {redact_url(dsn)}: {type(exc).__name__}: {exc}",
-        )
-        return None
-    report.add("preflight: postgres", "ok", f"{redact_url(dsn)} answers (server {version})")
-    try:
-        # Each command the service needs, on probe keys: a wrong password, an ACL without a
-        # command or a missing database fails here, naming the fix (no retry in a deploy).
-        unreachable = await redis_check.check_redis(
-            settings.with_overrides(redis_startup_timeout_seconds=0)
-        )
-    except WebhookWorkerError as exc:
-        unreachable = str(exc)
-    if unreachable:
-        report.add(
-            "preflight: redis", "FAIL", f"{redact_url(settings.redis_url or '')}: {unreachable}"
-        )
-        await conn.close()
-        return None
-    report.add("preflight: redis", "ok", f"{redact_url(settings.redis_url or '')} answers")
-    return conn
-
-
 async def _plan(conn: asyncpg.Connection, args: argparse.Namespace) -> list[migrations.Migration]:
     """What would change: pending migrations, or the ones a rollback would undo."""
     pending = await migrations.pending_migrations(conn)
@@ -198,14 +117,14 @@ async def _risks(
     if not args.rollback or not plan:
         return []
     risks = await migrations.data_at_risk(conn, plan)
-    console = _console()
+    console = deploy_console()
     for risk in risks:
         console.print(f"plan: DROPS DATA: {risk.describe()}", markup=False)
     return risks
 
 
 def _print_plan(plan: list[migrations.Migration], args: argparse.Namespace) -> None:
-    console = _console()
+    console = deploy_console()
     verb = "roll back" if args.rollback else "apply"
     if args.skip_migration and not args.rollback:
         console.print("plan: migrations skipped (--skip-migration)")
@@ -239,27 +158,6 @@ def _confirm(
         return answer.strip() == "--drop-data"
     answer = input(f"{verb} {len(plan)} migration(s) listed above? [y/N] ")
     return answer.strip().lower() in {"y", "yes"}
-
-
-async def _host(
-    conn: asyncpg.Connection, settings: Settings, args: argparse.Namespace, report: Report
-) -> bool:
-    """Print the host `users` shape and the choices made; refuse an unsupported one."""
-    shape, problems = await host.inspect_configured(
-        conn,
-        settings.users_table,
-        settings.users_tenant_column,
-        settings.users_version_column,
-    )
-    recorded = await host.recorded_shape(conn)
-    console = _console()
-    for line in shape.describe(recorded):
-        console.print(terminal.cell(f"host: {line}"))
-    if problems and not args.rollback:
-        report.add("host users", "FAIL", "; ".join(problems))
-        return False
-    report.add("host users", "ok", f"{shape.table}.id {shape.key_type}")
-    return True
 
 
 async def _migrate(
@@ -300,7 +198,7 @@ async def _migrate(
 
 
 def _say(message: str) -> None:
-    _console().print(f"migrate: {message}", markup=False)
+    deploy_console().print(f"migrate: {message}", markup=False)
 
 
 async def _verify(conn: asyncpg.Connection, settings: Settings, report: Report) -> bool:
@@ -320,91 +218,8 @@ async def _verify(conn: asyncpg.Connection, settings: Settings, report: Report) 
     return False
 
 
-_NOT_PROCESSED = frozenset({"received", "processing"})
-
-
-async def _smoke(
-    conn: asyncpg.Connection,
-    settings: Settings,
-    url: str,
-    timeout: float,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
-    report: Report,
-) -> bool:
-    secret = test_events.pick_secret(settings, None)
-    event = test_events.build_test_event(test_events.SMOKE_EVENT_TYPE)
-    try:
-        result = await test_events.send_event(url, event, secret)
-    except WebhookWorkerError as exc:
-        report.add("smoke test", "FAIL", str(exc))
-        return False
-    if result.status_code != 200:
-        report.add(
-            "smoke test", "FAIL", f"{url} answered HTTP {result.status_code}: {result.body[:200]}"
-        )
-        return False
-    deadline = time.monotonic() + timeout
-    outcome = await test_events.event_outcome(conn, result.event_id)
-    while (outcome is None or outcome[0] in _NOT_PROCESSED) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-        outcome = await test_events.event_outcome(conn, result.event_id)
-    if outcome is None:
-        report.add(
-            "smoke test",
-            "FAIL",
-            f"{url} answered 200 but {result.event_id} is not in stripe_events of this "
-            f"DATABASE_URL after {timeout:g}s (is the receiver on another database?)",
-        )
-        return False
-    status, reason = outcome
-    if status in _NOT_PROCESSED:
-        report.add(
-            "smoke test",
-            "FAIL",
-            f"{result.event_id} was stored but no worker processed it within {timeout:g}s "
-            f"(still {status}): is `webhook-worker work` running, on the same REDIS_URL and "
-            "QUEUE_NAME as the receiver?",
-        )
-        return False
-    if status != "ignored":
-        report.add(
-            "smoke test",
-            "FAIL",
-            f"{result.event_id} ended {status} ({reason}); a smoke event should be ignored",
-        )
-        return False
-    report.add(
-        "smoke test",
-        "ok",
-        f"{result.event_id} stored and processed by a worker ({status}, {reason})",
-    )
-    return True
-
-
-async def _checks_pass(
-    conn: asyncpg.Connection,
-    settings: Settings,
-    args: argparse.Namespace,
-    report: Report,
-    plan: list[migrations.Migration],
-    risks: list[migrations.TableAtRisk],
-) -> bool:
-    """The host's users, the migration role's rights, a rollback's data: True to go on."""
-    if not await _host(conn, settings, args, report):
-        return False
-    if plan and not args.rollback:
-        problems = await privileges.migration_role_problems(conn)
-        for problem in problems:
-            report.add("preflight: privileges", "FAIL", problem)
-        if problems:
-            return False
-    if risks and not args.drop_data:
-        report.add("rollback", "FAIL", migrations.refusal(risks))
-        return False
-    return True
-
-
 async def deploy(args: argparse.Namespace, settings: Settings, report: Report) -> None:
-    conn = await _preflight(settings, report)
+    conn = await preflight(settings, report)
     if conn is None:
         return
     try:
@@ -415,7 +230,7 @@ async def deploy(args: argparse.Namespace, settings: Settings, report: Report) -
             return
         _print_plan(plan, args)
         risks = await _risks(conn, plan, args)
-        if not await _checks_pass(conn, settings, args, report, plan, risks):
+        if not await checks_pass(conn, settings, args, report, plan, risks):
             return
         if args.dry_run:
             dropping = f"; would drop {len(risks)} table(s) with rows" if risks else ""
@@ -438,21 +253,9 @@ async def deploy(args: argparse.Namespace, settings: Settings, report: Report) -
             )
             return
         if await _verify(conn, settings, report) and args.smoke_url:
-            await _smoke(conn, settings, args.smoke_url, args.smoke_timeout, report)
+            await smoke(conn, settings, args.smoke_url, args.smoke_timeout, report)
     finally:
         await conn.close()
-
-
-def _print_report(report: Report) -> None:
-    table = Table(title="deploy report", title_justify="left")
-    table.add_column("step", no_wrap=True)
-    table.add_column("result", no_wrap=True)
-    table.add_column("detail")
-    for step in report.steps:
-        terminal.row(table, step.name, step.status, step.detail)
-    console = _console()
-    console.print(table)
-    console.print("deploy PASSED" if report.ok else "deploy FAILED")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -479,13 +282,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(deploy(args, settings, report))
     except ConfigError as exc:
         report.add("preflight: settings", "FAIL", str(exc))
-        _print_report(report)
+        print_report(report)
         return EXIT_USAGE
     except WebhookWorkerError as exc:
         report.add("deploy", "FAIL", f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
         return 130
-    _print_report(report)
+    print_report(report)
     if report.lock_timed_out:
         return EXIT_LOCKED
     return EXIT_OK if report.ok else EXIT_PROBLEM

@@ -72,6 +72,11 @@ def print_json(value: Any) -> None:
     print(plain(text, block=True))
 
 
+def when(value: Any) -> str:
+    """A timestamp as the tables show it, to the second; `-` for none."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
 def quiet_http_logs() -> None:
     """httpx logs each request at info on stdout; the command prints its own result."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
