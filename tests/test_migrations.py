@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from webhook_worker.db import migrations, queries
+from webhook_worker.db import migration_files, migrations, queries
 from webhook_worker.errors import MigrationError
 from webhook_worker.ops import verify
 
@@ -185,7 +185,7 @@ async def test_edited_applied_migration_is_refused(
 ) -> None:
     copy = tmp_path / "sql"
     shutil.copytree(queries.sql_dir(), copy)
-    monkeypatch.setattr(migrations, "sql_dir", lambda: copy)
+    monkeypatch.setattr(migration_files, "sql_dir", lambda: copy)
     conn = await asyncpg.connect(empty_database_url)
     try:
         await migrations.migrate_up(conn)
@@ -231,7 +231,7 @@ def test_released_texts_of_edited_files_are_the_accepted_earlier_checksums() -> 
     assert [p.name[:4] for p in released] == ["0001", "0003", "0004"]
     for path in released:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        assert digest in migrations.EARLIER_CHECKSUMS[int(path.name[:4])]
+        assert digest in migration_files.EARLIER_CHECKSUMS[int(path.name[:4])]
 
 
 async def test_an_install_made_with_the_released_files_migrates_up_cleanly(
@@ -245,8 +245,8 @@ async def test_an_install_made_with_the_released_files_migrates_up_cleanly(
             path.unlink()
     for path in RELEASED.glob("*.sql"):
         shutil.copy(path, released / "migrations" / path.name)
-    current = migrations.sql_dir
-    monkeypatch.setattr(migrations, "sql_dir", lambda: released)
+    current = migration_files.sql_dir
+    monkeypatch.setattr(migration_files, "sql_dir", lambda: released)
     conn = await asyncpg.connect(empty_database_url)
     try:
         await conn.execute("CREATE TABLE users (id serial PRIMARY KEY, email text)")
@@ -259,7 +259,7 @@ async def test_an_install_made_with_the_released_files_migrates_up_cleanly(
             "SELECT * FROM ledger_credit($1, 3, 'PURCHASE', 'evt_old', 'cs_old', NULL, 'old')", user
         )
 
-        monkeypatch.setattr(migrations, "sql_dir", current)
+        monkeypatch.setattr(migration_files, "sql_dir", current)
         applied = await migrations.migrate_up(conn)
         assert [m.version for m in applied] == [v for v in ALL_VERSIONS if v > 6]
         report = await verify.verify(conn, stale_after_seconds=3600)
@@ -306,7 +306,7 @@ def test_the_no_transaction_marker_is_read_and_statements_split(tmp_path: Path) 
     loaded = {m.version: m for m in migrations.load_migrations(copy / "migrations")}
     assert loaded[9990].transactional is False
     assert loaded[1].transactional is True
-    assert migrations.split_statements(loaded[9990].up) == [
+    assert migration_files.split_statements(loaded[9990].up) == [
         "DROP INDEX CONCURRENTLY IF EXISTS stripe_events_test_concurrent_idx",
         "CREATE INDEX CONCURRENTLY stripe_events_test_concurrent_idx\n"
         "    ON stripe_events (attempts)",
@@ -319,7 +319,7 @@ async def test_a_no_transaction_migration_builds_its_index_concurrently(
     empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     copy = _with_extra_migration(tmp_path, _CONCURRENT)
-    monkeypatch.setattr(migrations, "sql_dir", lambda: copy)
+    monkeypatch.setattr(migration_files, "sql_dir", lambda: copy)
     conn = await asyncpg.connect(empty_database_url)
     try:
         applied = await migrations.migrate_up(conn)
@@ -344,7 +344,7 @@ async def test_the_same_file_without_the_marker_is_refused_by_postgres(
     empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     copy = _with_extra_migration(tmp_path, _CONCURRENT.replace("-- migrate:no-transaction\n", ""))
-    monkeypatch.setattr(migrations, "sql_dir", lambda: copy)
+    monkeypatch.setattr(migration_files, "sql_dir", lambda: copy)
     conn = await asyncpg.connect(empty_database_url)
     try:
         with pytest.raises(MigrationError) as info:

@@ -19,7 +19,7 @@ from tests.integration.cluster import post_event
 from tests.ops_support import running_receiver
 from tests.pgbouncer import PgBouncer
 from tests.worker_support import spawn_worker, stop_worker, worker_env
-from webhook_worker.db import migrations
+from webhook_worker.db import migration_lock, migrations
 from webhook_worker.dev.embedded import free_port
 from webhook_worker.exit_codes import EXIT_LOCKED, EXIT_OK
 from webhook_worker.ops import sample_events
@@ -126,7 +126,7 @@ async def test_a_waiting_migration_names_the_holder_then_gives_up_with_exit_3(
     )
     try:
         # An earlier version's session lock, left behind by a crashed run.
-        await holder.execute("SELECT pg_advisory_lock($1)", migrations.MIGRATION_LOCK_KEY)
+        await holder.execute("SELECT pg_advisory_lock($1)", migration_lock.MIGRATION_LOCK_KEY)
         pid = await holder.fetchval("SELECT pg_backend_pid()")
         env = _cli_env(database_url, MIGRATION_LOCK_TIMEOUT_SECONDS="2")
         code, out = await _finish(_cli(env, "migrate", "up"), timeout=60)
@@ -136,7 +136,7 @@ async def test_a_waiting_migration_names_the_holder_then_gives_up_with_exit_3(
         assert "gave up after 2s" in out
         assert "pg_terminate_backend" in out
         # Released: the next run goes through.
-        await holder.execute("SELECT pg_advisory_unlock($1)", migrations.MIGRATION_LOCK_KEY)
+        await holder.execute("SELECT pg_advisory_unlock($1)", migration_lock.MIGRATION_LOCK_KEY)
         code, out = await _finish(_cli(env, "migrate", "up"), timeout=60)
         assert code == EXIT_OK, out
     finally:
