@@ -14,15 +14,16 @@ time: the way to `CREATE INDEX CONCURRENTLY`, which Postgres refuses inside a tr
 block, so a deploy on a large table never locks out the receiver's inserts. Such a file must
 be safe to run again after a crash part-way (`DROP INDEX CONCURRENTLY IF EXISTS` before each
 `CREATE INDEX CONCURRENTLY`); it is recorded once all its statements succeeded. With no
-transaction to scope a lock, such a file runs under the session form of the same lock
-(polled), released right after it: run those through a direct connection
-(`DIRECT_DATABASE_URL`), not a transaction-mode pooler.
+transaction to scope the advisory lock, its run holds the migration lease instead (a row
+with an expiry, `migration_lock`), which every other run respects: such a file, too, is safe
+through a transaction-mode pooler.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import asyncpg
 
@@ -47,10 +48,9 @@ from webhook_worker.db.migration_host import (
 )
 from webhook_worker.db.migration_lock import (
     DEFAULT_LOCK_TIMEOUT_S,
+    leased,
     locked_transaction,
-    release_session_lock,
     report_wait,
-    take_session_lock,
 )
 from webhook_worker.db.queries import query
 from webhook_worker.errors import DataLossRefused, MigrationError
@@ -126,8 +126,7 @@ async def migrate_up(
     `tenant_column` is USERS_TENANT_COLUMN; without it a tenant column is detected from a
     unique constraint on (tenant, email). `users_table` is USERS_TABLE, `version_column`
     USERS_VERSION_COLUMN (without it an integer `version` or `lock_version` is detected).
-    A no-transaction file runs under the session form of the lock (run it through a direct
-    connection).
+    A no-transaction file runs under the migration lease.
     """
     migrations = load_migrations()
     async with locked_transaction(conn, lock_timeout, on_wait):
@@ -149,14 +148,15 @@ async def migrate_up(
         if migration.version in applied or (to is not None and migration.version > to):
             continue
         try:
-            if migration.transactional:
-                applied_now = await _apply_in_transaction(
-                    conn, migration, tenant, shape, lock_timeout, on_wait
-                )
-            else:
-                applied_now = await _apply_outside_transaction(
-                    conn, migration, tenant, shape, lock_timeout, on_wait
-                )
+            applied_now = await _run_part(
+                conn,
+                migration,
+                down=False,
+                setup=partial(prepare, conn, tenant, shape),
+                record=partial(_record, conn, migration, shape),
+                lock_timeout=lock_timeout,
+                on_wait=on_wait,
+            )
         except asyncpg.PostgresError as exc:
             outcome = "was rolled back" if migration.transactional else "stopped part-way"
             raise MigrationError(f"{migration.path.name} failed and {outcome}: {exc}") from exc
@@ -168,16 +168,7 @@ async def migrate_up(
     return done
 
 
-async def _run_part(conn: asyncpg.Connection, migration: Migration, sql: str) -> None:
-    """One part (up or down): in the caller's transaction, or statement by statement."""
-    if migration.transactional:
-        await conn.execute(sql)
-        return
-    for statement in split_statements(sql):
-        await conn.execute(statement)
-
-
-async def _finish(
+async def _record(
     conn: asyncpg.Connection, migration: Migration, shape: host.HostShape | None
 ) -> None:
     """In the migration's transaction: its `-- migrate:functions` files, then its record."""
@@ -189,42 +180,38 @@ async def _finish(
     )
 
 
-async def _apply_in_transaction(
+async def _run_part(
     conn: asyncpg.Connection,
     migration: Migration,
-    tenant: str,
-    shape: host.HostShape | None,
+    *,
+    down: bool,
+    setup: Callable[[], Awaitable[object]],
+    record: Callable[[], Awaitable[object]],
     lock_timeout: float,
     on_wait: Callable[[str], None],
 ) -> bool:
-    async with locked_transaction(conn, lock_timeout, on_wait):
-        if await conn.fetchval(query("migration_applied"), migration.version):
-            return False  # another run applied it while this one waited
-        await prepare(conn, tenant, shape)
-        await _run_part(conn, migration, migration.up)
-        await _finish(conn, migration, shape)
-    return True
-
-
-async def _apply_outside_transaction(
-    conn: asyncpg.Connection,
-    migration: Migration,
-    tenant: str,
-    shape: host.HostShape | None,
-    lock_timeout: float,
-    on_wait: Callable[[str], None],
-) -> bool:
-    await take_session_lock(conn, lock_timeout, on_wait)
-    try:
-        if await conn.fetchval(query("migration_applied"), migration.version):
-            return False  # another run applied it while this one waited
-        await _run_part(conn, migration, migration.up)
-        async with conn.transaction():
-            await prepare(conn, tenant, shape)
-            await _finish(conn, migration, shape)
+    """One migration's up (or down) part, once; False when another run did it while this
+    one waited. `setup` (the transaction-local settings) and `record` run in the part's
+    transaction; a no-transaction part runs statement by statement under the migration
+    lease, and they run in the transaction that ends it."""
+    part = migration.down if down else migration.up
+    if migration.transactional:
+        async with locked_transaction(conn, lock_timeout, on_wait):
+            if await conn.fetchval(query("migration_applied"), migration.version) != down:
+                return False
+            await setup()
+            await conn.execute(part)
+            await record()
         return True
-    finally:
-        await release_session_lock(conn)
+    async with leased(conn, migration.label, lock_timeout, on_wait) as lease:
+        if await conn.fetchval(query("migration_applied"), migration.version) != down:
+            return False
+        for statement in split_statements(part):
+            await lease.run(conn, statement)
+        async with locked_transaction(conn, lock_timeout, on_wait, ending=lease):
+            await setup()
+            await record()
+    return True
 
 
 async def migrate_down(
@@ -255,23 +242,14 @@ async def migrate_down(
         log.warning("rollback_dropping_data", tables=[r.describe() for r in risks])
     done: list[Migration] = []
     for migration in targets:
-        if not migration.transactional:
-            await take_session_lock(conn, lock_timeout, on_wait)
-            try:
-                if await conn.fetchval(query("migration_applied"), migration.version):
-                    await _run_part(conn, migration, migration.down)
-                    async with conn.transaction():
-                        await set_users_table(conn, shape)
-                        await conn.execute(query("forget_migration"), migration.version)
-                    done.append(migration)
-            finally:
-                await release_session_lock(conn)
-            continue
-        async with locked_transaction(conn, lock_timeout, on_wait):
-            if not await conn.fetchval(query("migration_applied"), migration.version):
-                continue  # another run rolled it back meanwhile
-            await set_users_table(conn, shape)
-            await _run_part(conn, migration, migration.down)
-            await conn.execute(query("forget_migration"), migration.version)
-        done.append(migration)
+        if await _run_part(
+            conn,
+            migration,
+            down=True,
+            setup=partial(set_users_table, conn, shape),
+            record=partial(conn.execute, query("forget_migration"), migration.version),
+            lock_timeout=lock_timeout,
+            on_wait=on_wait,
+        ):
+            done.append(migration)
     return done
