@@ -178,7 +178,7 @@ async def test_a_no_transaction_migration_through_pgbouncer_holds_a_lease_other_
         )
         with pytest.raises(MigrationLockTimeout) as info:
             await migrations.migrate_up(runs[2], lock_timeout=0.5, on_wait=lambda _: None)
-        assert f"{holder}" in info.value.message
+        assert holder in info.value.message
         assert f"SELECT pg_cancel_backend({build_pid})" in info.value.message
         assert not any(task.done() for task in tasks)
 
