@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from webhook_worker.db import migrations, queries
-from webhook_worker.errors import MigrationError
+from tests.migration_support import CONCURRENT_INDEX, lock_leftovers, with_extra_migration
+from webhook_worker.db import migration_files, migrations, queries
+from webhook_worker.errors import MigrationError, MigrationLockTimeout
 from webhook_worker.ops import verify
 
 ALL_VERSIONS = [m.version for m in migrations.load_migrations()]
@@ -185,7 +187,7 @@ async def test_edited_applied_migration_is_refused(
 ) -> None:
     copy = tmp_path / "sql"
     shutil.copytree(queries.sql_dir(), copy)
-    monkeypatch.setattr(migrations, "sql_dir", lambda: copy)
+    monkeypatch.setattr(migration_files, "sql_dir", lambda: copy)
     conn = await asyncpg.connect(empty_database_url)
     try:
         await migrations.migrate_up(conn)
@@ -231,7 +233,7 @@ def test_released_texts_of_edited_files_are_the_accepted_earlier_checksums() -> 
     assert [p.name[:4] for p in released] == ["0001", "0003", "0004"]
     for path in released:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        assert digest in migrations.EARLIER_CHECKSUMS[int(path.name[:4])]
+        assert digest in migration_files.EARLIER_CHECKSUMS[int(path.name[:4])]
 
 
 async def test_an_install_made_with_the_released_files_migrates_up_cleanly(
@@ -245,8 +247,8 @@ async def test_an_install_made_with_the_released_files_migrates_up_cleanly(
             path.unlink()
     for path in RELEASED.glob("*.sql"):
         shutil.copy(path, released / "migrations" / path.name)
-    current = migrations.sql_dir
-    monkeypatch.setattr(migrations, "sql_dir", lambda: released)
+    current = migration_files.sql_dir
+    monkeypatch.setattr(migration_files, "sql_dir", lambda: released)
     conn = await asyncpg.connect(empty_database_url)
     try:
         await conn.execute("CREATE TABLE users (id serial PRIMARY KEY, email text)")
@@ -259,7 +261,7 @@ async def test_an_install_made_with_the_released_files_migrates_up_cleanly(
             "SELECT * FROM ledger_credit($1, 3, 'PURCHASE', 'evt_old', 'cs_old', NULL, 'old')", user
         )
 
-        monkeypatch.setattr(migrations, "sql_dir", current)
+        monkeypatch.setattr(migration_files, "sql_dir", current)
         applied = await migrations.migrate_up(conn)
         assert [m.version for m in applied] == [v for v in ALL_VERSIONS if v > 6]
         report = await verify.verify(conn, stale_after_seconds=3600)
@@ -281,32 +283,13 @@ async def test_an_install_made_with_the_released_files_migrates_up_cleanly(
 
 # --- migrations outside a transaction (CREATE INDEX CONCURRENTLY) ----------------------------
 
-_CONCURRENT = """-- migrate:no-transaction
--- An index on a large table, built without locking out the receiver's inserts.
-
--- migrate:up
-DROP INDEX CONCURRENTLY IF EXISTS stripe_events_test_concurrent_idx;
-CREATE INDEX CONCURRENTLY stripe_events_test_concurrent_idx
-    ON stripe_events (attempts);
-
--- migrate:down
-DROP INDEX CONCURRENTLY IF EXISTS stripe_events_test_concurrent_idx;
-"""
-
-
-def _with_extra_migration(tmp_path: Path, text: str) -> Path:
-    copy = tmp_path / "sql"
-    shutil.copytree(queries.sql_dir(), copy)
-    (copy / "migrations" / "9990_test_concurrent.sql").write_text(text)
-    return copy
-
 
 def test_the_no_transaction_marker_is_read_and_statements_split(tmp_path: Path) -> None:
-    copy = _with_extra_migration(tmp_path, _CONCURRENT)
+    copy = with_extra_migration(tmp_path, CONCURRENT_INDEX)
     loaded = {m.version: m for m in migrations.load_migrations(copy / "migrations")}
     assert loaded[9990].transactional is False
     assert loaded[1].transactional is True
-    assert migrations.split_statements(loaded[9990].up) == [
+    assert migration_files.split_statements(loaded[9990].up) == [
         "DROP INDEX CONCURRENTLY IF EXISTS stripe_events_test_concurrent_idx",
         "CREATE INDEX CONCURRENTLY stripe_events_test_concurrent_idx\n"
         "    ON stripe_events (attempts)",
@@ -318,8 +301,7 @@ def test_the_no_transaction_marker_is_read_and_statements_split(tmp_path: Path) 
 async def test_a_no_transaction_migration_builds_its_index_concurrently(
     empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    copy = _with_extra_migration(tmp_path, _CONCURRENT)
-    monkeypatch.setattr(migrations, "sql_dir", lambda: copy)
+    with_extra_migration(tmp_path, CONCURRENT_INDEX, monkeypatch)
     conn = await asyncpg.connect(empty_database_url)
     try:
         applied = await migrations.migrate_up(conn)
@@ -343,8 +325,9 @@ async def test_a_no_transaction_migration_builds_its_index_concurrently(
 async def test_the_same_file_without_the_marker_is_refused_by_postgres(
     empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    copy = _with_extra_migration(tmp_path, _CONCURRENT.replace("-- migrate:no-transaction\n", ""))
-    monkeypatch.setattr(migrations, "sql_dir", lambda: copy)
+    with_extra_migration(
+        tmp_path, CONCURRENT_INDEX.replace("-- migrate:no-transaction\n", ""), monkeypatch
+    )
     conn = await asyncpg.connect(empty_database_url)
     try:
         with pytest.raises(MigrationError) as info:
@@ -353,3 +336,148 @@ async def test_the_same_file_without_the_marker_is_refused_by_postgres(
         assert "transaction block" in info.value.message
     finally:
         await conn.close()
+
+
+# --- the migration lease (a no-transaction file's lock, safe through a pooler) --------------
+
+_DEAD_RUN = "deadhost:4242:0badf00d 0051_event_search_backfill crashed-deploy"
+
+
+def test_every_no_transaction_migration_comes_after_the_lease_table() -> None:
+    shipped = migrations.load_migrations()
+    lease_table = next(m.version for m in shipped if "TABLE IF NOT EXISTS reconcile_lease" in m.up)
+    assert [m.version for m in shipped if not m.transactional]
+    assert all(m.version > lease_table for m in shipped if not m.transactional)
+
+
+async def test_a_no_transaction_migration_before_the_lease_table_is_refused(
+    empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_extra_migration(tmp_path, CONCURRENT_INDEX, monkeypatch, version=9)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        with pytest.raises(MigrationError) as info:
+            await migrations.migrate_up(conn, to=9)
+        assert "0009_test_concurrent runs outside a transaction" in info.value.message
+        assert "number it after 0030" in info.value.message
+        assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == 8
+    finally:
+        await conn.close()
+
+
+async def test_a_no_transaction_migration_runs_under_the_lease_and_leaves_nothing_behind(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The migration's own statement records what it ran under.
+    observing = CONCURRENT_INDEX.replace(
+        "-- migrate:down",
+        "CREATE TABLE lease_seen AS\n"
+        "    SELECT holder, expires_at > now() AS live,\n"
+        "           (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory') AS locks\n"
+        "    FROM reconcile_lease WHERE name = 'migrate';\n\n"
+        "-- migrate:down\nDROP TABLE IF EXISTS lease_seen;",
+    )
+    with_extra_migration(tmp_path, observing, monkeypatch)
+    conn = await asyncpg.connect(database_url, server_settings={"application_name": "deploy-7"})
+    try:
+        assert [m.version for m in await migrations.migrate_up(conn)] == [9990]
+        seen = await conn.fetch("SELECT holder, live, locks FROM lease_seen")
+        assert len(seen) == 1
+        token, migration, name = seen[0]["holder"].split(" ", 2)
+        assert token.split(":")[1] == str(os.getpid())
+        assert (migration, name, seen[0]["live"]) == ("9990_test_concurrent", "deploy-7", True)
+        assert seen[0]["locks"] == 0  # no advisory lock, of any form, while it ran
+        assert await lock_leftovers(database_url) == (0, 0)
+        await migrations.migrate_down(conn, drop_data=True)
+        assert await lock_leftovers(database_url) == (0, 0)
+    finally:
+        await conn.close()
+
+
+async def _stopped_unrecorded(conn: asyncpg.Connection) -> str:
+    """`migrate up` stops with a MigrationError before recording 9990; its message."""
+    with pytest.raises(MigrationError) as info:
+        await migrations.migrate_up(conn)
+    recorded = "SELECT EXISTS (SELECT FROM schema_migrations WHERE version = 9990)"
+    assert not await conn.fetchval(recorded)
+    return info.value.message
+
+
+async def _plant_lease(conn: asyncpg.Connection, expires: str) -> None:
+    """The lease of a run that died, expiring at `expires` (an SQL expression)."""
+    await conn.execute(
+        "INSERT INTO reconcile_lease (name, holder, acquired_at, expires_at) "
+        f"VALUES ('migrate', $1, now() - interval '1 hour', {expires})",
+        _DEAD_RUN,
+    )
+
+
+async def test_a_no_transaction_migration_that_fails_part_way_drops_its_lease(
+    db: asyncpg.Connection, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = CONCURRENT_INDEX.replace("-- migrate:down", "SELECT 1 / 0;\n\n-- migrate:down")
+    with_extra_migration(tmp_path, failing, monkeypatch)
+    message = await _stopped_unrecorded(db)
+    assert "9990_test_concurrent.sql failed and stopped part-way" in message
+    assert "division by zero" in message
+    assert await lock_leftovers(database_url) == (0, 0)
+
+
+_TAKE_OVER = (
+    "UPDATE reconcile_lease SET holder = 'otherhost:7:cafe0000 9990_test_concurrent other-run', "
+    "expires_at = now() + interval '1 hour' WHERE name = 'migrate';\n"
+)
+
+
+@pytest.mark.parametrize("when", ["before its next statement", "before its record"])
+async def test_a_run_whose_lease_was_taken_over_stops_and_records_nothing(
+    when: str,
+    db: asyncpg.Connection,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another run took the lease over (as after an expiry): the run notices at its next
+    renewal or when it would record the migration, and leaves the lease to the other."""
+    up, down = CONCURRENT_INDEX.split("-- migrate:down")
+    if when == "before its next statement":
+        up = up.replace("CREATE INDEX CONCURRENTLY", _TAKE_OVER + "CREATE INDEX CONCURRENTLY")
+    else:
+        up += _TAKE_OVER
+    with_extra_migration(tmp_path, up + "-- migrate:down" + down, monkeypatch)
+    message = await _stopped_unrecorded(db)
+    lost = "9990_test_concurrent stopped: its migration lease expired and another run took"
+    assert lost in message
+    assert "pid 7 on otherhost (other-run, lease for 9990_test_concurrent" in message
+    built = await db.fetchval("SELECT to_regclass('stripe_events_test_concurrent_idx')")
+    assert (built is None) == (when == "before its next statement")
+    holder = await db.fetchval("SELECT holder FROM reconcile_lease WHERE name = 'migrate'")
+    assert holder.startswith("otherhost:7:cafe0000 ")
+    assert await lock_leftovers(database_url) == (0, 1)
+
+
+async def test_an_expired_lease_of_a_dead_run_is_taken_over(
+    db: asyncpg.Connection, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_extra_migration(tmp_path, CONCURRENT_INDEX, monkeypatch)
+    await _plant_lease(db, "now() - interval '1 second'")
+    told: list[str] = []
+    applied = await migrations.migrate_up(db, lock_timeout=5, on_wait=told.append)
+    assert [m.version for m in applied] == [9990]
+    assert told == []  # never waited for it
+    assert await lock_leftovers(database_url) == (0, 0)
+
+
+async def test_a_live_lease_holds_back_every_run(db: asyncpg.Connection) -> None:
+    await _plant_lease(db, "now() + interval '1 hour'")
+    holder = "pid 4242 on deadhost (crashed-deploy, lease for 0051_event_search_backfill"
+    for run in (migrations.migrate_up, migrations.migrate_down):
+        told: list[str] = []
+        with pytest.raises(MigrationLockTimeout) as info:
+            await run(db, lock_timeout=0.5, on_wait=told.append)
+        assert len(told) == 1  # named once, however many polls
+        lock = "waiting for the migration lock"
+        assert told[0].startswith(f"{lock}, held by {holder}, lease expires ")
+        assert f"gave up after 0.5s {lock}, held by {holder}" in info.value.message
+        assert "if it died, its lease lapses at" in info.value.message
+    assert await db.fetchval("SELECT count(*) FROM schema_migrations") == len(ALL_VERSIONS)

@@ -46,13 +46,47 @@ SELECT to_regclass($1) IS NOT NULL;
 
 -- name: table_quoted_name
 -- The table $1 as Postgres quotes it (regclass), for the one statement built at run time:
--- a rollback's exact row count of a table its down part drops (`migrations.data_at_risk`).
+-- a rollback's exact row count of a table its down part drops (`data_loss.data_at_risk`).
 SELECT $1::regclass::text;
 
--- name: migration_try_session_lock
--- The session form, only for a no-transaction migration (CREATE INDEX CONCURRENTLY), which
--- has no transaction to scope a lock; polled, released right after that file.
-SELECT pg_try_advisory_lock($1::bigint);
+-- name: migration_lease_holder
+-- The migration lease (webhook_worker/db/migration_lock.py) is the row $1 ('migrate') of
+-- reconcile_lease, 0030's table of named leases, held by a run while it runs a no-transaction
+-- migration. `holder` is "<token> <migration> <application_name>", and each statement the
+-- holder runs starts with the comment `/* migration lease <token> */`. The live lease, if
+-- any: unexpired, or its holder's statement still running (a long CREATE INDEX
+-- CONCURRENTLY is its own heartbeat, seen in pg_stat_activity).
+SELECT l.holder, l.acquired_at, l.expires_at, a.pid AS backend_pid, a.query_start
+FROM reconcile_lease l
+LEFT JOIN LATERAL (
+    SELECT s.pid, s.query_start FROM pg_stat_activity s
+    WHERE s.state = 'active' AND s.pid <> pg_backend_pid()
+      AND starts_with(s.query, '/* migration lease ' || split_part(l.holder, ' ', 1) || ' */')
+    ORDER BY s.query_start
+    LIMIT 1
+) a ON true
+WHERE l.name = $1 AND (l.expires_at >= now() OR a.pid IS NOT NULL);
 
--- name: migration_session_unlock
-SELECT pg_advisory_unlock($1::bigint);
+-- name: migration_take_lease
+-- Under the migration lock, once migration_lease_holder found no live lease: a free or
+-- expired row becomes $2's for $3 seconds (a holder that renewed meanwhile keeps it). $2 is
+-- "<token> <migration>"; the session's application_name is added.
+INSERT INTO reconcile_lease AS l (name, holder, acquired_at, expires_at)
+VALUES ($1, $2 || ' ' || current_setting('application_name'), now(),
+        now() + make_interval(secs => $3))
+ON CONFLICT (name) DO UPDATE
+SET holder = EXCLUDED.holder, acquired_at = now(), expires_at = EXCLUDED.expires_at
+WHERE l.expires_at < now()
+RETURNING l.holder;
+
+-- name: migration_renew_lease
+-- Before each statement of the holder ($2, its token): NULL once another run took it over.
+UPDATE reconcile_lease SET expires_at = now() + make_interval(secs => $3)
+WHERE name = $1 AND split_part(holder, ' ', 1) = $2
+RETURNING holder;
+
+-- name: migration_end_lease
+-- The holder's lease deleted: with the record of its migration (NULL: it was taken over),
+-- or when it stops.
+DELETE FROM reconcile_lease WHERE name = $1 AND split_part(holder, ' ', 1) = $2
+RETURNING holder;
