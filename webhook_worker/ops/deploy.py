@@ -8,8 +8,9 @@
    migration role may change `users` when a migration is pending. Schema work uses
    DIRECT_DATABASE_URL (a connection past any pooler), else DATABASE_URL.
 2. migrate   — `sql/migrations` up (each in its own transaction, under a transaction-scoped
-   advisory lock; a run holding it is named, and after MIGRATION_LOCK_TIMEOUT_SECONDS the
-   deploy gives up with exit 3); `--skip-migration` skips it; `--rollback [--to VERSION]`
+   advisory lock, or a lease row for a no-transaction file; a run holding it is named, and
+   after MIGRATION_LOCK_TIMEOUT_SECONDS the deploy gives up with exit 3);
+   `--skip-migration` skips it; `--rollback [--to VERSION]`
    runs down parts instead (the newest migration, or every one above VERSION) and skips
    verify. A rollback that would drop ledger, event or audit rows refuses, naming the
    tables and row counts, unless `--drop-data` is given (and typed again at the prompt).

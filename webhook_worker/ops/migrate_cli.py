@@ -70,7 +70,8 @@ def add_migrate(sub: terminal.Subparsers) -> None:
             "down: roll back the newest one, or with --to every one above that version; it "
             "refuses when that would drop ledger, event or audit rows, unless --drop-data. "
             "status: list applied and pending migrations (read-only). Runs are serialised by "
-            "a transaction-scoped advisory lock (MIGRATION_LOCK_TIMEOUT_SECONDS, then exit 3); "
+            "a transaction-scoped advisory lock, and a no-transaction file by a lease row "
+            "(MIGRATION_LOCK_TIMEOUT_SECONDS, then exit 3); "
             "an applied file whose checksum changed is refused. Uses DIRECT_DATABASE_URL when "
             "set, else DATABASE_URL."
         ),
