@@ -28,7 +28,7 @@ from functools import partial
 import asyncpg
 
 from webhook_worker.config import Settings
-from webhook_worker.db import functions, host, privileges
+from webhook_worker.db import functions, host, privileges, store
 
 # Re-exported (`X as X`): the CLI, deploy_hotfix.py and verify use the migration API from here.
 from webhook_worker.db.data_loss import TableAtRisk as TableAtRisk
@@ -212,6 +212,47 @@ async def _run_part(
             await setup()
             await record()
     return True
+
+
+async def up_with(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    to: int | None = None,
+    *,
+    on_wait: Callable[[str], None] = report_wait,
+) -> list[Migration]:
+    """`migrate_up` as configured (the host's users table, tenant and version columns, the
+    lock wait), then SHORTFALL_POLICY recorded: what `migrate up` and the deploy both run."""
+    applied = await migrate_up(
+        conn,
+        to,
+        tenant_column=settings.users_tenant_column,
+        users_table=settings.users_table,
+        version_column=settings.users_version_column,
+        lock_timeout=settings.migration_lock_timeout_seconds,
+        on_wait=on_wait,
+    )
+    await store.record_shortfall_policy(conn, settings.shortfall_policy)
+    return applied
+
+
+async def down_with(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    to: int | None = None,
+    *,
+    drop_data: bool = False,
+    on_wait: Callable[[str], None] = report_wait,
+) -> list[Migration]:
+    """`migrate_down` as configured: what `migrate down` and the deploy's rollback run."""
+    return await migrate_down(
+        conn,
+        to,
+        users_table=settings.users_table,
+        drop_data=drop_data,
+        lock_timeout=settings.migration_lock_timeout_seconds,
+        on_wait=on_wait,
+    )
 
 
 async def migrate_down(

@@ -42,7 +42,7 @@ import asyncpg
 
 from webhook_worker import local_services
 from webhook_worker.config import Settings
-from webhook_worker.db import migrations, store
+from webhook_worker.db import migrations
 from webhook_worker.db.queries import bind_users_table
 from webhook_worker.errors import (
     ConfigError,
@@ -166,26 +166,13 @@ async def _migrate(
 ) -> bool:
     try:
         if args.rollback:
-            done = await migrations.migrate_down(
-                conn,
-                to=args.to,
-                drop_data=args.drop_data,
-                users_table=settings.users_table,
-                lock_timeout=settings.migration_lock_timeout_seconds,
-                on_wait=_say,
+            done = await migrations.down_with(
+                conn, settings, args.to, drop_data=args.drop_data, on_wait=_say
             )
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in done)
             report.add("rollback", "ok", f"rolled back {names}" if done else "nothing to roll back")
             return True
-        done = await migrations.migrate_up(
-            conn,
-            tenant_column=settings.users_tenant_column,
-            users_table=settings.users_table,
-            version_column=settings.users_version_column,
-            lock_timeout=settings.migration_lock_timeout_seconds,
-            on_wait=_say,
-        )
-        await store.record_shortfall_policy(conn, settings.shortfall_policy)
+        done = await migrations.up_with(conn, settings, on_wait=_say)
     except MigrationLockTimeout as exc:
         report.lock_timed_out = True
         report.add("rollback" if args.rollback else "migrate", "FAIL", str(exc))

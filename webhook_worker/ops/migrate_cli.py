@@ -15,7 +15,7 @@ from webhook_worker.ops import command, terminal
 
 
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from webhook_worker.db import migrations, store
+    from webhook_worker.db import migrations
 
     conn = await migrations.connect_direct(settings)
     try:
@@ -25,28 +25,14 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{row.version:04d}  {row.name:<28} {state}")
             return EXIT_OK
         if args.action == "up":
-            applied = await migrations.migrate_up(
-                conn,
-                to=args.to,
-                tenant_column=settings.users_tenant_column,
-                users_table=settings.users_table,
-                version_column=settings.users_version_column,
-                lock_timeout=settings.migration_lock_timeout_seconds,
-                on_wait=_say,
-            )
+            applied = await migrations.up_with(conn, settings, args.to, on_wait=_say)
             for m in applied:
                 print(f"applied {m.version:04d}_{m.name}")
-            await store.record_shortfall_policy(conn, settings.shortfall_policy)
             if not applied:
                 print("nothing to apply: the schema is up to date")
             return EXIT_OK
-        rolled = await migrations.migrate_down(
-            conn,
-            to=args.to,
-            drop_data=args.drop_data,
-            users_table=settings.users_table,
-            lock_timeout=settings.migration_lock_timeout_seconds,
-            on_wait=_say,
+        rolled = await migrations.down_with(
+            conn, settings, args.to, drop_data=args.drop_data, on_wait=_say
         )
         for m in rolled:
             print(f"rolled back {m.version:04d}_{m.name}")
