@@ -20,7 +20,7 @@ from tests.ops_support import receiver_healthy, running_receiver
 from tests.worker_support import spawn_worker, stop_worker, worker_env
 from webhook_worker.db import migrations
 from webhook_worker.dev.embedded import free_port
-from webhook_worker.ops import test_events
+from webhook_worker.ops import event_sender
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "deploy_hotfix.py"
@@ -334,7 +334,7 @@ async def test_smoke_test_waits_for_a_worker_to_process_the_event(
     stored = await db.fetch(
         "SELECT event_id, livemode, processing_status, status_reason FROM stripe_events "
         "WHERE type = $1",
-        test_events.SMOKE_EVENT_TYPE,
+        event_sender.SMOKE_EVENT_TYPE,
     )
     assert len(stored) == 1
     assert stored[0]["event_id"] in run.out

@@ -14,7 +14,7 @@ import pytest
 
 from tests.ops_support import event_row, insert_event, insert_user
 from webhook_worker.errors import ConfigError
-from webhook_worker.ops import listing, replay, test_events, values, verify
+from webhook_worker.ops import event_sender, listing, replay, values, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2024, 6, 10, 12, 0, tzinfo=UTC)
@@ -69,7 +69,7 @@ def test_jsonable_turns_database_values_into_json_types() -> None:
 
 
 def test_build_test_event_for_a_checkout_targets_the_chosen_user() -> None:
-    by_email = test_events.build_test_event(email="a@example.com", credits=7)
+    by_email = event_sender.build_test_event(email="a@example.com", credits=7)
     session = by_email["data"]["object"]
     assert by_email["type"] == "checkout.session.completed"
     assert by_email["id"].startswith("evt_") and by_email["livemode"] is False
@@ -77,29 +77,29 @@ def test_build_test_event_for_a_checkout_targets_the_chosen_user() -> None:
     assert session["metadata"] == {"credits": "7"}
     assert session["payment_status"] == "paid"
     assert (
-        test_events.build_test_event(user_id="42")["data"]["object"]["client_reference_id"] == "42"
+        event_sender.build_test_event(user_id="42")["data"]["object"]["client_reference_id"] == "42"
     )
     uuid = "7f1c8e9a-1d2b-4c3d-9e8f-0a1b2c3d4e5f"
     assert (
-        test_events.build_test_event(user_uuid=uuid)["data"]["object"]["metadata"]["user_uuid"]
+        event_sender.build_test_event(user_uuid=uuid)["data"]["object"]["metadata"]["user_uuid"]
         == uuid
     )
 
 
 def test_build_test_event_for_refunds_and_other_types() -> None:
-    refund = test_events.build_test_event("charge.refunded", payment_intent="pi_test_1")
+    refund = event_sender.build_test_event("charge.refunded", payment_intent="pi_test_1")
     assert refund["data"]["object"]["payment_intent"] == "pi_test_1"
     with pytest.raises(ConfigError, match="--payment-intent"):
-        test_events.build_test_event("charge.refunded")
-    smoke = test_events.build_test_event(test_events.SMOKE_EVENT_TYPE)
-    assert smoke["type"] == test_events.SMOKE_EVENT_TYPE
+        event_sender.build_test_event("charge.refunded")
+    smoke = event_sender.build_test_event(event_sender.SMOKE_EVENT_TYPE)
+    assert smoke["type"] == event_sender.SMOKE_EVENT_TYPE
     assert (
-        test_events.build_test_event("customer.created")["data"]["object"]["object"] == "customer"
+        event_sender.build_test_event("customer.created")["data"]["object"]["object"] == "customer"
     )
 
 
 def test_build_test_event_for_a_credit_note_refunds_the_named_invoice() -> None:
-    note = test_events.build_test_event("credit_note.created", invoice="in_test_1", credits=5)
+    note = event_sender.build_test_event("credit_note.created", invoice="in_test_1", credits=5)
     obj = note["data"]["object"]
     assert (note["type"], obj["object"], obj["invoice"]) == (
         "credit_note.created",
@@ -108,7 +108,7 @@ def test_build_test_event_for_a_credit_note_refunds_the_named_invoice() -> None:
     )
     assert obj["amount"] == 500 and obj["type"] == "post_payment"
     with pytest.raises(ConfigError, match="--invoice"):
-        test_events.build_test_event("credit_note.created")
+        event_sender.build_test_event("credit_note.created")
 
 
 async def test_replay_leaves_an_event_that_changed_after_selection(db: asyncpg.Connection) -> None:

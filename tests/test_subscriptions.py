@@ -33,6 +33,7 @@ from webhook_worker.errors import PermanentError
 from webhook_worker.money.invoice_pricing import credit_note_refunds, invoice_credits, line_price_id
 from webhook_worker.money.takebacks import target_taken
 from webhook_worker.ops import replay
+from webhook_worker.ops.event_sender import build_test_event
 from webhook_worker.ops.sample_events import (
     BASIL,
     PRE_BASIL,
@@ -45,7 +46,6 @@ from webhook_worker.ops.sample_events import (
     new_id,
     payment_intent_succeeded_event,
 )
-from webhook_worker.ops.test_events import build_test_event
 
 VERSIONS = pytest.mark.parametrize("api_version", [PRE_BASIL, BASIL])
 PRICES = {"price_basic": 1000, "price_pro": 5000}

@@ -1,7 +1,7 @@
 """Ops subcommands of `webhook-worker`: events, replay, stats, verify, send-test-event, prune.
 
 One module a command, each a thin argparse front end over its ops command module (`listing`,
-`replay`, `stats`, `verify`, `test_events`, `prune`); `cli.py` registers `OPS_REGISTRARS`,
+`replay`, `stats`, `verify`, `event_sender`, `prune`); `cli.py` registers `OPS_REGISTRARS`,
 in the order `--help` lists them. Exit codes as in `cli.py`: 0 ok, 1 the command ran and
 found a problem (event not found, failed check, non-200 answer), 2 bad usage or
 configuration. `--json` prints one JSON document on stdout for scripts; otherwise `rich`

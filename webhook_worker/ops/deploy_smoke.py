@@ -11,7 +11,7 @@ import asyncpg
 
 from webhook_worker.config import Settings
 from webhook_worker.errors import WebhookWorkerError
-from webhook_worker.ops import test_events
+from webhook_worker.ops import event_sender
 from webhook_worker.ops.deploy_report import Report
 
 _NOT_PROCESSED = frozenset({"received", "processing"})
@@ -24,10 +24,10 @@ async def smoke(
     timeout: float,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
     report: Report,
 ) -> bool:
-    secret = test_events.pick_secret(settings, None)
-    event = test_events.build_test_event(test_events.SMOKE_EVENT_TYPE)
+    secret = event_sender.pick_secret(settings, None)
+    event = event_sender.build_test_event(event_sender.SMOKE_EVENT_TYPE)
     try:
-        result = await test_events.send_event(url, event, secret)
+        result = await event_sender.send_event(url, event, secret)
     except WebhookWorkerError as exc:
         report.add("smoke test", "FAIL", str(exc))
         return False
@@ -37,10 +37,10 @@ async def smoke(
         )
         return False
     deadline = time.monotonic() + timeout
-    outcome = await test_events.event_outcome(conn, result.event_id)
+    outcome = await event_sender.event_outcome(conn, result.event_id)
     while (outcome is None or outcome[0] in _NOT_PROCESSED) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        outcome = await test_events.event_outcome(conn, result.event_id)
+        outcome = await event_sender.event_outcome(conn, result.event_id)
     if outcome is None:
         report.add(
             "smoke test",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from webhook_worker.config import Settings
 from webhook_worker.exit_codes import EXIT_OK, EXIT_PROBLEM
-from webhook_worker.ops import command, terminal, test_events, values
+from webhook_worker.ops import command, event_sender, terminal, values
 
 
 def _default_url(settings: Settings) -> str:
@@ -25,7 +25,7 @@ def _dev_secret(settings: Settings) -> str | None:
 
 
 async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
-    secret = test_events.pick_secret(
+    secret = event_sender.pick_secret(
         settings, args.secret or (None if settings.webhook_secrets else _dev_secret(settings))
     )
     url = args.url or _default_url(settings)
@@ -33,7 +33,7 @@ async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
     if args.credits is not None and args.credits < 1:
         raise values.OpsInputError("--credits must be a positive integer")
     event_type = _allowed_test_type(args.type, settings, allow_credit=args.allow_credit)
-    event = test_events.build_test_event(
+    event = event_sender.build_test_event(
         event_type,
         email=args.email,
         user_id=args.user_id,
@@ -43,7 +43,7 @@ async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
         customer=args.customer,
         invoice=args.invoice,
     )
-    result = await test_events.send_event(url, event, secret)
+    result = await event_sender.send_event(url, event, secret)
     if args.json:
         terminal.print_json(
             {
@@ -62,7 +62,7 @@ async def _send_test_event(args: argparse.Namespace, settings: Settings) -> int:
 def _allowed_test_type(event_type: str, settings: Settings, *, allow_credit: bool) -> str:
     """With APP_ENV=production only the smoke-test type goes out (the worker ignores it), unless
     --allow-credit: one command must not mint credits in production by accident."""
-    if settings.app_env != "production" or event_type == test_events.SMOKE_EVENT_TYPE:
+    if settings.app_env != "production" or event_type == event_sender.SMOKE_EVENT_TYPE:
         return event_type
     if allow_credit:
         print(
@@ -72,11 +72,11 @@ def _allowed_test_type(event_type: str, settings: Settings, *, allow_credit: boo
         )
         return event_type
     print(
-        f"APP_ENV=production: sending {test_events.SMOKE_EVENT_TYPE} instead of {event_type} (it "
+        f"APP_ENV=production: sending {event_sender.SMOKE_EVENT_TYPE} instead of {event_type} (it "
         "credits nothing); pass --allow-credit to send credit-bearing types",
         file=sys.stderr,
     )
-    return test_events.SMOKE_EVENT_TYPE
+    return event_sender.SMOKE_EVENT_TYPE
 
 
 def add_send_test_event(sub: terminal.Subparsers) -> None:
@@ -85,7 +85,7 @@ def add_send_test_event(sub: terminal.Subparsers) -> None:
         help="POST a signed test-mode Stripe event to a receiver (like `stripe trigger`)",
         description=(
             "Exit 0 on HTTP 200, 1 otherwise. The email and secret are never printed. With "
-            f"APP_ENV=production only {test_events.SMOKE_EVENT_TYPE} is sent (it credits nothing) "
+            f"APP_ENV=production only {event_sender.SMOKE_EVENT_TYPE} is sent (it credits nothing) "
             "unless --allow-credit is given."
         ),
     )
