@@ -13,104 +13,112 @@ SELECT (ARRAY['bob', 'alice', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi'
        now() - interval '120 days'
 FROM generate_series(1, 100000) AS u;
 
+-- The raw JSON is written as text by format() and parsed once (::jsonb): the same jsonb as
+-- nested jsonb_build_object calls (jsonb orders keys itself), at half the CPU (each nested
+-- object was built, then copied into its parent). OFFSET 0 keeps each subquery from being
+-- flattened into the next, so md5(), the timestamp and the CASEs are computed once a row
+-- instead of at every reference.
 INSERT INTO stripe_events (event_id, type, livemode, api_version, stripe_created_at,
                            received_at, raw_data, processing_status, status_reason,
                            attempts, error_message, processed_at, updated_at)
 SELECT e.event_id, e.type, false, '2024-06-20', e.at, e.at,
-       jsonb_build_object(
-           'id', e.event_id, 'object', 'event', 'api_version', '2024-06-20',
-           'created', extract(epoch FROM e.at)::bigint, 'livemode', false,
-           'pending_webhooks', 1, 'type', e.type,
-           'request', jsonb_build_object('id', 'req_' || e.tag, 'idempotency_key', e.tag),
-           'data', jsonb_build_object('object', e.object || jsonb_build_object(
-               'created', extract(epoch FROM e.at)::bigint, 'livemode', false,
-               'currency', e.currency, 'description', 'Credits pack ' || e.g % 7,
-               'metadata', jsonb_build_object('order', 'ord_' || e.tag, 'plan', 'pack-' || e.g % 7,
-                                              'note', repeat(e.tag, 1 + e.g % 24)),
-               'shipping', NULL, 'statement_descriptor', 'CREDITS',
-               'payment_method_types', jsonb_build_array('card', 'link'))))
+       format('{"id": "%s", "object": "event", "api_version": "2024-06-20", "created": %s, '
+              '"livemode": false, "pending_webhooks": 1, "type": "%s", '
+              '"request": {"id": "req_%s", "idempotency_key": "%s"}, "data": {"object": {%s, '
+              '"created": %s, "livemode": false, "currency": "%s", '
+              '"description": "Credits pack %s", '
+              '"metadata": {"order": "ord_%s", "plan": "pack-%s", "note": "%s"}, '
+              '"shipping": null, "statement_descriptor": "CREDITS", '
+              '"payment_method_types": ["card", "link"]}}}',
+              e.event_id, e.epoch, e.type, e.tag, e.tag, e.object, e.epoch, e.currency, e.pack,
+              e.tag, e.pack, repeat(e.tag, 1 + e.g % 24))::jsonb
        AS raw_data,
        e.status, e.reason, CASE WHEN e.status = 'failed' THEN 8 ELSE 1 END,
        CASE WHEN e.status = 'failed' THEN 'user_not_found: no user matched the session' END,
        CASE WHEN e.status IN ('completed', 'ignored', 'failed') THEN e.at + interval '40 ms' END,
        e.at + interval '40 ms'
 FROM (
-    SELECT g, b.*, s.*, now() - (1000000 - g) * interval '7.776 s' AS at,
-           md5(g::text) AS tag,
-           'evt_1B' || lpad(g::text, 7, '0') || substr(md5(g::text), 1, 10) AS event_id,
-           'cus_B' || lpad((1 + g % 99991)::text, 6, '0') AS customer,
-           (ARRAY['bob', 'alice', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan',
-                  'judy'])[1 + (1 + g % 99991) / 10 % 10] || '.' || (1 + g % 99991) || '@'
-           || (ARRAY['example.com', 'mail.test', 'corp.example', 'shop.test'])
-              [1 + (1 + g % 99991) / 100 % 4] AS email,
+    SELECT g, g % 20 AS bucket, g % 7 AS pack, now() - (1000000 - g) * interval '7.776 s' AS at,
+           md5(g::text) AS tag, lpad(g::text, 7, '0') AS n7, 1 + g % 99991 AS u,
            (ARRAY['usd', 'usd', 'usd', 'eur', 'gbp', 'jpy'])[1 + g % 6] AS currency
     FROM generate_series(1, 1000000) AS g
-    CROSS JOIN LATERAL (SELECT g % 20 AS bucket) AS b
-    CROSS JOIN LATERAL (
-        SELECT CASE WHEN bucket < 8 THEN 'checkout.session.completed'
-                    WHEN bucket < 11 THEN 'payment_intent.succeeded'
-                    WHEN bucket < 13 THEN 'charge.succeeded'
-                    WHEN bucket = 13 THEN 'charge.refunded'
-                    WHEN bucket = 14 THEN 'invoice.paid'
-                    WHEN bucket = 15 THEN 'charge.dispute.created'
-                    WHEN bucket < 18 THEN 'customer.created'
-                    ELSE 'payment_method.attached' END AS type,
-               CASE WHEN g > 999800 THEN 'received'
-                    WHEN bucket < 8 AND g % 100 = 0 THEN 'failed'
-                    WHEN bucket = 15 AND g % 40 = 15 THEN 'waiting'
-                    WHEN bucket < 8 OR bucket = 13 OR bucket = 14 OR bucket = 15
-                        THEN 'completed'
-                    ELSE 'ignored' END AS status
-    ) AS s
+    OFFSET 0
 ) AS e0
 CROSS JOIN LATERAL (
-    SELECT e0.*, CASE
-        WHEN e0.status = 'waiting' THEN 'awaiting_purchase'
-        WHEN e0.status <> 'ignored' THEN NULL
-        WHEN e0.bucket < 11 THEN 'invoice_payment'
+    SELECT e0.*, extract(epoch FROM e0.at)::bigint AS epoch,
+           'evt_1B' || e0.n7 || substr(e0.tag, 1, 10) AS event_id,
+           'cus_B' || lpad(e0.u::text, 6, '0') AS customer,
+           (ARRAY['bob', 'alice', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan',
+                  'judy'])[1 + e0.u / 10 % 10] || '.' || e0.u || '@'
+           || (ARRAY['example.com', 'mail.test', 'corp.example', 'shop.test'])[1 + e0.u / 100 % 4]
+           AS email,
+           CASE WHEN e0.bucket < 8 THEN 'checkout.session.completed'
+                WHEN e0.bucket < 11 THEN 'payment_intent.succeeded'
+                WHEN e0.bucket < 13 THEN 'charge.succeeded'
+                WHEN e0.bucket = 13 THEN 'charge.refunded'
+                WHEN e0.bucket = 14 THEN 'invoice.paid'
+                WHEN e0.bucket = 15 THEN 'charge.dispute.created'
+                WHEN e0.bucket < 18 THEN 'customer.created'
+                ELSE 'payment_method.attached' END AS type,
+           CASE WHEN e0.g > 999800 THEN 'received'
+                WHEN e0.bucket < 8 AND e0.g % 100 = 0 THEN 'failed'
+                WHEN e0.bucket = 15 AND e0.g % 40 = 15 THEN 'waiting'
+                WHEN e0.bucket < 8 OR e0.bucket = 13 OR e0.bucket = 14 OR e0.bucket = 15
+                    THEN 'completed'
+                ELSE 'ignored' END AS status
+    OFFSET 0
+) AS e1
+CROSS JOIN LATERAL (
+    SELECT e1.*, CASE
+        WHEN e1.status = 'waiting' THEN 'awaiting_purchase'
+        WHEN e1.status <> 'ignored' THEN NULL
+        WHEN e1.bucket < 11 THEN 'invoice_payment'
         ELSE 'unhandled_type' END AS reason,
     CASE
-        WHEN e0.bucket < 8 THEN jsonb_build_object(
-            'id', 'cs_test_b' || lpad(e0.g::text, 7, '0') || substr(e0.tag, 1, 16),
-            'object', 'checkout.session', 'mode', 'payment', 'payment_status', 'paid',
-            'status', 'complete', 'amount_subtotal', 1000 + e0.g % 9000,
-            'amount_total', 1000 + e0.g % 9000, 'customer', e0.customer,
-            'customer_email', NULL, 'client_reference_id', NULL,
-            'customer_details', jsonb_build_object('email', e0.email, 'name', 'Bench User',
-                                                   'address', jsonb_build_object('country', 'DE')),
-            'payment_intent', 'pi_3B' || lpad(e0.g::text, 7, '0') || substr(e0.tag, 17, 10),
-            'success_url', 'https://shop.example/success?session_id={CHECKOUT_SESSION_ID}')
-        WHEN e0.bucket < 11 THEN jsonb_build_object(
-            'id', 'pi_3B' || lpad(e0.g::text, 7, '0') || substr(e0.tag, 17, 10),
-            'object', 'payment_intent', 'amount', 1000 + e0.g % 9000,
-            'amount_received', 1000 + e0.g % 9000, 'customer', e0.customer,
-            'status', 'succeeded', 'receipt_email', NULL)
-        WHEN e0.bucket < 14 THEN jsonb_build_object(
-            'id', 'ch_3B' || lpad(e0.g::text, 7, '0') || substr(e0.tag, 17, 10),
-            'object', 'charge', 'amount', 1000 + e0.g % 9000,
-            'amount_captured', 1000 + e0.g % 9000,
-            'amount_refunded', CASE WHEN e0.bucket = 13 THEN 500 ELSE 0 END,
-            'refunded', e0.bucket = 13, 'customer', e0.customer,
-            'payment_intent', 'pi_3B' || lpad((e0.g - 1)::text, 7, '0'),
-            'billing_details', jsonb_build_object('email', e0.email, 'name', 'Bench User'))
-        WHEN e0.bucket = 14 THEN jsonb_build_object(
-            'id', 'in_1B' || lpad(e0.g::text, 7, '0') || substr(e0.tag, 1, 10),
-            'object', 'invoice', 'amount_paid', 2000, 'customer', e0.customer,
-            'customer_email', e0.email, 'billing_reason', 'subscription_cycle',
-            'subscription', 'sub_1B' || lpad((1 + e0.g % 99991)::text, 6, '0'))
-        WHEN e0.bucket = 15 THEN jsonb_build_object(
-            'id', 'dp_1B' || lpad(e0.g::text, 7, '0') || substr(e0.tag, 1, 10),
-            'object', 'dispute', 'amount', 1000 + e0.g % 9000, 'reason', 'fraudulent',
-            'charge', 'ch_3B' || lpad((e0.g - 3)::text, 7, '0'),
-            'payment_intent', 'pi_3B' || lpad((e0.g - 3)::text, 7, '0'))
-        WHEN e0.bucket < 18 THEN jsonb_build_object(
-            'id', e0.customer, 'object', 'customer', 'email', e0.email, 'name', 'Bench User')
-        ELSE jsonb_build_object(
-            'id', 'pm_1B' || lpad(e0.g::text, 7, '0') || substr(e0.tag, 1, 10),
-            'object', 'payment_method', 'type', 'card', 'customer', e0.customer,
-            'card', jsonb_build_object('brand', 'visa', 'last4', '4242', 'exp_year', 2030))
+        WHEN e1.bucket < 8 THEN format(
+            '"id": "cs_test_b%s%s", "object": "checkout.session", "mode": "payment", '
+            '"payment_status": "paid", "status": "complete", "amount_subtotal": %s, '
+            '"amount_total": %s, "customer": "%s", "customer_email": null, '
+            '"client_reference_id": null, "customer_details": {"email": "%s", '
+            '"name": "Bench User", "address": {"country": "DE"}}, '
+            '"payment_intent": "pi_3B%s%s", '
+            '"success_url": "https://shop.example/success?session_id={CHECKOUT_SESSION_ID}"',
+            e1.n7, substr(e1.tag, 1, 16), 1000 + e1.g % 9000, 1000 + e1.g % 9000,
+            e1.customer, e1.email, e1.n7, substr(e1.tag, 17, 10))
+        WHEN e1.bucket < 11 THEN format(
+            '"id": "pi_3B%s%s", "object": "payment_intent", "amount": %s, '
+            '"amount_received": %s, "customer": "%s", "status": "succeeded", '
+            '"receipt_email": null',
+            e1.n7, substr(e1.tag, 17, 10), 1000 + e1.g % 9000, 1000 + e1.g % 9000, e1.customer)
+        WHEN e1.bucket < 14 THEN format(
+            '"id": "ch_3B%s%s", "object": "charge", "amount": %s, "amount_captured": %s, '
+            '"amount_refunded": %s, "refunded": %s, "customer": "%s", '
+            '"payment_intent": "pi_3B%s", '
+            '"billing_details": {"email": "%s", "name": "Bench User"}',
+            e1.n7, substr(e1.tag, 17, 10), 1000 + e1.g % 9000, 1000 + e1.g % 9000,
+            CASE WHEN e1.bucket = 13 THEN 500 ELSE 0 END,
+            CASE WHEN e1.bucket = 13 THEN 'true' ELSE 'false' END, e1.customer,
+            lpad((e1.g - 1)::text, 7, '0'), e1.email)
+        WHEN e1.bucket = 14 THEN format(
+            '"id": "in_1B%s%s", "object": "invoice", "amount_paid": 2000, "customer": "%s", '
+            '"customer_email": "%s", "billing_reason": "subscription_cycle", '
+            '"subscription": "sub_1B%s"',
+            e1.n7, substr(e1.tag, 1, 10), e1.customer, e1.email, lpad(e1.u::text, 6, '0'))
+        WHEN e1.bucket = 15 THEN format(
+            '"id": "dp_1B%s%s", "object": "dispute", "amount": %s, "reason": "fraudulent", '
+            '"charge": "ch_3B%s", "payment_intent": "pi_3B%s"',
+            e1.n7, substr(e1.tag, 1, 10), 1000 + e1.g % 9000, lpad((e1.g - 3)::text, 7, '0'),
+            lpad((e1.g - 3)::text, 7, '0'))
+        WHEN e1.bucket < 18 THEN format(
+            '"id": "%s", "object": "customer", "email": "%s", "name": "Bench User"',
+            e1.customer, e1.email)
+        ELSE format(
+            '"id": "pm_1B%s%s", "object": "payment_method", "type": "card", "customer": "%s", '
+            '"card": {"brand": "visa", "last4": "4242", "exp_year": 2030}',
+            e1.n7, substr(e1.tag, 1, 10), e1.customer)
     END AS object
-) AS e;
+) AS e
+;
 
 -- Ledger: a PURCHASE per completed session, a REFUND per completed refund, a DISPUTE per
 -- completed dispute, and a USAGE (spending, no event) for every 10th event; balance_after
