@@ -123,30 +123,39 @@ CROSS JOIN LATERAL (
 -- Ledger: a PURCHASE per completed session, a REFUND per completed refund, a DISPUTE per
 -- completed dispute, and a USAGE (spending, no event) for every 10th event; balance_after
 -- is the user's running sum (floored at zero: the benchmark reads, it does not audit).
+-- Computed from g like the events above (the same ids as their raw data, the same
+-- `completed` rule: buckets 0-7 but every 100th event, 13, and 15 but those waiting; none
+-- of the received backlog past 999,800), not read back from them; inserted in time order,
+-- as the service writes them.
 INSERT INTO credit_transactions (user_id, amount, balance_after, transaction_type, event_id,
                                  checkout_session_id, payment_intent_id, description, created_at)
 SELECT user_id, amount,
        greatest(sum(amount) OVER (PARTITION BY user_id ORDER BY created_at, event_id), 0),
        kind, event_id, session, intent, description, created_at
 FROM (
-    SELECT 1 + substr(e.event_id, 7, 7)::int % 99991 AS user_id,
-           CASE WHEN e.type = 'checkout.session.completed' THEN 10
-                WHEN e.type = 'charge.refunded' THEN -5 ELSE -3 END AS amount,
-           CASE WHEN e.type = 'checkout.session.completed' THEN 'PURCHASE'
-                WHEN e.type = 'charge.refunded' THEN 'REFUND' ELSE 'DISPUTE' END AS kind,
-           e.event_id,
-           CASE WHEN e.type = 'checkout.session.completed'
-                THEN e.raw_data #>> '{data,object,id}' END AS session,
-           e.raw_data #>> '{data,object,payment_intent}' AS intent,
-           NULL AS description, e.processed_at AS created_at
-    FROM stripe_events e
-    WHERE e.processing_status = 'completed'
-      AND e.type IN ('checkout.session.completed', 'charge.refunded', 'charge.dispute.created')
+    SELECT 1 + g % 99991 AS user_id,
+           CASE WHEN bucket < 8 THEN 10 WHEN bucket = 13 THEN -5 ELSE -3 END AS amount,
+           CASE WHEN bucket < 8 THEN 'PURCHASE' WHEN bucket = 13 THEN 'REFUND'
+                ELSE 'DISPUTE' END AS kind,
+           'evt_1B' || n7 || substr(tag, 1, 10) AS event_id,
+           CASE WHEN bucket < 8 THEN 'cs_test_b' || n7 || substr(tag, 1, 16) END AS session,
+           CASE WHEN bucket < 8 THEN 'pi_3B' || n7 || substr(tag, 17, 10)
+                WHEN bucket = 13 THEN 'pi_3B' || lpad((g - 1)::text, 7, '0')
+                ELSE 'pi_3B' || lpad((g - 3)::text, 7, '0') END AS intent,
+           NULL AS description,
+           now() - (1000000 - g) * interval '7.776 s' + interval '40 ms' AS created_at
+    FROM (
+        SELECT g, g % 20 AS bucket, md5(g::text) AS tag, lpad(g::text, 7, '0') AS n7
+        FROM generate_series(1, 999800) AS g
+        WHERE (g % 20 < 8 AND g % 100 <> 0) OR g % 20 = 13 OR (g % 20 = 15 AND g % 40 <> 15)
+        OFFSET 0
+    ) AS c
     UNION ALL
     SELECT 1 + g % 99991, -2, 'USAGE', NULL, NULL, NULL, 'bench usage',
            now() - (1000000 - g) * interval '7.776 s' + interval '1 s'
     FROM generate_series(5, 1000000, 10) AS g
-) AS rows;
+) AS rows
+ORDER BY created_at;
 
 UPDATE users u SET credits_balance = l.balance
 FROM (
