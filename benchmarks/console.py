@@ -4,17 +4,21 @@
    database up to the console's indexes (0046), without them.
 2. Seed 100,000 users and 1,000,000 events (1-2 KB of raw JSON each, 90 days, mixed types
    and outcomes) with their ledger rows: `benchmarks/console_seed.sql`, plain
-   generate_series. Then apply 0046 as a deploy would: every index built CONCURRENTLY on the
-   full table. VACUUM ANALYZE, as autovacuum would have by then.
-3. Time every page through the console app itself (routing, session, queries, templates):
+   generate_series, on two connections at once, with the tables' foreign keys and
+   secondary indexes set aside meanwhile (the embedded server at wal_level=minimal, then
+   restarted with its usual settings). Under a minute (`seed_s`).
+3. Apply the console's migrations as a deploy would (0046: every index built CONCURRENTLY
+   on the full table; 0051: the search table filled), each timed
+   (`index_build_by_migration_s`). VACUUM ANALYZE, as autovacuum would have by then.
+4. Time every page through the console app itself (routing, session, queries, templates):
    the overview, the list and its 2nd and 50th pages, each filter and combinations, each
    search, event pages, user pages and the ops API's list. p50/p95 per page over
    BENCH_CONSOLE_REPEATS requests (after two warm-up requests); `console_p95_ms` is the
    worst page's p95.
-4. What each index of 0046 costs per insert and per status update: 20,000 of the seeded
-   events inserted (then updated) into a scratch copy of the table with the earlier indexes
-   only, and with each new index added alone (median of three).
-5. Write the results into `benchmarks/results.json` (key `console`, and `console_p95_ms`)
+5. What each index of 0046 still on stripe_events costs per insert and per status update:
+   20,000 of the seeded events inserted (then updated) into a scratch copy of the table
+   with the earlier indexes only, and with each new index added alone (median of three).
+6. Write the results into `benchmarks/results.json` (key `console`, and `console_p95_ms`)
    with the machine's load, since the CPU may be shared.
 
 With BENCH_DATABASE_URL (a server of your own) the seeded database `bench_console` stays;
@@ -50,6 +54,19 @@ SEED = HERE / "console_seed.sql"
 TOKEN = "bench-console-token-0123456789abcdef0123"  # noqa: S105 - a benchmark-only token
 INDEX_MIGRATION = 46
 SEEDED_TABLES = ["users", "stripe_events", "credit_transactions"]
+EVENTS = 1_000_000  # as console_seed.sql counts them
+EVENT_COLUMNS = (
+    "event_id", "type", "livemode", "api_version", "stripe_created_at", "received_at",
+    "raw_data", "processing_status", "status_reason", "attempts", "error_message",
+    "processed_at", "updated_at",
+)  # fmt: skip
+STAGING = ("bench_seed_events_1", "bench_seed_events_2")
+# The bench's own Postgres seeds at wal_level=minimal: a table emptied in the transaction
+# that fills it is then not written to the WAL, only synced at commit (see _refilled); 1.5
+# GB of events less to log. It is restarted with the usual settings before anything is
+# measured on it (migrations, pages, index costs). A given server (BENCH_DATABASE_URL)
+# keeps its own settings.
+SEED_SERVER_SETTINGS = {"wal_level": "minimal", "max_wal_senders": "0"}
 COST_ROWS = 20_000
 REPEATS = int(os.environ.get("BENCH_CONSOLE_REPEATS", "20"))
 TARGET_MS = 200.0
@@ -65,13 +82,14 @@ async def _migrated_before_indexes(admin_dsn: str) -> str:
     return dsn
 
 
-async def _set_aside(conn: asyncpg.Connection) -> tuple[list[str], list[str]]:
+async def _set_aside(conn: asyncpg.Connection) -> tuple[list[tuple[str, str]], list[str]]:
     """Drop the seeded tables' foreign keys (those that point at them too) and their indexes
-    that back no constraint; return the statements that put them back. Rows then go in
-    without a check trigger per row (the ledger's two foreign keys were half its time) or
-    an index entry per row; each index is built afterwards in one sort, and each foreign key
-    checked in one join, as `ALTER TABLE … ADD CONSTRAINT` does. The primary keys and unique
-    constraints stay: the foreign keys of other tables hang on them."""
+    that back no constraint; return what puts them back: (table, CREATE INDEX) pairs and
+    ADD CONSTRAINT statements. Rows then go in without a check trigger per row (the ledger's
+    two foreign keys were half its time) or an index entry per row; each index is built
+    afterwards in one sort, and each foreign key checked in one join, as `ALTER TABLE … ADD
+    CONSTRAINT` does. The primary keys and unique constraints stay: the foreign keys of
+    other tables hang on them."""
     keys = await conn.fetch(
         "SELECT conrelid::regclass::text AS tbl, conname AS name, "
         "pg_get_constraintdef(oid) AS definition FROM pg_constraint "
@@ -81,7 +99,8 @@ async def _set_aside(conn: asyncpg.Connection) -> tuple[list[str], list[str]]:
         SEEDED_TABLES,
     )
     indexes = await conn.fetch(
-        "SELECT c.relname AS name, pg_get_indexdef(i.indexrelid) AS definition "
+        "SELECT i.indrelid::regclass::text AS tbl, c.relname AS name, "
+        "pg_get_indexdef(i.indexrelid) AS definition "
         "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
         "WHERE i.indrelid = ANY($1::regclass[]) AND NOT EXISTS "
         "(SELECT FROM pg_constraint k WHERE k.conindid = i.indexrelid) ORDER BY c.relname",
@@ -92,24 +111,130 @@ async def _set_aside(conn: asyncpg.Connection) -> tuple[list[str], list[str]]:
     for index in indexes:
         await conn.execute(f'DROP INDEX "{index["name"]}"')
     return (
-        [index["definition"] for index in indexes],
+        [(index["tbl"], index["definition"]) for index in indexes],
         [f'ALTER TABLE {k["tbl"]} ADD CONSTRAINT "{k["name"]}" {k["definition"]}' for k in keys],
     )
 
 
-async def seed(dsn: str) -> dict[str, float]:
-    """Seed, then build the console's indexes the way a deploy does; seconds of each."""
+def _sections(text: str) -> dict[str, str]:
+    """The seed file's sections, by the name on their `-- @name` line."""
+    parts = re.split(r"^-- @(\w+)\n", text, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+async def _seed_connection(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn, command_timeout=3600)
+    # Memory for the ledger's running sums and the index sorts (not spilled to disk); no
+    # synchronized scans, so the staging tables are read from their first row.
+    await conn.execute(
+        "SET synchronous_commit = off; SET work_mem = '256MB'; "
+        "SET maintenance_work_mem = '256MB'; SET synchronize_seqscans = off"
+    )
+    return conn
+
+
+async def _refilled(conn: asyncpg.Connection, tables: list[str], *statements: str) -> None:
+    """`statements` in one transaction that first empties `tables` (they are empty already):
+    TRUNCATE gives them new files, which a server at wal_level=minimal (the bench's own)
+    then fills without writing them to the WAL, and syncs at commit."""
+    async with conn.transaction():
+        await conn.execute(f"TRUNCATE {', '.join(tables)}")
+        for statement in statements:
+            await conn.execute(statement)
+
+
+async def _stage_events(
+    conn: asyncpg.Connection, table: str, rows: str, first: int, last: int
+) -> None:
+    columns = ", ".join(("id", *EVENT_COLUMNS))
+    await conn.execute(
+        f"CREATE UNLOGGED TABLE {table} AS SELECT {columns} FROM stripe_events WITH NO DATA"
+    )
+    await conn.execute(f"INSERT INTO {table} {rows}", first, last)
+
+
+async def _load_events(conn: asyncpg.Connection) -> None:
+    """Both staging tables into stripe_events, oldest first (each table is read in the order
+    it was written: one writer each), with their ids; then the identity goes past them."""
+    columns = ", ".join(("id", *EVENT_COLUMNS))
+    staged = " UNION ALL ".join(f"SELECT {columns} FROM {table}" for table in STAGING)
+    await _refilled(
+        conn,
+        ["stripe_events"],
+        f"INSERT INTO stripe_events ({columns}) OVERRIDING SYSTEM VALUE {staged}",
+        "SELECT setval(pg_get_serial_sequence('stripe_events', 'id'), max(id)) FROM stripe_events",
+    )
+    await conn.execute(f"DROP TABLE {', '.join(STAGING)}")
+
+
+async def _build(conn: asyncpg.Connection, statements: list[str]) -> None:
+    """Run statements taken off a list that the other connection takes from too."""
+    while statements:
+        await conn.execute(statements.pop(0))
+
+
+async def seed(dsn: str) -> dict[str, Any]:
+    """100,000 users, 10^6 events and their ledger on two connections (two cores); seconds
+    in all and of each phase."""
+    sections = _sections(SEED.read_text())
+    first, second = await _seed_connection(dsn), await _seed_connection(dsn)
     try:
         started = time.perf_counter()
-        await conn.execute("SET synchronous_commit = off")
-        indexes, keys = await _set_aside(conn)
-        await conn.execute(SEED.read_text())
-        for statement in [*indexes, *keys]:
-            await conn.execute(statement)
-        seeded = time.perf_counter() - started
+        indexes, keys = await _set_aside(first)
+        half = EVENTS // 2
+        await asyncio.gather(
+            _stage_events(first, STAGING[0], sections["event_rows"], 1, half),
+            _stage_events(second, STAGING[1], sections["event_rows"], half + 1, EVENTS),
+        )
+        staged = time.perf_counter()
+        event_indexes = [sql for table, sql in indexes if table == "stripe_events"]
+        other_indexes = [sql for table, sql in indexes if table != "stripe_events"]
+        events_loaded = asyncio.Event()
+
+        async def events() -> None:
+            await _load_events(first)
+            events_loaded.set()
+            await _build(first, event_indexes)
+
+        async def users_and_ledger() -> None:
+            await _refilled(second, ["users", "credit_transactions"], sections["users_and_ledger"])
+            await _build(second, other_indexes)
+            await events_loaded.wait()
+            await _build(second, event_indexes)
+
+        await asyncio.gather(events(), users_and_ledger())
+        loaded = time.perf_counter()
+        for key in keys:
+            await first.execute(key)
+        finished = time.perf_counter()
+    finally:
+        await first.close()
+        await second.close()
+    return {
+        "seed_s": round(finished - started, 1),
+        "seed_phases_s": {
+            "event_json": round(staged - started, 1),
+            "tables_and_indexes": round(loaded - staged, 1),
+            "foreign_keys": round(finished - loaded, 1),
+        },
+    }
+
+
+async def deploy_indexes(dsn: str) -> dict[str, Any]:
+    """The console's migrations as a deploy runs them (0046 builds its indexes CONCURRENTLY),
+    then VACUUM ANALYZE, as autovacuum would have by then; seconds of each, and the data."""
+    conn = await asyncpg.connect(dsn, command_timeout=3600)
+    try:
+        by_migration = {}
         started = time.perf_counter()
-        await migrations.migrate_up(conn)
+        for migration in migrations.load_migrations():
+            if migration.version >= INDEX_MIGRATION:
+                began = time.perf_counter()
+                await migrations.migrate_up(conn, to=migration.version)
+                by_migration[f"{migration.version:04d}_{migration.name}"] = round(
+                    time.perf_counter() - began, 1
+                )
+        await migrations.migrate_up(conn)  # nothing left to apply: the functions' refresh
         indexed = time.perf_counter() - started
         started = time.perf_counter()
         await conn.execute("VACUUM (ANALYZE)")
@@ -123,8 +248,8 @@ async def seed(dsn: str) -> dict[str, float]:
     finally:
         await conn.close()
     return {
-        "seed_s": round(seeded, 1),
         "index_build_s": round(indexed, 1),
+        "index_build_by_migration_s": by_migration,
         "vacuum_analyze_s": round(vacuumed, 1),
         "events": events,
         "users": users,
@@ -377,6 +502,15 @@ def _write(result: dict[str, Any]) -> None:
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 
+def _restarted(servers: Servers, data: dict[str, Any]) -> dict[str, Any]:
+    """The server back to its usual settings (a restart); counted in the seed's seconds."""
+    started = time.perf_counter()
+    servers.restart_postgres()
+    restart = time.perf_counter() - started
+    phases = {**data["seed_phases_s"], "restart": round(restart, 1)}
+    return {**data, "seed_s": round(data["seed_s"] + restart, 1), "seed_phases_s": phases}
+
+
 def _step(label: str, action: Callable[[], Any]) -> Any:
     print(f"{label}… (load average {os.getloadavg()[0]:.1f})", flush=True)
     return action()
@@ -404,7 +538,7 @@ async def _reusable(admin_dsn: str) -> tuple[str, dict[str, Any]] | None:
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-console-") as work:
-        servers = Servers.start(Path(work))
+        servers = Servers.start(Path(work), postgres_settings=SEED_SERVER_SETTINGS)
         try:
             machine_before = _machine()
             reused = asyncio.run(_reusable(servers.admin_dsn))
@@ -413,6 +547,12 @@ def main() -> int:
             else:
                 dsn = asyncio.run(_migrated_before_indexes(servers.admin_dsn))
                 data = _step("seeding 10^6 events", lambda: asyncio.run(seed(dsn)))
+                data = _restarted(servers, data)
+                print(f"  {data}")
+                data |= _step(
+                    "the console's migrations (indexes built CONCURRENTLY)",
+                    lambda: asyncio.run(deploy_indexes(dsn)),
+                )
             print(f"  {data}")
             timings = _step(
                 "timing every page", lambda: asyncio.run(time_pages(dsn, servers.redis_url))

@@ -1,27 +1,24 @@
 -- The console benchmark's data (issue 35): 100,000 users and 1,000,000 stripe_events over
 -- 90 days, 1-2 KB of raw JSON each, mixed types and outcomes, with the ledger rows the
--- completed purchases and refunds wrote and some spending. Plain generate_series, one
--- statement per table. Users: bob/alice/... names on four domains, so "bob" and
--- "example.com" are realistic substring searches (10 % and 25 % of the emails).
--- Event g (1 = oldest) belongs to user 1 + g % 99991 and has type bucket g % 20.
+-- completed purchases and refunds wrote and some spending. Plain generate_series.
+-- Users: bob/alice/... names on four domains, so "bob" and "example.com" are realistic
+-- substring searches (10 % and 25 % of the emails). Event g (1 = oldest) has id g, belongs
+-- to user 1 + g % 99991 and has type bucket g % 20.
+--
+-- benchmarks/console.py runs the two sections below (each from its `-- @name` line) on two
+-- connections at once, after setting the tables' foreign keys and secondary indexes aside:
+-- `event_rows` twice, for each half of the events into a staging table of its own (their
+-- JSON is most of the work), then copies both into stripe_events in order while the other
+-- connection runs `users_and_ledger`.
 
-INSERT INTO users (email, stripe_customer_id, created_at)
-SELECT (ARRAY['bob', 'alice', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan',
-              'judy'])[1 + u / 10 % 10] || '.' || u || '@'
-       || (ARRAY['example.com', 'mail.test', 'corp.example', 'shop.test'])[1 + u / 100 % 4],
-       'cus_B' || lpad(u::text, 6, '0'),
-       now() - interval '120 days'
-FROM generate_series(1, 100000) AS u;
-
+-- @event_rows
+-- The events g = $1 .. $2: id and the columns console.EVENT_COLUMNS names, in that order.
 -- The raw JSON is written as text by format() and parsed once (::jsonb): the same jsonb as
 -- nested jsonb_build_object calls (jsonb orders keys itself), at half the CPU (each nested
 -- object was built, then copied into its parent). OFFSET 0 keeps each subquery from being
 -- flattened into the next, so md5(), the timestamp and the CASEs are computed once a row
 -- instead of at every reference.
-INSERT INTO stripe_events (event_id, type, livemode, api_version, stripe_created_at,
-                           received_at, raw_data, processing_status, status_reason,
-                           attempts, error_message, processed_at, updated_at)
-SELECT e.event_id, e.type, false, '2024-06-20', e.at, e.at,
+SELECT e.g, e.event_id, e.type, false, '2024-06-20', e.at, e.at,
        format('{"id": "%s", "object": "event", "api_version": "2024-06-20", "created": %s, '
               '"livemode": false, "pending_webhooks": 1, "type": "%s", '
               '"request": {"id": "req_%s", "idempotency_key": "%s"}, "data": {"object": {%s, '
@@ -41,7 +38,7 @@ FROM (
     SELECT g, g % 20 AS bucket, g % 7 AS pack, now() - (1000000 - g) * interval '7.776 s' AS at,
            md5(g::text) AS tag, lpad(g::text, 7, '0') AS n7, 1 + g % 99991 AS u,
            (ARRAY['usd', 'usd', 'usd', 'eur', 'gbp', 'jpy'])[1 + g % 6] AS currency
-    FROM generate_series(1, 1000000) AS g
+    FROM generate_series($1::int, $2::int) AS g
     OFFSET 0
 ) AS e0
 CROSS JOIN LATERAL (
@@ -118,7 +115,15 @@ CROSS JOIN LATERAL (
             e1.n7, substr(e1.tag, 1, 10), e1.customer)
     END AS object
 ) AS e
-;
+
+-- @users_and_ledger
+INSERT INTO users (email, stripe_customer_id, created_at)
+SELECT (ARRAY['bob', 'alice', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi', 'ivan',
+              'judy'])[1 + u / 10 % 10] || '.' || u || '@'
+       || (ARRAY['example.com', 'mail.test', 'corp.example', 'shop.test'])[1 + u / 100 % 4],
+       'cus_B' || lpad(u::text, 6, '0'),
+       now() - interval '120 days'
+FROM generate_series(1, 100000) AS u;
 
 -- Ledger: a PURCHASE per completed session, a REFUND per completed refund, a DISPUTE per
 -- completed dispute, and a USAGE (spending, no event) for every 10th event; balance_after
