@@ -82,14 +82,14 @@ async def _migrated_before_indexes(admin_dsn: str) -> str:
     return dsn
 
 
-async def _set_aside(conn: asyncpg.Connection) -> tuple[list[tuple[str, str]], list[str]]:
-    """Drop the seeded tables' foreign keys (those that point at them too) and their indexes
-    that back no constraint; return what puts them back: (table, CREATE INDEX) pairs and
-    ADD CONSTRAINT statements. Rows then go in without a check trigger per row (the ledger's
-    two foreign keys were half its time) or an index entry per row; each index is built
-    afterwards in one sort, and each foreign key checked in one join, as `ALTER TABLE … ADD
-    CONSTRAINT` does. The primary keys and unique constraints stay: the foreign keys of
-    other tables hang on them."""
+async def _set_aside(conn: asyncpg.Connection) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """Drop the seeded tables' foreign keys (those that point at them too), then their
+    indexes and the primary keys and unique constraints they back; return what puts them
+    back: per index its table and statements (CREATE INDEX, then ADD CONSTRAINT … USING
+    INDEX for a constraint's), and the ADD CONSTRAINT of each foreign key. Rows then go in
+    without a check trigger per row (the ledger's two foreign keys were half its time) or an
+    index entry per row; each index is built afterwards in one sort, each foreign key checked
+    in one join, as `ALTER TABLE … ADD CONSTRAINT` does. Same names, same definitions."""
     keys = await conn.fetch(
         "SELECT conrelid::regclass::text AS tbl, conname AS name, "
         "pg_get_constraintdef(oid) AS definition FROM pg_constraint "
@@ -100,18 +100,31 @@ async def _set_aside(conn: asyncpg.Connection) -> tuple[list[tuple[str, str]], l
     )
     indexes = await conn.fetch(
         "SELECT i.indrelid::regclass::text AS tbl, c.relname AS name, "
-        "pg_get_indexdef(i.indexrelid) AS definition "
+        "pg_get_indexdef(i.indexrelid) AS definition, k.contype::text, k.condeferrable "
         "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "WHERE i.indrelid = ANY($1::regclass[]) AND NOT EXISTS "
-        "(SELECT FROM pg_constraint k WHERE k.conindid = i.indexrelid) ORDER BY c.relname",
+        "LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid "
+        "AND k.contype IN ('p', 'u') "
+        "WHERE i.indrelid = ANY($1::regclass[]) ORDER BY c.relname",
         SEEDED_TABLES,
     )
+    assert not any(index["condeferrable"] for index in indexes), "a deferrable constraint"
     for key in keys:
         await conn.execute(f'ALTER TABLE {key["tbl"]} DROP CONSTRAINT "{key["name"]}"')
+    rebuilds = []
     for index in indexes:
-        await conn.execute(f'DROP INDEX "{index["name"]}"')
+        statements = [index["definition"]]
+        if index["contype"] is None:
+            await conn.execute(f'DROP INDEX "{index["name"]}"')
+        else:
+            await conn.execute(f'ALTER TABLE {index["tbl"]} DROP CONSTRAINT "{index["name"]}"')
+            kind = "PRIMARY KEY" if index["contype"] == "p" else "UNIQUE"
+            statements.append(
+                f'ALTER TABLE {index["tbl"]} ADD CONSTRAINT "{index["name"]}" '
+                f'{kind} USING INDEX "{index["name"]}"'
+            )
+        rebuilds.append((index["tbl"], statements))
     return (
-        [(index["tbl"], index["definition"]) for index in indexes],
+        rebuilds,
         [f'ALTER TABLE {k["tbl"]} ADD CONSTRAINT "{k["name"]}" {k["definition"]}' for k in keys],
     )
 
@@ -167,10 +180,11 @@ async def _load_events(conn: asyncpg.Connection) -> None:
     await conn.execute(f"DROP TABLE {', '.join(STAGING)}")
 
 
-async def _build(conn: asyncpg.Connection, statements: list[str]) -> None:
-    """Run statements taken off a list that the other connection takes from too."""
-    while statements:
-        await conn.execute(statements.pop(0))
+async def _build(conn: asyncpg.Connection, jobs: list[list[str]]) -> None:
+    """Run jobs (statements in order) taken off a list the other connection takes from too."""
+    while jobs:
+        for statement in jobs.pop(0):
+            await conn.execute(statement)
 
 
 async def seed(dsn: str) -> dict[str, Any]:
@@ -180,6 +194,9 @@ async def seed(dsn: str) -> dict[str, Any]:
     first, second = await _seed_connection(dsn), await _seed_connection(dsn)
     try:
         started = time.perf_counter()
+        seeded_at = await first.fetchval("SELECT now()::text")
+        for conn in (first, second):
+            await conn.execute("SELECT set_config('bench.seeded_at', $1, false)", seeded_at)
         indexes, keys = await _set_aside(first)
         half = EVENTS // 2
         await asyncio.gather(
@@ -187,8 +204,8 @@ async def seed(dsn: str) -> dict[str, Any]:
             _stage_events(second, STAGING[1], sections["event_rows"], half + 1, EVENTS),
         )
         staged = time.perf_counter()
-        event_indexes = [sql for table, sql in indexes if table == "stripe_events"]
-        other_indexes = [sql for table, sql in indexes if table != "stripe_events"]
+        event_indexes = [job for table, job in indexes if table == "stripe_events"]
+        other_indexes = [job for table, job in indexes if table != "stripe_events"]
         events_loaded = asyncio.Event()
 
         async def events() -> None:

@@ -9,7 +9,8 @@
 -- connections at once, after setting the tables' foreign keys and secondary indexes aside:
 -- `event_rows` twice, for each half of the events into a staging table of its own (their
 -- JSON is most of the work), then copies both into stripe_events in order while the other
--- connection runs `users_and_ledger`.
+-- connection runs `users_and_ledger`. Their one clock is the setting bench.seeded_at (the
+-- seed's start, set on both connections), where a single transaction had now().
 
 -- @event_rows
 -- The events g = $1 .. $2: id and the columns console.EVENT_COLUMNS names, in that order.
@@ -35,7 +36,9 @@ SELECT e.g, e.event_id, e.type, false, '2024-06-20', e.at, e.at,
        CASE WHEN e.status IN ('completed', 'ignored', 'failed') THEN e.at + interval '40 ms' END,
        e.at + interval '40 ms'
 FROM (
-    SELECT g, g % 20 AS bucket, g % 7 AS pack, now() - (1000000 - g) * interval '7.776 s' AS at,
+    SELECT g, g % 20 AS bucket, g % 7 AS pack,
+           (SELECT current_setting('bench.seeded_at')::timestamptz)
+           - (1000000 - g) * interval '7.776 s' AS at,
            md5(g::text) AS tag, lpad(g::text, 7, '0') AS n7, 1 + g % 99991 AS u,
            (ARRAY['usd', 'usd', 'usd', 'eur', 'gbp', 'jpy'])[1 + g % 6] AS currency
     FROM generate_series($1::int, $2::int) AS g
@@ -122,7 +125,7 @@ SELECT (ARRAY['bob', 'alice', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi'
               'judy'])[1 + u / 10 % 10] || '.' || u || '@'
        || (ARRAY['example.com', 'mail.test', 'corp.example', 'shop.test'])[1 + u / 100 % 4],
        'cus_B' || lpad(u::text, 6, '0'),
-       now() - interval '120 days'
+       (SELECT current_setting('bench.seeded_at')::timestamptz) - interval '120 days'
 FROM generate_series(1, 100000) AS u;
 
 -- Ledger: a PURCHASE per completed session, a REFUND per completed refund, a DISPUTE per
@@ -148,7 +151,8 @@ FROM (
                 WHEN bucket = 13 THEN 'pi_3B' || lpad((g - 1)::text, 7, '0')
                 ELSE 'pi_3B' || lpad((g - 3)::text, 7, '0') END AS intent,
            NULL AS description,
-           now() - (1000000 - g) * interval '7.776 s' + interval '40 ms' AS created_at
+           (SELECT current_setting('bench.seeded_at')::timestamptz)
+           - (1000000 - g) * interval '7.776 s' + interval '40 ms' AS created_at
     FROM (
         SELECT g, g % 20 AS bucket, md5(g::text) AS tag, lpad(g::text, 7, '0') AS n7
         FROM generate_series(1, 999800) AS g
@@ -157,7 +161,8 @@ FROM (
     ) AS c
     UNION ALL
     SELECT 1 + g % 99991, -2, 'USAGE', NULL, NULL, NULL, 'bench usage',
-           now() - (1000000 - g) * interval '7.776 s' + interval '1 s'
+           (SELECT current_setting('bench.seeded_at')::timestamptz)
+           - (1000000 - g) * interval '7.776 s' + interval '1 s'
     FROM generate_series(5, 1000000, 10) AS g
 ) AS rows
 ORDER BY created_at;
