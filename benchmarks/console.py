@@ -15,9 +15,11 @@
    search, event pages, user pages and the ops API's list. p50/p95 per page over
    BENCH_CONSOLE_REPEATS requests (after two warm-up requests); `console_p95_ms` is the
    worst page's p95.
-5. What each index of 0046 still on stripe_events costs per insert and per status update:
-   20,000 of the seeded events inserted (then updated) into a scratch copy of the table
-   with the earlier indexes only, and with each new index added alone (median of three).
+5. What each index of 0046 still on stripe_events, and the search table of 0050 (its
+   trigger and indexes, which replaced 0046's four payload indexes), cost per insert and
+   per status update: 20,000 of the seeded events inserted (then updated) into a scratch
+   copy of the table with the earlier indexes only, and with each addition alone (median
+   of three).
 6. Write the results into `benchmarks/results.json` (key `console`, and `console_p95_ms`)
    with the machine's load, since the CPU may be shared.
 
@@ -423,10 +425,13 @@ def _rows_shown(html: str) -> int:
 # --- what each index costs ------------------------------------------------------------------
 
 _SCRATCH = "bench_index_cost"
+SEARCH_TABLE = "stripe_event_search (trigger + 5 indexes)"
 
 
 async def index_costs(dsn: str) -> dict[str, dict[str, float]]:
-    """µs per insert and per status update that each index of 0046 adds (median of 3)."""
+    """µs per insert and per status update that each index of 0046 still on stripe_events
+    adds, and the search table of 0050 (its trigger and indexes) in place of the four that
+    0051 dropped (median of 3)."""
     conn = await asyncpg.connect(dsn, command_timeout=3600)
     try:
         new = await conn.fetch(
@@ -441,21 +446,29 @@ async def index_costs(dsn: str) -> dict[str, dict[str, float]]:
             "stripe_created_at, received_at, raw_data FROM stripe_events "
             f"ORDER BY id DESC LIMIT {COST_ROWS}"
         )
+        renamed = r"INDEX \w+ ON public\.stripe_events"
+        variants = {
+            row["name"]: [re.sub(renamed, f"INDEX ON {_SCRATCH}", row["definition"])] for row in new
+        }
+        variants[SEARCH_TABLE] = await _search_table(conn)
         base = await _cost(conn, [])
         costs: dict[str, dict[str, float]] = {}
-        for row in new:
-            with_index = await _cost(conn, [row["definition"]])
-            costs[row["name"]] = {
+        for name, statements in variants.items():
+            with_index = await _cost(conn, statements)
+            costs[name] = {
                 "insert_us": round((with_index[0] - base[0]) * 1e6 / COST_ROWS, 1),
                 "update_us": round((with_index[1] - base[1]) * 1e6 / COST_ROWS, 1),
             }
-            print(f"  {row['name']:44s} insert +{costs[row['name']]['insert_us']:6.1f} µs  "
-                  f"update +{costs[row['name']]['update_us']:6.1f} µs")  # fmt: skip
+            print(f"  {name:44s} insert +{costs[name]['insert_us']:6.1f} µs  "
+                  f"update +{costs[name]['update_us']:6.1f} µs")  # fmt: skip
         costs["baseline (earlier indexes)"] = {
             "insert_us": round(base[0] * 1e6 / COST_ROWS, 1),
             "update_us": round(base[1] * 1e6 / COST_ROWS, 1),
         }
-        await conn.execute(f"DROP TABLE IF EXISTS {_SCRATCH}, {_SCRATCH}_rows")
+        await conn.execute(
+            f"DROP TABLE IF EXISTS {_SCRATCH}, {_SCRATCH}_rows, {_SCRATCH}_search; "
+            f"DROP FUNCTION IF EXISTS {_SCRATCH}_search_insert()"
+        )
     finally:
         await conn.close()
     return costs
@@ -466,9 +479,27 @@ def _indexes_of(version: int) -> list[str]:
     return re.findall(r"CREATE INDEX CONCURRENTLY (\w+)\s+ON stripe_events", found[0].up)
 
 
+async def _search_table(conn: asyncpg.Connection) -> list[str]:
+    """What gives the scratch table the search table of 0050: an empty copy of it with its
+    indexes, and a copy of its statement trigger (the function's own text, renamed)."""
+    function = await conn.fetchval(
+        "SELECT pg_get_functiondef('stripe_event_search_insert()'::regprocedure)"
+    )
+    copy = function.replace(".stripe_event_search_insert(", f".{_SCRATCH}_search_insert(")
+    copy = copy.replace("INSERT INTO stripe_event_search\n", f"INSERT INTO {_SCRATCH}_search\n")
+    assert copy.count(_SCRATCH) == 2, "stripe_event_search_insert() changed its shape"
+    return [
+        f"DROP TABLE IF EXISTS {_SCRATCH}_search",
+        f"CREATE TABLE {_SCRATCH}_search (LIKE stripe_event_search INCLUDING ALL)",
+        copy,
+        f"CREATE TRIGGER search AFTER INSERT ON {_SCRATCH} REFERENCING NEW TABLE AS "
+        f"new_events FOR EACH STATEMENT EXECUTE FUNCTION {_SCRATCH}_search_insert()",
+    ]
+
+
 async def _cost(conn: asyncpg.Connection, extra: list[str]) -> tuple[float, float]:
     """Median seconds to insert the rows, then to mark them completed, with the table's
-    pre-0046 indexes plus `extra` (definitions of stripe_events indexes)."""
+    pre-0046 indexes plus what the `extra` statements add to it."""
     inserts, updates = [], []
     for _ in range(3):
         await conn.execute(
@@ -479,10 +510,8 @@ async def _cost(conn: asyncpg.Connection, extra: list[str]) -> tuple[float, floa
             f"CREATE INDEX ON {_SCRATCH} (processing_status, received_at); "
             f"CREATE INDEX ON {_SCRATCH} (type, received_at)"
         )
-        for definition in extra:
-            renamed = re.sub(r"INDEX \w+ ON public\.stripe_events", f"INDEX ON {_SCRATCH}",
-                             definition)  # fmt: skip
-            await conn.execute(renamed)
+        for statement in extra:
+            await conn.execute(statement)
         await conn.execute(f"VACUUM ANALYZE {_SCRATCH}")
         started = time.perf_counter()
         await conn.execute(
