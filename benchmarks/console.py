@@ -358,7 +358,12 @@ async def _log_in(client: httpx.AsyncClient) -> None:
     page = await client.get("/login")
     match = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert match, "no CSRF field on the login page"
-    response = await client.post("/login", data={"csrf": match.group(1), "token": TOKEN})
+    # From the console's own page, as a browser says (the origin check of issue 29).
+    response = await client.post(
+        "/login",
+        data={"csrf": match.group(1), "token": TOKEN},
+        headers={"origin": str(client.base_url).rstrip("/")},
+    )
     assert response.status_code == 303, response.text[:300]
 
 
