@@ -260,3 +260,12 @@ def test_the_console_seed_has_the_two_sections_the_bench_runs() -> None:
         ["INSERT", "INTO", "credit_transactions"],
         ["UPDATE", "users", "u"],
     ]
+
+
+def test_a_full_run_keeps_what_the_console_bench_wrote_into_the_results(tmp_path: Any) -> None:
+    """`make bench` rewrites results.json; `make bench-console`'s keys stay, nothing else."""
+    out = tmp_path / "results.json"
+    assert report.kept_from(out) == {}
+    earlier = {"console": {"console_p95_ms": 83.0}, "console_p95_ms": 83.0, "ingest_ratio": 0.7}
+    report.write_json(earlier, out)
+    assert report.kept_from(out) == {"console": {"console_p95_ms": 83.0}, "console_p95_ms": 83.0}
