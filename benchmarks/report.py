@@ -64,6 +64,17 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+# Written into the same file by `make bench-console` (benchmarks/console.py).
+OTHER_BENCHES = ("console", "console_p95_ms")
+
+
+def kept_from(path: Path) -> dict[str, Any]:
+    """The keys other benchmarks wrote into `path`, which a full run keeps while it writes
+    all of its own anew."""
+    earlier = read_json(path) if path.exists() else {}
+    return {key: earlier[key] for key in OTHER_BENCHES if key in earlier}
+
+
 def print_spend(r: dict[str, Any]) -> None:
     """The spend phase's targets, each held in how many repetitions."""
     reps = r["spend"]["repetitions"]

@@ -432,7 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         ingest_reps, receiver_rss = measure_ingest(servers, args, logs, roles)
         credit_reps, worker_rss, scaling = measure_credit(servers, args, logs, roles)
         rss = {"receiver": receiver_rss, "worker": worker_rss}
-        results = {**summarise(ingest_reps, credit_reps, rss, scaling), **spend}
+        results = {
+            **report.kept_from(Path(args.out)),
+            **summarise(ingest_reps, credit_reps, rss, scaling),
+            **spend,
+        }
         report.write_json(results, Path(args.out))
         report.chart(results["ingest"]["points"], HERE / "throughput.png")
         report.print_report(results)

@@ -34,12 +34,14 @@ class Servers:
     embedded: list[EmbeddedPostgres | EmbeddedRedis] = field(default_factory=list)
 
     @classmethod
-    def start(cls, work: Path) -> Servers:
+    def start(cls, work: Path, postgres_settings: dict[str, str] | None = None) -> Servers:
+        """`postgres_settings`: server settings of the embedded Postgres beyond the usual."""
         admin_dsn = os.environ.get("BENCH_DATABASE_URL")
         redis_url = os.environ.get("BENCH_REDIS_URL")
         embedded: list[EmbeddedPostgres | EmbeddedRedis] = []
         if not admin_dsn:
-            pg = EmbeddedPostgres(work / "postgres").start()
+            pg = EmbeddedPostgres(work / "postgres", settings=dict(postgres_settings or {}))
+            pg.start()
             embedded.append(pg)
             admin_dsn = pg.url
         if not redis_url:
@@ -58,6 +60,14 @@ class Servers:
             elif service.pid is not None:
                 roles["redis"] = functools.partial(process_tree, service.pid)
         return roles
+
+    def restart_postgres(self, settings: dict[str, str] | None = None) -> None:
+        """Restart the embedded Postgres with `settings` beyond the usual (none: the usual
+        ones); a given server is left alone."""
+        for service in self.embedded:
+            if isinstance(service, EmbeddedPostgres):
+                service.settings = dict(settings or {})
+                service.restart()
 
     def destroy(self) -> None:
         for service in self.embedded:

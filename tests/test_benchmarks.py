@@ -239,3 +239,33 @@ def test_the_spend_tail_reports_the_connections_warm_up_apart() -> None:
     # A stall after the warm-up counts in full.
     stalled = steady + [(11.0 + i / 1000, 150.0) for i in range(100)]
     assert tail_figures(first_calls + stalled, warm_up=1.0)["p99_ms"] == 150.0
+
+
+def test_the_console_seed_has_the_two_sections_the_bench_runs() -> None:
+    """benchmarks/console.py runs `event_rows` (one SELECT) once per half of the events,
+    g = $1 .. $2, and `users_and_ledger` (the users, the ledger, the balances) beside it."""
+    from benchmarks.console import SEED, _sections
+
+    sections = _sections(SEED.read_text())
+    assert set(sections) == {"event_rows", "users_and_ledger"}
+    rows = sections["event_rows"].strip()
+    assert "generate_series($1::int, $2::int)" in rows
+    assert ";" not in rows
+    statements = [s for s in sections["users_and_ledger"].split(";\n") if s.strip()]
+    code = [
+        [line for line in s.splitlines() if line and not line.startswith("--")] for s in statements
+    ]
+    assert [lines[0].split()[:3] for lines in code] == [
+        ["INSERT", "INTO", "users"],
+        ["INSERT", "INTO", "credit_transactions"],
+        ["UPDATE", "users", "u"],
+    ]
+
+
+def test_a_full_run_keeps_what_the_console_bench_wrote_into_the_results(tmp_path: Any) -> None:
+    """`make bench` rewrites results.json; `make bench-console`'s keys stay, nothing else."""
+    out = tmp_path / "results.json"
+    assert report.kept_from(out) == {}
+    earlier = {"console": {"console_p95_ms": 83.0}, "console_p95_ms": 83.0, "ingest_ratio": 0.7}
+    report.write_json(earlier, out)
+    assert report.kept_from(out) == {"console": {"console_p95_ms": 83.0}, "console_p95_ms": 83.0}
