@@ -230,15 +230,14 @@ class EventJob:
         pending = event_ids
         try:
             while pending:
-                taken = await _take_slots(slots, len(pending))
+                taken = await slots.take(len(pending))
                 chunk, pending = pending[:taken], pending[taken:]
                 now = time.perf_counter()
                 runs = [_EventRun(self, event_id, now) for event_id in chunk]
                 try:
                     rows = await self._claim(runs)
                 except BaseException:
-                    for _ in runs:
-                        slots.release()
+                    slots.release(len(runs))
                     raise
                 for run in runs:
                     row = rows.get(run.event_id)
@@ -280,15 +279,3 @@ class EventJob:
             self.outcomes[run.event_id] = await run.settle(run.handle(row))
         finally:
             self.shared.event_slots.release()
-
-
-async def _take_slots(slots: asyncio.Semaphore, wanted: int) -> int:
-    """One slot, waited for if need be, then as many more as are free now (up to `wanted`):
-    never waiting while holding slots no event uses yet, so two jobs cannot starve each
-    other."""
-    await slots.acquire()
-    taken = 1
-    while taken < wanted and not slots.locked():
-        await slots.acquire()  # free: returns at once
-        taken += 1
-    return taken

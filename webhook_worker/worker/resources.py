@@ -3,7 +3,6 @@ built once by `jobs.open_resources` and kept in arq's ctx under one key (`resour
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +10,7 @@ from webhook_worker.config import Settings
 from webhook_worker.db import store
 from webhook_worker.worker import handlers
 from webhook_worker.worker.batching import WorkerBatches
+from webhook_worker.worker.event_slots import EventSlots
 from webhook_worker.worker.postgres_money_store import PostgresMoneyStore
 
 
@@ -29,7 +29,7 @@ class WorkerResources:
     batches: WorkerBatches  # the coalesced claim / lookup / credit statements
     # WORKER_MAX_EVENTS events in flight per process, however many jobs carry them: a deep
     # backlog of 100-event jobs must not hold thousands of parsed payloads at once.
-    event_slots: asyncio.Semaphore
+    event_slots: EventSlots
     handler_context: handlers.HandlerContext
 
     @classmethod
@@ -46,7 +46,7 @@ class WorkerResources:
             settings,
             pool,
             batches,
-            asyncio.Semaphore(settings.worker_max_events),
+            EventSlots(settings.worker_max_events),
             handlers.HandlerContext(
                 settings, PostgresMoneyStore(pool, batches, collect_shortfall=collect)
             ),
