@@ -103,3 +103,25 @@ async def test_db_echo_logs_each_statement_at_debug_but_never_its_arguments(
     assert len(echoed) == 1 and echoed[0]["level"] == "debug"
     assert isinstance(echoed[0]["duration_ms"], float)
     assert "jane.doe" not in captured.getvalue().lower()
+
+
+def test_a_logger_used_before_a_reconfigure_follows_the_new_format_and_level() -> None:
+    """Loggers are cached on first use: the renderer and the level must still be the latest
+    `configure_logging`'s (a worker module's `log` is bound once, tests reconfigure)."""
+    logger = get_logger("test.cached")
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        configure_logging("console", "info")
+        logging.getLogger().handlers[0].setStream(first)  # type: ignore[attr-defined]
+        logger.info("first_line", n=1)
+        configure_logging("json", "warning")
+        logging.getLogger().handlers[0].setStream(second)  # type: ignore[attr-defined]
+        logger.info("below_the_level")
+        logger.warning("second_line", n=2, note=f"from {EMAIL}")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = []
+    assert "first_line" in first.getvalue() and not first.getvalue().startswith("{")
+    [line] = _lines(second)
+    assert line["event"] == "second_line" and line["level"] == "warning" and line["n"] == 2
+    assert EMAIL not in second.getvalue()
