@@ -61,11 +61,14 @@ def _postgres() -> EmbeddedPostgres:
     )
 
 
-def _py_spy(pid: int, out: Path, rate: int) -> subprocess.Popen[bytes]:
+def _py_spy(pid: int, out: Path, rate: int, native: bool) -> subprocess.Popen[bytes]:
     command = [
         str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
-        "--rate", str(rate), "--format", "raw", "--nonblocking", "--output", str(out),
+        "--rate", str(rate), "--format", "raw", "--output", str(out),
     ]  # fmt: skip
+    # --native (C and Cython frames too: uvloop, asyncpg's protocol, orjson) pauses the
+    # process for each sample; without it py-spy reads the frames while the process runs.
+    command.append("--native" if native else "--nonblocking")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -161,7 +164,7 @@ def profile(args: argparse.Namespace) -> list[str]:
             asyncio.run(_reset_statements(dsn, args.drop_indexes))
             outputs = [work / f"py-spy-{p.pid}.txt" for p in workers.procs]
             spies = [
-                _py_spy(p.pid, out, args.rate)
+                _py_spy(p.pid, out, args.rate, args.native)
                 for p, out in zip(workers.procs, outputs, strict=True)
             ]
             time.sleep(1.0)  # py-spy attaches (the workers are idle meanwhile)
@@ -198,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-processes", type=int, default=2)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument(
+        "--native", action="store_true", help="sample C and Cython frames too (py-spy --native)"
+    )
     parser.add_argument(
         "--drop-index",
         dest="drop_indexes",

@@ -186,3 +186,17 @@ async def test_other_errors_still_fail_the_whole_batch_without_running_alone() -
         *(coalescer.submit(item) for item in ("a", "b")), return_exceptions=True
     )
     assert all(isinstance(r, RuntimeError) for r in results) and ran_alone == []
+
+
+def test_a_coalescer_serves_the_next_event_loop_once_the_first_has_ended() -> None:
+    """It keeps its loop between calls (asking asyncio costs a system call on 3.11), so it
+    must notice a new one: a process may run a loop, close it and start another."""
+    runner = Recorder()
+    coalescer: Coalescer[str, str] = Coalescer(runner)
+
+    async def one(item: str) -> str:
+        return await coalescer.submit(item)
+
+    assert asyncio.run(one("first")) == "FIRST"
+    assert asyncio.run(one("second")) == "SECOND"
+    assert runner.batches == [["first"], ["second"]]

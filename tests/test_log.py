@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -12,7 +13,7 @@ import structlog
 
 from webhook_worker.config import Settings
 from webhook_worker.db import store
-from webhook_worker.log import configure_logging, get_logger, redact_text
+from webhook_worker.log import configure_logging, get_logger, lines_per_iteration, redact_text
 
 SECRET = "whsec_supersecretvalue123456"
 SIGNATURE = "t=1700000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"
@@ -125,3 +126,43 @@ def test_a_logger_used_before_a_reconfigure_follows_the_new_format_and_level() -
     [line] = _lines(second)
     assert line["event"] == "second_line" and line["level"] == "warning" and line["n"] == 2
     assert EMAIL not in second.getvalue()
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_a_services_lines_go_out_once_per_loop_iteration_in_order() -> None:
+    """`lines_per_iteration`: the lines of one iteration are one write when its callbacks have
+    run; a stdlib record (uvicorn, arq) first writes what is held back; leaving writes the
+    rest; another thread's line is written at once."""
+    stream = _CountingStream()
+    logger, stdlib = get_logger("test.batched"), logging.getLogger("test.stdlib")
+    loop = asyncio.get_running_loop()
+    try:
+        configure_logging("json", "info")
+        logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        with lines_per_iteration():
+            logger.info("first", n=1)
+            logger.info("second", n=2)
+            assert stream.getvalue() == ""  # held back while the iteration runs
+            iteration_over = loop.create_future()
+            loop.call_soon(iteration_over.set_result, None)  # runs after the flush
+            await iteration_over
+            assert stream.writes == 1 and [line["n"] for line in _lines(stream)] == [1, 2]
+            logger.info("third", n=3)
+            stdlib.warning("stdlib_line")
+            assert [line["event"] for line in _lines(stream)][-2:] == ["third", "stdlib_line"]
+            await asyncio.to_thread(logger.info, "from_a_thread")
+            logger.info("fourth", n=4)
+            assert _lines(stream)[-1]["event"] == "from_a_thread"
+        assert _lines(stream)[-1]["event"] == "fourth"  # written on leaving
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = []

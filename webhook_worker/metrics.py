@@ -9,6 +9,7 @@ registry. Receiver and worker serve them on the internal listener (`internal.py`
 from __future__ import annotations
 
 import os
+from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import (
@@ -21,6 +22,21 @@ from prometheus_client import (
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+Metric = TypeVar("Metric", Counter, Histogram, Gauge)
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Metric, *values: str) -> Metric:
+    """`metric.labels(*values)`, looked up once per label set: `labels()` takes a lock and
+    builds its key at every call, and the worker counts each event (label sets are few)."""
+    key = (metric, values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
 
 # receiver
 REQUESTS = Counter(

@@ -22,6 +22,7 @@ from webhook_worker import internal_listener, job_queue, metrics, runtime
 from webhook_worker.config import Settings
 from webhook_worker.db import store
 from webhook_worker.log import get_logger
+from webhook_worker.log import lines_per_iteration as log_lines_per_iteration
 from webhook_worker.receiver.endpoint import WEBHOOK_PATHS, WebhookEndpoint
 from webhook_worker.receiver.group_commit import AfterCommitHook, GroupCommitter
 
@@ -82,8 +83,11 @@ def _lifespan(
             env=settings.app_env,
             gc_frozen_objects=frozen,
         )
+        # The service's process: one log write per loop iteration, not per webhook.
+        lines = log_lines_per_iteration() if freeze_heap else contextlib.nullcontext()
         try:
-            yield
+            with lines:
+                yield
         finally:
             await internal_listener.stop(listener)
             await committer.drain()

@@ -38,7 +38,7 @@ from webhook_worker import job_queue, metrics, redis_check
 from webhook_worker.config import Settings
 from webhook_worker.db import recovery
 from webhook_worker.errors import PermanentError, TransientError
-from webhook_worker.log import get_logger, redact_text
+from webhook_worker.log import get_logger, lines_per_iteration, redact_text
 from webhook_worker.worker import jobs
 from webhook_worker.worker.resources import lease_seconds, resources
 
@@ -296,7 +296,8 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
 
         async def run() -> None:
             supervisor.install_signal_handlers()
-            await supervisor.async_run()
+            with lines_per_iteration():  # one write per loop iteration, not per event
+                await supervisor.async_run()
 
         loop.run_until_complete(run())
     finally:
