@@ -117,11 +117,10 @@ class _EventRun:
             **fields,
         )
 
-    async def _apply(self, row: dict[str, Any]) -> handlers.Outcome:
-        """Parse, dispatch and record the outcome (the part the job's deadline bounds)."""
+    async def _apply(self, event: handlers.StoredEvent) -> handlers.Outcome:
+        """Dispatch and record the outcome (the part the job's deadline bounds)."""
         shared = self.job.shared
-        self.event = handlers.StoredEvent.from_row(row)
-        outcome = await handlers.handle_event(shared.handler_context, self.event)
+        outcome = await handlers.handle_event(shared.handler_context, event)
         if not outcome.recorded:
             async with store.acquire(shared.pool, "recording an event outcome") as conn:
                 await store.finish_event(conn, self.event_id, outcome.status, reason=outcome.reason)
@@ -137,8 +136,10 @@ class _EventRun:
         """The claimed event: dispatched on its type, its outcome recorded and logged."""
         self.claimed = True
         self.event_type = str(row.get("type") or "unknown")
+        # Parsed first: an event whose deadline has already passed retries on its attempts.
+        self.event = event = handlers.StoredEvent.from_row(row)
         with self.job.deadline_for(self):
-            outcome = await self._apply(row)
+            outcome = await self._apply(event)
         _observe_final(self.event, outcome.status, _type_label(self.event_type))
         if outcome.status == "ignored":
             metrics.labelled(metrics.EVENTS_IGNORED, outcome.reason or "unknown").inc()
