@@ -51,6 +51,10 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.LockNotAvailableError,
     asyncpg.QueryCanceledError,
+    # A statement sent on a pooled connection whose server just went away (a restart, a
+    # failover) can meet asyncpg's protocol already "not connected": the connection is
+    # lost, not the event bad. Retried like any connection fault (within MAX_TRIES).
+    asyncpg.InternalClientError,
     ConnectionError,
     OSError,
     TimeoutError,
