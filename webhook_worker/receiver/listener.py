@@ -16,6 +16,10 @@ connection) — not an ASGI middleware on every request:
   408 and closed; the application sees a disconnect and stores nothing.
 
 The bytes of bodies held in memory at once are bounded in the app (`receiver.BodyBudget`).
+The protocol also writes each answer once: uvicorn writes a response's status line and
+headers, then its body, and the connection's transport (`_OneWritePerIteration`) joins
+what one event-loop iteration writes into one system call (and the client reads one
+packet, not two).
 This subclasses uvicorn's protocol and relies on its per-connection attributes (`cycle`,
 `transport`, `parser`): the one deliberate private coupling of the receiver. pyproject.toml
 pins the uvicorn it was written against, `tests/test_uvicorn_contract.py` fails on a uvicorn
@@ -54,6 +58,49 @@ class ListenerLimits:
 
 
 _limits: ListenerLimits | None = None
+
+
+class _OneWritePerIteration:
+    """The connection's transport as uvicorn sees it: what it writes during one event-loop
+    iteration (a response's status line and headers, then its body: two ASGI messages, two
+    `write`s in uvicorn) goes out in one system call once the iteration's callbacks have
+    run. Closing, half-closing and aborting write (or drop) what is held first; everything
+    else is the real transport's."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def configure(settings: Settings) -> None:
@@ -186,7 +233,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # --- uvicorn protocol hooks -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        buffered = _OneWritePerIteration(transport, self.loop)
+        super().connection_made(buffered)  # type: ignore[arg-type]
         self._arm(self._limits.header_timeout, "header_timeout")
         _DeadlineSweep.of(self.loop).watch(self)
 
