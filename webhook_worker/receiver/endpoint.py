@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 
 from webhook_worker import metrics
@@ -139,21 +138,9 @@ def _rejected(
     return _Outcome(status, outcome, log_event, reason=reason, body=body, close=close)
 
 
-_request_counters: dict[tuple[str, str], Counter] = {}
-
-
-def _requests_counter(outcome: str, reason: str) -> Counter:
-    """`REQUESTS` for these labels, looked up once (`labels()` takes a lock every call)."""
-    key = (outcome, reason)
-    counter = _request_counters.get(key)
-    if counter is None:
-        counter = _request_counters[key] = metrics.REQUESTS.labels(outcome, reason)
-    return counter
-
-
 def _record(outcome: _Outcome, duration: float, path: str) -> None:
     """Metrics and the one canonical log line for a webhook request."""
-    _requests_counter(outcome.outcome, outcome.reason).inc()
+    metrics.labelled(metrics.REQUESTS, outcome.outcome, outcome.reason).inc()
     metrics.REQUEST_SECONDS.observe(duration)
     if outcome.outcome == "duplicate":
         metrics.DUPLICATES.inc()
